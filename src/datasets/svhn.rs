@@ -1,0 +1,115 @@
+//! SVHN (cropped digits) from its MATLAB files `train_32x32.mat` / `test_32x32.mat`.
+
+use std::path::Path;
+
+use matfile::{MatFile, NumericData};
+use ndarray::{Array1, Array4};
+
+use super::files::find_file;
+use super::{OodDataset, Split};
+use crate::error::{Error, Result};
+
+const SIDE: usize = 32;
+const HOW_TO_GET: &str = "fetch SVHN with oodkit::datasets::download::svhn(dir) (feature `download`), \
+     or put the cropped-digits files train_32x32.mat / test_32x32.mat into this folder";
+
+/// Loads the SVHN cropped-digits `split` from `dir`, the folder holding
+/// `train_32x32.mat` / `test_32x32.mat` (MATLAB v5).
+///
+/// In the files `X` is `32x32x3xN` `uint8` in column-major order and `y` is
+/// `Nx1` with the digits 1–9 and 10 standing for digit 0; the loader maps 10
+/// to label 0, so labels are the digits themselves. Inputs are
+/// `(N, 3, 32, 32)`, RGB, pixel values `0.0..=255.0`.
+///
+/// ```no_run
+/// use oodkit::datasets::{Split, svhn};
+///
+/// let test = svhn::load("data/svhn", Split::Test)?;
+/// assert_eq!(test.input_shape(), [3, 32, 32]);
+/// # Ok::<(), oodkit::Error>(())
+/// ```
+pub fn load(dir: impl AsRef<Path>, split: Split) -> Result<OodDataset> {
+    let name = match split {
+        Split::Train => "train_32x32.mat",
+        Split::Test => "test_32x32.mat",
+    };
+    let path = find_file(dir.as_ref(), &[name], HOW_TO_GET)?;
+    let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let mat = MatFile::parse(std::io::BufReader::new(file))
+        .map_err(|e| Error::corrupt(&path, None, format!("not a readable MATLAB v5 file ({e})")))?;
+
+    let missing = |var: &str| Error::corrupt(&path, None, format!("no numeric variable `{var}`"));
+    let x = mat.find_by_name("X").ok_or_else(|| missing("X"))?;
+    let y = mat.find_by_name("y").ok_or_else(|| missing("y"))?;
+
+    let n = match x.size().as_slice() {
+        &[SIDE, SIDE, 3, n] => n,
+        other => {
+            return Err(Error::corrupt(
+                &path,
+                None,
+                format!("X has size {other:?}, SVHN's is [32, 32, 3, N]"),
+            ));
+        }
+    };
+    let pixels = match x.data() {
+        NumericData::UInt8 { real, .. } if real.len() == n * 3 * SIDE * SIDE => real,
+        NumericData::UInt8 { real, .. } => {
+            return Err(Error::corrupt(
+                &path,
+                None,
+                format!("X holds {} values for size [32, 32, 3, {n}]", real.len()),
+            ));
+        }
+        _ => return Err(Error::corrupt(&path, None, "X is not uint8")),
+    };
+    let raw_labels = to_f64(y.data());
+    if raw_labels.len() != n {
+        return Err(Error::LengthMismatch {
+            what: format!("images (X) and labels (y) in {}", path.display()),
+            left: n,
+            right: raw_labels.len(),
+        });
+    }
+    let labels = raw_labels
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| match v {
+            10.0 => Ok(0),
+            v if (1.0..=9.0).contains(&v) && v.fract() == 0.0 => Ok(v as i64),
+            v => Err(Error::corrupt(
+                &path,
+                None,
+                format!("label y[{i}] = {v}, SVHN labels are 1-10 (10 for digit 0)"),
+            )),
+        })
+        .collect::<Result<Vec<i64>>>()?;
+
+    // Column-major X(row, col, channel, sample) into row-major (sample, channel, row, col).
+    let inputs = Array4::from_shape_fn((n, 3, SIDE, SIDE), |(s, ch, r, c)| {
+        f32::from(pixels[r + SIDE * (c + SIDE * (ch + 3 * s))])
+    });
+    let names = (0..10).map(|d| d.to_string()).collect();
+    OodDataset::from_arrays(inputs, Array1::from(labels))
+        .map_err(|_| Error::corrupt(&path, None, "X holds no image"))?
+        .with_class_names(names)
+}
+
+fn to_f64(data: &NumericData) -> Vec<f64> {
+    fn conv<T: Copy + Into<f64>>(v: &[T]) -> Vec<f64> {
+        v.iter().map(|&x| x.into()).collect()
+    }
+    match data {
+        NumericData::Int8 { real, .. } => conv(real),
+        NumericData::UInt8 { real, .. } => conv(real),
+        NumericData::Int16 { real, .. } => conv(real),
+        NumericData::UInt16 { real, .. } => conv(real),
+        NumericData::Int32 { real, .. } => conv(real),
+        NumericData::UInt32 { real, .. } => conv(real),
+        // 64-bit integers beyond 2^53 are not labels anyway; the range check rejects them.
+        NumericData::Int64 { real, .. } => real.iter().map(|&x| x as f64).collect(),
+        NumericData::UInt64 { real, .. } => real.iter().map(|&x| x as f64).collect(),
+        NumericData::Single { real, .. } => conv(real),
+        NumericData::Double { real, .. } => real.clone(),
+    }
+}
