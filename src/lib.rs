@@ -43,3 +43,8 @@ pub mod error;
 pub use batch::Batch;
 pub use datasets::{OodDataset, PrepareConfig};
 pub use error::{Error, Result};
+
+/// Compiles the README's code samples as doc tests, so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

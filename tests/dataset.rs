@@ -17,7 +17,11 @@ fn dataset(n: usize) -> OodDataset {
 
 /// The sample index each row of a batch came from (its pixel value).
 fn origins(batch: &Batch) -> Vec<usize> {
-    batch.inputs.outer_iter().map(|img| img[[0, 0, 0]] as usize).collect()
+    batch
+        .inputs
+        .outer_iter()
+        .map(|img| img[[0, 0, 0]] as usize)
+        .collect()
 }
 
 fn all_batches(prepared: &oodkit::datasets::Prepared<'_>) -> Vec<Batch> {
@@ -27,7 +31,17 @@ fn all_batches(prepared: &oodkit::datasets::Prepared<'_>) -> Vec<Batch> {
 #[test]
 fn from_arrays_rejects_mismatched_lengths_and_empty_data() {
     let err = OodDataset::from_arrays(Array4::zeros((3, 1, 2, 2)), Array1::zeros(2)).unwrap_err();
-    assert!(matches!(err, Error::LengthMismatch { left: 3, right: 2, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::LengthMismatch {
+                left: 3,
+                right: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = OodDataset::from_arrays(Array4::zeros((0, 1, 2, 2)), Array1::zeros(0)).unwrap_err();
     assert!(matches!(err, Error::Empty { .. }), "{err:?}");
 }
@@ -53,7 +67,11 @@ fn accessors_describe_the_dataset() {
 fn split_by_class_keeps_order_and_labels() {
     let ds = dataset(20);
     let (ds_in, ds_out) = ds.split_by_class(&[1, 3]).unwrap();
-    let in_ids: Vec<usize> = ds_in.inputs().outer_iter().map(|x| x[[0, 0, 0]] as usize).collect();
+    let in_ids: Vec<usize> = ds_in
+        .inputs()
+        .outer_iter()
+        .map(|x| x[[0, 0, 0]] as usize)
+        .collect();
     assert_eq!(in_ids, vec![1, 3, 6, 8, 11, 13, 16, 18]);
     assert_eq!(ds_in.labels().to_vec(), vec![1, 3, 1, 3, 1, 3, 1, 3]);
     assert_eq!(ds_out.len(), 12);
@@ -62,14 +80,20 @@ fn split_by_class_keeps_order_and_labels() {
     let (all, none) = ds.split_by_class(&[0, 1, 2, 3, 4]).unwrap();
     assert_eq!((all.len(), none.len()), (20, 0));
     assert!(none.is_empty());
-    assert!(matches!(none.prepare(&PrepareConfig::new(4)), Err(Error::Empty { .. })));
+    assert!(matches!(
+        none.prepare(&PrepareConfig::new(4)),
+        Err(Error::Empty { .. })
+    ));
 }
 
 #[test]
 fn split_naming_an_absent_class_is_an_error() {
     let ds = dataset(10);
     let err = ds.split_by_class(&[0, 7]).unwrap_err();
-    assert!(matches!(err, Error::InvalidLabel { label: 7, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::InvalidLabel { label: 7, .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("[0, 1, 2, 3, 4]"), "{err}");
 }
 
@@ -80,7 +104,10 @@ fn split_by_classes_drops_the_rest_and_rejects_overlap() {
     assert_eq!(ds_in.labels().to_vec(), vec![0, 0]);
     assert_eq!(ds_out.labels().to_vec(), vec![2, 4, 2, 4]);
     let err = ds.split_by_classes(&[0, 2], &[2]).unwrap_err();
-    assert!(matches!(err, Error::InvalidLabel { label: 2, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::InvalidLabel { label: 2, .. }),
+        "{err:?}"
+    );
     assert!(ds.split_by_classes(&[0], &[9]).is_err());
 }
 
@@ -89,10 +116,7 @@ fn add_out_data_concatenates_with_ood_labels() {
     let (ds_in, ds_out) = dataset(10).split_by_class(&[0, 1]).unwrap();
     let both = ds_in.add_out_data(&ds_out).unwrap();
     assert_eq!(both.len(), 10);
-    assert_eq!(
-        both.labels().to_vec(),
-        vec![0, 1, 0, 1, 2, 3, 4, 2, 3, 4]
-    );
+    assert_eq!(both.labels().to_vec(), vec![0, 1, 0, 1, 2, 3, 4, 2, 3, 4]);
     assert_eq!(
         both.ood_labels().unwrap().to_vec(),
         vec![0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
@@ -120,7 +144,9 @@ fn prepare_batches_in_order_keeping_the_last_partial_batch() {
     assert_eq!(order, (0..10).collect::<Vec<_>>());
     assert_eq!(batches[2].labels.as_ref().unwrap().to_vec(), vec![3, 4]);
     assert!(batches[0].ood_labels.is_none());
-    let unlabelled = ds.prepare(&PrepareConfig::new(4).with_labels(false)).unwrap();
+    let unlabelled = ds
+        .prepare(&PrepareConfig::new(4).with_labels(false))
+        .unwrap();
     assert!(all_batches(&unlabelled).iter().all(|b| b.labels.is_none()));
 }
 
@@ -144,7 +170,9 @@ fn shuffling_is_a_permutation_per_pass_deterministic_per_seed_and_keeps_pairs() 
             let labels = batch.labels.as_ref().unwrap();
             let ood = batch.ood_labels.as_ref().unwrap();
             for (k, &orig) in ids.iter().enumerate() {
-                let pos = (0..ds.len()).find(|&j| ds.inputs()[[j, 0, 0, 0]] as usize == orig).unwrap();
+                let pos = (0..ds.len())
+                    .find(|&j| ds.inputs()[[j, 0, 0, 0]] as usize == orig)
+                    .unwrap();
                 assert_eq!(labels[k], ds.labels()[pos]);
                 assert_eq!(ood[k], ds.ood_labels().unwrap()[pos]);
                 assert_eq!(ood[k], u8::from(labels[k] >= 3));
@@ -160,7 +188,11 @@ fn shuffling_is_a_permutation_per_pass_deterministic_per_seed_and_keeps_pairs() 
     assert_ne!(passes[0], passes[1], "a new permutation at each pass");
     assert_ne!(passes[1], passes[2]);
     // `pass(k)` reproduces the k-th pass regardless of what ran before.
-    let replay: Vec<usize> = a.pass(1).map(|b| origins(&b.unwrap())).collect::<Vec<_>>().concat();
+    let replay: Vec<usize> = a
+        .pass(1)
+        .map(|b| origins(&b.unwrap()))
+        .collect::<Vec<_>>()
+        .concat();
     assert_eq!(replay, passes[1]);
     // Another seed, another order.
     let c = ds.prepare(&PrepareConfig::new(10).shuffle(8)).unwrap();
@@ -184,7 +216,11 @@ fn batches_are_built_lazily_one_at_a_time() {
     });
     let prepared = ds.prepare(&config).unwrap();
     let mut iter = prepared.iter();
-    assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing built before iteration");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "nothing built before iteration"
+    );
     iter.next().unwrap().unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     iter.next().unwrap().unwrap();
@@ -217,14 +253,32 @@ fn preprocess_applies_and_its_errors_propagate() {
         }))
         .unwrap();
     let err = dropping.iter().next().unwrap().unwrap_err();
-    assert!(matches!(err, Error::LengthMismatch { left: 1, right: 4, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::LengthMismatch {
+                left: 1,
+                right: 4,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn prepare_rejects_bad_configs() {
     let ds = dataset(5);
     let err = ds.prepare(&PrepareConfig::new(0)).unwrap_err();
-    assert!(matches!(err, Error::InvalidParameter { name: "batch_size", .. }));
-    let err = ds.prepare(&PrepareConfig::new(2).with_ood_labels(true)).unwrap_err();
+    assert!(matches!(
+        err,
+        Error::InvalidParameter {
+            name: "batch_size",
+            ..
+        }
+    ));
+    let err = ds
+        .prepare(&PrepareConfig::new(2).with_ood_labels(true))
+        .unwrap_err();
     assert!(err.to_string().contains("no OOD labels"), "{err}");
 }

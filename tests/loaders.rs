@@ -38,7 +38,9 @@ fn gz(bytes: &[u8]) -> Vec<u8> {
 
 /// Three 2x2 images whose pixel k of image n is 10n + k, labelled 7, 0, 9.
 fn write_small_mnist(dir: &Path, gzipped: bool) {
-    let pixels: Vec<u8> = (0..3u8).flat_map(|n| (0..4u8).map(move |k| 10 * n + k)).collect();
+    let pixels: Vec<u8> = (0..3u8)
+        .flat_map(|n| (0..4u8).map(move |k| 10 * n + k))
+        .collect();
     let files = [
         ("t10k-images-idx3-ubyte", idx_images(3, 2, 2, &pixels)),
         ("t10k-labels-idx1-ubyte", idx_labels(&[7, 0, 9])),
@@ -110,7 +112,14 @@ fn mnist_wrong_magic_is_an_error() {
 fn mnist_image_and_label_counts_must_agree() {
     let (err, _) = mnist_error_with(idx_images(2, 2, 2, &[0; 8]), idx_labels(&[1, 2, 3]));
     assert!(
-        matches!(err, Error::LengthMismatch { left: 2, right: 3, .. }),
+        matches!(
+            err,
+            Error::LengthMismatch {
+                left: 2,
+                right: 3,
+                ..
+            }
+        ),
         "{err:?}"
     );
 }
@@ -120,7 +129,16 @@ fn mnist_trailing_bytes_and_non_digit_labels_are_errors() {
     let (_, msg) = mnist_error_with(idx_images(1, 2, 2, &[0; 5]), idx_labels(&[1]));
     assert!(msg.contains("unexpected bytes"), "{msg}");
     let (err, msg) = mnist_error_with(idx_images(2, 2, 2, &[0; 8]), idx_labels(&[1, 12]));
-    assert!(matches!(err, Error::CorruptFile { offset: Some(9), .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::CorruptFile {
+                offset: Some(9),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(msg.contains("label 12"), "{msg}");
 }
 
@@ -132,11 +150,15 @@ fn mnist_gz_that_is_not_gzip_or_is_cut_short_is_an_error() {
     let good = std::fs::read(&path).unwrap();
 
     std::fs::write(&path, b"this is not gzip at all").unwrap();
-    let msg = mnist::load(dir.path(), Split::Test).unwrap_err().to_string();
+    let msg = mnist::load(dir.path(), Split::Test)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("not a gzip file"), "{msg}");
 
     std::fs::write(&path, &good[..good.len() / 2]).unwrap();
-    let msg = mnist::load(dir.path(), Split::Test).unwrap_err().to_string();
+    let msg = mnist::load(dir.path(), Split::Test)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("damaged or cut short"), "{msg}");
 }
 
@@ -194,13 +216,31 @@ fn cifar10_partial_record_and_bad_label_are_errors() {
     bytes.truncate(3073 + 100);
     write_cifar(dir.path(), &bytes);
     let err = cifar10::load(dir.path(), Split::Test).unwrap_err();
-    assert!(matches!(err, Error::CorruptFile { offset: Some(3073), .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::CorruptFile {
+                offset: Some(3073),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("test_batch.bin"));
 
     let bytes = [cifar_record(1, 0), cifar_record(10, 0)].concat();
     write_cifar(dir.path(), &bytes);
     let err = cifar10::load(dir.path(), Split::Test).unwrap_err();
-    assert!(matches!(err, Error::CorruptFile { offset: Some(3073), .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::CorruptFile {
+                offset: Some(3073),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("label 10"), "{err}");
 
     write_cifar(dir.path(), &[]);
@@ -213,11 +253,18 @@ fn cifar10_needs_the_class_names_file() {
     let dir = tempfile::tempdir().unwrap();
     let folder = write_cifar(dir.path(), &cifar_record(0, 0));
     std::fs::write(folder.join("batches.meta.txt"), "airplane\nautomobile\n").unwrap();
-    let msg = cifar10::load(dir.path(), Split::Test).unwrap_err().to_string();
+    let msg = cifar10::load(dir.path(), Split::Test)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("2 class names"), "{msg}");
     std::fs::remove_file(folder.join("batches.meta.txt")).unwrap();
-    let msg = cifar10::load(dir.path(), Split::Test).unwrap_err().to_string();
-    assert!(msg.contains("batches.meta.txt") && msg.contains("download::cifar10"), "{msg}");
+    let msg = cifar10::load(dir.path(), Split::Test)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("batches.meta.txt") && msg.contains("download::cifar10"),
+        "{msg}"
+    );
 }
 
 // ---------- SVHN (MATLAB v5) ----------
@@ -244,7 +291,8 @@ fn mat_matrix(name: &str, class: u32, dims: &[i32], data_type: u32, data: &[u8])
 
 /// A MATLAB v5 file: 128-byte header (text, subsystem offset, version, "IM").
 fn mat_file(elements: &[Vec<u8>]) -> Vec<u8> {
-    let mut header = format!("{:<116}", "MATLAB 5.0 MAT-file, written by oodkit's tests").into_bytes();
+    let mut header =
+        format!("{:<116}", "MATLAB 5.0 MAT-file, written by oodkit's tests").into_bytes();
     header.extend_from_slice(&[0; 8]);
     header.extend_from_slice(&0x0100u16.to_le_bytes());
     header.extend_from_slice(b"IM");
@@ -287,7 +335,11 @@ fn svhn_file(n: usize, labels: &[f64]) -> Vec<u8> {
 #[test]
 fn svhn_maps_label_10_to_digit_0_and_reads_column_major_pixels() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("test_32x32.mat"), svhn_file(3, &[10.0, 3.0, 9.0])).unwrap();
+    std::fs::write(
+        dir.path().join("test_32x32.mat"),
+        svhn_file(3, &[10.0, 3.0, 9.0]),
+    )
+    .unwrap();
     let ds = svhn::load(dir.path(), Split::Test).unwrap();
     assert_eq!(ds.labels().to_vec(), vec![0, 3, 9]);
     assert_eq!(ds.input_shape(), [3, 32, 32]);
@@ -308,12 +360,24 @@ fn svhn_bad_files_are_errors() {
     let path = dir.path().join("train_32x32.mat");
 
     std::fs::write(&path, svhn_file(2, &[1.0, 11.0])).unwrap();
-    let msg = svhn::load(dir.path(), Split::Train).unwrap_err().to_string();
+    let msg = svhn::load(dir.path(), Split::Train)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("y[1] = 11"), "{msg}");
 
     std::fs::write(&path, svhn_file(2, &[1.0])).unwrap();
     let err = svhn::load(dir.path(), Split::Train).unwrap_err();
-    assert!(matches!(err, Error::LengthMismatch { left: 2, right: 1, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::LengthMismatch {
+                left: 2,
+                right: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 
     let good = svhn_file(2, &[1.0, 2.0]);
     std::fs::write(&path, &good[..good.len() - 2000]).unwrap();
@@ -330,10 +394,17 @@ fn svhn_bad_files_are_errors() {
         mat_matrix("y", MX_DOUBLE, &[1, 1], MI_DOUBLE, &1.0f64.to_le_bytes()),
     ]);
     std::fs::write(&path, wrong_size).unwrap();
-    let msg = svhn::load(dir.path(), Split::Train).unwrap_err().to_string();
+    let msg = svhn::load(dir.path(), Split::Train)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("[16, 16, 3, 1]"), "{msg}");
 
     std::fs::remove_file(&path).unwrap();
-    let msg = svhn::load(dir.path(), Split::Train).unwrap_err().to_string();
-    assert!(msg.contains("train_32x32.mat") && msg.contains("download::svhn"), "{msg}");
+    let msg = svhn::load(dir.path(), Split::Train)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("train_32x32.mat") && msg.contains("download::svhn"),
+        "{msg}"
+    );
 }

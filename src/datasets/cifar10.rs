@@ -58,11 +58,20 @@ pub fn load(dir: impl AsRef<Path>, split: Split) -> Result<OodDataset> {
 /// `dir/cifar-10-batches-bin` when it exists, else `dir` itself.
 fn batches_dir(dir: &Path) -> PathBuf {
     let inner = dir.join(FOLDER);
-    if inner.is_dir() { inner } else { dir.to_path_buf() }
+    if inner.is_dir() {
+        inner
+    } else {
+        dir.to_path_buf()
+    }
 }
 
-fn read_records(path: &Path, bytes: &[u8], pixels: &mut Vec<f32>, labels: &mut Vec<i64>) -> Result<()> {
-    if bytes.len() % RECORD != 0 {
+fn read_records(
+    path: &Path,
+    bytes: &[u8],
+    pixels: &mut Vec<f32>,
+    labels: &mut Vec<i64>,
+) -> Result<()> {
+    if !bytes.len().is_multiple_of(RECORD) {
         let whole = bytes.len() / RECORD * RECORD;
         return Err(Error::corrupt(
             path,

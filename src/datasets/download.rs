@@ -69,7 +69,10 @@ pub fn mnist_files() -> Vec<RemoteFile> {
         .iter()
         .map(|&(name, md5, content_md5)| RemoteFile {
             name: format!("{name}.gz"),
-            urls: MNIST_MIRRORS.iter().map(|m| format!("{m}{name}.gz")).collect(),
+            urls: MNIST_MIRRORS
+                .iter()
+                .map(|m| format!("{m}{name}.gz"))
+                .collect(),
             md5: md5.into(),
             content_md5: Some(content_md5.into()),
         })
@@ -101,17 +104,25 @@ const CIFAR_BATCH_BYTES: u64 = 10_000 * 3073;
 /// `dir/cifar-10-batches-bin/` (what [`cifar10::load`](super::cifar10::load)
 /// reads). Nothing is fetched when the unpacked files are already complete.
 pub fn cifar10(dir: impl AsRef<Path>) -> Result<()> {
+    cifar10_from(&cifar10_archive(), dir)
+}
+
+/// Like [`cifar10`], from another source of the binary archive (a mirror, a
+/// local server); `archive.name` is the file name it is saved under.
+pub fn cifar10_from(archive: &RemoteFile, dir: impl AsRef<Path>) -> Result<()> {
     let dir = dir.as_ref();
     if cifar10_complete(&dir.join(CIFAR_FOLDER)) {
         return Ok(());
     }
-    let archive = fetch(&cifar10_archive(), dir)?;
+    let archive = fetch(archive, dir)?;
     unpack_tar_gz(&archive, dir, CIFAR_FOLDER)?;
     if !cifar10_complete(&dir.join(CIFAR_FOLDER)) {
         return Err(Error::corrupt(
             &archive,
             None,
-            format!("the archive does not hold the six CIFAR-10 batch files and batches.meta.txt in {CIFAR_FOLDER}/"),
+            format!(
+                "the archive does not hold the six CIFAR-10 batch files and batches.meta.txt in {CIFAR_FOLDER}/"
+            ),
         ));
     }
     Ok(())
@@ -215,8 +226,10 @@ fn download_to(agent: &ureq::Agent, url: &str, path: &Path) -> std::result::Resu
         None => ProgressBar::no_length(),
     };
     bar.set_style(
-        ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{msg} {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(url.rsplit('/').next().unwrap_or(url).to_string());
 
@@ -226,7 +239,9 @@ fn download_to(agent: &ureq::Agent, url: &str, path: &Path) -> std::result::Resu
     let mut hasher = Md5::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = reader.read(&mut buf).map_err(|e| format!("connection failed mid-file: {e}"))?;
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| format!("connection failed mid-file: {e}"))?;
         if n == 0 {
             break;
         }
@@ -235,7 +250,8 @@ fn download_to(agent: &ureq::Agent, url: &str, path: &Path) -> std::result::Resu
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         bar.inc(n as u64);
     }
-    out.flush().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    out.flush()
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     bar.finish_and_clear();
     Ok(hex(&hasher.finalize()))
 }
@@ -298,7 +314,11 @@ fn unpack_tar_gz(archive: &Path, dir: &Path, folder: &str) -> Result<()> {
         .map_err(|e| Error::corrupt(archive, None, format!("cannot unpack: {e}")))?;
     let unpacked = staging.join(folder);
     if !unpacked.is_dir() {
-        return Err(Error::corrupt(archive, None, format!("the archive has no {folder}/ folder")));
+        return Err(Error::corrupt(
+            archive,
+            None,
+            format!("the archive has no {folder}/ folder"),
+        ));
     }
     let target = dir.join(folder);
     if target.exists() {

@@ -53,7 +53,9 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
             Error::corrupt(
                 path,
                 None,
-                format!("gzip data is damaged or cut short ({e}); delete the file and fetch it again"),
+                format!(
+                    "gzip data is damaged or cut short ({e}); delete the file and fetch it again"
+                ),
             )
         })?;
     Ok(out)

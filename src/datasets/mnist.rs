@@ -131,7 +131,13 @@ fn check_body_len<'b>(
     let expected = n
         .checked_mul(record)
         .and_then(|b| b.checked_add(header))
-        .ok_or_else(|| Error::corrupt(path, Some(4), format!("header announces {n} {what}, too many")))?;
+        .ok_or_else(|| {
+            Error::corrupt(
+                path,
+                Some(4),
+                format!("header announces {n} {what}, too many"),
+            )
+        })?;
     if bytes.len() < expected {
         return Err(Error::corrupt(
             path,

@@ -18,7 +18,7 @@ mod prepare;
 pub mod svhn;
 
 pub use dataset::OodDataset;
-pub use prepare::{Batches, PrepareConfig, PreprocessFn, Prepared};
+pub use prepare::{Batches, PrepareConfig, Prepared, PreprocessFn};
 
 use crate::error::{Error, Result};
 
@@ -54,6 +54,8 @@ pub fn data_root(explicit: Option<PathBuf>) -> Result<PathBuf> {
         .map(|home| home.join(".oodkit").join("datasets"))
         .ok_or_else(|| Error::MissingFile {
             path: PathBuf::from("~/.oodkit/datasets"),
-            hint: format!("no home directory is known: pass a data directory or set {DATA_DIR_ENV}"),
+            hint: format!(
+                "no home directory is known: pass a data directory or set {DATA_DIR_ENV}"
+            ),
         })
 }

@@ -147,7 +147,9 @@ impl OodDataset {
             return Err(Error::InvalidParameter {
                 name: "with_ood_labels",
                 value: "true".into(),
-                reason: "the dataset has no OOD labels; build it with add_out_data or with_ood_labels".into(),
+                reason:
+                    "the dataset has no OOD labels; build it with add_out_data or with_ood_labels"
+                        .into(),
             });
         }
         Ok(Prepared {
@@ -222,7 +224,7 @@ impl<'a> Prepared<'a> {
     }
 }
 
-impl<'p, 'a> IntoIterator for &'p Prepared<'a> {
+impl<'a> IntoIterator for &Prepared<'a> {
     type Item = Result<Batch>;
     type IntoIter = Batches<'a>;
     fn into_iter(self) -> Batches<'a> {
