@@ -39,6 +39,7 @@
 pub mod batch;
 pub mod datasets;
 pub mod error;
+pub mod metrics;
 
 pub use batch::Batch;
 pub use datasets::{OodDataset, PrepareConfig};

@@ -1,0 +1,162 @@
+//! The one pass behind every metric: sort each side once, then walk the
+//! distinct scores from the highest down, counting how many OOD (true
+//! positives) and ID (false positives) samples score at least that much.
+
+use ndarray::ArrayView1;
+
+use crate::error::{Error, Result};
+
+/// ID and OOD scores, validated and sorted ascending.
+pub(crate) struct SortedScores {
+    pub(crate) scores_in: Vec<f32>,
+    pub(crate) scores_out: Vec<f32>,
+}
+
+impl SortedScores {
+    /// Copies, checks (non-empty, no NaN) and sorts both sides.
+    pub(crate) fn new(
+        scores_in: ArrayView1<'_, f32>,
+        scores_out: ArrayView1<'_, f32>,
+    ) -> Result<Self> {
+        let scores_in = checked_copy(scores_in, "ID scores")?;
+        let scores_out = checked_copy(scores_out, "OOD scores")?;
+        Ok(Self::from_unsorted(scores_in, scores_out))
+    }
+
+    /// Sorts two checked, non-empty sides.
+    pub(crate) fn from_unsorted(mut scores_in: Vec<f32>, mut scores_out: Vec<f32>) -> Self {
+        // LSD radix sort on the float bit patterns: O(n), no comparisons.
+        radsort::sort(&mut scores_in);
+        radsort::sort(&mut scores_out);
+        SortedScores {
+            scores_in,
+            scores_out,
+        }
+    }
+
+    /// Number of ID samples (negatives).
+    pub(crate) fn negatives(&self) -> u64 {
+        self.scores_in.len() as u64
+    }
+
+    /// Number of OOD samples (positives).
+    pub(crate) fn positives(&self) -> u64 {
+        self.scores_out.len() as u64
+    }
+
+    /// Calls `visit(threshold, fp, tp)` for each distinct score from the
+    /// highest down, where `fp` / `tp` count the ID / OOD samples scoring
+    /// `>= threshold`. `-0.0` and `0.0` are one threshold, as in NumPy.
+    pub(crate) fn sweep(&self, mut visit: impl FnMut(f32, u64, u64)) {
+        let (a, b) = (&self.scores_in, &self.scores_out);
+        let (mut i, mut j) = (a.len(), b.len());
+        let (mut fp, mut tp) = (0u64, 0u64);
+        loop {
+            let t = match (i > 0, j > 0) {
+                (true, true) => a[i - 1].max(b[j - 1]),
+                (true, false) => a[i - 1],
+                (false, true) => b[j - 1],
+                (false, false) => break,
+            };
+            while i > 0 && a[i - 1] == t {
+                i -= 1;
+                fp += 1;
+            }
+            while j > 0 && b[j - 1] == t {
+                j -= 1;
+                tp += 1;
+            }
+            visit(t, fp, tp);
+        }
+    }
+}
+
+fn checked_copy(scores: ArrayView1<'_, f32>, what: &str) -> Result<Vec<f32>> {
+    if scores.is_empty() {
+        return Err(Error::Empty {
+            what: what.into(),
+            hint: "the metrics compare ID and OOD scores and need at least one of each".into(),
+        });
+    }
+    let copy = scores.to_vec();
+    match copy.iter().position(|s| s.is_nan()) {
+        Some(index) => Err(Error::NotANumber {
+            what: what.into(),
+            index,
+            hint: "a detector produced NaN (check the model's outputs and the inputs' scaling)"
+                .into(),
+        }),
+        None => Ok(copy),
+    }
+}
+
+/// Every scalar metric, computed in one sweep.
+#[derive(Debug, Clone)]
+pub(crate) struct Summary {
+    pub(crate) auroc: f64,
+    pub(crate) aupr_in: f64,
+    pub(crate) aupr_out: f64,
+    pub(crate) detection_accuracy: f64,
+    /// FPR at the first threshold whose TPR reaches each target, in the order asked.
+    pub(crate) fpr_at_tpr: Vec<f64>,
+    /// Largest TPR among thresholds whose FPR stays within each target.
+    pub(crate) tpr_at_fpr: Vec<f64>,
+}
+
+impl Summary {
+    pub(crate) fn compute(sorted: &SortedScores, tpr_targets: &[f64], fpr_targets: &[f64]) -> Self {
+        let (neg, pos) = (sorted.negatives(), sorted.positives());
+        let (negf, posf) = (neg as f64, pos as f64);
+        let total = negf + posf;
+
+        // AUROC by the trapezoid rule on integer counts: exact, then one division.
+        let mut twice_area: u128 = 0;
+        let (mut prev_fp, mut prev_tp) = (0u64, 0u64);
+        let (mut aupr_out, mut aupr_in) = (0.0f64, 0.0f64);
+        // The first point, flag nothing, is right for every ID sample.
+        let mut best_correct = neg;
+        let mut fpr_at_tpr = vec![f64::NAN; tpr_targets.len()];
+        let mut tpr_at_fpr = vec![0.0f64; fpr_targets.len()];
+
+        sorted.sweep(|_, fp, tp| {
+            twice_area += u128::from(fp - prev_fp) * u128::from(tp + prev_tp);
+            // Average precision, OOD positive: recall steps times precision,
+            // summed as counts and divided once by the positives (so a
+            // perfect ranking gives exactly 1).
+            if tp > prev_tp {
+                aupr_out += (tp - prev_tp) as f64 * (tp as f64 / (tp + fp) as f64);
+            }
+            // Average precision, ID positive on negated scores: sweeping the
+            // same thresholds from below, the ID samples at this threshold
+            // are a recall step, with the precision of those scoring <= it.
+            if fp > prev_fp {
+                let id_at_most = neg - prev_fp;
+                let ood_at_most = pos - prev_tp;
+                aupr_in +=
+                    (fp - prev_fp) as f64 * (id_at_most as f64 / (id_at_most + ood_at_most) as f64);
+            }
+            best_correct = best_correct.max(tp + (neg - fp));
+            let (tpr, fpr) = (tp as f64 / posf, fp as f64 / negf);
+            for (target, out) in tpr_targets.iter().zip(fpr_at_tpr.iter_mut()) {
+                if out.is_nan() && tpr >= *target {
+                    *out = fpr;
+                }
+            }
+            for (target, out) in fpr_targets.iter().zip(tpr_at_fpr.iter_mut()) {
+                if fpr <= *target {
+                    *out = tpr;
+                }
+            }
+            (prev_fp, prev_tp) = (fp, tp);
+        });
+
+        Summary {
+            auroc: twice_area as f64 / (2.0 * negf * posf),
+            aupr_in: aupr_in / negf,
+            aupr_out: aupr_out / posf,
+            detection_accuracy: best_correct as f64 / total,
+            fpr_at_tpr,
+            tpr_at_fpr,
+        }
+    }
+}
