@@ -3,6 +3,7 @@
 //! positives) and ID (false positives) samples score at least that much.
 
 use ndarray::ArrayView1;
+use voracious_radix_sort::RadixSort;
 
 use crate::error::{Error, Result};
 
@@ -25,9 +26,10 @@ impl SortedScores {
 
     /// Sorts two checked, non-empty sides.
     pub(crate) fn from_unsorted(mut scores_in: Vec<f32>, mut scores_out: Vec<f32>) -> Self {
-        // LSD radix sort on the float bit patterns: O(n), no comparisons.
-        radsort::sort(&mut scores_in);
-        radsort::sort(&mut scores_out);
+        // Radix sort on the float bit patterns: O(n), no comparisons; about
+        // twice as fast as `radsort` and three times `sort_unstable` here.
+        scores_in.voracious_sort();
+        scores_out.voracious_sort();
         SortedScores {
             scores_in,
             scores_out,
@@ -115,8 +117,15 @@ impl Summary {
         let (mut aupr_out, mut aupr_in) = (0.0f64, 0.0f64);
         // The first point, flag nothing, is right for every ID sample.
         let mut best_correct = neg;
-        let mut fpr_at_tpr = vec![f64::NAN; tpr_targets.len()];
-        let mut tpr_at_fpr = vec![0.0f64; fpr_targets.len()];
+        // Rates compared as counts: the fewest positives whose TPR reaches
+        // each target, the most negatives whose FPR stays within each.
+        let min_tp: Vec<u64> = tpr_targets
+            .iter()
+            .map(|&t| fewest_reaching(t, pos))
+            .collect();
+        let max_fp: Vec<u64> = fpr_targets.iter().map(|&f| most_within(f, neg)).collect();
+        let mut fp_at_tpr: Vec<Option<u64>> = vec![None; tpr_targets.len()];
+        let mut tp_at_fpr = vec![0u64; fpr_targets.len()];
 
         sorted.sweep(|_, fp, tp| {
             twice_area += u128::from(fp - prev_fp) * u128::from(tp + prev_tp);
@@ -136,15 +145,14 @@ impl Summary {
                     (fp - prev_fp) as f64 * (id_at_most as f64 / (id_at_most + ood_at_most) as f64);
             }
             best_correct = best_correct.max(tp + (neg - fp));
-            let (tpr, fpr) = (tp as f64 / posf, fp as f64 / negf);
-            for (target, out) in tpr_targets.iter().zip(fpr_at_tpr.iter_mut()) {
-                if out.is_nan() && tpr >= *target {
-                    *out = fpr;
+            for (&needed, out) in min_tp.iter().zip(fp_at_tpr.iter_mut()) {
+                if out.is_none() && tp >= needed {
+                    *out = Some(fp);
                 }
             }
-            for (target, out) in fpr_targets.iter().zip(tpr_at_fpr.iter_mut()) {
-                if fpr <= *target {
-                    *out = tpr;
+            for (&allowed, out) in max_fp.iter().zip(tp_at_fpr.iter_mut()) {
+                if fp <= allowed {
+                    *out = tp;
                 }
             }
             (prev_fp, prev_tp) = (fp, tp);
@@ -155,8 +163,60 @@ impl Summary {
             aupr_in: aupr_in / negf,
             aupr_out: aupr_out / posf,
             detection_accuracy: best_correct as f64 / total,
-            fpr_at_tpr,
-            tpr_at_fpr,
+            // The last point has TPR 1, which reaches every target in (0, 1].
+            fpr_at_tpr: fp_at_tpr
+                .iter()
+                .map(|fp| fp.unwrap_or(neg) as f64 / negf)
+                .collect(),
+            tpr_at_fpr: tp_at_fpr.iter().map(|&tp| tp as f64 / posf).collect(),
+        }
+    }
+}
+
+/// The smallest count `k` in `0..=n` with `k / n >= rate` in `f64`, the
+/// comparison scikit-learn makes on its `tpr` array.
+fn fewest_reaching(rate: f64, n: u64) -> u64 {
+    let nf = n as f64;
+    let mut k = ((rate * nf).ceil().max(0.0) as u64).min(n);
+    while k > 0 && (k - 1) as f64 / nf >= rate {
+        k -= 1;
+    }
+    while k < n && (k as f64 / nf) < rate {
+        k += 1;
+    }
+    k
+}
+
+/// The largest count `k` in `0..=n` with `k / n <= rate` in `f64`.
+fn most_within(rate: f64, n: u64) -> u64 {
+    let nf = n as f64;
+    let mut k = ((rate * nf).floor().max(0.0) as u64).min(n);
+    while k < n && (k + 1) as f64 / nf <= rate {
+        k += 1;
+    }
+    while k > 0 && (k as f64 / nf) > rate {
+        k -= 1;
+    }
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_thresholds_match_the_float_comparisons_they_replace() {
+        for n in 1..=300u64 {
+            for p in 1..=100 {
+                let rate = f64::from(p) / 100.0;
+                let brute_min = (0..=n).find(|&k| k as f64 / n as f64 >= rate).unwrap();
+                let brute_max = (0..=n)
+                    .rev()
+                    .find(|&k| k as f64 / n as f64 <= rate)
+                    .unwrap();
+                assert_eq!(fewest_reaching(rate, n), brute_min, "n={n} rate={rate}");
+                assert_eq!(most_within(rate, n), brute_max, "n={n} rate={rate}");
+            }
         }
     }
 }
