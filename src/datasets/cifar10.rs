@@ -25,12 +25,26 @@ const HOW_TO_GET: &str = "fetch CIFAR-10 with oodkit::datasets::download::cifar1
 /// whole 3073-byte records (a label byte 0–9, then the red, green and blue
 /// planes); anything else is an error naming the file and the byte.
 ///
-/// ```no_run
+/// ```
 /// use oodkit::datasets::{Split, cifar10};
 ///
-/// let test = cifar10::load("data/cifar10", Split::Test)?;
+/// // One record: label 7 (horse), then the red, green and blue planes.
+/// let dir = std::env::temp_dir().join(format!("oodkit-doc-cifar-{}", std::process::id()));
+/// let folder = dir.join(cifar10::FOLDER);
+/// std::fs::create_dir_all(&folder)?;
+/// let mut record = vec![7u8];
+/// record.extend([10u8, 20, 30].iter().flat_map(|&v| std::iter::repeat_n(v, 1024)));
+/// std::fs::write(folder.join("test_batch.bin"), &record)?;
+/// let names = "airplane automobile bird cat deer dog frog horse ship truck";
+/// std::fs::write(folder.join("batches.meta.txt"), names.replace(' ', "\n"))?;
+///
+/// let test = cifar10::load(&dir, Split::Test)?;
 /// assert_eq!(test.input_shape(), [3, 32, 32]);
-/// # Ok::<(), oodkit::Error>(())
+/// assert_eq!(test.labels()[0], 7);
+/// assert_eq!(test.class_names().unwrap()[7], "horse");
+/// assert_eq!(test.inputs()[[0, 2, 31, 31]], 30.0); // blue plane
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn load(dir: impl AsRef<Path>, split: Split) -> Result<OodDataset> {
     let dir = batches_dir(dir.as_ref());

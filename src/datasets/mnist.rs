@@ -22,12 +22,31 @@ const HOW_TO_GET: &str = "fetch the four MNIST files with oodkit::datasets::down
 /// counts are checked: a truncated or corrupt file is an error naming the
 /// file and what is wrong.
 ///
-/// ```no_run
+/// ```
 /// use oodkit::datasets::{Split, mnist};
 ///
-/// let train = mnist::load("data/mnist", Split::Train)?;
-/// assert_eq!(train.len(), 60_000);
-/// # Ok::<(), oodkit::Error>(())
+/// // Two 2x2 images labelled 3 and 8, written as the IDX files MNIST ships.
+/// let dir = std::env::temp_dir().join(format!("oodkit-doc-mnist-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let header = |words: &[u32]| words.iter().flat_map(|w| w.to_be_bytes()).collect::<Vec<u8>>();
+/// let mut images = header(&[0x0803, 2, 2, 2]);
+/// images.extend([0, 64, 128, 255, 1, 2, 3, 4]);
+/// let mut labels = header(&[0x0801, 2]);
+/// labels.extend([3, 8]);
+/// std::fs::write(dir.join("t10k-images-idx3-ubyte"), images)?;
+/// std::fs::write(dir.join("t10k-labels-idx1-ubyte"), labels)?;
+///
+/// let test = mnist::load(&dir, Split::Test)?;
+/// assert_eq!(test.len(), 2);
+/// assert_eq!(test.labels().to_vec(), vec![3, 8]);
+/// assert_eq!(test.inputs()[[0, 0, 1, 1]], 255.0);
+///
+/// // A file cut short is an error naming the file, not a panic.
+/// std::fs::write(dir.join("t10k-labels-idx1-ubyte"), header(&[0x0801, 5]))?;
+/// let err = mnist::load(&dir, Split::Test).unwrap_err();
+/// assert!(err.to_string().contains("t10k-labels-idx1-ubyte"));
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn load(dir: impl AsRef<Path>, split: Split) -> Result<OodDataset> {
     let dir = dir.as_ref();

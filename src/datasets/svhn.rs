@@ -21,12 +21,44 @@ const HOW_TO_GET: &str = "fetch SVHN with oodkit::datasets::download::svhn(dir) 
 /// to label 0, so labels are the digits themselves. Inputs are
 /// `(N, 3, 32, 32)`, RGB, pixel values `0.0..=255.0`.
 ///
-/// ```no_run
+/// ```
 /// use oodkit::datasets::{Split, svhn};
+/// # // A minimal MATLAB v5 writer: header, then one miMATRIX element per variable.
+/// # fn element(ty: u32, bytes: &[u8]) -> Vec<u8> {
+/// #     let mut v = [ty.to_le_bytes(), (bytes.len() as u32).to_le_bytes()].concat();
+/// #     v.extend_from_slice(bytes);
+/// #     v.resize(v.len().div_ceil(8) * 8, 0);
+/// #     v
+/// # }
+/// # fn matrix(name: &str, class: u32, dims: &[i32], ty: u32, data: &[u8]) -> Vec<u8> {
+/// #     let mut body = element(6, &[class.to_le_bytes(), [0; 4]].concat());
+/// #     body.extend(element(5, &dims.iter().flat_map(|d| d.to_le_bytes()).collect::<Vec<_>>()));
+/// #     body.extend(element(1, name.as_bytes()));
+/// #     body.extend(element(ty, data));
+/// #     element(14, &body)
+/// # }
+/// # fn mat_file(x: &[u8], n: i32, y: &[f64]) -> Vec<u8> {
+/// #     let mut v = format!("{:<116}", "MATLAB 5.0 MAT-file").into_bytes();
+/// #     v.extend_from_slice(&[0; 8]);
+/// #     v.extend_from_slice(&0x0100u16.to_le_bytes());
+/// #     v.extend_from_slice(b"IM");
+/// #     v.extend(matrix("X", 9, &[32, 32, 3, n], 2, x));
+/// #     let y: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
+/// #     v.extend(matrix("y", 6, &[n, 1], 9, &y));
+/// #     v
+/// # }
+/// // Two images; SVHN writes digit 0 as label 10.
+/// let dir = std::env::temp_dir().join(format!("oodkit-doc-svhn-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let mut x = vec![0u8; 32 * 32 * 3 * 2];
+/// x[1] = 200; // X(row 1, col 0, red, image 0): column-major
+/// std::fs::write(dir.join("test_32x32.mat"), mat_file(&x, 2, &[10.0, 4.0]))?;
 ///
-/// let test = svhn::load("data/svhn", Split::Test)?;
-/// assert_eq!(test.input_shape(), [3, 32, 32]);
-/// # Ok::<(), oodkit::Error>(())
+/// let test = svhn::load(&dir, Split::Test)?;
+/// assert_eq!(test.labels().to_vec(), vec![0, 4]);
+/// assert_eq!(test.inputs()[[0, 0, 1, 0]], 200.0);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn load(dir: impl AsRef<Path>, split: Split) -> Result<OodDataset> {
     let name = match split {
