@@ -10,6 +10,14 @@ use flate2::write::GzEncoder;
 use oodkit::Error;
 use oodkit::datasets::{Split, cifar10, mnist, svhn};
 
+/// The byte offset a `CorruptFile` error points at (`None` for other errors).
+fn corrupt_offset(err: &Error) -> Option<u64> {
+    match err {
+        Error::CorruptFile { offset, .. } => *offset,
+        _ => None,
+    }
+}
+
 // ---------- MNIST (IDX) ----------
 
 fn idx_images(n: u32, rows: u32, cols: u32, pixels: &[u8]) -> Vec<u8> {
@@ -129,16 +137,7 @@ fn mnist_trailing_bytes_and_non_digit_labels_are_errors() {
     let (_, msg) = mnist_error_with(idx_images(1, 2, 2, &[0; 5]), idx_labels(&[1]));
     assert!(msg.contains("unexpected bytes"), "{msg}");
     let (err, msg) = mnist_error_with(idx_images(2, 2, 2, &[0; 8]), idx_labels(&[1, 12]));
-    assert!(
-        matches!(
-            err,
-            Error::CorruptFile {
-                offset: Some(9),
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_eq!(corrupt_offset(&err), Some(9), "{err:?}");
     assert!(msg.contains("label 12"), "{msg}");
 }
 
@@ -216,31 +215,13 @@ fn cifar10_partial_record_and_bad_label_are_errors() {
     bytes.truncate(3073 + 100);
     write_cifar(dir.path(), &bytes);
     let err = cifar10::load(dir.path(), Split::Test).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::CorruptFile {
-                offset: Some(3073),
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_eq!(corrupt_offset(&err), Some(3073), "{err:?}");
     assert!(err.to_string().contains("test_batch.bin"));
 
     let bytes = [cifar_record(1, 0), cifar_record(10, 0)].concat();
     write_cifar(dir.path(), &bytes);
     let err = cifar10::load(dir.path(), Split::Test).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::CorruptFile {
-                offset: Some(3073),
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_eq!(corrupt_offset(&err), Some(3073), "{err:?}");
     assert!(err.to_string().contains("label 10"), "{err}");
 
     write_cifar(dir.path(), &[]);
