@@ -29,10 +29,24 @@
 //! }
 //! assert_eq!(seen, 4);
 //! assert_eq!(ds_out.classes(), vec![2, 3]);
+//!
+//! // Any score where higher means "more OOD" — here the mean pixel, which the
+//! // OOD classes (brighter images) have higher — measured against the truth.
+//! let mean_pixel = |ds: &OodDataset| -> Vec<f32> {
+//!     ds.inputs().outer_iter().map(|img| img.mean().unwrap_or(0.0)).collect()
+//! };
+//! let report = oodkit::metrics::bench_metrics(
+//!     &mean_pixel(&ds_in),
+//!     &mean_pixel(&ds_out),
+//!     &["auroc", "fpr95tpr"],
+//! )?;
+//! assert_eq!(report.get("auroc"), Some(1.0));
+//! assert_eq!(report.get("fpr95tpr"), Some(0.0));
 //! # Ok::<(), oodkit::Error>(())
 //! ```
 //!
-//! See [`datasets`] for the loaders (MNIST, CIFAR-10, SVHN) and downloads.
+//! See [`datasets`] for the loaders (MNIST, CIFAR-10, SVHN) and downloads,
+//! and [`metrics`] for the metrics and their conventions.
 
 #![warn(missing_docs)]
 
