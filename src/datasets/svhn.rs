@@ -85,7 +85,9 @@ pub fn load(dir: impl AsRef<Path>, split: Split) -> Result<OodDataset> {
         }
     };
     let pixels = match x.data() {
-        NumericData::UInt8 { real, .. } if real.len() == n * 3 * SIDE * SIDE => real,
+        NumericData::UInt8 { real, .. } if n.checked_mul(3 * SIDE * SIDE) == Some(real.len()) => {
+            real
+        }
         NumericData::UInt8 { real, .. } => {
             return Err(Error::corrupt(
                 &path,
