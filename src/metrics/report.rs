@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use ndarray::ArrayView1;
 
-use super::sweep::{SortedScores, Summary};
+use super::sweep::{SortedScores, Summary, empty_error, nan_error};
 use crate::error::{Error, Result};
 
 /// A metric [`bench_metrics`] can compute.
@@ -233,12 +233,7 @@ pub fn bench_metrics_labeled<'a, 'b, M: AsMetric>(
     let (mut scores_in, mut scores_out) = (Vec::new(), Vec::new());
     for (index, (&s, &label)) in scores.iter().zip(ood_labels.iter()).enumerate() {
         if s.is_nan() {
-            return Err(Error::NotANumber {
-                what: "scores".into(),
-                index,
-                hint: "a detector produced NaN (check the model's outputs and the inputs' scaling)"
-                    .into(),
-            });
+            return Err(nan_error("scores", index));
         }
         match label {
             0 => scores_in.push(s),
@@ -256,10 +251,7 @@ pub fn bench_metrics_labeled<'a, 'b, M: AsMetric>(
         (&scores_out, "OOD scores (label 1)"),
     ] {
         if side.is_empty() {
-            return Err(Error::Empty {
-                what: what.into(),
-                hint: "the metrics compare ID and OOD scores and need at least one of each".into(),
-            });
+            return Err(empty_error(what));
         }
     }
     Ok(report(

@@ -75,20 +75,29 @@ impl SortedScores {
 
 fn checked_copy(scores: ArrayView1<'_, f32>, what: &str) -> Result<Vec<f32>> {
     if scores.is_empty() {
-        return Err(Error::Empty {
-            what: what.into(),
-            hint: "the metrics compare ID and OOD scores and need at least one of each".into(),
-        });
+        return Err(empty_error(what));
     }
     let copy = scores.to_vec();
     match copy.iter().position(|s| s.is_nan()) {
-        Some(index) => Err(Error::NotANumber {
-            what: what.into(),
-            index,
-            hint: "a detector produced NaN (check the model's outputs and the inputs' scaling)"
-                .into(),
-        }),
+        Some(index) => Err(nan_error(what, index)),
         None => Ok(copy),
+    }
+}
+
+/// The error for a side with no score.
+pub(crate) fn empty_error(what: &str) -> Error {
+    Error::Empty {
+        what: what.into(),
+        hint: "the metrics compare ID and OOD scores and need at least one of each".into(),
+    }
+}
+
+/// The error for a NaN score at `index` of `what`.
+pub(crate) fn nan_error(what: &str, index: usize) -> Error {
+    Error::NotANumber {
+        what: what.into(),
+        index,
+        hint: "a detector produced NaN (check the model's outputs and the inputs' scaling)".into(),
     }
 }
 
