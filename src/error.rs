@@ -115,6 +115,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A detector was asked to score before it was fitted on a model.
+    #[error("{detector} is not fitted: call fit(model, ..) before scoring")]
+    NotFitted {
+        /// The detector's name (e.g. "MLS").
+        detector: &'static str,
+    },
+
+    /// The backend that runs a network (e.g. burn) failed.
+    #[error("model backend error: {0}")]
+    Backend(String),
+
     /// An error raised by user code (a preprocess function, a model closure).
     #[error("{0}")]
     Custom(String),
@@ -125,6 +136,19 @@ impl Error {
     /// functions or model closures that must return an oodkit [`Result`].
     pub fn custom(message: impl Into<String>) -> Self {
         Error::Custom(message.into())
+    }
+
+    /// An error about a sample of a batch that starts at sample `offset` of
+    /// a larger stream: its index becomes the index in the stream.
+    pub(crate) fn in_batch_at(self, offset: usize) -> Self {
+        match self {
+            Error::NotANumber { what, index, hint } => Error::NotANumber {
+                what,
+                index: index + offset,
+                hint,
+            },
+            other => other,
+        }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

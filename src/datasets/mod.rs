@@ -15,10 +15,12 @@ pub mod download;
 mod files;
 pub mod mnist;
 mod prepare;
+mod source;
 pub mod svhn;
 
 pub use dataset::OodDataset;
 pub use prepare::{Batches, PrepareConfig, Prepared, PreprocessFn};
+pub use source::{BatchIter, BatchSource};
 
 use crate::error::{Error, Result};
 

@@ -1,0 +1,207 @@
+//! The burn adapter: any burn module implementing [`BurnClassifier`] becomes
+//! a [`Model`] (and a [`FeatureModel`]) through [`BurnModel`].
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use ndarray::{Array2, Array4, ArrayView4};
+
+use super::closure::LOGITS;
+use super::{FeatureModel, LayerId, Model, ModelOutput};
+use crate::error::{Error, Result};
+
+/// A burn module that classifies images: `(N, C, H, W)` in, logits
+/// `(N, num_classes)` out.
+///
+/// Implement [`logits`](Self::logits) (usually your module's `forward`).
+/// Detectors on features also need [`feature_layers`](Self::feature_layers)
+/// and [`forward_features`](Self::forward_features); their defaults expose
+/// no layer but the logits.
+pub trait BurnClassifier: Module {
+    /// The logits of a batch.
+    fn logits(&self, inputs: Tensor<4>) -> Tensor<2>;
+
+    /// The names of the layers [`forward_features`](Self::forward_features)
+    /// returns, in forward order (the logits are not among them).
+    fn feature_layers(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The activations of the [`feature_layers`](Self::feature_layers), each
+    /// reduced to `(N, D)`, and the logits.
+    fn forward_features(&self, inputs: Tensor<4>) -> (Vec<Tensor<2>>, Tensor<2>) {
+        (Vec::new(), self.logits(inputs))
+    }
+}
+
+/// A burn module run as a [`Model`]: batches move into burn and the logits
+/// come back as `ndarray`, with the module in inference mode (no dropout, no
+/// autodiff graph).
+///
+/// Any burn [`Device`] works: `Device::flex()` on CPU (the crate's default
+/// backend) or the device of whichever backend the application enables.
+///
+/// ```
+/// use burn::module::Module;
+/// use burn::nn::{Linear, LinearConfig};
+/// use burn::tensor::{Device, Tensor};
+/// use oodkit::model::{BurnClassifier, BurnModel, Model};
+///
+/// #[derive(Module, Debug)]
+/// struct PixelClassifier {
+///     linear: Linear,
+/// }
+///
+/// impl BurnClassifier for PixelClassifier {
+///     fn logits(&self, inputs: Tensor<4>) -> Tensor<2> {
+///         self.linear.forward(inputs.flatten(1, 3))
+///     }
+/// }
+///
+/// let device = Device::flex();
+/// let module = PixelClassifier { linear: LinearConfig::new(4, 3).init(&device) };
+/// let model = BurnModel::new(module, &device);
+/// let logits = model.forward(ndarray::Array4::zeros((5, 1, 2, 2)).view())?;
+/// assert_eq!(logits.shape(), &[5, 3]);
+/// # Ok::<(), oodkit::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct BurnModel<M> {
+    module: M,
+    device: Device,
+}
+
+impl<M: BurnClassifier> BurnModel<M> {
+    /// Runs `module` on `device`, in inference mode. An autodiff device is
+    /// used without autodiff: scoring never needs gradients.
+    pub fn new(module: M, device: &Device) -> Self {
+        let device = device.clone().without_autodiff();
+        let module = module.valid().to_device(&device);
+        BurnModel { module, device }
+    }
+
+    /// The module, in inference mode.
+    pub fn module(&self) -> &M {
+        &self.module
+    }
+
+    /// The device the module runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The module back.
+    pub fn into_module(self) -> M {
+        self.module
+    }
+
+    /// Runs `f` on the module, turning a panic inside burn (e.g. inputs whose
+    /// shape does not fit the first layer) into an error.
+    fn guarded<T>(&self, what: &str, shape: &[usize], f: impl FnOnce(&M) -> T) -> Result<T> {
+        catch_unwind(AssertUnwindSafe(|| f(&self.module))).map_err(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            Error::Backend(format!(
+                "the burn module panicked in {what} on inputs of shape {shape:?}: {message}"
+            ))
+        })
+    }
+}
+
+impl<M: BurnClassifier> Model for BurnModel<M> {
+    fn forward(&self, inputs: ArrayView4<f32>) -> Result<Array2<f32>> {
+        self.forward_owned(inputs.to_owned())
+    }
+
+    fn forward_owned(&self, inputs: Array4<f32>) -> Result<Array2<f32>> {
+        let shape = inputs.shape().to_vec();
+        let x = array_to_tensor(inputs, &self.device);
+        let logits = self.guarded("logits", &shape, |m| m.logits(x))?;
+        tensor_to_array(logits)
+    }
+}
+
+impl<M: BurnClassifier> FeatureModel for BurnModel<M> {
+    fn layer_names(&self) -> Vec<String> {
+        let mut names = self.module.feature_layers();
+        names.push(LOGITS.to_owned());
+        names
+    }
+
+    fn forward_features(&self, inputs: ArrayView4<f32>, layers: &[LayerId]) -> Result<ModelOutput> {
+        self.forward_features_owned(inputs.to_owned(), layers)
+    }
+
+    fn forward_features_owned(
+        &self,
+        inputs: Array4<f32>,
+        layers: &[LayerId],
+    ) -> Result<ModelOutput> {
+        let names = self.layer_names();
+        let positions = layers
+            .iter()
+            .map(|l| l.resolve(&names))
+            .collect::<Result<Vec<_>>>()?;
+        let shape = inputs.shape().to_vec();
+        let x = array_to_tensor(inputs, &self.device);
+        let (all, logits) = self.guarded("forward_features", &shape, |m| m.forward_features(x))?;
+        if all.len() != names.len() - 1 {
+            return Err(Error::LengthMismatch {
+                what: "BurnClassifier::feature_layers vs the activations forward_features returned"
+                    .into(),
+                left: names.len() - 1,
+                right: all.len(),
+            });
+        }
+        let features = positions
+            .into_iter()
+            .map(|p| tensor_to_array(all.get(p).unwrap_or(&logits).clone()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ModelOutput {
+            features,
+            logits: tensor_to_array(logits)?,
+        })
+    }
+}
+
+/// An `(N, C, H, W)` array as a burn tensor on `device`. A standard-layout
+/// array hands its buffer over without a copy; any other layout is copied
+/// once into standard order.
+pub fn array_to_tensor(inputs: Array4<f32>, device: &Device) -> Tensor<4> {
+    let shape: [usize; 4] = inputs.dim().into();
+    let len = inputs.len();
+    let flat = if inputs.is_standard_layout() {
+        let (mut buffer, offset) = inputs.into_raw_vec_and_offset();
+        match offset {
+            Some(0) if buffer.len() == len => buffer,
+            Some(start) => {
+                // A sliced array: its elements are contiguous from `start`.
+                buffer.truncate(start + len);
+                buffer.drain(..start);
+                buffer
+            }
+            None => Vec::new(),
+        }
+    } else {
+        inputs.iter().copied().collect()
+    };
+    Tensor::from_data(TensorData::new(flat, shape), device)
+}
+
+/// A 2-D burn tensor as an `f32` array, converting the element type when the
+/// backend computes in another one (e.g. `f16` on a GPU).
+pub fn tensor_to_array(tensor: Tensor<2>) -> Result<Array2<f32>> {
+    let [rows, cols] = tensor.dims();
+    let values = tensor
+        .try_into_vec_as::<f32>()
+        .map_err(|e| Error::Backend(format!("reading a ({rows}, {cols}) tensor back: {e}")))?;
+    Array2::from_shape_vec((rows, cols), values).map_err(|e| {
+        Error::Backend(format!(
+            "a ({rows}, {cols}) tensor came back malformed: {e}"
+        ))
+    })
+}

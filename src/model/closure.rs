@@ -1,0 +1,168 @@
+//! Models from closures: [`from_fn`] and [`from_fn_with_features`].
+
+use std::fmt;
+
+use ndarray::{Array2, ArrayView4};
+
+use super::{FeatureModel, LayerId, Model, ModelOutput};
+use crate::error::{Error, Result};
+
+/// A [`Model`] made of a closure; see [`from_fn`].
+#[derive(Clone)]
+pub struct FnModel<F> {
+    forward: F,
+}
+
+impl<F> fmt::Debug for FnModel<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FnModel")
+    }
+}
+
+/// A [`Model`] whose forward pass is `forward`: wrap any inference engine.
+///
+/// ```
+/// use ndarray::{Array2, ArrayView4};
+/// use oodkit::model::{Model, from_fn};
+///
+/// // A linear classifier over flattened 1x2x2 images: 4 pixels -> 3 classes.
+/// let weights = Array2::from_shape_fn((4, 3), |(i, j)| (i + j) as f32);
+/// let model = from_fn(move |x: ArrayView4<f32>| -> oodkit::Result<Array2<f32>> {
+///     let flat = x.to_shape((x.shape()[0], 4)).map_err(|e| oodkit::Error::custom(e.to_string()))?;
+///     Ok(flat.dot(&weights))
+/// });
+/// let logits = model.forward(ndarray::Array4::ones((2, 1, 2, 2)).view())?;
+/// assert_eq!(logits.row(0).to_vec(), vec![6.0, 10.0, 14.0]);
+/// # Ok::<(), oodkit::Error>(())
+/// ```
+pub fn from_fn<F>(forward: F) -> FnModel<F>
+where
+    F: Fn(ArrayView4<f32>) -> Result<Array2<f32>>,
+{
+    FnModel { forward }
+}
+
+impl<F> Model for FnModel<F>
+where
+    F: Fn(ArrayView4<f32>) -> Result<Array2<f32>>,
+{
+    fn forward(&self, inputs: ArrayView4<f32>) -> Result<Array2<f32>> {
+        (self.forward)(inputs)
+    }
+}
+
+/// A [`FeatureModel`] made of a closure; see [`from_fn_with_features`].
+#[derive(Clone)]
+pub struct FnFeatureModel<F> {
+    layer_names: Vec<String>,
+    forward: F,
+}
+
+impl<F> fmt::Debug for FnFeatureModel<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FnFeatureModel")
+            .field("layer_names", &self.layer_names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A [`FeatureModel`] whose forward pass is `forward`, returning the
+/// activations of the layers `feature_layers` (in that order, each
+/// `(N, D)`) and the logits. The model's layers are `feature_layers` followed
+/// by `"logits"`.
+///
+/// ```
+/// use ndarray::{Array2, ArrayView4, Axis};
+/// use oodkit::model::{FeatureModel, from_fn_with_features};
+///
+/// let model = from_fn_with_features(["pixels"], |x: ArrayView4<f32>| {
+///     let n = x.shape()[0];
+///     let pixels = x.to_shape((n, x.len() / n)).map_err(|e| oodkit::Error::custom(e.to_string()))?.to_owned();
+///     let logits = pixels.sum_axis(Axis(1)).insert_axis(Axis(1));
+///     Ok((vec![pixels], logits))
+/// });
+/// assert_eq!(model.layer_names(), vec!["pixels", "logits"]);
+/// let out = model.forward_features(ndarray::Array4::ones((2, 1, 2, 2)).view(), &[(-2).into()])?;
+/// assert_eq!(out.features[0].shape(), &[2, 4]);
+/// assert_eq!(out.logits.column(0).to_vec(), vec![4.0, 4.0]);
+/// # Ok::<(), oodkit::Error>(())
+/// ```
+pub fn from_fn_with_features<F, S>(
+    feature_layers: impl IntoIterator<Item = S>,
+    forward: F,
+) -> FnFeatureModel<F>
+where
+    S: Into<String>,
+    F: Fn(ArrayView4<f32>) -> Result<(Vec<Array2<f32>>, Array2<f32>)>,
+{
+    let mut layer_names: Vec<String> = feature_layers.into_iter().map(Into::into).collect();
+    layer_names.push(LOGITS.to_owned());
+    FnFeatureModel {
+        layer_names,
+        forward,
+    }
+}
+
+/// The name of the last layer of a feature model built here.
+pub(crate) const LOGITS: &str = "logits";
+
+impl<F> FnFeatureModel<F>
+where
+    F: Fn(ArrayView4<f32>) -> Result<(Vec<Array2<f32>>, Array2<f32>)>,
+{
+    /// Runs the closure and checks it returned one activation per feature
+    /// layer, each with one row per input.
+    fn run(&self, inputs: ArrayView4<f32>) -> Result<(Vec<Array2<f32>>, Array2<f32>)> {
+        let n = inputs.shape()[0];
+        let (features, logits) = (self.forward)(inputs)?;
+        let expected = self.layer_names.len() - 1;
+        if features.len() != expected {
+            return Err(Error::LengthMismatch {
+                what: "feature layers declared vs activations the closure returned".into(),
+                left: expected,
+                right: features.len(),
+            });
+        }
+        for (name, act) in self.layer_names.iter().zip(&features) {
+            if act.nrows() != n {
+                return Err(Error::ShapeMismatch {
+                    what: format!("activations of layer \"{name}\""),
+                    expected: format!("({n}, D): one row per input"),
+                    found: format!("{:?}", act.shape()),
+                });
+            }
+        }
+        Ok((features, logits))
+    }
+}
+
+impl<F> Model for FnFeatureModel<F>
+where
+    F: Fn(ArrayView4<f32>) -> Result<(Vec<Array2<f32>>, Array2<f32>)>,
+{
+    fn forward(&self, inputs: ArrayView4<f32>) -> Result<Array2<f32>> {
+        Ok(self.run(inputs)?.1)
+    }
+}
+
+impl<F> FeatureModel for FnFeatureModel<F>
+where
+    F: Fn(ArrayView4<f32>) -> Result<(Vec<Array2<f32>>, Array2<f32>)>,
+{
+    fn layer_names(&self) -> Vec<String> {
+        self.layer_names.clone()
+    }
+
+    fn forward_features(&self, inputs: ArrayView4<f32>, layers: &[LayerId]) -> Result<ModelOutput> {
+        let positions = layers
+            .iter()
+            .map(|l| l.resolve(&self.layer_names))
+            .collect::<Result<Vec<_>>>()?;
+        let (all, logits) = self.run(inputs)?;
+        let features = positions
+            .into_iter()
+            .map(|p| all.get(p).unwrap_or(&logits).clone())
+            .collect();
+        Ok(ModelOutput { features, logits })
+    }
+}

@@ -1,0 +1,248 @@
+//! Models: whatever runs the network, seen through one small trait.
+//!
+//! Detectors never care what computes the logits. A [`Model`] takes a batch
+//! of inputs `(N, C, H, W)` as an `ndarray` view and returns the logits
+//! `(N, num_classes)`. Three ways to get one:
+//!
+//! - [`from_fn`]: wrap any inference engine (a closure over ndarray, an ONNX
+//!   runtime session, a remote call) in three lines;
+//! - [`BurnModel`] (feature `burn`): any burn 0.22 module that implements
+//!   [`BurnClassifier`];
+//! - implement [`Model`] on your own type.
+//!
+//! Detectors that need internal activations (Mahalanobis, KNN, ViM, ...) ask
+//! for a [`FeatureModel`], which also returns chosen layers' activations as
+//! `(N, D)` arrays, the layers named by [`LayerId`].
+//!
+//! ```
+//! use ndarray::{Array2, ArrayView4, Axis};
+//! use oodkit::model::{Model, from_fn};
+//!
+//! // Two "classes": the mean pixel and its negation.
+//! let model = from_fn(|x: ArrayView4<f32>| -> oodkit::Result<Array2<f32>> {
+//!     let mean = x.mean_axis(Axis(3)).unwrap().mean_axis(Axis(2)).unwrap().mean_axis(Axis(1)).unwrap();
+//!     Ok(ndarray::stack![Axis(1), mean, -&mean])
+//! });
+//! let logits = model.forward(ndarray::Array4::from_elem((3, 1, 2, 2), 0.5).view())?;
+//! assert_eq!(logits.shape(), &[3, 2]);
+//! assert_eq!(logits[[0, 1]], -0.5);
+//! # Ok::<(), oodkit::Error>(())
+//! ```
+
+use std::fmt;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use ndarray::{Array2, Array4, ArrayView4};
+
+use crate::error::{Error, Result};
+
+#[cfg(feature = "burn")]
+mod burn;
+mod closure;
+
+#[cfg(feature = "burn")]
+pub use self::burn::{BurnClassifier, BurnModel, array_to_tensor, tensor_to_array};
+pub use closure::{FnFeatureModel, FnModel, from_fn, from_fn_with_features};
+
+/// A classifier: a batch of inputs in, its logits out.
+pub trait Model {
+    /// The logits `(N, num_classes)` of a batch of inputs `(N, C, H, W)`.
+    fn forward(&self, inputs: ArrayView4<f32>) -> Result<Array2<f32>>;
+
+    /// Like [`forward`](Model::forward), taking the batch by value so an
+    /// engine that needs owned memory (e.g. burn) can take it over without
+    /// a copy. Detectors call this one. The default borrows and forwards.
+    fn forward_owned(&self, inputs: Array4<f32>) -> Result<Array2<f32>> {
+        self.forward(inputs.view())
+    }
+}
+
+/// A layer of a [`FeatureModel`]: by position in
+/// [`layer_names`](FeatureModel::layer_names) (negative counts from the end,
+/// `-1` being the logits and `-2` the penultimate layer, as in the Python
+/// toolkit) or by name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LayerId {
+    /// Position; negative counts from the end.
+    Index(isize),
+    /// Name, as listed by [`layer_names`](FeatureModel::layer_names).
+    Name(String),
+}
+
+impl From<isize> for LayerId {
+    fn from(index: isize) -> Self {
+        LayerId::Index(index)
+    }
+}
+
+impl From<i32> for LayerId {
+    fn from(index: i32) -> Self {
+        LayerId::Index(index as isize)
+    }
+}
+
+impl From<&str> for LayerId {
+    fn from(name: &str) -> Self {
+        LayerId::Name(name.to_owned())
+    }
+}
+
+impl From<String> for LayerId {
+    fn from(name: String) -> Self {
+        LayerId::Name(name)
+    }
+}
+
+impl fmt::Display for LayerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LayerId::Index(i) => write!(f, "layer {i}"),
+            LayerId::Name(name) => write!(f, "layer \"{name}\""),
+        }
+    }
+}
+
+impl LayerId {
+    /// The position of this layer among `names`, checked.
+    pub fn resolve(&self, names: &[String]) -> Result<usize> {
+        let count = names.len();
+        let listing = || format!("the model's layers are {names:?}");
+        match self {
+            LayerId::Index(i) => {
+                let pos = if *i < 0 {
+                    count.checked_sub(i.unsigned_abs())
+                } else {
+                    Some(*i as usize).filter(|&p| p < count)
+                };
+                pos.ok_or_else(|| Error::InvalidParameter {
+                    name: "layer",
+                    value: i.to_string(),
+                    reason: format!(
+                        "the model has {count} layers: use 0..{count} or -{count}..-1 ({})",
+                        listing()
+                    ),
+                })
+            }
+            LayerId::Name(name) => {
+                names
+                    .iter()
+                    .position(|n| n == name)
+                    .ok_or_else(|| Error::InvalidParameter {
+                        name: "layer",
+                        value: name.clone(),
+                        reason: format!("no layer of that name; {}", listing()),
+                    })
+            }
+        }
+    }
+}
+
+/// What a [`FeatureModel`] returns: the requested layers' activations, in
+/// the order they were requested, each `(N, D)`, and the logits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelOutput {
+    /// One `(N, D_k)` array per requested layer.
+    pub features: Vec<Array2<f32>>,
+    /// The logits `(N, num_classes)`.
+    pub logits: Array2<f32>,
+}
+
+/// A [`Model`] that can also return internal activations.
+///
+/// The layers it exposes are listed by [`layer_names`](Self::layer_names),
+/// in forward order, the logits last: `-1` is the logits and `-2` the
+/// penultimate layer. Activations of rank above 2 are reduced to `(N, D)` by
+/// the model (flattened, or globally average-pooled for convolutional maps;
+/// the implementation documents which).
+pub trait FeatureModel: Model {
+    /// The layers whose activations can be asked for, logits last.
+    fn layer_names(&self) -> Vec<String>;
+
+    /// The activations of `layers` and the logits of a batch.
+    fn forward_features(&self, inputs: ArrayView4<f32>, layers: &[LayerId]) -> Result<ModelOutput>;
+
+    /// Like [`forward_features`](Self::forward_features), taking the batch by
+    /// value (see [`Model::forward_owned`]).
+    fn forward_features_owned(
+        &self,
+        inputs: Array4<f32>,
+        layers: &[LayerId],
+    ) -> Result<ModelOutput> {
+        self.forward_features(inputs.view(), layers)
+    }
+}
+
+/// Forwards every method to the model behind a pointer, so `&M`, `Box<M>`,
+/// `Rc<M>` and `Arc<M>` are models when `M` is.
+macro_rules! forward_model_impls {
+    ($($ptr:ty),*) => {$(
+        impl<M: Model + ?Sized> Model for $ptr {
+            fn forward(&self, inputs: ArrayView4<f32>) -> Result<Array2<f32>> {
+                (**self).forward(inputs)
+            }
+            fn forward_owned(&self, inputs: Array4<f32>) -> Result<Array2<f32>> {
+                (**self).forward_owned(inputs)
+            }
+        }
+
+        impl<M: FeatureModel + ?Sized> FeatureModel for $ptr {
+            fn layer_names(&self) -> Vec<String> {
+                (**self).layer_names()
+            }
+            fn forward_features(
+                &self,
+                inputs: ArrayView4<f32>,
+                layers: &[LayerId],
+            ) -> Result<ModelOutput> {
+                (**self).forward_features(inputs, layers)
+            }
+            fn forward_features_owned(
+                &self,
+                inputs: Array4<f32>,
+                layers: &[LayerId],
+            ) -> Result<ModelOutput> {
+                (**self).forward_features_owned(inputs, layers)
+            }
+        }
+    )*};
+}
+
+forward_model_impls!(&M, Box<M>, Rc<M>, Arc<M>);
+
+/// Turns a model into the boxed form a detector keeps after
+/// [`fit`](crate::detectors::Detector::fit): `Box<dyn Model>` for detectors
+/// on logits, `Box<dyn FeatureModel>` for detectors on features.
+///
+/// Implemented for every [`Model`] (and every [`FeatureModel`]); there is no
+/// need to implement it by hand.
+pub trait IntoModel<Target: ?Sized> {
+    /// Box the model.
+    fn into_model(self) -> Box<Target>;
+}
+
+impl<'m, M: Model + 'm> IntoModel<dyn Model + 'm> for M {
+    fn into_model(self) -> Box<dyn Model + 'm> {
+        Box::new(self)
+    }
+}
+
+impl<'m, M: FeatureModel + 'm> IntoModel<dyn FeatureModel + 'm> for M {
+    fn into_model(self) -> Box<dyn FeatureModel + 'm> {
+        Box::new(self)
+    }
+}
+
+/// Checks that logits returned for a batch of `batch_len` inputs have one
+/// row per input and at least one class.
+pub(crate) fn check_logits(logits: &Array2<f32>, batch_len: usize) -> Result<()> {
+    let (rows, cols) = logits.dim();
+    if rows != batch_len || cols == 0 {
+        return Err(Error::ShapeMismatch {
+            what: "model output (logits)".into(),
+            expected: format!("({batch_len}, num_classes >= 1): one row per input"),
+            found: format!("({rows}, {cols})"),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! The toy convnet of the Python toolkit's MNIST tutorial.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, Relu};
+use burn::tensor::{Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::BurnClassifier;
+
+/// How to build a [`ToyConvnet`]: input channels and side, number of
+/// classes, dropout rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToyConvnetConfig {
+    /// Input channels (1 for MNIST, 3 for CIFAR-10).
+    pub in_channels: usize,
+    /// Height and width of the (square) input images.
+    pub image_size: usize,
+    /// Number of classes.
+    pub num_classes: usize,
+    /// Dropout rate before the last layer, while training.
+    pub dropout: f64,
+}
+
+impl ToyConvnetConfig {
+    /// The network for `in_channels` x `image_size` x `image_size` images and
+    /// `num_classes` classes, with dropout 0.5.
+    pub fn new(in_channels: usize, image_size: usize, num_classes: usize) -> Self {
+        ToyConvnetConfig {
+            in_channels,
+            image_size,
+            num_classes,
+            dropout: 0.5,
+        }
+    }
+
+    /// Sets the dropout rate.
+    pub fn with_dropout(mut self, dropout: f64) -> Self {
+        self.dropout = dropout;
+        self
+    }
+
+    /// Side of the feature maps after the second pooling.
+    fn final_side(&self) -> Option<usize> {
+        let after_first = self.image_size.checked_sub(2)? / 2;
+        Some(after_first.checked_sub(2)? / 2).filter(|&s| s > 0)
+    }
+
+    /// Builds the network with freshly initialised weights on `device`.
+    pub fn init(&self, device: &Device) -> Result<ToyConvnet> {
+        let invalid = |name, value: String, reason: &str| Error::InvalidParameter {
+            name,
+            value,
+            reason: reason.into(),
+        };
+        if self.in_channels == 0 {
+            return Err(invalid("in_channels", "0".into(), "need at least one"));
+        }
+        if self.num_classes == 0 {
+            return Err(invalid("num_classes", "0".into(), "need at least one"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(invalid(
+                "dropout",
+                self.dropout.to_string(),
+                "must be in [0, 1)",
+            ));
+        }
+        let side = self.final_side().ok_or_else(|| {
+            invalid(
+                "image_size",
+                self.image_size.to_string(),
+                "two 3x3 convolutions and 2x2 poolings need images of at least 10x10",
+            )
+        })?;
+        Ok(ToyConvnet {
+            conv1: Conv2dConfig::new([self.in_channels, 32], [3, 3]).init(device),
+            conv2: Conv2dConfig::new([32, 64], [3, 3]).init(device),
+            pool: MaxPool2dConfig::new([2, 2]).init(),
+            activation: Relu,
+            dropout: DropoutConfig::new(self.dropout).init(),
+            linear: LinearConfig::new(64 * side * side, self.num_classes).init(device),
+        })
+    }
+}
+
+/// Conv2d(C→32, 3x3) ReLU MaxPool2 Conv2d(32→64, 3x3) ReLU MaxPool2 Flatten
+/// Dropout Linear(→classes): the Python toolkit's MNIST network (1600
+/// features before the last layer on 28x28 inputs).
+///
+/// As a [`BurnClassifier`] it exposes the layers `"pool1"` and `"pool2"`
+/// (globally average-pooled to `(N, 32)` and `(N, 64)`), `"flatten"` (the
+/// penultimate layer, `(N, 1600)` on MNIST) and the logits.
+#[derive(Module, Debug)]
+pub struct ToyConvnet {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    pool: MaxPool2d,
+    activation: Relu,
+    dropout: Dropout,
+    linear: Linear,
+}
+
+impl ToyConvnet {
+    /// The logits of a batch `(N, C, H, W)`.
+    pub fn forward(&self, inputs: Tensor<4>) -> Tensor<2> {
+        let (_, pool2) = self.convolutions(inputs);
+        self.head(pool2.flatten(1, 3))
+    }
+
+    /// The two conv-ReLU-pool stages: their outputs.
+    fn convolutions(&self, inputs: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let pool1 = self
+            .pool
+            .forward(self.activation.forward(self.conv1.forward(inputs)));
+        let pool2 = self
+            .pool
+            .forward(self.activation.forward(self.conv2.forward(pool1.clone())));
+        (pool1, pool2)
+    }
+
+    /// Dropout and the last layer, on the flattened features.
+    fn head(&self, flat: Tensor<2>) -> Tensor<2> {
+        self.linear.forward(self.dropout.forward(flat))
+    }
+}
+
+/// Averages each channel of `(N, C, H, W)` maps to `(N, C)`.
+fn global_average_pool(maps: Tensor<4>) -> Tensor<2> {
+    maps.flatten::<3>(2, 3).mean_dim(2).flatten(1, 2)
+}
+
+impl BurnClassifier for ToyConvnet {
+    fn logits(&self, inputs: Tensor<4>) -> Tensor<2> {
+        self.forward(inputs)
+    }
+
+    fn feature_layers(&self) -> Vec<String> {
+        ["pool1", "pool2", "flatten"].map(String::from).to_vec()
+    }
+
+    fn forward_features(&self, inputs: Tensor<4>) -> (Vec<Tensor<2>>, Tensor<2>) {
+        let (pool1, pool2) = self.convolutions(inputs);
+        let flat: Tensor<2> = pool2.clone().flatten(1, 3);
+        let logits = self.head(flat.clone());
+        let features = vec![global_average_pool(pool1), global_average_pool(pool2), flat];
+        (features, logits)
+    }
+}
