@@ -7,8 +7,8 @@
 //! two.
 //!
 //! ```
-//! use ndarray::{Array1, Array4};
-//! use oodkit::datasets::{OodDataset, PrepareConfig};
+//! use ndarray::{Array1, Array2, Array4, ArrayView4, Axis};
+//! use oodkit::prelude::*;
 //!
 //! // Eight 1x4x4 images of the classes 0..4 (pixel value = class * 50).
 //! let labels = Array1::from(vec![0, 1, 2, 3, 0, 1, 2, 3]);
@@ -17,46 +17,64 @@
 //!
 //! // Classes 0 and 1 are in-distribution, 2 and 3 are OOD.
 //! let (ds_in, ds_out) = data.split_by_class(&[0, 1])?;
+//! assert_eq!(ds_out.classes(), vec![2, 3]);
+//!
+//! // Batches of 3, pixels scaled to [0, 1].
 //! let config = PrepareConfig::new(3).preprocess(|mut b| {
 //!     b.inputs /= 255.0;
 //!     Ok(b)
 //! });
-//! let mut seen = 0;
-//! for batch in &ds_in.prepare(&config)? {
-//!     let batch = batch?;
-//!     assert!(batch.inputs.iter().all(|&x| x <= 50.0 / 255.0));
-//!     seen += batch.len();
-//! }
-//! assert_eq!(seen, 4);
-//! assert_eq!(ds_out.classes(), vec![2, 3]);
+//! let (ds_in, ds_out) = (ds_in.prepare(&config)?, ds_out.prepare(&config)?);
 //!
-//! // Any score where higher means "more OOD" — here the mean pixel, which the
-//! // OOD classes (brighter images) have higher — measured against the truth.
-//! let mean_pixel = |ds: &OodDataset| -> Vec<f32> {
-//!     ds.inputs().outer_iter().map(|img| img.mean().unwrap_or(0.0)).collect()
-//! };
-//! let report = oodkit::metrics::bench_metrics(
-//!     &mean_pixel(&ds_in),
-//!     &mean_pixel(&ds_out),
-//!     &["auroc", "fpr95tpr"],
-//! )?;
+//! // A tiny "classifier" over the mean pixel m of an image: the logit of
+//! // class k is 1 - 40 (m - c_k)^2, c_k the mean pixel of class k: high near
+//! // a class it was trained on, low away from both.
+//! let centres = [0.0_f32, 50.0 / 255.0];
+//! let model = oodkit::model::from_fn(move |x: ArrayView4<f32>| -> oodkit::Result<Array2<f32>> {
+//!     let n = x.shape()[0];
+//!     let flat = x.to_shape((n, x.len() / n)).map_err(|e| Error::custom(e.to_string()))?;
+//!     let m = flat.mean_axis(Axis(1)).ok_or_else(|| Error::custom("no pixels"))?;
+//!     Ok(Array2::from_shape_fn((n, 2), |(i, k)| 1.0 - 40.0 * (m[i] - centres[k]).powi(2)))
+//! });
+//!
+//! // Fit a detector on the model, score both sets (higher = more OOD), and
+//! // measure how well the scores separate them.
+//! let mut mls = Mls::new();
+//! mls.fit(&model, None)?;
+//! let scores_in = mls.score(&ds_in)?.scores;
+//! let scores_out = mls.score(&ds_out)?.scores;
+//! let report = bench_metrics(&scores_in, &scores_out, &["auroc", "fpr95tpr"])?;
+//! println!("{report}");
 //! assert_eq!(report.get("auroc"), Some(1.0));
 //! assert_eq!(report.get("fpr95tpr"), Some(0.0));
 //! # Ok::<(), oodkit::Error>(())
 //! ```
 //!
-//! See [`datasets`] for the loaders (MNIST, CIFAR-10, SVHN) and downloads,
-//! and [`metrics`] for the metrics and their conventions.
+//! The pieces: [`datasets`] (loaders for MNIST, CIFAR-10, SVHN, batching,
+//! downloads), [`model`] (the [`Model`](model::Model) trait, closures, the
+//! burn adapter), [`detectors`] (the [`Detector`] trait, [`Mls`] and MSP),
+//! [`metrics`] (exact AUROC, FPR@TPR, AUPR) and, with the `burn` feature,
+//! [`training`] (the networks). [`prelude`] imports the common names.
+//!
+//! Cargo features (all on by default): `download` (fetch the public
+//! datasets), `burn` (the burn adapter and networks, on burn's pure-Rust
+//! Flex CPU backend).
 
 #![warn(missing_docs)]
 
 pub mod batch;
 pub mod datasets;
+pub mod detectors;
 pub mod error;
 pub mod metrics;
+pub mod model;
+pub mod prelude;
+#[cfg(feature = "burn")]
+pub mod training;
 
 pub use batch::Batch;
 pub use datasets::{OodDataset, PrepareConfig};
+pub use detectors::{Detector, Mls, ScoreLogits};
 pub use error::{Error, Result};
 
 /// Compiles the README's code samples as doc tests, so they cannot rot.

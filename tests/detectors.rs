@@ -1,0 +1,336 @@
+//! MLS / MSP on hand-worked logits, the Detector flow on closure models, the
+//! error cases, and the Gaussian-blob problem with a known answer.
+
+use ndarray::{Array1, Array2, Array4, ArrayView4, Axis, array};
+use oodkit::datasets::{BatchSource, OodDataset, PrepareConfig};
+use oodkit::detectors::{Detector, Mls, OutputActivation, ScoreLogits, ScoreOutput};
+use oodkit::metrics::auroc;
+use oodkit::model::{Model, from_fn};
+use oodkit::{Batch, Error};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+fn assert_close(found: &[f32], expected: &[f64], tol: f64) {
+    assert_eq!(found.len(), expected.len(), "{found:?} vs {expected:?}");
+    for (i, (&f, &e)) in found.iter().zip(expected).enumerate() {
+        assert!(
+            (f as f64 - e).abs() <= tol,
+            "score {i}: found {f}, expected {e} (all: {found:?})"
+        );
+    }
+}
+
+#[test]
+fn mls_is_minus_the_largest_logit() {
+    let logits = array![
+        [1.0_f32, 2.0, 3.0],
+        [0.0, 0.0, 0.0],
+        [5.0, 5.0, 1.0],
+        [1000.0, 0.0, -1000.0],
+        [-7.5, -2.25, -9.0],
+    ];
+    let scores = Mls::new().score_logits(logits.view()).unwrap();
+    assert_eq!(scores.to_vec(), vec![-3.0, 0.0, -5.0, -1000.0, 2.25]);
+}
+
+#[test]
+fn msp_is_minus_the_largest_softmax_probability() {
+    let logits = array![
+        [1.0_f32, 2.0, 3.0],
+        [0.0, 0.0, 0.0],
+        [5.0, 5.0, 1.0],
+        [1000.0, 0.0, -1000.0],
+        [1000.0, 1000.0, 0.0],
+        [-1000.0, -1001.0, -1100.0],
+    ];
+    let e = std::f64::consts::E;
+    let expected = [
+        // e^3 / (e + e^2 + e^3) = 1 / (e^-2 + e^-1 + 1)
+        -1.0 / (e.powi(-2) + e.powi(-1) + 1.0),
+        -1.0 / 3.0,
+        // a tie at the top: 1 / (1 + 1 + e^-4)
+        -1.0 / (2.0 + e.powi(-4)),
+        // huge logits: no overflow, the top class takes everything
+        -1.0,
+        -0.5,
+        // huge negative logits: no underflow to 0/0
+        -1.0 / (1.0 + e.powi(-1) + e.powi(-100)),
+    ];
+    let scores = Mls::msp().score_logits(logits.view()).unwrap();
+    assert_close(scores.as_slice().unwrap(), &expected, 1e-6);
+    assert_eq!(
+        Mls::with_activation(OutputActivation::Softmax)
+            .score_logits(logits.view())
+            .unwrap(),
+        scores
+    );
+}
+
+#[test]
+fn infinite_logits_take_their_limit() {
+    let inf = f32::INFINITY;
+    let logits = array![
+        [inf, 0.0, 1.0],
+        [inf, inf, 0.0],
+        [-inf, -inf, -inf],
+        [-inf, 2.0, -inf]
+    ];
+    let msp = Mls::msp().score_logits(logits.view()).unwrap();
+    assert_eq!(msp.to_vec(), vec![-1.0, -0.5, -1.0 / 3.0, -1.0]);
+    let mls = Mls::new().score_logits(logits.view()).unwrap();
+    assert_eq!(mls.to_vec(), vec![-inf, -inf, inf, -2.0]);
+}
+
+#[test]
+fn nan_logits_and_zero_classes_are_errors() {
+    let logits = array![[1.0_f32, 2.0], [f32::NAN, 0.0], [0.0, 1.0]];
+    for detector in [Mls::new(), Mls::msp()] {
+        let err = detector.score_logits(logits.view()).unwrap_err();
+        assert!(matches!(err, Error::NotANumber { index: 1, .. }), "{err}");
+    }
+    let err = Mls::new()
+        .score_logits(Array2::<f32>::zeros((3, 0)).view())
+        .unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    // No rows is not an error: no scores.
+    assert_eq!(
+        Mls::new()
+            .score_logits(Array2::<f32>::zeros((0, 4)).view())
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+/// `n` 1x1x2 "images" (a, b); the model's logits are (a, b, a + b).
+fn pairs(n: usize) -> OodDataset {
+    let inputs = Array4::from_shape_fn((n, 1, 1, 2), |(i, _, _, j)| {
+        // Distinct, unordered values so a reordering would show.
+        ((i * 37 + j * 11) % 101) as f32 / 10.0 - 5.0
+    });
+    OodDataset::from_arrays(inputs, Array1::from_iter((0..n as i64).map(|i| i % 3))).unwrap()
+}
+
+fn sum_model() -> impl Model {
+    from_fn(|x: ArrayView4<f32>| {
+        let a = x.index_axis(Axis(1), 0).index_axis(Axis(1), 0).to_owned();
+        let sum = a.sum_axis(Axis(1)).insert_axis(Axis(1));
+        Ok(ndarray::concatenate![Axis(1), a, sum])
+    })
+}
+
+#[test]
+fn scoring_a_dataset_follows_the_python_flow() {
+    let ds = pairs(50);
+    let model = sum_model();
+    let mut mls = Mls::new();
+    assert_eq!(mls.name(), "MLS");
+    mls.fit(&model, None).unwrap();
+    let out = mls.score(&ds).unwrap();
+    assert_eq!(out.len(), 50);
+    for (i, img) in ds.inputs().outer_iter().enumerate() {
+        let (a, b) = (img[[0, 0, 0]], img[[0, 0, 1]]);
+        assert_eq!(out.logits.row(i).to_vec(), vec![a, b, a + b]);
+        assert_eq!(out.scores[i], -a.max(b).max(a + b));
+    }
+    assert_eq!(out.labels.as_ref(), Some(ds.labels()));
+    // Predictions are the argmax of the logits.
+    let first = out.logits.row(0);
+    let argmax = (0..3).fold(0, |best, k| if first[k] > first[best] { k } else { best });
+    assert_eq!(out.predictions()[0], argmax as i64);
+}
+
+#[test]
+fn batch_size_does_not_change_scores_or_their_order() {
+    let ds = pairs(300);
+    let model = sum_model();
+    let mut msp = Mls::msp();
+    msp.fit(&model, None).unwrap();
+    let expected = msp
+        .score_logits(model.forward(ds.inputs().view()).unwrap().view())
+        .unwrap();
+    for batch_size in [1, 7, 128] {
+        let prepared = ds.prepare(&PrepareConfig::new(batch_size)).unwrap();
+        let out = msp.score(&prepared).unwrap();
+        assert_eq!(out.scores, expected, "batch size {batch_size}");
+        assert_eq!(out.labels.as_ref(), Some(ds.labels()));
+    }
+    // Without labels in the batches there are none in the output.
+    let unlabelled = ds
+        .prepare(&PrepareConfig::new(64).with_labels(false))
+        .unwrap();
+    assert_eq!(msp.score(&unlabelled).unwrap().labels, None);
+}
+
+#[test]
+fn scoring_uses_the_prepared_preprocessing_and_single_batches() {
+    let ds = pairs(10);
+    let model = sum_model();
+    let mut mls = Mls::new();
+    mls.fit(&model, None).unwrap();
+    let doubled = ds
+        .prepare(&PrepareConfig::new(4).preprocess(|mut b| {
+            b.inputs *= 2.0;
+            Ok(b)
+        }))
+        .unwrap();
+    let plain = mls.score(&ds).unwrap().scores;
+    assert_eq!(mls.score(&doubled).unwrap().scores, plain * 2.0);
+
+    let batch = Batch::new(ds.inputs().clone());
+    let single = mls.score(&batch).unwrap();
+    assert_eq!(single.scores, mls.score(&ds).unwrap().scores);
+    assert_eq!(single.labels, None);
+    assert_eq!(mls.score_batch(batch).unwrap().scores, single.scores);
+}
+
+#[test]
+fn scoring_before_fitting_is_an_error() {
+    let mls = Mls::msp();
+    let err = mls.score(&pairs(3)).unwrap_err();
+    assert!(matches!(err, Error::NotFitted { detector: "MSP" }), "{err}");
+    assert!(err.to_string().contains("fit"), "{err}");
+    let err = mls
+        .score_batch(Batch::new(Array4::zeros((1, 1, 1, 2))))
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFitted { .. }), "{err}");
+}
+
+/// Scores `data` with MLS fitted on `model`.
+fn mls_scores(model: impl Model, data: &dyn BatchSource) -> Result<ScoreOutput, Error> {
+    let mut mls = Mls::new();
+    mls.fit(model, None)?;
+    mls.score(data)
+}
+
+#[test]
+fn bad_model_outputs_are_errors_with_shapes() {
+    let ds = pairs(20);
+    // One row short.
+    let short = from_fn(|x: ArrayView4<f32>| Ok(Array2::zeros((x.shape()[0] - 1, 3))));
+    let err = mls_scores(short, &ds).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("(19, 3)"), "{err}");
+
+    // Zero classes.
+    let empty = from_fn(|x: ArrayView4<f32>| Ok(Array2::zeros((x.shape()[0], 0))));
+    assert!(matches!(
+        mls_scores(empty, &ds).unwrap_err(),
+        Error::ShapeMismatch { .. }
+    ));
+
+    // A width that changes between batches: 3 classes, then 4.
+    let calls = std::cell::Cell::new(0);
+    let drifting = from_fn(|x: ArrayView4<f32>| {
+        calls.set(calls.get() + 1);
+        Ok(Array2::zeros((x.shape()[0], 2 + calls.get())))
+    });
+    let err = mls_scores(drifting, &ds.prepare(&PrepareConfig::new(8)).unwrap()).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("batch 1"), "{err}");
+
+    // An error from the model itself comes back as it is.
+    let failing = from_fn(|_: ArrayView4<f32>| Err(Error::custom("engine offline")));
+    assert_eq!(
+        mls_scores(failing, &ds).unwrap_err().to_string(),
+        "engine offline"
+    );
+}
+
+#[test]
+fn nan_in_logits_names_the_sample_in_the_whole_dataset() {
+    let ds = pairs(40);
+    // NaN logits for the input whose first value is the 23rd input's.
+    let poison = ds.inputs()[[23, 0, 0, 0]];
+    let model = from_fn(move |x: ArrayView4<f32>| {
+        Ok(Array2::from_shape_fn((x.shape()[0], 2), |(i, _)| {
+            if x[[i, 0, 0, 0]] == poison {
+                f32::NAN
+            } else {
+                1.0
+            }
+        }))
+    });
+    assert_eq!(
+        ds.inputs()
+            .outer_iter()
+            .filter(|img| img[[0, 0, 0]] == poison)
+            .count(),
+        1
+    );
+    let mut mls = Mls::new();
+    mls.fit(&model, None).unwrap();
+    let err = mls
+        .score(&ds.prepare(&PrepareConfig::new(10)).unwrap())
+        .unwrap_err();
+    assert!(matches!(err, Error::NotANumber { index: 23, .. }), "{err}");
+}
+
+/// A normal sample (Box-Muller), so the test needs no distribution crate.
+fn normal(rng: &mut StdRng) -> f32 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+/// `n` points of each blob, as 1x1x2 images; label = blob index.
+fn blobs(centres: &[(f32, f32)], n: usize, rng: &mut StdRng) -> OodDataset {
+    let mut values = Vec::new();
+    let mut labels = Vec::new();
+    for (k, &(cx, cy)) in centres.iter().enumerate() {
+        for _ in 0..n {
+            values.push(cx + normal(rng));
+            values.push(cy + normal(rng));
+            labels.push(k as i64);
+        }
+    }
+    let inputs = Array4::from_shape_vec((labels.len(), 1, 1, 2), values).unwrap();
+    OodDataset::from_arrays(inputs, Array1::from(labels)).unwrap()
+}
+
+/// The Python toolkit's toy problem: ID = blobs at (4, 4) and (-4, -4), OOD
+/// = blobs at (4, -4) and (-4, 4). A 2-16-2 ReLU network with hand-set
+/// weights separates the ID classes along x + y, so its logits are large on
+/// ID points and near zero on OOD points, which sit on its decision boundary.
+#[test]
+fn gaussian_blobs_mls_and_msp_separate_id_from_ood() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let ds_in = blobs(&[(4.0, 4.0), (-4.0, -4.0)], 500, &mut rng);
+    let ds_out = blobs(&[(4.0, -4.0), (-4.0, 4.0)], 500, &mut rng);
+
+    // Hidden unit k responds to s * (x + y) - b_k: s = +1 for k < 8, -1 after.
+    let hidden_bias: Vec<f32> = (0..16).map(|k| (k % 8) as f32 * 0.25).collect();
+    let model = from_fn(move |x: ArrayView4<f32>| {
+        let n = x.shape()[0];
+        let mut logits = Array2::zeros((n, 2));
+        for i in 0..n {
+            let s = x[[i, 0, 0, 0]] + x[[i, 0, 0, 1]];
+            for (k, b) in hidden_bias.iter().enumerate() {
+                let (sign, class) = if k < 8 { (1.0, 0) } else { (-1.0, 1) };
+                let h = (sign * s - b).max(0.0);
+                logits[[i, class]] += 0.25 * h;
+                logits[[i, 1 - class]] -= 0.25 * h;
+            }
+        }
+        Ok(logits)
+    });
+
+    for (mut detector, name) in [(Mls::new(), "MLS"), (Mls::msp(), "MSP")] {
+        detector.fit(&model, None).unwrap();
+        let prepared_in = ds_in.prepare(&PrepareConfig::new(64).shuffle(3)).unwrap();
+        let scored_in = detector.score(&prepared_in).unwrap();
+        let scored_out = detector.score(&ds_out).unwrap();
+        // The network classifies the ID blobs.
+        let labels = scored_in.labels.clone().unwrap();
+        let correct = (scored_in.predictions() - &labels)
+            .iter()
+            .filter(|&&d| d == 0)
+            .count();
+        assert!(
+            correct as f64 / labels.len() as f64 > 0.99,
+            "{name}: {correct} correct"
+        );
+        let auc = auroc(&scored_in.scores, &scored_out.scores).unwrap();
+        assert!(auc >= 0.95, "{name}: AUROC {auc}");
+    }
+}
