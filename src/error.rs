@@ -126,6 +126,11 @@ pub enum Error {
     #[error("model backend error: {0}")]
     Backend(String),
 
+    /// An `ndarray` reshape or construction failed, typically in user code
+    /// such as a model closure (`?` converts it).
+    #[error("ndarray shape error: {0}")]
+    Ndarray(#[from] ndarray::ShapeError),
+
     /// An error raised by user code (a preprocess function, a model closure).
     #[error("{0}")]
     Custom(String),

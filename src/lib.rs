@@ -32,7 +32,7 @@
 //! let centres = [0.0_f32, 50.0 / 255.0];
 //! let model = oodkit::model::from_fn(move |x: ArrayView4<f32>| -> oodkit::Result<Array2<f32>> {
 //!     let n = x.shape()[0];
-//!     let flat = x.to_shape((n, x.len() / n)).map_err(|e| Error::custom(e.to_string()))?;
+//!     let flat = x.to_shape((n, x.len() / n))?;
 //!     let m = flat.mean_axis(Axis(1)).ok_or_else(|| Error::custom("no pixels"))?;
 //!     Ok(Array2::from_shape_fn((n, 2), |(i, k)| 1.0 - 40.0 * (m[i] - centres[k]).powi(2)))
 //! });

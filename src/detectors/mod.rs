@@ -14,7 +14,8 @@
 //! // dark and on bright images, unsure on grey ones.
 //! let model = oodkit::model::from_fn(|x: ArrayView4<f32>| -> oodkit::Result<Array2<f32>> {
 //!     let n = x.shape()[0];
-//!     let mean = x.to_shape((n, x.len() / n)).unwrap().mean_axis(Axis(1)).unwrap();
+//!     let pixels = x.len() / n;
+//!     let mean = x.to_shape((n, pixels))?.sum_axis(Axis(1)) / pixels as f32;
 //!     Ok(ndarray::stack![Axis(1), mean.mapv(|m| 10.0 * m), mean.mapv(|m| 10.0 * (1.0 - m))])
 //! });
 //! let images = |values: &[f32]| {

@@ -28,7 +28,7 @@ impl<F> fmt::Debug for FnModel<F> {
 /// // A linear classifier over flattened 1x2x2 images: 4 pixels -> 3 classes.
 /// let weights = Array2::from_shape_fn((4, 3), |(i, j)| (i + j) as f32);
 /// let model = from_fn(move |x: ArrayView4<f32>| -> oodkit::Result<Array2<f32>> {
-///     let flat = x.to_shape((x.shape()[0], 4)).map_err(|e| oodkit::Error::custom(e.to_string()))?;
+///     let flat = x.to_shape((x.shape()[0], 4))?;
 ///     Ok(flat.dot(&weights))
 /// });
 /// let logits = model.forward(ndarray::Array4::ones((2, 1, 2, 2)).view())?;
@@ -77,7 +77,7 @@ impl<F> fmt::Debug for FnFeatureModel<F> {
 ///
 /// let model = from_fn_with_features(["pixels"], |x: ArrayView4<f32>| {
 ///     let n = x.shape()[0];
-///     let pixels = x.to_shape((n, x.len() / n)).map_err(|e| oodkit::Error::custom(e.to_string()))?.to_owned();
+///     let pixels = x.to_shape((n, x.len() / n))?.to_owned();
 ///     let logits = pixels.sum_axis(Axis(1)).insert_axis(Axis(1));
 ///     Ok((vec![pixels], logits))
 /// });
