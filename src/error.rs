@@ -126,6 +126,10 @@ pub enum Error {
     #[error("model backend error: {0}")]
     Backend(String),
 
+    /// Drawing a plot failed.
+    #[error("plotting failed: {0}")]
+    Plot(String),
+
     /// An `ndarray` reshape or construction failed, typically in user code
     /// such as a model closure (`?` converts it).
     #[error("ndarray shape error: {0}")]

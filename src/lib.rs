@@ -68,6 +68,8 @@ pub mod detectors;
 pub mod error;
 pub mod metrics;
 pub mod model;
+#[cfg(feature = "plots")]
+pub mod plots;
 pub mod prelude;
 #[cfg(feature = "burn")]
 pub mod training;
