@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::index::sample;
 
-use super::{DEFAULT_SIZE, Figure, TextSizes, plot_err, save};
+use super::{DEFAULT_SIZE, Figure, TextSizes, draw_legend, plot_err, save};
 use crate::datasets::BatchSource;
 use crate::error::{Error, Result};
 use crate::model::{FeatureModel, LayerId};
@@ -297,14 +297,6 @@ impl Figure for FeatureFigure {
             .map_err(plot_err)?
             .label("unknown")
             .legend(move |(x, y)| Circle::new((x + 8, y), radius + 2, style));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font(text.font(text.legend))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .draw()
-            .map_err(plot_err)?;
-        Ok(())
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight, &text)
     }
 }

@@ -6,7 +6,7 @@ use ndarray::ArrayView1;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::{DEFAULT_SIZE, Figure, ID_COLOR, TextSizes, plot_err, save};
+use super::{DEFAULT_SIZE, Figure, ID_COLOR, TextSizes, draw_legend, plot_err, save};
 use crate::error::Result;
 use crate::metrics::{RocCurve, auroc, roc_curve};
 
@@ -145,14 +145,6 @@ impl Figure for RocFigure<'_> {
             .map_err(plot_err)?
             .label(format!("FPR = {fpr:.3} at TPR = {tpr:.3}"))
             .legend(move |(x, y)| Circle::new((x + 8, y), marker_size, RED.filled()));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font(text.font(text.legend))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .draw()
-            .map_err(plot_err)?;
-        Ok(())
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight, &text)
     }
 }

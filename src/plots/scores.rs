@@ -7,7 +7,7 @@ use plotters::coord::Shift;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
-use super::{DEFAULT_SIZE, Figure, ID_COLOR, OOD_COLOR, TextSizes, plot_err, save};
+use super::{DEFAULT_SIZE, Figure, ID_COLOR, OOD_COLOR, TextSizes, draw_legend, plot_err, save};
 use crate::error::{Error, Result};
 use crate::metrics::roc_curve;
 
@@ -244,14 +244,6 @@ impl ScoreFigure<'_> {
             .map_err(plot_err)?
             .label("TPR=95%")
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], line));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .label_font(text.font(text.legend))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .draw()
-            .map_err(plot_err)?;
-        Ok(())
+        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft, &text)
     }
 }
