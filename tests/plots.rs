@@ -50,9 +50,14 @@ fn count_near(pixels: &[[u8; 3]], rgb: [u8; 3]) -> usize {
         .count()
 }
 
+/// `rgb` at opacity `alpha` over white.
+fn over_white(rgb: [u8; 3], alpha: f32) -> [u8; 3] {
+    rgb.map(|c| (alpha * c as f32 + (1.0 - alpha) * 255.0).round() as u8)
+}
+
 /// `rgb` at 50% over white.
 fn half_over_white(rgb: [u8; 3]) -> [u8; 3] {
-    rgb.map(|c| ((c as u16 + 255) / 2) as u8)
+    over_white(rgb, 0.5)
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
@@ -251,46 +256,11 @@ fn pca_recovers_known_components_both_ways() {
     assert!(pca(array![[1.0_f32, 2.0], [3.0, 4.0]].view(), 3).is_err());
 }
 
-/// `k` clusters of `per` points in 10-D, centred at 10 * e_c.
-fn clusters(k: usize, per: usize, offset: usize) -> (Array2<f32>, Array1<i64>) {
-    let n = k * per;
-    let x = Array2::from_shape_fn((n, 10), |(i, j)| {
-        let c = i / per + offset;
-        let jitter = ((i * 31 + j * 17) % 13) as f32 / 13.0 - 0.5;
-        if j == c { 10.0 + jitter } else { jitter }
-    });
-    (x, Array1::from_iter((0..n).map(|i| (i / per) as i64)))
-}
-
-#[test]
-fn tsne_separates_clusters_and_checks_its_perplexity() {
-    let (x, labels) = clusters(3, 20, 0);
-    let y = tsne(x.view(), 5.0).unwrap();
-    assert_eq!(y.shape(), &[60, 2]);
-    // Every point is nearer its own cluster's centre than the others'.
-    let centre = |c: i64| {
-        let rows: Vec<usize> = (0..60).filter(|&i| labels[i] == c).collect();
-        y.select(Axis(0), &rows).mean_axis(Axis(0)).unwrap()
-    };
-    let centres: Vec<_> = (0..3).map(centre).collect();
-    for i in 0..60 {
-        let d = |c: &Array1<f32>| (&y.row(i) - c).mapv(|v| v * v).sum();
-        let own = d(&centres[labels[i] as usize]);
-        assert!(centres.iter().all(|c| d(c) >= own), "point {i}");
-    }
-    let err = tsne(x.view(), 30.0).unwrap_err();
-    assert!(err.to_string().contains("at least 91 samples"), "{err}");
-    assert!(tsne(x.view(), 0.5).is_err());
-}
-
-/// Five tight classes in 64-D plus OOD points between them (the shape of
-/// the plots_demo example): with bhtsne's default learning rate some classes
-/// collapsed to single points.
-#[test]
-fn tsne_keeps_tight_clusters_spread() {
-    let mut state = 12345_u64;
-    let mut normal = move || {
-        // Sum of 12 uniforms minus 6: close enough to a standard normal.
+/// A seeded stream of roughly standard normal numbers (a sum of 12
+/// uniforms from an LCG, minus 6), so the tests need no distribution crate.
+fn normals(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed;
+    move || {
         (0..12)
             .map(|_| {
                 state = state
@@ -300,7 +270,55 @@ fn tsne_keeps_tight_clusters_spread() {
             })
             .sum::<f32>()
             - 6.0
+    }
+}
+
+/// `k` clusters of `per` points in 10-D, centred at 10 * e_c, noise 0.5.
+fn clusters(k: usize, per: usize, offset: usize) -> (Array2<f32>, Array1<i64>) {
+    let n = k * per;
+    let mut noise = normals(offset as u64 + 1);
+    let x = Array2::from_shape_fn((n, 10), |(i, j)| {
+        let c = i / per + offset;
+        let jitter = 0.5 * noise();
+        if j == c { 10.0 + jitter } else { jitter }
+    });
+    (x, Array1::from_iter((0..n).map(|i| (i / per) as i64)))
+}
+
+#[test]
+fn tsne_separates_clusters_and_checks_its_perplexity() {
+    let (x, labels) = clusters(3, 40, 0);
+    let y = tsne(x.view(), 10.0).unwrap();
+    assert_eq!(y.shape(), &[120, 2]);
+    // Nearly every point is nearer its own cluster's centre than the others'
+    // (t-SNE's neighbour search breaks ties at random: allow a stray point).
+    let centre = |c: i64| {
+        let rows: Vec<usize> = (0..120).filter(|&i| labels[i] == c).collect();
+        y.select(Axis(0), &rows).mean_axis(Axis(0)).unwrap()
     };
+    let centres: Vec<_> = (0..3).map(centre).collect();
+    let nearest_own = (0..120)
+        .filter(|&i| {
+            let d = |c: &Array1<f32>| (&y.row(i) - c).mapv(|v| v * v).sum();
+            let own = d(&centres[labels[i] as usize]);
+            centres.iter().all(|c| d(c) >= own)
+        })
+        .count();
+    assert!(
+        nearest_own >= 118,
+        "{nearest_own} of 120 points nearest their own cluster"
+    );
+    let err = tsne(x.view(), 40.0).unwrap_err();
+    assert!(err.to_string().contains("at least 121 samples"), "{err}");
+    assert!(tsne(x.view(), 0.5).is_err());
+}
+
+/// Five tight classes in 64-D plus OOD points between them (the shape of
+/// the plots_demo example): with bhtsne's default learning rate some classes
+/// collapsed to single points.
+#[test]
+fn tsne_keeps_tight_clusters_spread() {
+    let mut normal = normals(12345);
     let (classes, per, ood) = (5, 300, 600);
     let centres = Array2::from_shape_fn((classes, 64), |_| 4.0 * normal());
     let mut x = Array2::from_shape_fn((classes * per + ood, 64), |(i, j)| {
@@ -347,10 +365,8 @@ fn feature_plots_write_pca_and_tsne_maps() {
     plot_2d_features(&x_in, &labels, &x_out, &options, &png).unwrap();
     let (w, h, pixels) = decode_png(&png);
     assert_eq!((w, h), (800, 600));
-    assert!(
-        count_near(&pixels, [44, 160, 44]).max(count_near(&pixels, half_over_white([44, 160, 44])))
-            > 0
-    );
+    // Class 2's points: green at 80% opacity.
+    assert!(count_near(&pixels, over_white([44, 160, 44], 0.8)) > 20);
 
     // Bad input.
     let out = dir.path().join("bad.png");
