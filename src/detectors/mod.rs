@@ -156,14 +156,26 @@ pub trait ScoreLogits {
 }
 
 /// Concatenates per-batch outputs, checking that every batch has the same
-/// number of classes.
-#[derive(Debug, Default)]
+/// number of classes; labels are kept while every batch has them.
+#[derive(Debug)]
 struct ScoreCollector {
     scores: Vec<f32>,
     logits: Vec<f32>,
     width: Option<usize>,
     labels: Option<Vec<i64>>,
     batches: usize,
+}
+
+impl Default for ScoreCollector {
+    fn default() -> Self {
+        ScoreCollector {
+            scores: Vec::new(),
+            logits: Vec::new(),
+            width: None,
+            labels: Some(Vec::new()),
+            batches: 0,
+        }
+    }
 }
 
 impl ScoreCollector {
@@ -177,14 +189,10 @@ impl ScoreCollector {
             });
         }
         self.width = Some(width);
-        self.labels = match (self.batches, self.labels.take(), part.labels) {
-            (0, _, Some(labels)) => Some(labels.to_vec()),
-            (_, Some(mut all), Some(labels)) => {
-                all.extend(labels);
-                Some(all)
-            }
-            _ => None,
-        };
+        match (&mut self.labels, part.labels) {
+            (Some(all), Some(labels)) => all.extend(labels),
+            _ => self.labels = None,
+        }
         self.scores.extend(part.scores);
         self.logits.extend(part.logits.iter());
         self.batches += 1;
@@ -197,9 +205,7 @@ impl ScoreCollector {
             hint: "it yielded no batch".into(),
         })?;
         let n = self.scores.len();
-        let logits = Array2::from_shape_vec((n, width), self.logits).map_err(|e| {
-            Error::custom(format!("internal: logits do not fit ({n}, {width}): {e}"))
-        })?;
+        let logits = Array2::from_shape_vec((n, width), self.logits)?;
         Ok(ScoreOutput {
             scores: Array1::from(self.scores),
             logits,
