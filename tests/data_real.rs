@@ -98,3 +98,65 @@ fn mnist_download_accepts_the_shared_copies_without_fetching() {
         assert_eq!(path, dir.join(&file.name));
     }
 }
+
+/// The notebook's flow on the real MNIST test set, up to the metrics, with
+/// an untrained toy convnet (training is another test's business): every
+/// input scored once, in order, with its label.
+#[cfg(feature = "burn")]
+#[test]
+#[ignore = "needs OODKIT_DATA_DIR"]
+fn mnist_test_set_scores_through_the_toy_convnet_in_order() {
+    use burn::tensor::Device;
+    use oodkit::PrepareConfig;
+    use oodkit::detectors::{Detector, Mls, ScoreLogits};
+    use oodkit::model::{BurnModel, Model};
+    use oodkit::training::ToyConvnetConfig;
+
+    let test = mnist::load(data_dir().join("mnist"), Split::Test).unwrap();
+    let (ds_in, ds_out) = test.split_by_class(&[0, 1, 2, 3, 4]).unwrap();
+    let config = PrepareConfig::new(128).preprocess(|mut b| {
+        b.inputs /= 255.0;
+        Ok(b)
+    });
+    let device = Device::flex();
+    let model = BurnModel::new(
+        ToyConvnetConfig::new(1, 28, 10).init(&device).unwrap(),
+        &device,
+    );
+    let mut msp = Mls::msp();
+    msp.fit(&model, None).unwrap();
+    let scored_in = msp.score(&ds_in.prepare(&config).unwrap()).unwrap();
+    let scored_out = msp.score(&ds_out.prepare(&config).unwrap()).unwrap();
+    assert_eq!((scored_in.len(), scored_out.len()), (5139, 4861));
+    assert_eq!(scored_in.labels.as_ref(), Some(ds_in.labels()));
+    assert_eq!(scored_out.labels.as_ref(), Some(ds_out.labels()));
+    // The scores are the MSP of the logits, which are the model's on the
+    // scaled images (checked on the last, partial batch: 4861 = 37 * 128 + 125).
+    assert_eq!(
+        msp.score_logits(scored_out.logits.view()).unwrap(),
+        scored_out.scores
+    );
+    let tail = ds_out
+        .inputs()
+        .slice(ndarray::s![4736.., .., .., ..])
+        .mapv(|p| p / 255.0);
+    let direct = model.forward(tail.view()).unwrap();
+    let diff = (&direct - &scored_out.logits.slice(ndarray::s![4736.., ..]))
+        .iter()
+        .fold(0.0_f32, |m, d| m.max(d.abs()));
+    assert!(diff <= 1e-5, "max |difference| {diff}");
+    assert!(
+        scored_in
+            .scores
+            .iter()
+            .chain(&scored_out.scores)
+            .all(|&s| (-1.0..=-0.1).contains(&s))
+    );
+    let report =
+        oodkit::metrics::bench_metrics(&scored_in.scores, &scored_out.scores, &["auroc"]).unwrap();
+    assert!(
+        report
+            .get("auroc")
+            .is_some_and(|a| (0.0..=1.0).contains(&a))
+    );
+}
