@@ -99,7 +99,7 @@ fn mnist_download_accepts_the_shared_copies_without_fetching() {
     }
 }
 
-/// The notebook's flow on the real MNIST test set, up to the metrics, with
+/// The notebook's flow on the real MNIST test set, up to the scores, with
 /// an untrained toy convnet (training is another test's business): every
 /// input scored once, in order, with its label.
 #[cfg(feature = "burn")]
@@ -151,12 +151,5 @@ fn mnist_test_set_scores_through_the_toy_convnet_in_order() {
             .iter()
             .chain(&scored_out.scores)
             .all(|&s| (-1.0..=-0.1).contains(&s))
-    );
-    let report =
-        oodkit::metrics::bench_metrics(&scored_in.scores, &scored_out.scores, &["auroc"]).unwrap();
-    assert!(
-        report
-            .get("auroc")
-            .is_some_and(|a| (0.0..=1.0).contains(&a))
     );
 }
