@@ -3,14 +3,16 @@
 //! mirrors, and files already present.
 #![cfg(feature = "download")]
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use common::listing;
 use md5::{Digest, Md5};
 use oodkit::Error;
 use oodkit::datasets::download::{self, RemoteFile};
@@ -135,16 +137,6 @@ fn remote(name: &str, urls: Vec<String>, md5: String) -> RemoteFile {
         md5,
         content_md5: None,
     }
-}
-
-/// The names of the files in `dir`.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]

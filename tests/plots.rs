@@ -3,9 +3,12 @@
 //! no file behind.
 #![cfg(feature = "plots")]
 
+mod common;
+
 use std::fs;
 use std::path::Path;
 
+use common::listing;
 use ndarray::{Array1, Array2, ArrayView4, Axis, array};
 use oodkit::Error;
 use oodkit::metrics::auroc;
@@ -60,15 +63,6 @@ fn half_over_white(rgb: [u8; 3]) -> [u8; 3] {
     over_white(rgb, 0.5)
 }
 
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 #[test]
 fn score_histogram_png_has_both_series() {
     let dir = tempfile::tempdir().unwrap();
@@ -101,7 +95,7 @@ fn score_histogram_png_has_both_series() {
     let (w, h, pixels) = decode_png(&path);
     assert_eq!((w, h), (640, 480));
     assert!(count_near(&pixels, half_over_white([255, 127, 14])) > 500);
-    assert_eq!(files_in(dir.path()), vec!["scores.png", "scores_log.png"]);
+    assert_eq!(listing(dir.path()), vec!["scores.png", "scores_log.png"]);
 }
 
 #[test]
@@ -218,8 +212,8 @@ fn bad_scores_and_paths_are_errors_and_leave_no_file() {
         Err(Error::Io { .. })
     ));
     // Nothing written but the folder made above: no partial files.
-    assert_eq!(files_in(dir.path()), vec!["taken.png"]);
-    assert!(files_in(&folder).is_empty());
+    assert_eq!(listing(dir.path()), vec!["taken.png"]);
+    assert!(listing(&folder).is_empty());
 }
 
 #[test]
