@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use ndarray::{Array2, Array4, ArrayView4};
 
 use super::closure::LOGITS;
-use super::{FeatureModel, LayerId, Model, ModelOutput};
+use super::{FeatureModel, LayerId, Model, ModelOutput, pick_layers, resolve_layers};
 use crate::error::{Error, Result};
 
 /// A burn module that classifies images: `(N, C, H, W)` in, logits
@@ -142,10 +142,7 @@ impl<M: BurnClassifier> FeatureModel for BurnModel<M> {
         layers: &[LayerId],
     ) -> Result<ModelOutput> {
         let names = self.layer_names();
-        let positions = layers
-            .iter()
-            .map(|l| l.resolve(&names))
-            .collect::<Result<Vec<_>>>()?;
+        let positions = resolve_layers(layers, &names)?;
         let shape = inputs.shape().to_vec();
         let x = array_to_tensor(inputs, &self.device);
         let (all, logits) = self.guarded("forward_features", &shape, |m| m.forward_features(x))?;
@@ -157,9 +154,9 @@ impl<M: BurnClassifier> FeatureModel for BurnModel<M> {
                 right: all.len(),
             });
         }
-        let features = positions
+        let features = pick_layers(&positions, &all, &logits)
             .into_iter()
-            .map(|p| tensor_to_array(all.get(p).unwrap_or(&logits).clone()))
+            .map(tensor_to_array)
             .collect::<Result<Vec<_>>>()?;
         Ok(ModelOutput {
             features,

@@ -4,7 +4,7 @@ use std::fmt;
 
 use ndarray::{Array2, ArrayView4};
 
-use super::{FeatureModel, LayerId, Model, ModelOutput};
+use super::{FeatureModel, LayerId, Model, ModelOutput, pick_layers, resolve_layers};
 use crate::error::{Error, Result};
 
 /// A [`Model`] made of a closure; see [`from_fn`].
@@ -154,15 +154,9 @@ where
     }
 
     fn forward_features(&self, inputs: ArrayView4<f32>, layers: &[LayerId]) -> Result<ModelOutput> {
-        let positions = layers
-            .iter()
-            .map(|l| l.resolve(&self.layer_names))
-            .collect::<Result<Vec<_>>>()?;
+        let positions = resolve_layers(layers, &self.layer_names)?;
         let (all, logits) = self.run(inputs)?;
-        let features = positions
-            .into_iter()
-            .map(|p| all.get(p).unwrap_or(&logits).clone())
-            .collect();
+        let features = pick_layers(&positions, &all, &logits);
         Ok(ModelOutput { features, logits })
     }
 }

@@ -233,6 +233,21 @@ impl<'m, M: FeatureModel + 'm> IntoModel<dyn FeatureModel + 'm> for M {
     }
 }
 
+/// The positions of `layers` among a feature model's `names`, all checked
+/// before the network runs.
+pub(crate) fn resolve_layers(layers: &[LayerId], names: &[String]) -> Result<Vec<usize>> {
+    layers.iter().map(|l| l.resolve(names)).collect()
+}
+
+/// The activations at `positions` (from [`resolve_layers`]): positions index
+/// the feature layers, and the one past them (the last name) the logits.
+pub(crate) fn pick_layers<T: Clone>(positions: &[usize], features: &[T], logits: &T) -> Vec<T> {
+    positions
+        .iter()
+        .map(|&p| features.get(p).unwrap_or(logits).clone())
+        .collect()
+}
+
 /// Checks that logits returned for a batch of `batch_len` inputs have one
 /// row per input and at least one class.
 pub(crate) fn check_logits(logits: &Array2<f32>, batch_len: usize) -> Result<()> {
