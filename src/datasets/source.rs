@@ -16,11 +16,33 @@ pub type BatchIter<'a> = Box<dyn Iterator<Item = Result<Batch>> + 'a>;
 pub trait BatchSource {
     /// A fresh pass over the batches, in order.
     fn batches(&self) -> Result<BatchIter<'_>>;
+
+    /// Pass number `pass` over the batches. A shuffled [`Prepared`] stream
+    /// gives each pass its own permutation, the same for the same `pass`
+    /// however often the stream was iterated before, which is what makes a
+    /// training run repeatable; other sources ignore `pass`.
+    fn batches_for_pass(&self, pass: u64) -> Result<BatchIter<'_>> {
+        let _ = pass;
+        self.batches()
+    }
+
+    /// The number of batches in one pass, when known without iterating.
+    fn num_batches(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl BatchSource for Prepared<'_> {
     fn batches(&self) -> Result<BatchIter<'_>> {
         Ok(Box::new(self.iter()))
+    }
+
+    fn batches_for_pass(&self, pass: u64) -> Result<BatchIter<'_>> {
+        Ok(Box::new(self.pass(pass)))
+    }
+
+    fn num_batches(&self) -> Option<usize> {
+        Some(Prepared::num_batches(self))
     }
 }
 
@@ -33,12 +55,20 @@ impl BatchSource for OodDataset {
         let prepared = self.prepare(&PrepareConfig::new(Self::DEFAULT_BATCH_SIZE))?;
         Ok(Box::new(prepared.iter()))
     }
+
+    fn num_batches(&self) -> Option<usize> {
+        Some(self.len().div_ceil(Self::DEFAULT_BATCH_SIZE))
+    }
 }
 
 /// The batch itself, once.
 impl BatchSource for Batch {
     fn batches(&self) -> Result<BatchIter<'_>> {
         Ok(Box::new(std::iter::once(Ok(self.clone()))))
+    }
+
+    fn num_batches(&self) -> Option<usize> {
+        Some(1)
     }
 }
 

@@ -99,17 +99,24 @@ impl<M: BurnClassifier> BurnModel<M> {
     /// Runs `f` on the module, turning a panic inside burn (e.g. inputs whose
     /// shape does not fit the first layer) into an error.
     fn guarded<T>(&self, what: &str, shape: &[usize], f: impl FnOnce(&M) -> T) -> Result<T> {
-        catch_unwind(AssertUnwindSafe(|| f(&self.module))).map_err(|panic| {
-            let message = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("(no message)");
-            Error::Backend(format!(
-                "the burn module panicked in {what} on inputs of shape {shape:?}: {message}"
-            ))
-        })
+        guarded(what, shape, || f(&self.module))
     }
+}
+
+/// Runs `f`, turning a panic inside burn (e.g. inputs whose shape does not
+/// fit the first layer) into an [`Error::Backend`] naming `what` and the
+/// input `shape`.
+pub(crate) fn guarded<T>(what: &str, shape: &[usize], f: impl FnOnce() -> T) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        Error::Backend(format!(
+            "the burn module panicked in {what} on inputs of shape {shape:?}: {message}"
+        ))
+    })
 }
 
 impl<M: BurnClassifier> Model for BurnModel<M> {

@@ -42,6 +42,8 @@ mod burn;
 mod closure;
 
 #[cfg(feature = "burn")]
+pub(crate) use self::burn::guarded;
+#[cfg(feature = "burn")]
 pub use self::burn::{BurnClassifier, BurnModel, array_to_tensor, tensor_to_array};
 pub use closure::{FnFeatureModel, FnModel, from_fn, from_fn_with_features};
 

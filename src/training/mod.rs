@@ -1,9 +1,22 @@
-//! Networks (and, to come, their trainer) on burn.
+//! Networks and their trainer, on burn.
 //!
-//! [`ToyConvnet`] is the small convnet of the Python toolkit's MNIST
-//! tutorial, usable through [`BurnModel`](crate::model::BurnModel) by every
-//! detector.
+//! [`ToyConvnet`] and [`ToyMlp`] are the small networks of the Python
+//! toolkit's tutorials. [`train`] fits any [`BurnClassifier`] with Adam on
+//! cross-entropy (the reference notebook's recipe), on whichever burn device
+//! the network was built on (`Device::flex()`, the pure-Rust CPU backend, by
+//! default). The trained network is a [`Model`](crate::model::Model) through
+//! [`BurnModel`](crate::model::BurnModel), ready for every detector;
+//! [`evaluate`] measures any model's accuracy.
+//!
+//! [`BurnClassifier`]: crate::model::BurnClassifier
 
+mod config;
+mod progress;
 mod toy_convnet;
+mod toy_mlp;
+mod trainer;
 
+pub use config::{LrSchedule, TrainConfig};
 pub use toy_convnet::{ToyConvnet, ToyConvnetConfig};
+pub use toy_mlp::{ToyMlp, ToyMlpConfig};
+pub use trainer::{Checkpoint, EpochStats, Trained, evaluate, load_checkpoint, train};

@@ -1,9 +1,9 @@
 //! The toy convnet of the Python toolkit's MNIST tutorial.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, Relu};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig, Relu};
 use burn::tensor::{Device, Tensor};
 
 use crate::error::{Error, Result};
@@ -74,15 +74,42 @@ impl ToyConvnetConfig {
                 "two 3x3 convolutions and 2x2 poolings need images of at least 10x10",
             )
         })?;
+        let conv = |channels: [usize; 2]| {
+            let mut conv = Conv2dConfig::new(channels, [3, 3])
+                .with_initializer(glorot())
+                .init(device);
+            conv.bias = Some(zero_bias(channels[1], device));
+            conv
+        };
         Ok(ToyConvnet {
-            conv1: Conv2dConfig::new([self.in_channels, 32], [3, 3]).init(device),
-            conv2: Conv2dConfig::new([32, 64], [3, 3]).init(device),
+            conv1: conv([self.in_channels, 32]),
+            conv2: conv([32, 64]),
             pool: MaxPool2dConfig::new([2, 2]).init(),
             activation: Relu,
             dropout: DropoutConfig::new(self.dropout).init(),
-            linear: LinearConfig::new(64 * side * side, self.num_classes).init(device),
+            linear: dense(64 * side * side, self.num_classes, device),
         })
     }
+}
+
+/// Glorot-uniform weights, as Keras initialises the reference network (burn's
+/// default, Kaiming-uniform, trains it to a slightly different optimum).
+pub(super) fn glorot() -> Initializer {
+    Initializer::XavierUniform { gain: 1.0 }
+}
+
+/// A zero bias of `size` (Keras' default; burn draws biases like weights).
+pub(super) fn zero_bias(size: usize, device: &Device) -> Param<Tensor<1>> {
+    Initializer::Zeros.init([size], device)
+}
+
+/// A Keras-initialised dense layer.
+pub(super) fn dense(inputs: usize, outputs: usize, device: &Device) -> Linear {
+    let mut linear = LinearConfig::new(inputs, outputs)
+        .with_initializer(glorot())
+        .init(device);
+    linear.bias = Some(zero_bias(outputs, device));
+    linear
 }
 
 /// Conv2d(C→32, 3x3) ReLU MaxPool2 Conv2d(32→64, 3x3) ReLU MaxPool2 Flatten
