@@ -6,6 +6,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig, Relu};
 use burn::tensor::{Device, Tensor};
 
+use super::max_pool::max_pool_2x2;
 use crate::error::{Error, Result};
 use crate::model::BurnClassifier;
 
@@ -138,13 +139,18 @@ impl ToyConvnet {
 
     /// The two conv-ReLU-pool stages: their outputs.
     fn convolutions(&self, inputs: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let pool1 = self
-            .pool
-            .forward(self.activation.forward(self.conv1.forward(inputs)));
-        let pool2 = self
-            .pool
-            .forward(self.activation.forward(self.conv2.forward(pool1.clone())));
+        let pool1 = self.stage(&self.conv1, inputs);
+        let pool2 = self.stage(&self.conv2, pool1.clone());
         (pool1, pool2)
+    }
+
+    /// Convolution, max-pool, ReLU: the same values and gradients as ReLU
+    /// then max-pool (the two commute, ReLU being monotonic), with the ReLU
+    /// on a quarter of the elements, and the pooling through the crate's
+    /// Flex kernel ([`max_pool`](super::max_pool)).
+    fn stage(&self, conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+        let maps = conv.forward(x);
+        self.activation.forward(max_pool_2x2(&self.pool, maps))
     }
 
     /// Dropout and the last layer, on the flattened features.
@@ -173,5 +179,81 @@ impl BurnClassifier for ToyConvnet {
         let logits = self.head(flat.clone());
         let features = vec![global_average_pool(pool1), global_average_pool(pool2), flat];
         (features, logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::Module;
+    use burn::tensor::{Device, Distribution, Tensor};
+
+    use super::{ToyConvnet, ToyConvnetConfig};
+
+    /// The network written as the reference: ReLU before burn's pool.
+    fn plain_logits(net: &ToyConvnet, x: Tensor<4>) -> Tensor<2> {
+        let stage = |conv: &burn::nn::conv::Conv2d, x| {
+            net.pool.forward(net.activation.forward(conv.forward(x)))
+        };
+        let maps = stage(&net.conv2, stage(&net.conv1, x));
+        net.linear.forward(maps.flatten(1, 3))
+    }
+
+    fn values(t: Tensor<2>) -> Vec<f32> {
+        t.try_into_vec_as::<f32>().unwrap()
+    }
+
+    #[test]
+    fn inference_gives_the_plain_layers_values() {
+        let device = Device::flex();
+        let net = ToyConvnetConfig::new(1, 28, 10)
+            .init(&device)
+            .unwrap()
+            .valid();
+        let x = Tensor::<4>::random([5, 1, 28, 28], Distribution::Default, &device);
+        assert_eq!(
+            values(net.forward(x.clone())),
+            values(plain_logits(&net, x))
+        );
+    }
+
+    #[test]
+    fn training_gives_the_plain_layers_gradients() {
+        let device = Device::flex().autodiff();
+        let net = ToyConvnetConfig::new(1, 28, 10)
+            .with_dropout(0.0)
+            .init(&device)
+            .unwrap()
+            .train();
+        let x = Tensor::<4>::random([6, 1, 28, 28], Distribution::Default, &device);
+        // A loss that weighs every logit differently.
+        let weights = Tensor::<2>::random([6, 10], Distribution::Default, &device);
+        let grads_of = |logits: Tensor<2>| {
+            let grads = (logits * weights.clone()).sum().backward();
+            [
+                net.conv1.weight.val().grad(&grads),
+                net.conv2.weight.val().grad(&grads),
+                net.linear
+                    .weight
+                    .val()
+                    .grad(&grads)
+                    .map(|g| g.reshape([-1, 1, 1, 1])),
+            ]
+            .map(|g| g.unwrap().try_into_vec_as::<f32>().unwrap())
+        };
+        let fast = grads_of(net.forward(x.clone()));
+        let plain = grads_of(plain_logits(&net, x));
+        for (layer, (f, p)) in fast.iter().zip(&plain).enumerate() {
+            assert_eq!(f.len(), p.len());
+            let worst = f
+                .iter()
+                .zip(p)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            let scale = p.iter().map(|v| v.abs()).fold(0.0, f32::max);
+            assert!(
+                scale > 0.0 && worst <= 1e-5 * scale,
+                "layer {layer}: {worst} vs {scale}"
+            );
+        }
     }
 }
