@@ -23,6 +23,8 @@ use burn::nn::pool::MaxPool2d;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
+use super::conv::contiguous;
+
 /// 2x2 max-pool with stride 2 (an odd last row or column is dropped), the
 /// same values and gradients as `pool` (a `MaxPool2dConfig::new([2, 2])`
 /// layer), through the Flex kernel when `x` lives on Flex.
@@ -199,15 +201,6 @@ impl<B: MaxPool2x2Kernels, C: CheckpointStrategy> MaxPool2x2 for Autodiff<B, C> 
 fn four_dims(x: &FlexTensor) -> [usize; 4] {
     let dims = x.layout().shape();
     [dims[0], dims[1], dims[2], dims[3]]
-}
-
-/// A Flex tensor laid out contiguously (copied only if it is not).
-fn contiguous(x: FlexTensor) -> FlexTensor {
-    if x.as_slice::<f32>().is_some() {
-        x
-    } else {
-        x.to_contiguous()
-    }
 }
 
 #[cfg(test)]

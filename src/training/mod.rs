@@ -11,6 +11,7 @@
 //! [`BurnClassifier`]: crate::model::BurnClassifier
 
 mod config;
+mod conv;
 mod max_pool;
 mod progress;
 mod toy_convnet;
