@@ -136,10 +136,11 @@ fn run(args: &Args) -> Result<()> {
         .model_dir
         .as_ref()
         .map(|dir| Checkpoint::Last.path(dir));
-    let (network, train_seconds): (ToyConvnet, f64) = match &checkpoint {
+    // No training time when the network comes from a checkpoint.
+    let (network, train_seconds): (ToyConvnet, Option<f64>) = match &checkpoint {
         Some(path) if path.is_file() => {
             println!("loading the model from {}", path.display());
-            (load_checkpoint(network, path)?, 0.0)
+            (load_checkpoint(network, path)?, None)
         }
         _ => {
             let mut config = TrainConfig::new(args.epochs).with_seed(args.seed);
@@ -154,7 +155,7 @@ fn run(args: &Args) -> Result<()> {
                 trained.samples_per_second()
             );
             let seconds = trained.train_seconds();
-            (trained.model, seconds)
+            (trained.model, Some(seconds))
         }
     };
     let model = BurnModel::new(network, &device);
@@ -178,6 +179,7 @@ fn run(args: &Args) -> Result<()> {
     let score_seconds = started.elapsed().as_secs_f64();
     if let Some(dir) = &args.out_dir {
         plots::features(dir, &model, &ds_in, &ds_out)?;
+        println!("\nfigures written to {}", dir.display());
     }
 
     if let Some(path) = &args.json {
@@ -212,14 +214,14 @@ fn load_mnist(dir: &Path) -> Result<(OodDataset, OodDataset)> {
 fn json_report(
     args: &Args,
     accuracy: f64,
-    train_seconds: f64,
+    train_seconds: Option<f64>,
     score_seconds: f64,
     figures: &[Figures],
 ) -> String {
     let detectors: Vec<String> = figures
         .iter()
         .map(|f| {
-            let value = |metric: &str| f.report.get(metric).unwrap_or(f64::NAN);
+            let value = |metric: &str| number(f.report.get(metric));
             format!(
                 "\"{}\": {{\"auroc\": {}, \"fpr95tpr\": {}}}",
                 f.name,
@@ -228,14 +230,23 @@ fn json_report(
             )
         })
         .collect();
+    let train_seconds = number(train_seconds.map(|s| (s * 1000.0).round() / 1000.0));
     format!(
-        "{{\"accuracy\": {accuracy}, \"train_seconds\": {train_seconds:.3}, \
+        "{{\"accuracy\": {accuracy}, \"train_seconds\": {train_seconds}, \
          \"score_seconds\": {score_seconds:.3}, \"detectors\": {{{}}}, \"seed\": {}, \
          \"epochs\": {}}}\n",
         detectors.join(", "),
         args.seed,
         args.epochs
     )
+}
+
+/// A JSON number, or `null` for a missing or non-finite one.
+fn number(value: Option<f64>) -> String {
+    match value {
+        Some(v) if v.is_finite() => v.to_string(),
+        _ => "null".into(),
+    }
 }
 
 /// The notebook's figures.
@@ -246,7 +257,8 @@ mod plots {
     use oodkit::datasets::Prepared;
     use oodkit::model::BurnModel;
     use oodkit::plots::{
-        FeaturePlot, RocPlot, ScorePlot, plot_model_features, plot_ood_scores, plot_roc_curve,
+        FeaturePlot, Projection, RocPlot, ScorePlot, plot_model_features, plot_ood_scores,
+        plot_roc_curve,
     };
     use oodkit::training::ToyConvnet;
     use oodkit::{Error, Result};
@@ -271,14 +283,14 @@ mod plots {
             &histogram,
             dir.join(format!("scores_{name}.png")),
         )?;
-        let roc = RocPlot::new().title(format!("{upper} ROC curve"));
+        let auroc = oodkit::metrics::auroc(scores_in, scores_out)?;
+        let roc = RocPlot::new().title(format!("{upper} ROC curve (AUROC {auroc:.4})"));
         plot_roc_curve(
             scores_in,
             scores_out,
             &roc,
             dir.join(format!("roc_{name}.png")),
         )?;
-        println!("plots written to {}", dir.display());
         Ok(())
     }
 
@@ -289,7 +301,10 @@ mod plots {
         ds_in: &Prepared<'_>,
         ds_out: &Prepared<'_>,
     ) -> Result<()> {
-        let options = FeaturePlot::new().title("Penultimate features (PCA)");
+        // t-SNE, as the notebook draws them (PCA: `Projection::Pca`, faster).
+        let options = FeaturePlot::new()
+            .method(Projection::tsne())
+            .title("Penultimate features (t-SNE)");
         plot_model_features(
             model,
             ds_in,

@@ -54,7 +54,8 @@
 //! downloads), [`model`] (the [`Model`](model::Model) trait, closures, the
 //! burn adapter), [`detectors`] (the [`Detector`] trait, [`Mls`] and MSP),
 //! [`metrics`] (exact AUROC, FPR@TPR, AUPR) and, with the `burn` feature,
-//! `training` (the networks). [`prelude`] imports the common names.
+//! `training` (the toy networks and their trainer). [`prelude`] imports the
+//! common names.
 //!
 //! Cargo features (all on by default): `download` (fetch the public
 //! datasets), `burn` (the burn adapter and networks, on burn's pure-Rust

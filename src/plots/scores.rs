@@ -160,6 +160,24 @@ impl Histograms {
             .fold(0.0, |m, &d| m.max(d))
     }
 
+    /// The upper corner above the lower bars: upper left unless the tallest
+    /// bar of the left third outgrows that of the right third (e.g. MSP
+    /// scores piled up at -1), so the legend never hides the peak.
+    fn legend_corner(&self) -> SeriesLabelPosition {
+        let bins = self.density_in.len();
+        let third = bins.div_ceil(3);
+        let tallest = |range: std::ops::Range<usize>| {
+            range
+                .map(|i| self.density_in[i].max(self.density_out[i]))
+                .fold(0.0, f64::max)
+        };
+        if tallest(0..third) > tallest(bins - third..bins) {
+            SeriesLabelPosition::UpperRight
+        } else {
+            SeriesLabelPosition::UpperLeft
+        }
+    }
+
     fn min_positive_density(&self) -> f64 {
         self.density_in
             .iter()
@@ -244,6 +262,27 @@ impl ScoreFigure<'_> {
             .map_err(plot_err)?
             .label("TPR=95%")
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], line));
-        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft, &text)
+        draw_legend(&mut chart, h.legend_corner(), &text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use plotters::prelude::SeriesLabelPosition;
+
+    use super::Histograms;
+
+    #[test]
+    fn the_legend_goes_to_the_side_without_the_peak() {
+        // MSP-like: ID piled up at -1, OOD spread to the right.
+        let msp_in: Vec<f32> = (0..100).map(|i| -1.0 + i as f32 * 1e-4).collect();
+        let msp_out: Vec<f32> = (0..100).map(|i| -1.0 + i as f32 * 7e-3).collect();
+        let h = Histograms::new(&msp_in, &msp_out, 50, -0.99);
+        assert!(matches!(h.legend_corner(), SeriesLabelPosition::UpperRight));
+        // MLS-like: two humps of equal height at both ends.
+        let mls_in: Vec<f32> = (0..100).map(|i| -12.0 + (i % 10) as f32 * 0.1).collect();
+        let mls_out: Vec<f32> = mls_in.iter().map(|s| s + 8.0).collect();
+        let h = Histograms::new(&mls_in, &mls_out, 50, -8.0);
+        assert!(matches!(h.legend_corner(), SeriesLabelPosition::UpperLeft));
     }
 }
