@@ -30,10 +30,7 @@ use rayon::prelude::*;
 /// convolution is a plain one (no padding, stride 1, no dilation, one group,
 /// with a bias).
 pub(super) fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let on_flex = matches!(
-        x.device().without_autodiff().as_dispatch(),
-        DispatchDevice::Flex(_)
-    );
+    let on_flex = on_flex(&x);
     let plain = conv.stride == [1, 1]
         && conv.dilation == [1, 1]
         && conv.groups == 1
@@ -226,6 +223,15 @@ impl<B: Conv2dKernels, C: CheckpointStrategy> Conv2dValid for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => prep.finish(forward::<B>(x, weight, bias).0),
         }
     }
+}
+
+/// Whether `x` lives on Flex (with or without autodiff), where the crate's
+/// kernels run.
+pub(super) fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
+    matches!(
+        x.device().without_autodiff().as_dispatch(),
+        DispatchDevice::Flex(_)
+    )
 }
 
 /// The four dimensions of a 4-D shape.

@@ -18,23 +18,19 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, DispatchDevice, Flex, backend_extension};
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::nn::pool::MaxPool2d;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::conv::contiguous;
+use super::conv::{contiguous, on_flex};
 
 /// 2x2 max-pool with stride 2 (an odd last row or column is dropped), the
 /// same values and gradients as `pool` (a `MaxPool2dConfig::new([2, 2])`
 /// layer), through the Flex kernel when `x` lives on Flex.
 pub(super) fn max_pool_2x2(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
     let [_, _, h, w] = x.dims();
-    let on_flex = matches!(
-        x.device().without_autodiff().as_dispatch(),
-        DispatchDevice::Flex(_)
-    );
-    if on_flex && x.dtype() == DType::F32 && h >= 2 && w >= 2 {
+    if on_flex(&x) && x.dtype() == DType::F32 && h >= 2 && w >= 2 {
         Tensor::from_dispatch(<Dispatch as MaxPool2x2>::max_pool_2x2(x.into_dispatch()))
     } else {
         pool.forward(x)
