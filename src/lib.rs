@@ -52,7 +52,8 @@
 //!
 //! The pieces: [`datasets`] (loaders for MNIST, CIFAR-10, SVHN, batching,
 //! downloads), [`model`] (the [`Model`](model::Model) trait, closures, the
-//! burn adapter), [`detectors`] (the [`Detector`] trait, [`Mls`] and MSP),
+//! burn adapter), [`detectors`] (the [`Detector`] trait; [`Mls`] and MSP,
+//! energy, entropy and GEN on logits),
 //! [`metrics`] (exact AUROC, FPR@TPR, AUPR) and, with the `burn` feature,
 //! `training` (the toy networks and their trainer). [`prelude`] imports the
 //! common names.

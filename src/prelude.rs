@@ -2,7 +2,9 @@
 
 pub use crate::batch::Batch;
 pub use crate::datasets::{BatchSource, OodDataset, PrepareConfig, Split};
-pub use crate::detectors::{Detector, Mls, OutputActivation, ScoreLogits, ScoreOutput};
+pub use crate::detectors::{
+    Detector, Energy, Entropy, Gen, Mls, OutputActivation, ScoreLogits, ScoreOutput,
+};
 pub use crate::error::{Error, Result};
 pub use crate::metrics::bench_metrics;
 #[cfg(feature = "burn")]

@@ -1,9 +1,12 @@
-//! MLS / MSP on hand-worked logits, the Detector flow on closure models, the
-//! error cases, and the Gaussian-blob problem with a known answer.
+//! MLS / MSP / Energy / Entropy / GEN on hand-worked logits, the Detector
+//! flow on closure models, the error cases, and the Gaussian-blob problem
+//! with a known answer.
 
 use ndarray::{Array1, Array2, Array4, ArrayView4, Axis, array};
 use oodkit::datasets::{BatchSource, OodDataset, PrepareConfig};
-use oodkit::detectors::{Detector, Mls, OutputActivation, ScoreLogits, ScoreOutput};
+use oodkit::detectors::{
+    Detector, Energy, Entropy, Gen, Mls, OutputActivation, ScoreLogits, ScoreOutput,
+};
 use oodkit::metrics::auroc;
 use oodkit::model::{Model, from_fn};
 use oodkit::{Batch, Error};
@@ -17,6 +20,125 @@ fn assert_close(found: &[f32], expected: &[f64], tol: f64) {
             (f as f64 - e).abs() <= tol,
             "score {i}: found {f}, expected {e} (all: {found:?})"
         );
+    }
+}
+
+#[test]
+fn energy_is_minus_t_logsumexp_of_logits_over_t() {
+    let ln = |x: f64| x.ln();
+    let logits = array![[0.0_f32, 0.0], [3.0, 1.0], [5.0, 5.0], [7.0, -1000.0]];
+    let scores = Energy::default().score_logits(logits.view()).unwrap();
+    let expected = [
+        -ln(2.0),
+        -ln(3f64.exp() + 1f64.exp()),
+        -(5.0 + ln(2.0)),
+        -7.0,
+    ];
+    assert_close(scores.as_slice().unwrap(), &expected, 1e-5);
+    // T = 10: −10 ln(e^0.3 + e^0.1).
+    let scores = Energy::new(10.0)
+        .unwrap()
+        .score_logits(logits.view())
+        .unwrap();
+    assert_close(
+        &scores.as_slice().unwrap()[1..2],
+        &[-10.0 * ln(0.3f64.exp() + 0.1f64.exp())],
+        1e-5,
+    );
+    // One class: minus its logit; logits of 1000 do not overflow.
+    let one = Energy::default()
+        .score_logits(array![[4.0_f32], [1000.0]].view())
+        .unwrap();
+    assert_close(one.as_slice().unwrap(), &[-4.0, -1000.0], 1e-3);
+    let infinite = Energy::default()
+        .score_logits(array![[f32::INFINITY, 0.0]].view())
+        .unwrap();
+    assert_eq!(infinite[0], f32::NEG_INFINITY);
+    for t in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        assert!(matches!(
+            Energy::new(t),
+            Err(Error::InvalidParameter {
+                name: "temperature",
+                ..
+            })
+        ));
+    }
+}
+
+#[test]
+fn entropy_is_that_of_the_softmax() {
+    // p = (0.75, 0.25): −(0.75 ln 0.75 + 0.25 ln 0.25).
+    let h = -(0.75_f64 * 0.75_f64.ln() + 0.25 * 0.25_f64.ln());
+    let logits = array![
+        [3.0_f32.ln(), 0.0, f32::NEG_INFINITY],
+        [1.0, 1.0, 1.0],
+        [900.0, -900.0, 0.0]
+    ];
+    let scores = Entropy::new().score_logits(logits.view()).unwrap();
+    assert_close(scores.as_slice().unwrap(), &[h, 3f64.ln(), 0.0], 1e-6);
+    let edge = array![[2.0_f32], [f32::INFINITY], [f32::INFINITY]];
+    let edge = Entropy::new().score_logits(edge.view()).unwrap();
+    assert_eq!(edge.to_vec(), vec![0.0, 0.0, 0.0]);
+}
+
+#[test]
+fn gen_sums_the_generalized_entropy_of_the_top_probabilities() {
+    let term = |p: f64, gamma: f64| (p * (1.0 - p)).powf(gamma);
+    // Ties: three equal classes.
+    let tied = Gen::default()
+        .score_logits(array![[2.0_f32, 2.0, 2.0]].view())
+        .unwrap();
+    assert_close(
+        tied.as_slice().unwrap(),
+        &[3.0 * term(1.0 / 3.0, 0.1)],
+        1e-5,
+    );
+    // p = (0.5, 0.3, 0.2) from logits ln p; top 2 with γ = 0.5, and top 100
+    // clipped to the three classes.
+    let logits = array![[0.3_f32.ln(), 0.5_f32.ln(), 0.2_f32.ln()]];
+    let top2 = Gen::new(0.5, 2)
+        .unwrap()
+        .score_logits(logits.view())
+        .unwrap();
+    assert_close(
+        top2.as_slice().unwrap(),
+        &[term(0.5, 0.5) + term(0.3, 0.5)],
+        1e-5,
+    );
+    let all = Gen::default().score_logits(logits.view()).unwrap();
+    let expected = term(0.5, 0.1) + term(0.3, 0.1) + term(0.2, 0.1);
+    assert_close(all.as_slice().unwrap(), &[expected], 1e-5);
+    // A certain prediction scores 0; one class too.
+    let certain = Gen::default()
+        .score_logits(array![[1000.0_f32, 0.0], [1.0, f32::NEG_INFINITY]].view())
+        .unwrap();
+    assert_close(certain.as_slice().unwrap(), &[0.0, 0.0], 1e-6);
+    assert!(matches!(
+        Gen::new(1.5, 10),
+        Err(Error::InvalidParameter { name: "gamma", .. })
+    ));
+    assert!(matches!(
+        Gen::new(0.1, 0),
+        Err(Error::InvalidParameter { name: "top_k", .. })
+    ));
+}
+
+#[test]
+fn every_logit_detector_rejects_nan_and_zero_classes() {
+    let detectors: Vec<Box<dyn ScoreLogits>> = vec![
+        Box::new(Energy::default()),
+        Box::new(Entropy::new()),
+        Box::new(Gen::default()),
+    ];
+    for detector in &detectors {
+        let err = detector
+            .score_logits(array![[0.0_f32, 1.0], [f32::NAN, 0.0]].view())
+            .unwrap_err();
+        assert!(matches!(err, Error::NotANumber { index: 1, .. }), "{err}");
+        let err = detector
+            .score_logits(Array2::<f32>::zeros((3, 0)).view())
+            .unwrap_err();
+        assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
     }
 }
 
@@ -293,7 +415,7 @@ fn blobs(centres: &[(f32, f32)], n: usize, rng: &mut StdRng) -> OodDataset {
 /// weights separates the ID classes along x + y, so its logits are large on
 /// ID points and near zero on OOD points, which sit on its decision boundary.
 #[test]
-fn gaussian_blobs_mls_and_msp_separate_id_from_ood() {
+fn gaussian_blobs_every_logit_detector_separates_id_from_ood() {
     let mut rng = StdRng::seed_from_u64(7);
     let ds_in = blobs(&[(4.0, 4.0), (-4.0, -4.0)], 500, &mut rng);
     let ds_out = blobs(&[(4.0, -4.0), (-4.0, 4.0)], 500, &mut rng);
@@ -315,8 +437,16 @@ fn gaussian_blobs_mls_and_msp_separate_id_from_ood() {
         Ok(logits)
     });
 
-    for (mut detector, name) in [(Mls::new(), "MLS"), (Mls::msp(), "MSP")] {
-        detector.fit(&model, None).unwrap();
+    let detectors: Vec<Box<dyn Detector<Network = dyn Model + '_>>> = vec![
+        Box::new(Mls::new()),
+        Box::new(Mls::msp()),
+        Box::new(Energy::default()),
+        Box::new(Entropy::new()),
+        Box::new(Gen::default()),
+    ];
+    for mut detector in detectors {
+        let name = detector.name();
+        detector.fit_model(Box::new(&model), None).unwrap();
         let prepared_in = ds_in.prepare(&PrepareConfig::new(64).shuffle(3)).unwrap();
         let scored_in = detector.score(&prepared_in).unwrap();
         let scored_out = detector.score(&ds_out).unwrap();

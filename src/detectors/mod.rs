@@ -41,8 +41,15 @@ use crate::datasets::BatchSource;
 use crate::error::{Error, Result};
 use crate::model::IntoModel;
 
+mod energy;
+mod entropy;
+mod generalized_entropy;
+mod logit;
 mod mls;
 
+pub use energy::Energy;
+pub use entropy::Entropy;
+pub use generalized_entropy::Gen;
 pub use mls::{Mls, OutputActivation};
 
 /// What scoring returns: one score per input, in input order, and what the

@@ -1,0 +1,78 @@
+//! The energy score (Liu et al. 2020).
+
+use ndarray::{Array1, ArrayView2};
+
+use super::ScoreLogits;
+use super::logit::{FittedModel, invalid, logit_detector, score_rows, shifted_exps};
+use crate::error::Result;
+
+/// Energy: score = −T · logsumexp(logits / T). An input is as OOD as its
+/// logits are low all together (MLS looks at the largest one only).
+///
+/// Computed stably: `logsumexp(z) = max z + ln Σ exp(z − max z)`, so logits
+/// of ±1000 are fine; an infinite logit gives an infinite score. Like MLS it
+/// needs no statistics of the training data.
+///
+/// ```
+/// use ndarray::array;
+/// use oodkit::detectors::{Energy, ScoreLogits};
+///
+/// let logits = array![[0.0_f32, 0.0], [2.0, 0.0]];
+/// let scores = Energy::default().score_logits(logits.view())?;
+/// assert!((scores[0] + 2.0_f32.ln()).abs() < 1e-6); // −ln(e⁰ + e⁰)
+/// // T = 2: −2 ln(e¹ + e⁰)
+/// let scores = Energy::new(2.0)?.score_logits(logits.view())?;
+/// assert!((scores[1] + 2.0 * (1.0 + 1.0_f32.exp()).ln()).abs() < 1e-5);
+/// assert!(Energy::new(0.0).is_err());
+/// # Ok::<(), oodkit::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Energy<'m> {
+    temperature: f32,
+    model: FittedModel<'m>,
+}
+
+impl Default for Energy<'_> {
+    /// Temperature 1.
+    fn default() -> Self {
+        Energy {
+            temperature: 1.0,
+            model: FittedModel::default(),
+        }
+    }
+}
+
+impl Energy<'_> {
+    /// The energy at `temperature` (positive and finite).
+    pub fn new(temperature: f32) -> Result<Self> {
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(invalid(
+                "temperature",
+                temperature,
+                "must be a positive number",
+            ));
+        }
+        Ok(Energy {
+            temperature,
+            ..Energy::default()
+        })
+    }
+
+    /// The temperature.
+    pub fn temperature(&self) -> f32 {
+        self.temperature
+    }
+}
+
+impl ScoreLogits for Energy<'_> {
+    fn score_logits(&self, logits: ArrayView2<f32>) -> Result<Array1<f32>> {
+        let t = self.temperature;
+        score_rows(logits, |row| {
+            let scaled = row.mapv(|v| v / t);
+            let (max, exps) = shifted_exps(scaled.view());
+            -t * (max + exps.iter().sum::<f32>().ln())
+        })
+    }
+}
+
+logit_detector!(Energy, |_energy| "Energy");

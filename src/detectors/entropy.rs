@@ -1,0 +1,55 @@
+//! The entropy of the softmax.
+
+use ndarray::{Array1, ArrayView2};
+
+use super::ScoreLogits;
+use super::logit::{FittedModel, logit_detector, score_rows, shifted_exps};
+use crate::error::Result;
+
+/// Entropy: score = −Σ p log p of the softmax probabilities p, with
+/// 0 · log 0 = 0. An input is as OOD as the network hesitates between its
+/// classes: 0 for a certain prediction, ln(num_classes) for a uniform one.
+///
+/// Computed from the shifted logits (`ln p = l − max − ln Σ exp(l − max)`),
+/// so extreme and infinite logits are fine.
+///
+/// ```
+/// use ndarray::array;
+/// use oodkit::detectors::{Entropy, ScoreLogits};
+///
+/// let logits = array![[0.0_f32, 0.0, 0.0, 0.0], [1000.0, 0.0, 0.0, 0.0]];
+/// let scores = Entropy::default().score_logits(logits.view())?;
+/// assert!((scores[0] - 4.0_f32.ln()).abs() < 1e-6);
+/// assert_eq!(scores[1], 0.0);
+/// # Ok::<(), oodkit::Error>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct Entropy<'m> {
+    model: FittedModel<'m>,
+}
+
+impl Entropy<'_> {
+    /// The entropy detector (it has no parameter).
+    pub fn new() -> Self {
+        Entropy::default()
+    }
+}
+
+impl ScoreLogits for Entropy<'_> {
+    fn score_logits(&self, logits: ArrayView2<f32>) -> Result<Array1<f32>> {
+        score_rows(logits, |row| {
+            let (max, exps) = shifted_exps(row);
+            let sum: f32 = exps.iter().sum();
+            // H = ln S − Σ p (l − max): terms with p = 0 contribute 0.
+            let weighted: f32 = exps
+                .iter()
+                .zip(&row)
+                .filter(|(e, _)| **e > 0.0)
+                .map(|(e, &l)| e * if l == max { 0.0 } else { l - max })
+                .sum();
+            (sum.ln() - weighted / sum).max(0.0)
+        })
+    }
+}
+
+logit_detector!(Entropy, |_entropy| "Entropy");
