@@ -135,6 +135,15 @@ pub enum Error {
     #[error("ndarray shape error: {0}")]
     Ndarray(#[from] ndarray::ShapeError),
 
+    /// The model cannot do what was asked of it (e.g. give input gradients).
+    #[error("{what} is not supported by this model: {hint}")]
+    Unsupported {
+        /// What was asked.
+        what: String,
+        /// How to get it.
+        hint: String,
+    },
+
     /// An error raised by user code (a preprocess function, a model closure).
     #[error("{0}")]
     Custom(String),

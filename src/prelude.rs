@@ -3,7 +3,7 @@
 pub use crate::batch::Batch;
 pub use crate::datasets::{BatchSource, OodDataset, PrepareConfig, Split};
 pub use crate::detectors::{
-    Detector, Energy, Entropy, Gen, Mls, OutputActivation, ScoreLogits, ScoreOutput,
+    Detector, Energy, Entropy, Gen, Mls, Odin, OutputActivation, ScoreLogits, ScoreOutput,
 };
 pub use crate::error::{Error, Result};
 pub use crate::metrics::bench_metrics;

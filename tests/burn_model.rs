@@ -185,3 +185,51 @@ fn the_toy_convnet_config_is_checked() {
         .unwrap();
     assert_eq!(out.features[0].shape(), &[2, 64 * 6 * 6]);
 }
+
+/// Σ logits ⊙ g for one image, by the model's forward pass.
+fn weighted_logits(model: &BurnModel<ToyConvnet>, x: &Array4<f32>, g: &Array2<f32>) -> f64 {
+    let logits = model.forward(x.view()).unwrap();
+    (&logits * g).iter().map(|&v| f64::from(v)).sum()
+}
+
+#[test]
+fn the_input_gradient_matches_finite_differences() {
+    let device = Device::flex();
+    let model = BurnModel::new(toy_convnet(&device), &device);
+    let x = images(2);
+    let g = Array2::from_shape_fn((2, 10), |(i, k)| ((i * 3 + k) % 5) as f32 - 2.0);
+    let gradient = model.input_gradient(x.view(), g.view()).unwrap();
+    assert_eq!(gradient.shape(), x.shape());
+    // Central differences on pixels in the middle of the image, with a step
+    // small enough not to cross the ReLU and max-pool kinks.
+    let h = 1e-3_f32;
+    let mut compared = 0;
+    for (i, y, xx) in [
+        (0, 14, 14),
+        (0, 10, 17),
+        (1, 13, 12),
+        (1, 16, 9),
+        (0, 20, 20),
+    ] {
+        let mut up = x.clone();
+        up[[i, 0, y, xx]] += h;
+        let mut down = x.clone();
+        down[[i, 0, y, xx]] -= h;
+        let numeric = (weighted_logits(&model, &up, &g) - weighted_logits(&model, &down, &g))
+            / (2.0 * f64::from(h));
+        let analytic = f64::from(gradient[[i, 0, y, xx]]);
+        assert!(
+            (numeric - analytic).abs() <= 0.1 * analytic.abs() + 0.005,
+            "pixel {:?}: finite difference {numeric}, autodiff {analytic}",
+            (i, y, xx)
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, 5);
+    assert!(gradient.iter().any(|&v| v != 0.0));
+    // A logits_grad of the wrong width is an error.
+    let err = model
+        .input_gradient(x.view(), Array2::zeros((2, 3)).view())
+        .unwrap_err();
+    assert!(err.to_string().contains("logits_grad"), "{err}");
+}

@@ -1,14 +1,14 @@
-//! MLS / MSP / Energy / Entropy / GEN on hand-worked logits, the Detector
+//! MLS / MSP / Energy / Entropy / GEN / ODIN on hand-worked logits, the Detector
 //! flow on closure models, the error cases, and the Gaussian-blob problem
 //! with a known answer.
 
-use ndarray::{Array1, Array2, Array4, ArrayView4, Axis, array};
+use ndarray::{Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, Axis, array};
 use oodkit::datasets::{BatchSource, OodDataset, PrepareConfig};
 use oodkit::detectors::{
-    Detector, Energy, Entropy, Gen, Mls, OutputActivation, ScoreLogits, ScoreOutput,
+    Detector, Energy, Entropy, Gen, Mls, Odin, OutputActivation, ScoreLogits, ScoreOutput,
 };
 use oodkit::metrics::auroc;
-use oodkit::model::{Model, from_fn};
+use oodkit::model::{Model, from_fn, from_fn_with_gradient};
 use oodkit::{Batch, Error};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -422,20 +422,40 @@ fn gaussian_blobs_every_logit_detector_separates_id_from_ood() {
 
     // Hidden unit k responds to s * (x + y) - b_k: s = +1 for k < 8, -1 after.
     let hidden_bias: Vec<f32> = (0..16).map(|k| (k % 8) as f32 * 0.25).collect();
-    let model = from_fn(move |x: ArrayView4<f32>| {
+    let unit = |k: usize| if k < 8 { (1.0, 0) } else { (-1.0, 1) };
+    let biases = hidden_bias.clone();
+    let forward = move |x: ArrayView4<f32>| {
         let n = x.shape()[0];
         let mut logits = Array2::zeros((n, 2));
         for i in 0..n {
             let s = x[[i, 0, 0, 0]] + x[[i, 0, 0, 1]];
-            for (k, b) in hidden_bias.iter().enumerate() {
-                let (sign, class) = if k < 8 { (1.0, 0) } else { (-1.0, 1) };
+            for (k, b) in biases.iter().enumerate() {
+                let (sign, class) = unit(k);
                 let h = (sign * s - b).max(0.0);
                 logits[[i, class]] += 0.25 * h;
                 logits[[i, 1 - class]] -= 0.25 * h;
             }
         }
         Ok(logits)
-    });
+    };
+    // Its input gradient (for ODIN): both pixels get d(Σ g·logits)/ds.
+    let gradient = move |x: ArrayView4<f32>, g: ArrayView2<f32>| {
+        let mut grad = Array4::zeros(x.raw_dim());
+        for i in 0..x.shape()[0] {
+            let s = x[[i, 0, 0, 0]] + x[[i, 0, 0, 1]];
+            let mut d = 0.0;
+            for (k, b) in hidden_bias.iter().enumerate() {
+                let (sign, class) = unit(k);
+                if sign * s - b > 0.0 {
+                    d += 0.25 * sign * (g[[i, class]] - g[[i, 1 - class]]);
+                }
+            }
+            grad[[i, 0, 0, 0]] = d;
+            grad[[i, 0, 0, 1]] = d;
+        }
+        Ok(grad)
+    };
+    let model = from_fn_with_gradient(forward, gradient);
 
     let detectors: Vec<Box<dyn Detector<Network = dyn Model + '_>>> = vec![
         Box::new(Mls::new()),
@@ -443,6 +463,8 @@ fn gaussian_blobs_every_logit_detector_separates_id_from_ood() {
         Box::new(Energy::default()),
         Box::new(Entropy::new()),
         Box::new(Gen::default()),
+        Box::new(Odin::default()),
+        Box::new(Odin::new(1.0, 0.05).unwrap()),
     ];
     for mut detector in detectors {
         let name = detector.name();
@@ -462,5 +484,108 @@ fn gaussian_blobs_every_logit_detector_separates_id_from_ood() {
         );
         let auc = auroc(&scored_in.scores, &scored_out.scores).unwrap();
         assert!(auc >= 0.95, "{name}: AUROC {auc}");
+    }
+}
+
+/// logits = x W over flattened 1x1x3 "images", with its exact input gradient
+/// g Wᵀ.
+fn linear_model_with_gradient() -> impl Model {
+    let w = array![[1.0_f32, -2.0, 0.5], [0.3, 1.5, -1.0], [-0.7, 0.2, 2.0]];
+    let (wf, wg) = (w.clone(), w);
+    from_fn_with_gradient(
+        move |x: ArrayView4<f32>| Ok(x.to_shape((x.shape()[0], 3))?.dot(&wf)),
+        move |x: ArrayView4<f32>, g: ArrayView2<f32>| {
+            Ok(g.dot(&wg.t())
+                .into_shape_with_order((x.shape()[0], 1, 1, 3))?)
+        },
+    )
+}
+
+/// Cross-entropy of logits / t with the class `target`.
+fn cross_entropy(logits: ArrayView1<f32>, t: f64, target: usize) -> f64 {
+    let z: Vec<f64> = logits.iter().map(|&l| f64::from(l) / t).collect();
+    let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let lse = max + z.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+    lse - z[target]
+}
+
+#[test]
+fn odin_steps_against_the_finite_difference_gradient_of_its_loss() {
+    let model = linear_model_with_gradient();
+    let x = Array4::from_shape_vec((2, 1, 1, 3), vec![0.4, -1.2, 0.9, 2.0, 0.1, -0.5]).unwrap();
+    let t = 5.0;
+    let odin = Odin::new(t, 0.01).unwrap();
+    let logits = model.forward(x.view()).unwrap();
+    let perturbed = odin.perturb(&model, x.clone(), logits.view()).unwrap();
+    let h = 1e-3_f32;
+    for i in 0..2 {
+        let target = logits
+            .row(i)
+            .iter()
+            .enumerate()
+            .fold(0, |b, (k, &v)| if v > logits[[i, b]] { k } else { b });
+        for j in 0..3 {
+            let loss_at = |delta: f32| {
+                let mut moved = x.clone();
+                moved[[i, 0, 0, j]] += delta;
+                let l = model.forward(moved.view()).unwrap();
+                cross_entropy(l.row(i), f64::from(t), target)
+            };
+            let slope = (loss_at(h) - loss_at(-h)) / (2.0 * f64::from(h));
+            assert!(
+                slope.abs() > 1e-4,
+                "a flat direction would not test the sign"
+            );
+            let step = perturbed[[i, 0, 0, j]] - x[[i, 0, 0, j]];
+            assert!(
+                (step + 0.01 * slope.signum() as f32).abs() < 1e-6,
+                "sample {i} pixel {j}: step {step}, slope {slope}"
+            );
+        }
+    }
+    // The step lowers the loss, so it raises the temperature-scaled confidence.
+    let scores = Odin::new(t, 0.0).unwrap();
+    let before = scores.score_logits(logits.view()).unwrap();
+    let after = scores
+        .score_logits(model.forward(perturbed.view()).unwrap().view())
+        .unwrap();
+    assert!(
+        before.iter().zip(&after).all(|(b, a)| a < b),
+        "{before} -> {after}"
+    );
+}
+
+#[test]
+fn odin_without_a_step_is_msp_at_temperature_t_on_any_model() {
+    let ds = pairs(20);
+    let model = sum_model(); // from_fn: no input gradient
+    let mut odin = Odin::new(2.0, 0.0).unwrap();
+    odin.fit(&model, None).unwrap();
+    let scored = odin.score(&ds).unwrap();
+    let expected: Vec<f64> = scored
+        .logits
+        .rows()
+        .into_iter()
+        .map(|row| {
+            let z: Vec<f64> = row.iter().map(|&l| f64::from(l) / 2.0).collect();
+            let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            -1.0 / z.iter().map(|v| (v - max).exp()).sum::<f64>()
+        })
+        .collect();
+    assert_close(scored.scores.as_slice().unwrap(), &expected, 1e-6);
+
+    // With a step, a model without input gradients is a clear error.
+    let mut odin = Odin::default();
+    odin.fit(&model, None).unwrap();
+    let err = odin.score(&ds).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("from_fn_with_gradient"), "{err}");
+    for (t, e) in [
+        (0.0, 0.0),
+        (1.0, -1e-3),
+        (f32::NAN, 0.0),
+        (1.0, f32::INFINITY),
+    ] {
+        assert!(Odin::new(t, e).is_err(), "T {t}, ε {e}");
     }
 }

@@ -34,6 +34,11 @@ impl<'m> FittedModel<'m> {
         self.0.is_some()
     }
 
+    /// The model, or [`Error::NotFitted`] naming `detector`.
+    pub(super) fn get(&self, detector: &'static str) -> Result<&(dyn Model + 'm)> {
+        self.0.as_deref().ok_or(Error::NotFitted { detector })
+    }
+
     /// Runs the model on `batch` and scores its logits with `scorer`.
     pub(super) fn score_batch(
         &self,
@@ -41,7 +46,7 @@ impl<'m> FittedModel<'m> {
         batch: Batch,
         scorer: &dyn ScoreLogits,
     ) -> Result<ScoreOutput> {
-        let model = self.0.as_ref().ok_or(Error::NotFitted { detector })?;
+        let model = self.get(detector)?;
         let n = batch.len();
         let logits = model.forward_owned(batch.inputs)?;
         check_logits(&logits, n)?;

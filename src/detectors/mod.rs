@@ -46,11 +46,13 @@ mod entropy;
 mod generalized_entropy;
 mod logit;
 mod mls;
+mod odin;
 
 pub use energy::Energy;
 pub use entropy::Entropy;
 pub use generalized_entropy::Gen;
 pub use mls::{Mls, OutputActivation};
+pub use odin::Odin;
 
 /// What scoring returns: one score per input, in input order, and what the
 /// Python toolkit returns beside them (its "info" dict).
@@ -80,15 +82,7 @@ impl ScoreOutput {
         self.logits
             .rows()
             .into_iter()
-            .map(|row| {
-                let mut best = 0;
-                for (k, &v) in row.iter().enumerate() {
-                    if v > row[best] {
-                        best = k;
-                    }
-                }
-                best as i64
-            })
+            .map(|row| crate::model::argmax(row.iter().copied()) as i64)
             .collect()
     }
 }

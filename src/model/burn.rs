@@ -5,7 +5,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use ndarray::{Array2, Array4, ArrayView4};
+use ndarray::{Array2, Array4, ArrayView2, ArrayView4};
 
 use super::closure::LOGITS;
 use super::{FeatureModel, LayerId, Model, ModelOutput, pick_layers, resolve_layers};
@@ -129,6 +129,46 @@ impl<M: BurnClassifier> Model for BurnModel<M> {
         let x = array_to_tensor(inputs, &self.device);
         let logits = self.guarded("logits", &shape, |m| m.logits(x))?;
         tensor_to_array(logits)
+    }
+
+    /// Through burn's autodiff: the module runs (still in inference mode,
+    /// its weights untracked) on the autodiff version of its device, with the
+    /// inputs tracked.
+    fn input_gradient(
+        &self,
+        inputs: ArrayView4<f32>,
+        logits_grad: ArrayView2<f32>,
+    ) -> Result<Array4<f32>> {
+        let shape = inputs.shape().to_vec();
+        let (n, classes) = logits_grad.dim();
+        let autodiff = self.device.clone().autodiff();
+        let module = self.module.clone().to_device(&autodiff);
+        let x = array_to_tensor(inputs.to_owned(), &autodiff).require_grad();
+        let weights: Vec<f32> = logits_grad.iter().copied().collect();
+        let weights = Tensor::<2>::from_data(TensorData::new(weights, [n, classes]), &autodiff);
+        let gradient = guarded("input_gradient", &shape, || {
+            let logits = module.logits(x.clone());
+            if logits.dims() != [n, classes] {
+                return Err(Error::ShapeMismatch {
+                    what: "logits_grad vs the module's logits".into(),
+                    expected: format!("{:?}", logits.dims()),
+                    found: format!("{:?}", [n, classes]),
+                });
+            }
+            let grads = (logits * weights).sum().backward();
+            x.grad(&grads).ok_or_else(|| {
+                Error::Backend(
+                    "no gradient reached the inputs (is the module differentiable?)".into(),
+                )
+            })
+        })??;
+        let values = gradient
+            .try_into_vec_as::<f32>()
+            .map_err(|e| Error::Backend(format!("reading the input gradient back: {e}")))?;
+        Ok(Array4::from_shape_vec(
+            (shape[0], shape[1], shape[2], shape[3]),
+            values,
+        )?)
     }
 }
 

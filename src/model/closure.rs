@@ -1,8 +1,9 @@
-//! Models from closures: [`from_fn`] and [`from_fn_with_features`].
+//! Models from closures: [`from_fn`], [`from_fn_with_features`] and
+//! [`from_fn_with_gradient`].
 
 use std::fmt;
 
-use ndarray::{Array2, ArrayView4};
+use ndarray::{Array2, Array4, ArrayView2, ArrayView4};
 
 use super::{FeatureModel, LayerId, Model, ModelOutput, pick_layers, resolve_layers};
 use crate::error::{Error, Result};
@@ -22,7 +23,7 @@ impl<F> fmt::Debug for FnModel<F> {
 /// A [`Model`] whose forward pass is `forward`: wrap any inference engine.
 ///
 /// ```
-/// use ndarray::{Array2, ArrayView4};
+/// use ndarray::{Array2, Array4, ArrayView2, ArrayView4};
 /// use oodkit::model::{Model, from_fn};
 ///
 /// // A linear classifier over flattened 1x2x2 images: 4 pixels -> 3 classes.
@@ -48,6 +49,78 @@ where
 {
     fn forward(&self, inputs: ArrayView4<f32>) -> Result<Array2<f32>> {
         (self.forward)(inputs)
+    }
+}
+
+/// A [`Model`] made of two closures, the forward pass and its input
+/// gradient; see [`from_fn_with_gradient`].
+#[derive(Clone)]
+pub struct FnGradientModel<F, G> {
+    forward: F,
+    gradient: G,
+}
+
+impl<F, G> fmt::Debug for FnGradientModel<F, G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FnGradientModel")
+    }
+}
+
+/// A [`Model`] whose forward pass is `forward` and whose
+/// [`input_gradient`](Model::input_gradient) is `gradient(inputs,
+/// logits_grad)`: the gradient with respect to the inputs of
+/// Σ logits ⊙ logits_grad. For engines that can differentiate, so that
+/// input-perturbation detectors (ODIN) work on them.
+///
+/// ```
+/// use ndarray::{Array2, Array4, ArrayView2, ArrayView4, array};
+/// use oodkit::model::{Model, from_fn_with_gradient};
+///
+/// // logits = x W over flattened 1x1x2 images, so the input gradient is g Wᵀ.
+/// let w = array![[1.0_f32, -1.0], [2.0, 0.5]];
+/// let (wf, wg) = (w.clone(), w.clone());
+/// let model = from_fn_with_gradient(
+///     move |x: ArrayView4<f32>| Ok(x.to_shape((x.shape()[0], 2))?.dot(&wf)),
+///     move |x: ArrayView4<f32>, g: ArrayView2<f32>| {
+///         Ok(g.dot(&wg.t()).into_shape_with_order((x.shape()[0], 1, 1, 2))?)
+///     },
+/// );
+/// let grad = model.input_gradient(Array4::zeros((1, 1, 1, 2)).view(), array![[1.0_f32, 0.0]].view())?;
+/// assert_eq!(grad.into_raw_vec_and_offset().0, vec![1.0, 2.0]);
+/// # Ok::<(), oodkit::Error>(())
+/// ```
+pub fn from_fn_with_gradient<F, G>(forward: F, gradient: G) -> FnGradientModel<F, G>
+where
+    F: Fn(ArrayView4<f32>) -> Result<Array2<f32>>,
+    G: Fn(ArrayView4<f32>, ArrayView2<f32>) -> Result<Array4<f32>>,
+{
+    FnGradientModel { forward, gradient }
+}
+
+impl<F, G> Model for FnGradientModel<F, G>
+where
+    F: Fn(ArrayView4<f32>) -> Result<Array2<f32>>,
+    G: Fn(ArrayView4<f32>, ArrayView2<f32>) -> Result<Array4<f32>>,
+{
+    fn forward(&self, inputs: ArrayView4<f32>) -> Result<Array2<f32>> {
+        (self.forward)(inputs)
+    }
+
+    fn input_gradient(
+        &self,
+        inputs: ArrayView4<f32>,
+        logits_grad: ArrayView2<f32>,
+    ) -> Result<Array4<f32>> {
+        let shape = inputs.shape().to_vec();
+        let gradient = (self.gradient)(inputs, logits_grad)?;
+        if gradient.shape() != shape.as_slice() {
+            return Err(Error::ShapeMismatch {
+                what: "input gradient from the closure".into(),
+                expected: format!("{shape:?}, the inputs' shape"),
+                found: format!("{:?}", gradient.shape()),
+            });
+        }
+        Ok(gradient)
     }
 }
 

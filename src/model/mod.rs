@@ -33,7 +33,7 @@ use std::fmt;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use ndarray::{Array2, Array4, ArrayView4};
+use ndarray::{Array2, Array4, ArrayView2, ArrayView4};
 
 use crate::error::{Error, Result};
 
@@ -45,7 +45,9 @@ mod closure;
 pub(crate) use self::burn::guarded;
 #[cfg(feature = "burn")]
 pub use self::burn::{BurnClassifier, BurnModel, array_to_tensor, tensor_to_array};
-pub use closure::{FnFeatureModel, FnModel, from_fn, from_fn_with_features};
+pub use closure::{
+    FnFeatureModel, FnGradientModel, FnModel, from_fn, from_fn_with_features, from_fn_with_gradient,
+};
 
 /// A classifier: a batch of inputs in, its logits out.
 pub trait Model {
@@ -57,6 +59,26 @@ pub trait Model {
     /// a copy. Detectors call this one. The default borrows and forwards.
     fn forward_owned(&self, inputs: Array4<f32>) -> Result<Array2<f32>> {
         self.forward(inputs.view())
+    }
+
+    /// The gradient, with respect to the inputs `(N, C, H, W)`, of
+    /// Σ logits ⊙ `logits_grad` (`logits_grad` is `(N, num_classes)`): a
+    /// vector-Jacobian product, what input-perturbation detectors (ODIN)
+    /// need. [`BurnModel`] computes it with burn's autodiff;
+    /// [`from_fn_with_gradient`] takes it from a closure. The default is an
+    /// [`Error::Unsupported`] saying so.
+    fn input_gradient(
+        &self,
+        inputs: ArrayView4<f32>,
+        logits_grad: ArrayView2<f32>,
+    ) -> Result<Array4<f32>> {
+        let _ = (inputs, logits_grad);
+        Err(Error::Unsupported {
+            what: "input_gradient".into(),
+            hint: "use a burn module through BurnModel, or give the gradient of a closure \
+                   model with model::from_fn_with_gradient"
+                .into(),
+        })
     }
 }
 
@@ -186,6 +208,13 @@ macro_rules! forward_model_impls {
             fn forward_owned(&self, inputs: Array4<f32>) -> Result<Array2<f32>> {
                 (**self).forward_owned(inputs)
             }
+            fn input_gradient(
+                &self,
+                inputs: ArrayView4<f32>,
+                logits_grad: ArrayView2<f32>,
+            ) -> Result<Array4<f32>> {
+                (**self).input_gradient(inputs, logits_grad)
+            }
         }
 
         impl<M: FeatureModel + ?Sized> FeatureModel for $ptr {
@@ -248,6 +277,18 @@ pub(crate) fn pick_layers<T: Clone>(positions: &[usize], features: &[T], logits:
         .iter()
         .map(|&p| features.get(p).unwrap_or(logits).clone())
         .collect()
+}
+
+/// The predicted class of a row of logits: the index of its first largest
+/// value (NaN never wins).
+pub(crate) fn argmax(values: impl IntoIterator<Item = f32>) -> usize {
+    let mut best = (0, f32::NEG_INFINITY);
+    for (i, v) in values.into_iter().enumerate() {
+        if v > best.1 {
+            best = (i, v);
+        }
+    }
+    best.0
 }
 
 /// Checks that logits returned for a batch of `batch_len` inputs have one

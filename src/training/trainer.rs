@@ -14,7 +14,7 @@ use super::progress::EpochProgress;
 use crate::batch::Batch;
 use crate::datasets::BatchSource;
 use crate::error::{Error, Result};
-use crate::model::{BurnClassifier, Model, array_to_tensor, guarded};
+use crate::model::{BurnClassifier, Model, argmax, array_to_tensor, guarded};
 
 /// What one epoch of training measured.
 #[derive(Debug, Clone, PartialEq)]
@@ -320,17 +320,6 @@ fn accuracy_of<M: BurnClassifier>(
         &crate::model::BurnModel::new(module.clone(), device),
         batches,
     )
-}
-
-/// Index of the first largest value (NaN never wins).
-fn argmax(values: impl Iterator<Item = f32>) -> usize {
-    let mut best = (0, f32::NEG_INFINITY);
-    for (i, v) in values.enumerate() {
-        if v > best.1 {
-            best = (i, v);
-        }
-    }
-    best.0
 }
 
 /// The inputs and labels of a batch that must carry labels.
