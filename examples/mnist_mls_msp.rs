@@ -17,70 +17,20 @@
 //! - `--json`: write the figures as a JSON report.
 //! - `--seed` (default 0), `--epochs` (default 5).
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::ExitCode;
 use std::time::Instant;
 
 use burn::tensor::Device;
-use oodkit::datasets::{OodDataset, PrepareConfig, Split, data_root, mnist};
+use common::{Args, Mnist04, trained_or_loaded};
 use oodkit::metrics::{MetricReport, bench_metrics};
 use oodkit::model::BurnModel;
-use oodkit::training::{
-    Checkpoint, ToyConvnet, ToyConvnetConfig, TrainConfig, evaluate, load_checkpoint, train,
-};
-use oodkit::{Batch, Detector, Error, Mls, Result};
+use oodkit::training::evaluate;
+use oodkit::{Detector, Error, Mls, Result};
 
 const USAGE: &str = "usage: mnist_mls_msp [--data-dir DIR] [--model-dir DIR] [--out-dir DIR] \
                      [--json PATH] [--seed N] [--epochs N]";
-
-/// The command line.
-struct Args {
-    data_dir: Option<PathBuf>,
-    model_dir: Option<PathBuf>,
-    out_dir: Option<PathBuf>,
-    json: Option<PathBuf>,
-    seed: u64,
-    epochs: usize,
-}
-
-impl Args {
-    fn parse() -> std::result::Result<Args, String> {
-        let mut args = Args {
-            data_dir: None,
-            model_dir: None,
-            out_dir: None,
-            json: None,
-            seed: 0,
-            epochs: 5,
-        };
-        let mut it = std::env::args().skip(1);
-        while let Some(flag) = it.next() {
-            if flag == "-h" || flag == "--help" {
-                return Err(USAGE.into());
-            }
-            let value = it
-                .next()
-                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-            let number = |what: &str| format!("{flag} takes {what}, not {value:?}");
-            match flag.as_str() {
-                "--data-dir" => args.data_dir = Some(value.into()),
-                "--model-dir" => args.model_dir = Some(value.into()),
-                "--out-dir" => args.out_dir = Some(value.into()),
-                "--json" => args.json = Some(value.into()),
-                "--seed" => args.seed = value.parse().map_err(|_| number("an integer"))?,
-                "--epochs" => {
-                    args.epochs = value
-                        .parse()
-                        .ok()
-                        .filter(|&e| e > 0)
-                        .ok_or_else(|| number("a positive integer"))?
-                }
-                _ => return Err(format!("unknown argument {flag}\n{USAGE}")),
-            }
-        }
-        Ok(args)
-    }
-}
 
 /// Detection figures of one detector.
 struct Figures {
@@ -89,7 +39,7 @@ struct Figures {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::parse() {
+    let args = match Args::parse(USAGE, &["--out-dir", "--json"]) {
         Ok(args) => args,
         Err(message) => {
             eprintln!("{message}");
@@ -107,57 +57,13 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     // === Load ID and OOD data ===
-    let mnist_dir = data_root(args.data_dir.clone())?.join("mnist");
-    let (train_all, test_all) = load_mnist(&mnist_dir)?;
-    let in_labels = [0, 1, 2, 3, 4];
-    let (train_in, _) = train_all.split_by_class(&in_labels)?;
-    let (test_in, test_out) = test_all.split_by_class(&in_labels)?;
-    let scale = |mut batch: Batch| {
-        batch.inputs /= 255.0;
-        Ok(batch)
-    };
-    let train_batches =
-        train_in.prepare(&PrepareConfig::new(128).preprocess(scale).shuffle(args.seed))?;
-    let config = PrepareConfig::new(128).preprocess(scale);
-    let (ds_in, ds_out) = (test_in.prepare(&config)?, test_out.prepare(&config)?);
-    println!(
-        "MNIST: {} training images of digits 0-4; test: {} ID (0-4), {} OOD (5-9)",
-        train_in.len(),
-        test_in.len(),
-        test_out.len()
-    );
+    let mnist = Mnist04::load(args.data_dir.clone())?;
+    let train_batches = mnist.train_batches(args.seed)?;
+    let (ds_in, ds_out) = mnist.test_batches()?;
 
     // === Train / load the model ===
     let device = Device::flex();
-    device.seed(args.seed);
-    // Ten outputs, as in the notebook, though only five classes are seen.
-    let network = ToyConvnetConfig::new(1, 28, 10).init(&device)?;
-    let checkpoint = args
-        .model_dir
-        .as_ref()
-        .map(|dir| Checkpoint::Last.path(dir));
-    // No training time when the network comes from a checkpoint.
-    let (network, train_seconds): (ToyConvnet, Option<f64>) = match &checkpoint {
-        Some(path) if path.is_file() => {
-            println!("loading the model from {}", path.display());
-            (load_checkpoint(network, path)?, None)
-        }
-        _ => {
-            let mut config = TrainConfig::new(args.epochs).with_seed(args.seed);
-            if let Some(dir) = &args.model_dir {
-                config = config.with_save_dir(dir);
-            }
-            let trained = train(network, &train_batches, Some(&ds_in), &config)?;
-            println!(
-                "trained {} epochs in {:.1} s ({:.0} images/s)",
-                args.epochs,
-                trained.train_seconds(),
-                trained.samples_per_second()
-            );
-            let seconds = trained.train_seconds();
-            (trained.model, Some(seconds))
-        }
-    };
+    let (network, train_seconds) = trained_or_loaded(args, &device, &train_batches, &ds_in)?;
     let model = BurnModel::new(network, &device);
     let accuracy = evaluate(&model, &ds_in)?;
     println!("Test accuracy:\t{accuracy:.4}");
@@ -189,24 +95,6 @@ fn run(args: &Args) -> Result<()> {
         println!("\nreport written to {}", path.display());
     }
     Ok(())
-}
-
-/// The train and test splits, downloading MNIST first when it is missing
-/// (with the `download` feature).
-fn load_mnist(dir: &Path) -> Result<(OodDataset, OodDataset)> {
-    match mnist::load(dir, Split::Train) {
-        Err(Error::MissingFile { .. }) if cfg!(feature = "download") => {
-            eprintln!("MNIST is not in {}: downloading it", dir.display());
-            #[cfg(feature = "download")]
-            oodkit::datasets::download::mnist(dir)?;
-        }
-        Err(e) => return Err(e),
-        Ok(_) => {}
-    }
-    Ok((
-        mnist::load(dir, Split::Train)?,
-        mnist::load(dir, Split::Test)?,
-    ))
 }
 
 /// The figures as JSON (numbers only, so no escaping is needed beyond the

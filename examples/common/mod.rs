@@ -1,0 +1,166 @@
+//! What the MNIST 0-4 vs 5-9 examples share: their command line, the data of
+//! the reference experiment, and its network, trained or loaded.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use oodkit::datasets::{OodDataset, PrepareConfig, Prepared, Split, data_root, mnist};
+use oodkit::training::{
+    Checkpoint, ToyConvnet, ToyConvnetConfig, TrainConfig, load_checkpoint, train,
+};
+use oodkit::{Batch, Error, Result};
+
+/// The command line of an MNIST example.
+pub struct Args {
+    /// The data root holding `mnist/`.
+    pub data_dir: Option<PathBuf>,
+    /// Where the network is kept (loaded from when it holds a checkpoint).
+    pub model_dir: Option<PathBuf>,
+    /// Where figures go.
+    pub out_dir: Option<PathBuf>,
+    /// Where the JSON report goes.
+    pub json: Option<PathBuf>,
+    /// Seed of the network's initialisation, the shuffling and dropout.
+    pub seed: u64,
+    /// Training epochs.
+    pub epochs: usize,
+}
+
+impl Args {
+    /// Parses `--data-dir`, `--model-dir`, `--seed`, `--epochs` and, when
+    /// listed in `extra`, `--out-dir` and `--json`; `usage` is shown on
+    /// `--help` and on errors.
+    pub fn parse(usage: &str, extra: &[&str]) -> std::result::Result<Args, String> {
+        let mut args = Args {
+            data_dir: None,
+            model_dir: None,
+            out_dir: None,
+            json: None,
+            seed: 0,
+            epochs: 5,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            if flag == "-h" || flag == "--help" {
+                return Err(usage.into());
+            }
+            let value = it
+                .next()
+                .ok_or_else(|| format!("{flag} needs a value\n{usage}"))?;
+            let number = |what: &str| format!("{flag} takes {what}, not {value:?}");
+            match flag.as_str() {
+                "--data-dir" => args.data_dir = Some(value.into()),
+                "--model-dir" => args.model_dir = Some(value.into()),
+                "--out-dir" if extra.contains(&"--out-dir") => args.out_dir = Some(value.into()),
+                "--json" if extra.contains(&"--json") => args.json = Some(value.into()),
+                "--seed" => args.seed = value.parse().map_err(|_| number("an integer"))?,
+                "--epochs" => {
+                    args.epochs = value
+                        .parse()
+                        .ok()
+                        .filter(|&e| e > 0)
+                        .ok_or_else(|| number("a positive integer"))?
+                }
+                _ => return Err(format!("unknown argument {flag}\n{usage}")),
+            }
+        }
+        Ok(args)
+    }
+}
+
+/// MNIST split as the notebook does: the training digits 0-4, and the test
+/// set's digits 0-4 (ID) and 5-9 (OOD).
+pub struct Mnist04 {
+    /// Training images of the digits 0-4.
+    pub train_in: OodDataset,
+    /// Test images of the digits 0-4.
+    pub test_in: OodDataset,
+    /// Test images of the digits 5-9.
+    pub test_out: OodDataset,
+}
+
+impl Mnist04 {
+    /// Loads MNIST from the data root (`data_dir`, else `OODKIT_DATA_DIR`,
+    /// else `~/.oodkit/datasets`), downloading it first when it is missing
+    /// and the `download` feature is on.
+    pub fn load(data_dir: Option<PathBuf>) -> Result<Self> {
+        let dir = data_root(data_dir)?.join("mnist");
+        if let Err(Error::MissingFile { .. }) = mnist::load(&dir, Split::Train)
+            && cfg!(feature = "download")
+        {
+            eprintln!("MNIST is not in {}: downloading it", dir.display());
+            #[cfg(feature = "download")]
+            oodkit::datasets::download::mnist(&dir)?;
+        }
+        let in_labels = [0, 1, 2, 3, 4];
+        let (train_in, _) = mnist::load(&dir, Split::Train)?.split_by_class(&in_labels)?;
+        let (test_in, test_out) = mnist::load(&dir, Split::Test)?.split_by_class(&in_labels)?;
+        println!(
+            "MNIST: {} training images of digits 0-4; test: {} ID (0-4), {} OOD (5-9)",
+            train_in.len(),
+            test_in.len(),
+            test_out.len()
+        );
+        Ok(Mnist04 {
+            train_in,
+            test_in,
+            test_out,
+        })
+    }
+
+    /// The training batches: 128 images scaled to [0, 1], shuffled with `seed`.
+    pub fn train_batches(&self, seed: u64) -> Result<Prepared<'_>> {
+        self.train_in.prepare(&batches().shuffle(seed))
+    }
+
+    /// The ID and OOD test batches: 128 images scaled to [0, 1], in order.
+    pub fn test_batches(&self) -> Result<(Prepared<'_>, Prepared<'_>)> {
+        Ok((
+            self.test_in.prepare(&batches())?,
+            self.test_out.prepare(&batches())?,
+        ))
+    }
+}
+
+/// Batches of 128, pixels scaled to [0, 1] (the notebook's `x / 255`).
+fn batches() -> PrepareConfig {
+    PrepareConfig::new(128).preprocess(|mut batch: Batch| {
+        batch.inputs /= 255.0;
+        Ok(batch)
+    })
+}
+
+/// The notebook's network (ten outputs, though only five classes are seen),
+/// loaded from `args.model_dir` when it holds a checkpoint, else trained for
+/// `args.epochs` on `train_batches` (validated on `validation`) and saved
+/// there. Returns it with its training time (`None` when loaded).
+pub fn trained_or_loaded(
+    args: &Args,
+    device: &Device,
+    train_batches: &Prepared<'_>,
+    validation: &Prepared<'_>,
+) -> Result<(ToyConvnet, Option<f64>)> {
+    device.seed(args.seed);
+    let network = ToyConvnetConfig::new(1, 28, 10).init(device)?;
+    let checkpoint = args
+        .model_dir
+        .as_deref()
+        .map(|dir: &Path| Checkpoint::Last.path(dir));
+    if let Some(path) = checkpoint.filter(|path| path.is_file()) {
+        println!("loading the model from {}", path.display());
+        return Ok((load_checkpoint(network, path)?, None));
+    }
+    let mut config = TrainConfig::new(args.epochs).with_seed(args.seed);
+    if let Some(dir) = &args.model_dir {
+        config = config.with_save_dir(dir);
+    }
+    let trained = train(network, train_batches, Some(validation), &config)?;
+    println!(
+        "trained {} epochs in {:.1} s ({:.0} images/s)",
+        args.epochs,
+        trained.train_seconds(),
+        trained.samples_per_second()
+    );
+    let seconds = trained.train_seconds();
+    Ok((trained.model, Some(seconds)))
+}

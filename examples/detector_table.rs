@@ -1,0 +1,89 @@
+//! Every detector of the crate on the reference experiment (the toy convnet
+//! trained on MNIST digits 0-4; ID = test digits 0-4, OOD = 5-9): AUROC,
+//! FPR@95%TPR and scoring time, as a Markdown table (BENCHMARKS.md holds
+//! one).
+//!
+//! ```sh
+//! cargo run --release --example detector_table -- \
+//!     [--data-dir DIR] [--model-dir DIR] [--seed N] [--epochs N]
+//! ```
+//!
+//! The options are `mnist_mls_msp`'s: with the same `--model-dir`, both
+//! examples score the same trained network.
+
+mod common;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use burn::tensor::Device;
+use common::{Args, Mnist04, trained_or_loaded};
+use oodkit::detectors::{Detector, Energy, Entropy, Gen, Mls, Odin};
+use oodkit::metrics::bench_metrics;
+use oodkit::model::{BurnModel, Model};
+use oodkit::training::evaluate;
+use oodkit::{Error, Result};
+
+/// A detector on logits, whichever it is.
+type LogitDetector<'m> = Box<dyn Detector<Network = dyn Model + 'm> + 'm>;
+
+const USAGE: &str =
+    "usage: detector_table [--data-dir DIR] [--model-dir DIR] [--seed N] [--epochs N]";
+
+fn main() -> ExitCode {
+    let args = match Args::parse(USAGE, &[]) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let mnist = Mnist04::load(args.data_dir.clone())?;
+    let train_batches = mnist.train_batches(args.seed)?;
+    let (ds_in, ds_out) = mnist.test_batches()?;
+    let device = Device::flex();
+    let (network, _) = trained_or_loaded(args, &device, &train_batches, &ds_in)?;
+    let model = BurnModel::new(network, &device);
+    println!("Test accuracy:\t{:.4}\n", evaluate(&model, &ds_in)?);
+
+    let detectors: Vec<(&str, LogitDetector)> = vec![
+        ("MLS", Box::new(Mls::new())),
+        ("MSP", Box::new(Mls::msp())),
+        ("Energy (T = 1)", Box::new(Energy::default())),
+        ("Entropy", Box::new(Entropy::new())),
+        ("GEN (γ = 0.1, top 100)", Box::new(Gen::default())),
+        ("ODIN (T = 1000, ε = 0)", Box::new(Odin::new(1000.0, 0.0)?)),
+        ("ODIN (T = 1000, ε = 0.0014)", Box::new(Odin::default())),
+    ];
+    println!("| detector | AUROC | FPR@95%TPR | scoring time (10 000 images) |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (name, mut detector) in detectors {
+        let started = Instant::now();
+        detector.fit_model(Box::new(&model), None)?;
+        let scores_in = detector.score(&ds_in)?.scores;
+        let scores_out = detector.score(&ds_out)?.scores;
+        let seconds = started.elapsed().as_secs_f64();
+        let report = bench_metrics(&scores_in, &scores_out, &["auroc", "fpr95tpr"])?;
+        let figure = |metric: &str| {
+            report
+                .get(metric)
+                .ok_or_else(|| Error::custom(format!("{metric} missing from the report")))
+        };
+        println!(
+            "| {name} | {:.4} | {:.4} | {seconds:.2} s |",
+            figure("auroc")?,
+            figure("fpr95tpr")?
+        );
+    }
+    Ok(())
+}
