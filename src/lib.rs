@@ -53,7 +53,8 @@
 //! The pieces: [`datasets`] (loaders for MNIST, CIFAR-10, SVHN, batching,
 //! downloads), [`model`] (the [`Model`](model::Model) trait, closures, the
 //! burn adapter), [`detectors`] (the [`Detector`] trait; [`Mls`] and MSP,
-//! energy, entropy, GEN and ODIN on logits),
+//! energy, entropy, GEN and ODIN on logits; activation shaping in
+//! [`model::Shaping`]),
 //! [`metrics`] (exact AUROC, FPR@TPR, AUPR) and, with the `burn` feature,
 //! `training` (the toy networks and their trainer). [`prelude`] imports the
 //! common names.

@@ -123,7 +123,7 @@ impl Mnist04 {
 }
 
 /// Batches of 128, pixels scaled to [0, 1] (the notebook's `x / 255`).
-fn batches() -> PrepareConfig {
+pub fn batches() -> PrepareConfig {
     PrepareConfig::new(128).preprocess(|mut batch: Batch| {
         batch.inputs /= 255.0;
         Ok(batch)

@@ -8,6 +8,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use ndarray::{Array2, Array4, ArrayView2, ArrayView4};
 
 use super::closure::LOGITS;
+use super::shaping::Shaping;
 use super::{FeatureModel, LayerId, Model, ModelOutput, pick_layers, resolve_layers};
 use crate::error::{Error, Result};
 
@@ -32,6 +33,15 @@ pub trait BurnClassifier: Module {
     /// reduced to `(N, D)`, and the logits.
     fn forward_features(&self, inputs: Tensor<4>) -> (Vec<Tensor<2>>, Tensor<2>) {
         (Vec::new(), self.logits(inputs))
+    }
+
+    /// The last layer: the logits of activations of the last of the
+    /// [`feature_layers`](Self::feature_layers), when that layer feeds the
+    /// logits directly. Activation shaping ([`Shaping`]) needs it; the
+    /// default (`None`) makes a shaped model an error.
+    fn head(&self, penultimate: Tensor<2>) -> Option<Tensor<2>> {
+        let _ = penultimate;
+        None
     }
 }
 
@@ -70,6 +80,7 @@ pub trait BurnClassifier: Module {
 pub struct BurnModel<M> {
     module: M,
     device: Device,
+    shaping: Option<Shaping>,
 }
 
 impl<M: BurnClassifier> BurnModel<M> {
@@ -78,7 +89,51 @@ impl<M: BurnClassifier> BurnModel<M> {
     pub fn new(module: M, device: &Device) -> Self {
         let device = device.clone().without_autodiff();
         let module = module.valid().to_device(&device);
-        BurnModel { module, device }
+        BurnModel {
+            module,
+            device,
+            shaping: None,
+        }
+    }
+
+    /// The same network with its penultimate activations shaped (ReAct,
+    /// ASH, SCALE) before the last layer: every logit detector fitted on
+    /// the result scores the shaped logits, ODIN included (the gradient runs
+    /// through the shaping). The module must implement
+    /// [`BurnClassifier::head`]; a model already shaped is an error (one
+    /// shaping at a time).
+    ///
+    /// ```
+    /// use burn::tensor::Device;
+    /// use oodkit::model::{BurnModel, Model, Shaping};
+    /// use oodkit::training::ToyMlpConfig;
+    ///
+    /// let device = Device::flex();
+    /// let model = BurnModel::new(ToyMlpConfig::new(1, 4, 3).init(&device)?, &device);
+    /// let shaped = model.with_shaping(Shaping::ash(0.9)?)?;
+    /// assert_eq!(shaped.forward(ndarray::Array4::ones((2, 1, 4, 4)).view())?.shape(), &[2, 3]);
+    /// assert!(shaped.with_shaping(Shaping::scale(0.85)?).is_err());
+    /// # Ok::<(), oodkit::Error>(())
+    /// ```
+    pub fn with_shaping(self, shaping: Shaping) -> Result<Self> {
+        if let Some(existing) = self.shaping {
+            return Err(Error::InvalidParameter {
+                name: "shaping",
+                value: format!("{shaping:?}"),
+                reason: format!(
+                    "the model is already shaped ({existing:?}): one shaping at a time"
+                ),
+            });
+        }
+        Ok(BurnModel {
+            shaping: Some(shaping),
+            ..self
+        })
+    }
+
+    /// The shaping applied before the last layer, if any.
+    pub fn shaping(&self) -> Option<&Shaping> {
+        self.shaping.as_ref()
     }
 
     /// The module, in inference mode.
@@ -101,6 +156,30 @@ impl<M: BurnClassifier> BurnModel<M> {
     fn guarded<T>(&self, what: &str, shape: &[usize], f: impl FnOnce(&M) -> T) -> Result<T> {
         guarded(what, shape, || f(&self.module))
     }
+}
+
+/// The module's logits, through `shaping` and its head when shaped.
+fn logits_of<M: BurnClassifier>(
+    module: &M,
+    shaping: Option<&Shaping>,
+    x: Tensor<4>,
+) -> Result<Tensor<2>> {
+    let Some(shaping) = shaping else {
+        return Ok(module.logits(x));
+    };
+    let (mut features, _) = module.forward_features(x);
+    let penultimate = features.pop().ok_or_else(|| Error::Unsupported {
+        what: "activation shaping".into(),
+        hint: "the module lists no feature layer: implement BurnClassifier::feature_layers and \
+               forward_features"
+            .into(),
+    })?;
+    module
+        .head(shaping.shape_tensor(penultimate))
+        .ok_or_else(|| Error::Unsupported {
+            what: "activation shaping".into(),
+            hint: "implement BurnClassifier::head (the last layer) for this module".into(),
+        })
 }
 
 /// Runs `f`, turning a panic inside burn (e.g. inputs whose shape does not
@@ -127,7 +206,8 @@ impl<M: BurnClassifier> Model for BurnModel<M> {
     fn forward_owned(&self, inputs: Array4<f32>) -> Result<Array2<f32>> {
         let shape = inputs.shape().to_vec();
         let x = array_to_tensor(inputs, &self.device);
-        let logits = self.guarded("logits", &shape, |m| m.logits(x))?;
+        let logits =
+            self.guarded("logits", &shape, |m| logits_of(m, self.shaping.as_ref(), x))??;
         tensor_to_array(logits)
     }
 
@@ -147,7 +227,7 @@ impl<M: BurnClassifier> Model for BurnModel<M> {
         let weights: Vec<f32> = logits_grad.iter().copied().collect();
         let weights = Tensor::<2>::from_data(TensorData::new(weights, [n, classes]), &autodiff);
         let gradient = guarded("input_gradient", &shape, || {
-            let logits = module.logits(x.clone());
+            let logits = logits_of(&module, self.shaping.as_ref(), x.clone())?;
             if logits.dims() != [n, classes] {
                 return Err(Error::ShapeMismatch {
                     what: "logits_grad vs the module's logits".into(),

@@ -40,6 +40,7 @@ use crate::error::{Error, Result};
 #[cfg(feature = "burn")]
 mod burn;
 mod closure;
+mod shaping;
 
 #[cfg(feature = "burn")]
 pub(crate) use self::burn::guarded;
@@ -48,6 +49,7 @@ pub use self::burn::{BurnClassifier, BurnModel, array_to_tensor, tensor_to_array
 pub use closure::{
     FnFeatureModel, FnGradientModel, FnModel, from_fn, from_fn_with_features, from_fn_with_gradient,
 };
+pub use shaping::Shaping;
 
 /// A classifier: a batch of inputs in, its logits out.
 pub trait Model {

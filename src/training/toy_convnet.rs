@@ -182,6 +182,10 @@ impl BurnClassifier for ToyConvnet {
         let features = vec![global_average_pool(pool1), global_average_pool(pool2), flat];
         (features, logits)
     }
+
+    fn head(&self, penultimate: Tensor<2>) -> Option<Tensor<2>> {
+        Some(self.head(penultimate))
+    }
 }
 
 #[cfg(test)]

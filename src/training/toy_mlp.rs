@@ -100,4 +100,8 @@ impl BurnClassifier for ToyMlp {
         let logits = self.out.forward(fc2.clone());
         (vec![fc1, fc2], logits)
     }
+
+    fn head(&self, penultimate: Tensor<2>) -> Option<Tensor<2>> {
+        Some(self.out.forward(penultimate))
+    }
 }
