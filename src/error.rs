@@ -169,6 +169,19 @@ impl Error {
         }
     }
 
+    /// A parameter outside its range: its name, the value given, and why.
+    pub(crate) fn invalid(
+        name: &'static str,
+        value: impl ToString,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::InvalidParameter {
+            name,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -3,8 +3,8 @@
 use ndarray::{Array1, ArrayView2};
 
 use super::ScoreLogits;
-use super::logit::{FittedModel, invalid, logit_detector, score_rows, shifted_exps};
-use crate::error::Result;
+use super::logit::{FittedModel, logit_detector, score_rows, shifted_exps};
+use crate::error::{Error, Result};
 
 /// Energy: score = −T · logsumexp(logits / T). An input is as OOD as its
 /// logits are low all together (MLS looks at the largest one only).
@@ -46,7 +46,7 @@ impl Energy<'_> {
     /// The energy at `temperature` (positive and finite).
     pub fn new(temperature: f32) -> Result<Self> {
         if !(temperature.is_finite() && temperature > 0.0) {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "temperature",
                 temperature,
                 "must be a positive number",

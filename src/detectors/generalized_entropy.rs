@@ -3,8 +3,8 @@
 use ndarray::{Array1, ArrayView2};
 
 use super::ScoreLogits;
-use super::logit::{FittedModel, invalid, logit_detector, score_rows, shifted_exps};
-use crate::error::Result;
+use super::logit::{FittedModel, logit_detector, score_rows, shifted_exps};
+use crate::error::{Error, Result};
 
 /// GEN: score = Σ p^γ (1 − p)^γ over the `top_k` largest softmax
 /// probabilities p (all of them when there are fewer classes). Like the
@@ -48,10 +48,10 @@ impl Gen<'_> {
     /// probabilities.
     pub fn new(gamma: f32, top_k: usize) -> Result<Self> {
         if !(gamma > 0.0 && gamma <= 1.0) {
-            return Err(invalid("gamma", gamma, "must be in (0, 1]"));
+            return Err(Error::invalid("gamma", gamma, "must be in (0, 1]"));
         }
         if top_k == 0 {
-            return Err(invalid("top_k", top_k, "keep at least one class"));
+            return Err(Error::invalid("top_k", top_k, "keep at least one class"));
         }
         Ok(Gen {
             gamma,

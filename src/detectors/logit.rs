@@ -137,12 +137,3 @@ macro_rules! logit_detector {
 }
 
 pub(super) use logit_detector;
-
-/// An error for a parameter outside its range.
-pub(super) fn invalid(name: &'static str, value: impl ToString, reason: &str) -> Error {
-    Error::InvalidParameter {
-        name,
-        value: value.to_string(),
-        reason: reason.into(),
-    }
-}

@@ -3,11 +3,11 @@
 
 use ndarray::{Array1, Array2, Array4, ArrayView2, Zip};
 
-use super::logit::{FittedModel, invalid, score_rows, shifted_exps};
+use super::logit::{FittedModel, score_rows, shifted_exps};
 use super::{Detector, ScoreLogits, ScoreOutput};
 use crate::batch::Batch;
 use crate::datasets::BatchSource;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{Model, argmax, check_logits};
 
 /// ODIN: move each input a step ε against the gradient of its cross-entropy
@@ -64,14 +64,14 @@ impl<'m> Odin<'m> {
     /// perturbation).
     pub fn new(temperature: f32, epsilon: f32) -> Result<Self> {
         if !(temperature.is_finite() && temperature > 0.0) {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "temperature",
                 temperature,
                 "must be a positive number",
             ));
         }
         if !(epsilon.is_finite() && epsilon >= 0.0) {
-            return Err(invalid("epsilon", epsilon, "must be a number ≥ 0"));
+            return Err(Error::invalid("epsilon", epsilon, "must be a number ≥ 0"));
         }
         Ok(Odin {
             temperature,

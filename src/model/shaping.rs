@@ -50,7 +50,7 @@ impl Shaping {
         quantile: f32,
     ) -> Result<Self> {
         if !(quantile > 0.0 && quantile <= 1.0) {
-            return Err(invalid("quantile", quantile, "must be in (0, 1]"));
+            return Err(Error::invalid("quantile", quantile, "must be in (0, 1]"));
         }
         let fit_data = fit_data.ok_or_else(|| Error::InvalidParameter {
             name: "fit_data",
@@ -174,15 +174,11 @@ fn check_percentile(percentile: f32) -> Result<()> {
     if (0.0..1.0).contains(&percentile) {
         Ok(())
     } else {
-        Err(invalid("percentile", percentile, "must be in [0, 1)"))
-    }
-}
-
-fn invalid(name: &'static str, value: f32, reason: &str) -> Error {
-    Error::InvalidParameter {
-        name,
-        value: value.to_string(),
-        reason: reason.into(),
+        Err(Error::invalid(
+            "percentile",
+            percentile,
+            "must be in [0, 1)",
+        ))
     }
 }
 

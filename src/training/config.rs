@@ -130,43 +130,36 @@ impl TrainConfig {
 
     /// Checks every setting, saying which is wrong.
     pub(super) fn validate(&self) -> Result<()> {
-        let invalid = |name, value: String, reason: &str| {
-            Err(Error::InvalidParameter {
-                name,
-                value,
-                reason: reason.into(),
-            })
-        };
         if self.epochs == 0 {
-            return invalid("epochs", "0".into(), "train for at least one epoch");
+            return Err(Error::invalid("epochs", 0, "train for at least one epoch"));
         }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            return invalid(
+            return Err(Error::invalid(
                 "learning_rate",
-                self.learning_rate.to_string(),
+                self.learning_rate,
                 "must be a positive number",
-            );
+            ));
         }
         for (name, beta) in [("beta_1", self.beta_1), ("beta_2", self.beta_2)] {
             if !(0.0..1.0).contains(&beta) {
-                return invalid(name, beta.to_string(), "must be in [0, 1)");
+                return Err(Error::invalid(name, beta, "must be in [0, 1)"));
             }
         }
         if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
-            return invalid(
+            return Err(Error::invalid(
                 "epsilon",
-                self.epsilon.to_string(),
+                self.epsilon,
                 "must be a positive number",
-            );
+            ));
         }
         if let LrSchedule::Cosine { final_lr } = self.schedule
             && !(final_lr.is_finite() && (0.0..=self.learning_rate).contains(&final_lr))
         {
-            return invalid(
+            return Err(Error::invalid(
                 "final_lr",
-                final_lr.to_string(),
+                final_lr,
                 "the cosine schedule decays to a rate in [0, learning_rate]",
-            );
+            ));
         }
         Ok(())
     }

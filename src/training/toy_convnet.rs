@@ -51,26 +51,21 @@ impl ToyConvnetConfig {
 
     /// Builds the network with freshly initialised weights on `device`.
     pub fn init(&self, device: &Device) -> Result<ToyConvnet> {
-        let invalid = |name, value: String, reason: &str| Error::InvalidParameter {
-            name,
-            value,
-            reason: reason.into(),
-        };
         if self.in_channels == 0 {
-            return Err(invalid("in_channels", "0".into(), "need at least one"));
+            return Err(Error::invalid("in_channels", 0, "need at least one"));
         }
         if self.num_classes == 0 {
-            return Err(invalid("num_classes", "0".into(), "need at least one"));
+            return Err(Error::invalid("num_classes", 0, "need at least one"));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "dropout",
                 self.dropout.to_string(),
                 "must be in [0, 1)",
             ));
         }
         let side = self.final_side().ok_or_else(|| {
-            invalid(
+            Error::invalid(
                 "image_size",
                 self.image_size.to_string(),
                 "two 3x3 convolutions and 2x2 poolings need images of at least 10x10",

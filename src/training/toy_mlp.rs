@@ -32,18 +32,13 @@ impl ToyMlpConfig {
 
     /// Builds the network with freshly initialised weights on `device`.
     pub fn init(&self, device: &Device) -> Result<ToyMlp> {
-        let invalid = |name, value: usize| Error::InvalidParameter {
-            name,
-            value: value.to_string(),
-            reason: "must be at least 1".into(),
-        };
         for (name, value) in [
             ("in_channels", self.in_channels),
             ("image_size", self.image_size),
             ("num_classes", self.num_classes),
         ] {
             if value == 0 {
-                return Err(invalid(name, value));
+                return Err(Error::invalid(name, value, "must be at least 1"));
             }
         }
         let inputs = self.in_channels * self.image_size * self.image_size;
