@@ -32,20 +32,7 @@ const USAGE: &str =
     "usage: detector_table [--data-dir DIR] [--model-dir DIR] [--seed N] [--epochs N]";
 
 fn main() -> ExitCode {
-    let args = match Args::parse(USAGE, &[]) {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main(USAGE, &[], run)
 }
 
 fn run(args: &Args) -> Result<()> {

@@ -39,20 +39,7 @@ struct Figures {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::parse(USAGE, &["--out-dir", "--json"]) {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main(USAGE, &["--out-dir", "--json"], run)
 }
 
 fn run(args: &Args) -> Result<()> {

@@ -2,6 +2,7 @@
 //! the reference experiment, and its network, trained or loaded.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use burn::tensor::Device;
 use oodkit::datasets::{OodDataset, PrepareConfig, Prepared, Split, data_root, mnist};
@@ -65,6 +66,25 @@ impl Args {
             }
         }
         Ok(args)
+    }
+}
+
+/// Parses the command line (see [`Args::parse`]) and runs `run`, printing
+/// a usage or an error and failing on either.
+pub fn main(usage: &str, extra: &[&str], run: fn(&Args) -> Result<()>) -> ExitCode {
+    let args = match Args::parse(usage, extra) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

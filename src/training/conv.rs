@@ -30,13 +30,12 @@ use rayon::prelude::*;
 /// convolution is a plain one (no padding, stride 1, no dilation, one group,
 /// with a bias).
 pub(super) fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let on_flex = on_flex(&x);
     let plain = conv.stride == [1, 1]
         && conv.dilation == [1, 1]
         && conv.groups == 1
         && matches!(conv.padding, PaddingConfig2d::Valid);
     match &conv.bias {
-        Some(bias) if on_flex && plain && x.dtype() == DType::F32 => {
+        Some(bias) if plain && flex_f32(&x) => {
             let out = <Dispatch as Conv2dValid>::conv2d_valid(
                 x.into_dispatch(),
                 conv.weight.val().into_dispatch(),
@@ -225,13 +224,14 @@ impl<B: Conv2dKernels, C: CheckpointStrategy> Conv2dValid for Autodiff<B, C> {
     }
 }
 
-/// Whether `x` lives on Flex (with or without autodiff), where the crate's
-/// kernels run.
-pub(super) fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
-    matches!(
-        x.device().without_autodiff().as_dispatch(),
-        DispatchDevice::Flex(_)
-    )
+/// Whether the crate's kernels can take `x`: an `f32` tensor on Flex (with
+/// or without autodiff).
+pub(super) fn flex_f32<const D: usize>(x: &Tensor<D>) -> bool {
+    x.dtype() == DType::F32
+        && matches!(
+            x.device().without_autodiff().as_dispatch(),
+            DispatchDevice::Flex(_)
+        )
 }
 
 /// The four dimensions of a 4-D shape.

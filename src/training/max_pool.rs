@@ -20,17 +20,17 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::nn::pool::MaxPool2d;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::conv::{contiguous, on_flex};
+use super::conv::{contiguous, flex_f32};
 
 /// 2x2 max-pool with stride 2 (an odd last row or column is dropped), the
 /// same values and gradients as `pool` (a `MaxPool2dConfig::new([2, 2])`
 /// layer), through the Flex kernel when `x` lives on Flex.
 pub(super) fn max_pool_2x2(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
     let [_, _, h, w] = x.dims();
-    if on_flex(&x) && x.dtype() == DType::F32 && h >= 2 && w >= 2 {
+    if flex_f32(&x) && h >= 2 && w >= 2 {
         Tensor::from_dispatch(<Dispatch as MaxPool2x2>::max_pool_2x2(x.into_dispatch()))
     } else {
         pool.forward(x)
