@@ -70,6 +70,7 @@ pub mod batch;
 pub mod datasets;
 pub mod detectors;
 pub mod error;
+mod linalg;
 pub mod metrics;
 pub mod model;
 #[cfg(feature = "plots")]

@@ -43,16 +43,28 @@ use crate::model::IntoModel;
 
 mod energy;
 mod entropy;
+mod features;
 mod generalized_entropy;
+mod gram;
+mod knn;
 mod logit;
+mod mahalanobis;
 mod mls;
 mod odin;
+mod she;
+mod vim;
 
 pub use energy::Energy;
 pub use entropy::Entropy;
+pub use features::{Aggregation, Aggregator};
 pub use generalized_entropy::Gen;
+pub use gram::Gram;
+pub use knn::Knn;
+pub use mahalanobis::{Mahalanobis, Rmds};
 pub use mls::{Mls, OutputActivation};
 pub use odin::Odin;
+pub use she::She;
+pub use vim::{PrincipalDims, Vim};
 
 /// What scoring returns: one score per input, in input order, and what the
 /// Python toolkit returns beside them (its "info" dict).
@@ -154,6 +166,21 @@ pub trait ScoreLogits {
     /// One score per row of `logits` `(N, num_classes)`; higher = more OOD.
     /// Errors on zero classes and on NaN (naming the sample).
     fn score_logits(&self, logits: ArrayView2<f32>) -> Result<Array1<f32>>;
+}
+
+/// The fit data, or an error saying `detector` needs it.
+pub(crate) fn check_fit_data<'a>(
+    fit_data: Option<&'a dyn BatchSource>,
+    detector: &str,
+) -> Result<&'a dyn BatchSource> {
+    fit_data.ok_or_else(|| Error::InvalidParameter {
+        name: "fit_data",
+        value: "None".into(),
+        reason: format!(
+            "{detector} fits statistics of in-distribution features: pass fit data, e.g. \
+             (part of) the training set"
+        ),
+    })
 }
 
 /// Concatenates per-batch outputs, checking that every batch has the same

@@ -4,8 +4,9 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use burn::module::Module;
+use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
-use ndarray::{Array2, Array4, ArrayView2, ArrayView4};
+use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayView4};
 
 use super::closure::LOGITS;
 use super::shaping::Shaping;
@@ -41,6 +42,13 @@ pub trait BurnClassifier: Module {
     /// default (`None`) makes a shaped model an error.
     fn head(&self, penultimate: Tensor<2>) -> Option<Tensor<2>> {
         let _ = penultimate;
+        None
+    }
+
+    /// The last layer as a [`Linear`], when it is one: what
+    /// [`FeatureModel::head_parameters`] reads (ViM needs it). The default
+    /// (`None`) makes that an error.
+    fn head_linear(&self) -> Option<&Linear> {
         None
     }
 }
@@ -289,6 +297,31 @@ impl<M: BurnClassifier> FeatureModel for BurnModel<M> {
             features,
             logits: tensor_to_array(logits)?,
         })
+    }
+
+    /// From [`BurnClassifier::head_linear`]; burn stores the weights
+    /// `(D, num_classes)`, returned transposed. No bias reads as zeros.
+    fn head_parameters(&self) -> Result<(Array2<f32>, Array1<f32>)> {
+        let linear = self
+            .module
+            .head_linear()
+            .ok_or_else(|| Error::Unsupported {
+                what: "head_parameters (the last layer's weights)".into(),
+                hint: "implement BurnClassifier::head_linear for this module".into(),
+            })?;
+        let weights = tensor_to_array(linear.weight.val())?.reversed_axes();
+        let classes = weights.nrows();
+        let bias = match &linear.bias {
+            Some(bias) => {
+                let values = bias
+                    .val()
+                    .try_into_vec_as::<f32>()
+                    .map_err(|e| Error::Backend(format!("reading the head's bias: {e}")))?;
+                Array1::from(values)
+            }
+            None => Array1::zeros(classes),
+        };
+        Ok((weights.as_standard_layout().into_owned(), bias))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use ndarray::{Array2, Array4, ArrayView2, ArrayView4};
+use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayView4};
 
 use super::{FeatureModel, LayerId, Model, ModelOutput, pick_layers, resolve_layers};
 use crate::error::{Error, Result};
@@ -129,6 +129,7 @@ where
 pub struct FnFeatureModel<F> {
     layer_names: Vec<String>,
     forward: F,
+    head: Option<(Array2<f32>, Array1<f32>)>,
 }
 
 impl<F> fmt::Debug for FnFeatureModel<F> {
@@ -173,6 +174,7 @@ where
     FnFeatureModel {
         layer_names,
         forward,
+        head: None,
     }
 }
 
@@ -183,6 +185,30 @@ impl<F> FnFeatureModel<F>
 where
     F: Fn(ArrayView4<f32>) -> Result<(Vec<Array2<f32>>, Array2<f32>)>,
 {
+    /// Declares the last layer: logits = f · weightsᵀ + bias on the last
+    /// feature layer's activations `f`, with weights `(num_classes, D)` and
+    /// bias `(num_classes,)`; [`FeatureModel::head_parameters`] returns
+    /// them (ViM needs them). Errors when the shapes disagree or there is
+    /// no feature layer. The closure's logits are not checked against it.
+    pub fn with_head(mut self, weights: Array2<f32>, bias: Array1<f32>) -> Result<Self> {
+        if self.layer_names.len() < 2 {
+            return Err(Error::invalid(
+                "head",
+                "weights",
+                "the model declares no feature layer for the head to read",
+            ));
+        }
+        if weights.nrows() != bias.len() || weights.nrows() == 0 || weights.ncols() == 0 {
+            return Err(Error::ShapeMismatch {
+                what: "head weights and bias".into(),
+                expected: "weights (num_classes, D) and bias (num_classes,), both non-empty".into(),
+                found: format!("weights {:?}, bias {:?}", weights.shape(), bias.shape()),
+            });
+        }
+        self.head = Some((weights, bias));
+        Ok(self)
+    }
+
     /// Runs the closure and checks it returned one activation per feature
     /// layer, each with one row per input.
     fn run(&self, inputs: ArrayView4<f32>) -> Result<(Vec<Array2<f32>>, Array2<f32>)> {
@@ -231,5 +257,12 @@ where
         let (all, logits) = self.run(inputs)?;
         let features = pick_layers(&positions, &all, &logits);
         Ok(ModelOutput { features, logits })
+    }
+
+    fn head_parameters(&self) -> Result<(Array2<f32>, Array1<f32>)> {
+        self.head.clone().ok_or_else(|| Error::Unsupported {
+            what: "head_parameters (the last layer's weights)".into(),
+            hint: "declare them with FnFeatureModel::with_head".into(),
+        })
     }
 }

@@ -33,7 +33,7 @@ use std::fmt;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use ndarray::{Array2, Array4, ArrayView2, ArrayView4};
+use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayView4};
 
 use crate::error::{Error, Result};
 
@@ -197,6 +197,21 @@ pub trait FeatureModel: Model {
     ) -> Result<ModelOutput> {
         self.forward_features(inputs.view(), layers)
     }
+
+    /// The last layer, when it is affine: `(weights, bias)` with weights
+    /// `(num_classes, D)` and bias `(num_classes,)`, such that
+    /// logits = f · weightsᵀ + bias for the penultimate activations `f`
+    /// (layer `-2`), PyTorch's layout. ViM needs it. The default is an
+    /// [`Error::Unsupported`] saying so.
+    fn head_parameters(&self) -> Result<(Array2<f32>, Array1<f32>)> {
+        Err(Error::Unsupported {
+            what: "head_parameters (the last layer's weights)".into(),
+            hint: "implement BurnClassifier::head_linear for a burn module, give a closure \
+                   model its head with FnFeatureModel::with_head, or pass the weights to the \
+                   detector (Vim::with_head)"
+                .into(),
+        })
+    }
 }
 
 /// Forwards every method to the model behind a pointer, so `&M`, `Box<M>`,
@@ -236,6 +251,9 @@ macro_rules! forward_model_impls {
                 layers: &[LayerId],
             ) -> Result<ModelOutput> {
                 (**self).forward_features_owned(inputs, layers)
+            }
+            fn head_parameters(&self) -> Result<(Array2<f32>, Array1<f32>)> {
+                (**self).head_parameters()
             }
         }
     )*};

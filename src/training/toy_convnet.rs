@@ -181,6 +181,11 @@ impl BurnClassifier for ToyConvnet {
     fn head(&self, penultimate: Tensor<2>) -> Option<Tensor<2>> {
         Some(self.head(penultimate))
     }
+
+    /// Dropout is the identity in inference, so the head is this layer.
+    fn head_linear(&self) -> Option<&Linear> {
+        Some(&self.linear)
+    }
 }
 
 #[cfg(test)]

@@ -99,4 +99,8 @@ impl BurnClassifier for ToyMlp {
     fn head(&self, penultimate: Tensor<2>) -> Option<Tensor<2>> {
         Some(self.out.forward(penultimate))
     }
+
+    fn head_linear(&self) -> Option<&Linear> {
+        Some(&self.out)
+    }
 }

@@ -1,0 +1,240 @@
+//! Streaming means and scatter matrices in `f64`: each chunk's own
+//! statistics, merged into the running ones with Chan et al.'s pairwise
+//! update (the chunked form of Welford's algorithm), so memory is
+//! O(D² + classes·D) whatever the number of samples, and the result does
+//! not depend on how the data was chunked (up to rounding).
+
+use std::collections::BTreeMap;
+
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
+
+use crate::error::{Error, Result};
+use crate::linalg::add_gram;
+
+/// Count and mean of one class (or of everything).
+#[derive(Debug, Clone)]
+pub(crate) struct Mean {
+    pub(crate) count: u64,
+    pub(crate) mean: Array1<f64>,
+}
+
+/// Class means and the pooled within-class scatter
+/// Σ_c Σ_{i in c} (x_i − μ_c)(x_i − μ_c)ᵀ, optionally with the total mean
+/// and scatter over all samples.
+#[derive(Debug, Clone)]
+pub(crate) struct ClassMoments {
+    dim: usize,
+    classes: BTreeMap<i64, Mean>,
+    within: Array2<f64>,
+    total: Option<(Mean, Array2<f64>)>,
+}
+
+impl ClassMoments {
+    /// Moments of `dim`-wide features; `with_total` also keeps the mean
+    /// and scatter of all samples together.
+    pub(crate) fn new(dim: usize, with_total: bool) -> Self {
+        ClassMoments {
+            dim,
+            classes: BTreeMap::new(),
+            within: Array2::zeros((dim, dim)),
+            total: with_total.then(|| {
+                (
+                    Mean {
+                        count: 0,
+                        mean: Array1::zeros(dim),
+                    },
+                    Array2::zeros((dim, dim)),
+                )
+            }),
+        }
+    }
+
+    /// Adds a chunk of features `(n, dim)` with their class labels.
+    pub(crate) fn update(&mut self, features: ArrayView2<f32>, labels: ArrayView1<i64>) {
+        let x = features.mapv(f64::from);
+        // The chunk's own class means.
+        let mut chunk: BTreeMap<i64, Mean> = BTreeMap::new();
+        for (row, &label) in x.rows().into_iter().zip(labels) {
+            let entry = chunk.entry(label).or_insert_with(|| Mean {
+                count: 0,
+                mean: Array1::zeros(self.dim),
+            });
+            entry.count += 1;
+            entry.mean += &row;
+        }
+        for m in chunk.values_mut() {
+            m.mean /= m.count as f64;
+        }
+        // Scatter around the chunk's class means, in one product.
+        let mut centred = x.clone();
+        for (mut row, label) in centred.rows_mut().into_iter().zip(labels) {
+            if let Some(m) = chunk.get(label) {
+                row -= &m.mean;
+            }
+        }
+        add_gram(&mut self.within, centred.view());
+        let merges: Vec<(f64, Array1<f64>)> = chunk
+            .into_iter()
+            .map(|(label, part)| {
+                let running = self.classes.entry(label).or_insert_with(|| Mean {
+                    count: 0,
+                    mean: Array1::zeros(self.dim),
+                });
+                merge(running, &part)
+            })
+            .collect();
+        add_rank_updates(&mut self.within, &merges);
+
+        if let Some((total, scatter)) = &mut self.total {
+            let part = Mean {
+                count: x.nrows() as u64,
+                mean: x
+                    .mean_axis(Axis(0))
+                    .unwrap_or_else(|| Array1::zeros(self.dim)),
+            };
+            let centred = &x - &part.mean;
+            add_gram(scatter, centred.view());
+            let update = merge(total, &part);
+            add_rank_updates(scatter, &[update]);
+        }
+    }
+
+    /// The width of the features.
+    pub(crate) fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The classes seen, ascending, with their counts and means.
+    pub(crate) fn classes(&self) -> &BTreeMap<i64, Mean> {
+        &self.classes
+    }
+
+    /// Number of samples seen.
+    pub(crate) fn count(&self) -> u64 {
+        self.classes.values().map(|m| m.count).sum()
+    }
+
+    /// The pooled within-class scatter.
+    pub(crate) fn within(&self) -> &Array2<f64> {
+        &self.within
+    }
+
+    /// The total mean and scatter, when kept.
+    pub(crate) fn total(&self) -> Option<&(Mean, Array2<f64>)> {
+        self.total.as_ref()
+    }
+
+    /// Errors unless every class has at least `min` samples (and there is
+    /// at least one class).
+    pub(crate) fn require_per_class(&self, min: u64, detector: &str) -> Result<()> {
+        if self.classes.is_empty() {
+            return Err(Error::Empty {
+                what: format!("the fit data of {detector}"),
+                hint: "fit on at least one batch of in-distribution data".into(),
+            });
+        }
+        for (label, m) in &self.classes {
+            if m.count < min {
+                return Err(Error::InvalidLabel {
+                    label: *label,
+                    reason: format!(
+                        "{detector} needs at least {min} fit samples per class; class {label} \
+                         has {}: fit on more data, or leave the class out",
+                        m.count
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Merges the statistics `part` into `running` (means only) and returns
+/// the weight and mean difference of the scatter correction
+/// n_a·n_b/(n_a+n_b) · δδᵀ the merge adds.
+fn merge(running: &mut Mean, part: &Mean) -> (f64, Array1<f64>) {
+    let (na, nb) = (running.count as f64, part.count as f64);
+    let n = na + nb;
+    let delta = &part.mean - &running.mean;
+    running.mean.scaled_add(nb / n, &delta);
+    running.count += part.count;
+    (na * nb / n, delta)
+}
+
+/// `scatter += Σ w δδᵀ`, as one product of the stacked √w·δ rows.
+fn add_rank_updates(scatter: &mut Array2<f64>, updates: &[(f64, Array1<f64>)]) {
+    let rows: Vec<_> = updates.iter().filter(|(w, _)| *w > 0.0).collect();
+    if rows.is_empty() {
+        return;
+    }
+    let dim = scatter.nrows();
+    let mut stacked = Array2::zeros((rows.len(), dim));
+    for (mut out, (w, delta)) in stacked.rows_mut().into_iter().zip(rows) {
+        out.assign(&(delta * w.sqrt()));
+    }
+    add_gram(scatter, stacked.view());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    /// Direct two-pass statistics of the same data.
+    fn direct(x: &Array2<f64>, labels: &[i64]) -> (BTreeMap<i64, Array1<f64>>, Array2<f64>) {
+        let mut means = BTreeMap::new();
+        for &c in labels {
+            let rows: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == c).collect();
+            let m = x.select(Axis(0), &rows).mean_axis(Axis(0)).unwrap();
+            means.insert(c, m);
+        }
+        let d = x.ncols();
+        let mut within = Array2::zeros((d, d));
+        for (i, &c) in labels.iter().enumerate() {
+            let r = &x.row(i) - &means[&c];
+            for a in 0..d {
+                for b in 0..d {
+                    within[[a, b]] += r[a] * r[b];
+                }
+            }
+        }
+        (means, within)
+    }
+
+    #[test]
+    fn chunked_moments_equal_the_two_pass_ones() {
+        let x = array![
+            [1.0_f32, 2.0],
+            [3.0, 1.0],
+            [100.0, -4.0],
+            [2.0, 2.5],
+            [101.0, -2.0],
+            [99.5, -3.0],
+            [0.5, 1.5]
+        ];
+        let labels = array![0_i64, 0, 5, 0, 5, 5, 0];
+        let (means, within) = direct(&x.mapv(f64::from), labels.as_slice().unwrap());
+        for chunk in [1, 2, 3, 7] {
+            let mut m = ClassMoments::new(2, true);
+            for (xs, ls) in x
+                .axis_chunks_iter(Axis(0), chunk)
+                .zip(labels.axis_chunks_iter(Axis(0), chunk))
+            {
+                m.update(xs, ls);
+            }
+            assert_eq!(m.count(), 7);
+            for (c, expected) in &means {
+                let found = &m.classes()[c].mean;
+                assert!((found - expected).iter().all(|d| d.abs() < 1e-12));
+            }
+            assert!(
+                (m.within() - &within).iter().all(|d| d.abs() < 1e-9),
+                "{chunk}"
+            );
+            let (total, scatter) = m.total().unwrap();
+            let (_, all) = direct(&x.mapv(f64::from), &[0; 7]);
+            assert!((scatter - &all).iter().all(|d| d.abs() < 1e-9));
+            assert!((total.mean[0] - 307.0 / 7.0).abs() < 1e-12);
+        }
+    }
+}

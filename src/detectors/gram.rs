@@ -1,0 +1,325 @@
+//! Gram-matrix statistics (Sastry & Oore, ICML 2020), with quantile bounds
+//! as in the Python toolkit.
+
+use std::collections::BTreeMap;
+
+use ndarray::{Array1, ArrayView1, Axis};
+
+use super::features::{
+    FeatureCore, FeatureMethod, LayerFitter, LayerInput, LayerScorer, feature_detector,
+};
+use crate::error::{Error, Result};
+use crate::model::{FeatureModel, argmax};
+
+/// Keeps the deviation normalisation finite at zero bounds.
+const EPSILON: f64 = 1e-6;
+
+/// Gram: for each order p, the statistics of a feature vector f are the
+/// row sums of the lower triangle of its p-th order Gram matrix
+/// G_p = sign(f^p f^pᵀ) |f^p f^pᵀ|^(1/p). Per class, the fit data gives
+/// bounds [lo, hi] = the [q, 1 − q] quantiles (linear interpolation) of
+/// each statistic; the score sums, over orders and statistics, the
+/// deviations outside them: (lo − s)/(|lo| + 10⁻⁶) below, (s − hi)/(|hi| + 10⁻⁶)
+/// above (higher = more OOD).
+///
+/// The class is the model's prediction (fit and score), as in the paper.
+/// [`fit_features`](Self::fit_features) takes the given labels as classes;
+/// [`score_features`](Self::score_features), which has no predictions,
+/// compares each sample with the class it deviates least from. A predicted
+/// class absent from the fit data is an error.
+///
+/// On `(N, D)` features, entry (i, j) of G_p is g_i g_j with g = f for odd
+/// p and g = |f| for even p, so the statistics are g ⊙ cumsum(g): computed
+/// in O(D), not O(D²), and odd orders coincide, as do even ones (for
+/// non-negative features, e.g. after a ReLU, all orders do), exactly as in
+/// the Python toolkit's dense-layer case. The quantiles need every fit
+/// sample's statistics: memory O(N·D) (`f32`, one or two vectors per
+/// sample), so fit on a subset when N·D is large.
+///
+/// ```
+/// use ndarray::array;
+/// use oodkit::detectors::Gram;
+///
+/// let fit = array![[1.0_f32, 1.0], [2.0, 2.0], [1.5, 1.5], [1.2, 1.8]];
+/// let mut gram = Gram::default();
+/// gram.fit_features(fit.view(), array![0_i64, 0, 0, 0].view())?;
+/// let scores = gram.score_features(array![[1.5_f32, 1.5], [9.0, 9.0]].view())?;
+/// assert_eq!(scores[0], 0.0); // inside every bound
+/// assert!(scores[1] > 10.0);
+/// # Ok::<(), oodkit::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Gram<'m> {
+    method: GramMethod,
+    core: FeatureCore<'m, GramBounds>,
+}
+
+impl Default for Gram<'_> {
+    /// Orders 1 to 5, quantile 0.01 (the Python toolkit's defaults).
+    fn default() -> Self {
+        Gram {
+            method: GramMethod {
+                orders: (1..=5).collect(),
+                quantile: 0.01,
+            },
+            core: FeatureCore::default(),
+        }
+    }
+}
+
+impl Gram<'_> {
+    /// Gram with these orders (each ≥ 1, at least one) and bounds at the
+    /// `quantile` q and 1 − q (q in [0, 0.5); 0 gives min and max, the
+    /// paper's bounds).
+    pub fn new(orders: impl IntoIterator<Item = u32>, quantile: f64) -> Result<Self> {
+        let orders: Vec<u32> = orders.into_iter().collect();
+        if orders.is_empty() || orders.contains(&0) {
+            return Err(Error::invalid(
+                "orders",
+                format!("{orders:?}"),
+                "give at least one order, each at least 1",
+            ));
+        }
+        if !(0.0..0.5).contains(&quantile) {
+            return Err(Error::invalid("quantile", quantile, "must be in [0, 0.5)"));
+        }
+        Ok(Gram {
+            method: GramMethod { orders, quantile },
+            core: FeatureCore::default(),
+        })
+    }
+
+    /// The orders.
+    pub fn orders(&self) -> &[u32] {
+        &self.method.orders
+    }
+}
+
+feature_detector!(Gram, "Gram");
+
+#[derive(Debug, Clone)]
+struct GramMethod {
+    orders: Vec<u32>,
+    quantile: f64,
+}
+
+impl GramMethod {
+    /// How many orders are odd and how many even.
+    fn multiplicities(&self) -> Multiplicities {
+        let odd = self.orders.iter().filter(|&&p| p % 2 == 1).count() as f64;
+        Multiplicities {
+            odd,
+            even: self.orders.len() as f64 - odd,
+        }
+    }
+}
+
+/// The number of odd and of even orders: the distinct statistics and their
+/// weights in the deviation.
+#[derive(Debug, Clone, Copy)]
+struct Multiplicities {
+    odd: f64,
+    even: f64,
+}
+
+impl Multiplicities {
+    /// The weights of the statistics kept (odd first), zeros left out.
+    fn weights(self) -> Vec<f64> {
+        [self.odd, self.even]
+            .into_iter()
+            .filter(|&w| w > 0.0)
+            .collect()
+    }
+
+    /// The statistics of one sample, one block of D per kept parity.
+    fn statistics(self, f: ArrayView1<f32>, out: &mut Vec<f32>) {
+        let mut push = |g: &dyn Fn(f32) -> f32| {
+            let mut cumsum = 0.0_f64;
+            for &v in f {
+                let gv = f64::from(g(v));
+                cumsum += gv;
+                out.push((gv * cumsum) as f32);
+            }
+        };
+        if self.odd > 0.0 {
+            push(&|v| v);
+        }
+        if self.even > 0.0 {
+            push(&f32::abs);
+        }
+    }
+}
+
+impl FeatureMethod for GramMethod {
+    type Fitter = GramFitter;
+    type Fitted = GramBounds;
+
+    fn name(&self) -> &'static str {
+        "Gram"
+    }
+
+    fn needs_labels(&self) -> bool {
+        false
+    }
+
+    fn fitter(&self, dim: usize, _model: Option<&dyn FeatureModel>) -> Result<GramFitter> {
+        Ok(GramFitter {
+            dim,
+            quantile: self.quantile,
+            mult: self.multiplicities(),
+            stats: BTreeMap::new(),
+        })
+    }
+}
+
+/// The class of each row: the prediction when there are logits, else the
+/// label.
+fn classes(input: &LayerInput) -> Option<Vec<i64>> {
+    match (input.logits, input.labels) {
+        (Some(logits), _) => Some(
+            logits
+                .rows()
+                .into_iter()
+                .map(|r| argmax(r.iter().copied()) as i64)
+                .collect(),
+        ),
+        (None, Some(labels)) => Some(labels.to_vec()),
+        (None, None) => None,
+    }
+}
+
+struct GramFitter {
+    dim: usize,
+    quantile: f64,
+    mult: Multiplicities,
+    /// Per class, the statistics of its samples, row after row.
+    stats: BTreeMap<i64, Vec<f32>>,
+}
+
+impl LayerFitter for GramFitter {
+    type Fitted = GramBounds;
+
+    fn update(&mut self, input: &LayerInput) -> Result<()> {
+        let Some(classes) = classes(input) else {
+            return Ok(());
+        };
+        for (row, class) in input.features.rows().into_iter().zip(classes) {
+            self.mult
+                .statistics(row, self.stats.entry(class).or_default());
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<GramBounds> {
+        if self.stats.is_empty() {
+            return Err(Error::Empty {
+                what: "the fit data of Gram".into(),
+                hint: "fit on at least one sample".into(),
+            });
+        }
+        let width = self.mult.weights().len() * self.dim;
+        let mut bounds = BTreeMap::new();
+        for (class, values) in self.stats {
+            let n = values.len() / width.max(1);
+            if n < 2 {
+                return Err(Error::InvalidLabel {
+                    label: class,
+                    reason: format!(
+                        "Gram needs at least 2 fit samples per class to bound its statistics; \
+                         class {class} has {n}: fit on more data"
+                    ),
+                });
+            }
+            let mut lo = Vec::with_capacity(width);
+            let mut hi = Vec::with_capacity(width);
+            let mut column = vec![0.0_f32; n];
+            for j in 0..width {
+                for (i, c) in column.iter_mut().enumerate() {
+                    *c = values[i * width + j];
+                }
+                column.sort_unstable_by(f32::total_cmp);
+                lo.push(quantile(&column, self.quantile));
+                hi.push(quantile(&column, 1.0 - self.quantile));
+            }
+            bounds.insert(class, (lo, hi));
+        }
+        Ok(GramBounds {
+            dim: self.dim,
+            mult: self.mult,
+            bounds,
+        })
+    }
+}
+
+/// The `q` quantile of `sorted` values, linearly interpolated (NumPy's and
+/// PyTorch's default).
+fn quantile(sorted: &[f32], q: f64) -> f64 {
+    let pos = q * (sorted.len() - 1) as f64;
+    let below = pos.floor() as usize;
+    let above = (below + 1).min(sorted.len() - 1);
+    let t = pos - below as f64;
+    f64::from(sorted[below]) + t * (f64::from(sorted[above]) - f64::from(sorted[below]))
+}
+
+/// Per class, the lower and upper bounds of each statistic.
+#[derive(Debug)]
+pub(crate) struct GramBounds {
+    dim: usize,
+    mult: Multiplicities,
+    bounds: BTreeMap<i64, (Vec<f64>, Vec<f64>)>,
+}
+
+impl GramBounds {
+    /// The weighted deviation of statistics `stats` outside the bounds.
+    fn deviation(&self, stats: &[f32], (lo, hi): &(Vec<f64>, Vec<f64>)) -> f64 {
+        let weights = self.mult.weights();
+        let mut total = 0.0;
+        for (j, &s) in stats.iter().enumerate() {
+            let s = f64::from(s);
+            let dev = if s < lo[j] {
+                (lo[j] - s) / (lo[j].abs() + EPSILON)
+            } else if s > hi[j] {
+                (s - hi[j]) / (hi[j].abs() + EPSILON)
+            } else {
+                0.0
+            };
+            total += weights[j / self.dim] * dev;
+        }
+        total
+    }
+}
+
+impl LayerScorer for GramBounds {
+    fn width(&self) -> usize {
+        self.dim
+    }
+
+    fn score(&self, input: &LayerInput) -> Result<Array1<f32>> {
+        let predicted = input.logits.map(|_| classes(input)).unwrap_or_default();
+        let mut stats = Vec::new();
+        let mut scores = Array1::zeros(input.features.nrows());
+        for (i, row) in input.features.axis_iter(Axis(0)).enumerate() {
+            stats.clear();
+            self.mult.statistics(row, &mut stats);
+            scores[i] = match predicted.as_ref().map(|p| p[i]) {
+                Some(class) => {
+                    let bounds = self.bounds.get(&class).ok_or_else(|| Error::InvalidLabel {
+                        label: class,
+                        reason: format!(
+                            "the model predicts class {class} for sample {i}, a class it never \
+                             predicted on the fit data, so Gram has no bounds for it: fit on \
+                             data covering every class"
+                        ),
+                    })?;
+                    self.deviation(&stats, bounds)
+                }
+                None => self
+                    .bounds
+                    .values()
+                    .map(|b| self.deviation(&stats, b))
+                    .fold(f64::INFINITY, f64::min),
+            } as f32;
+        }
+        Ok(scores)
+    }
+}

@@ -1,0 +1,228 @@
+//! Mahalanobis (Lee et al., NeurIPS 2018) and its relative form RMDS (Ren
+//! et al., 2021): class-conditional Gaussians with one shared covariance.
+
+use ndarray::{Array1, Array2, Axis, Zip};
+
+use super::features::moments::ClassMoments;
+use super::features::{
+    FeatureCore, FeatureMethod, LayerFitter, LayerInput, LayerScorer, feature_detector,
+};
+use super::odin::Odin;
+use crate::error::Result;
+use crate::linalg::{gemm, symmetric_pinv};
+use crate::model::FeatureModel;
+
+/// Mahalanobis: class means μ_c and one shared (tied) covariance Σ of the
+/// in-distribution features, Σ = (1/N) Σ_c Σ_{i∈c} (f_i − μ_c)(f_i − μ_c)ᵀ;
+/// score = −max_c −½ (f − μ_c)ᵀ Σ⁺ (f − μ_c) = ½ min_c of the squared
+/// Mahalanobis distance (higher = more OOD).
+///
+/// Σ⁺ is the pseudo-inverse, so a singular covariance (a constant
+/// feature, fewer samples than dimensions) works. The statistics stream
+/// in `f64` (memory O(D² + classes·D), not O(N·D)); scoring computes
+/// ((F − m)·Σ⁺ ∘ (F − m)) row sums and a product with the means, with
+/// no N × N matrix. The fit data needs labels; every class needs at least
+/// two samples. [`with_input_perturbation`](Self::with_input_perturbation)
+/// adds ODIN's input step (off by default).
+///
+/// ```
+/// use ndarray::array;
+/// use oodkit::detectors::Mahalanobis;
+///
+/// // Two classes around (0, 0) and (10, 0), unit spread in x and y.
+/// let fit = array![[-1.0_f32, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0],
+///                  [9.0, 0.0], [11.0, 0.0], [10.0, -1.0], [10.0, 1.0]];
+/// let mut detector = Mahalanobis::new();
+/// detector.fit_features(fit.view(), array![0_i64, 0, 0, 0, 1, 1, 1, 1].view())?;
+/// let scores = detector.score_features(array![[0.0_f32, 0.0], [5.0, 5.0]].view())?;
+/// // Σ = I / 2: (5, 5) is at squared distance 2·50 from either mean.
+/// assert!(scores[0].abs() < 1e-5);
+/// assert!((scores[1] - 50.0).abs() < 1e-3);
+/// # Ok::<(), oodkit::Error>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct Mahalanobis<'m> {
+    method: GaussianMethod,
+    core: FeatureCore<'m, Gaussian>,
+    perturbation: Option<Odin<'static>>,
+}
+
+impl Mahalanobis<'_> {
+    /// Mahalanobis on the penultimate layer, without input perturbation.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+feature_detector!(Mahalanobis, "Mahalanobis", perturbation);
+
+/// RMDS, the relative Mahalanobis distance: the class-wise term of
+/// [`Mahalanobis`] minus that of a background Gaussian fitted on all the
+/// in-distribution features (mean m, covariance Σ₀ = (1/N) Σ_i (f_i − m)(f_i − m)ᵀ):
+/// score = ½ min_c [(f − μ_c)ᵀ Σ⁺ (f − μ_c) − (f − m)ᵀ Σ₀⁺ (f − m)]
+/// (higher = more OOD). Same streaming fit, requirements and options as
+/// [`Mahalanobis`].
+///
+/// ```
+/// use ndarray::array;
+/// use oodkit::detectors::{Mahalanobis, Rmds};
+///
+/// let fit = array![[-1.0_f32, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0],
+///                  [9.0, 0.0], [11.0, 0.0], [10.0, -1.0], [10.0, 1.0]];
+/// let labels = array![0_i64, 0, 0, 0, 1, 1, 1, 1];
+/// let (mut rmds, mut md) = (Rmds::new(), Mahalanobis::new());
+/// rmds.fit_features(fit.view(), labels.view())?;
+/// md.fit_features(fit.view(), labels.view())?;
+/// let x = array![[5.0_f32, 5.0]];
+/// // Σ₀ = diag(25.5, 0.5): the background term is ½ (0 + 25 / 0.5) = 25.
+/// let gap = md.score_features(x.view())?[0] - rmds.score_features(x.view())?[0];
+/// assert!((gap - 25.0).abs() < 1e-3);
+/// # Ok::<(), oodkit::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Rmds<'m> {
+    method: GaussianMethod,
+    core: FeatureCore<'m, Gaussian>,
+    perturbation: Option<Odin<'static>>,
+}
+
+impl Default for Rmds<'_> {
+    fn default() -> Self {
+        Rmds {
+            method: GaussianMethod { relative: true },
+            core: FeatureCore::default(),
+            perturbation: None,
+        }
+    }
+}
+
+impl Rmds<'_> {
+    /// RMDS on the penultimate layer, without input perturbation.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+feature_detector!(Rmds, "RMDS", perturbation);
+
+/// Fits class Gaussians; `relative` adds the background one (RMDS).
+#[derive(Debug, Default, Clone, Copy)]
+struct GaussianMethod {
+    relative: bool,
+}
+
+impl FeatureMethod for GaussianMethod {
+    type Fitter = GaussianFitter;
+    type Fitted = Gaussian;
+
+    fn name(&self) -> &'static str {
+        if self.relative { "RMDS" } else { "Mahalanobis" }
+    }
+
+    fn needs_labels(&self) -> bool {
+        true
+    }
+
+    fn fitter(&self, dim: usize, _model: Option<&dyn FeatureModel>) -> Result<GaussianFitter> {
+        Ok(GaussianFitter {
+            moments: ClassMoments::new(dim, self.relative),
+            name: self.name(),
+        })
+    }
+}
+
+struct GaussianFitter {
+    moments: ClassMoments,
+    name: &'static str,
+}
+
+impl LayerFitter for GaussianFitter {
+    type Fitted = Gaussian;
+
+    fn update(&mut self, input: &LayerInput) -> Result<()> {
+        if let Some(labels) = input.labels {
+            self.moments.update(input.features, labels);
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Gaussian> {
+        let m = &self.moments;
+        m.require_per_class(2, self.name)?;
+        let n = m.count() as f64;
+        let dim = m.dim();
+        // Everything is centred on the overall mean, which keeps the
+        // expanded quadratic forms below free of cancellation.
+        let mut centre = Array1::<f64>::zeros(dim);
+        for class in m.classes().values() {
+            centre.scaled_add(class.count as f64 / n, &class.mean);
+        }
+        let mut means = Array2::zeros((m.classes().len(), dim));
+        for (mut row, class) in means.rows_mut().into_iter().zip(m.classes().values()) {
+            row.assign(&(&class.mean - &centre));
+        }
+        let precision = symmetric_pinv(&(m.within() / n), "the shared covariance")?;
+        let projected = gemm(means.view(), precision.view(), false);
+        let offsets = (&projected * &means).sum_axis(Axis(1));
+        let background = match m.total() {
+            Some((_, scatter)) => {
+                Some(symmetric_pinv(&(scatter / n), "the background covariance")?)
+            }
+            None => None,
+        };
+        Ok(Gaussian {
+            centre,
+            means,
+            precision,
+            offsets,
+            background,
+        })
+    }
+}
+
+/// A fitted layer: centred class means, Σ⁺ and (RMDS) Σ₀⁺.
+#[derive(Debug)]
+pub(crate) struct Gaussian {
+    centre: Array1<f64>,
+    means: Array2<f64>,
+    precision: Array2<f64>,
+    offsets: Array1<f64>,
+    background: Option<Array2<f64>>,
+}
+
+/// Row sums of (X·P) ∘ X: each row's quadratic form xᵀ P x.
+fn quadratic_forms(x: &Array2<f64>, p: &Array2<f64>) -> (Array2<f64>, Array1<f64>) {
+    let xp = gemm(x.view(), p.view(), false);
+    let forms = (&xp * x).sum_axis(Axis(1));
+    (xp, forms)
+}
+
+impl LayerScorer for Gaussian {
+    fn width(&self) -> usize {
+        self.centre.len()
+    }
+
+    fn score(&self, input: &LayerInput) -> Result<Array1<f32>> {
+        let x = input.features.mapv(f64::from) - &self.centre;
+        // ‖x − μ_c‖²_P = xᵀPx − 2 xᵀPμ_c + μ_cᵀPμ_c, for all classes at once.
+        let (xp, forms) = quadratic_forms(&x, &self.precision);
+        let cross = gemm(xp.view(), self.means.view(), true);
+        let mut scores = Array1::zeros(x.nrows());
+        Zip::from(&mut scores)
+            .and(&forms)
+            .and(cross.rows())
+            .for_each(|s, &form, cross| {
+                let nearest = cross
+                    .iter()
+                    .zip(&self.offsets)
+                    .map(|(c, o)| form - 2.0 * c + o)
+                    .fold(f64::INFINITY, f64::min);
+                *s = 0.5 * nearest;
+            });
+        if let Some(background) = &self.background {
+            let (_, bg) = quadratic_forms(&x, background);
+            scores.scaled_add(-0.5, &bg);
+        }
+        Ok(scores.mapv(|s| s as f32))
+    }
+}

@@ -1,0 +1,159 @@
+//! SHE, the simplified Hopfield energy (Zhang et al., ICLR 2023).
+
+use std::collections::BTreeMap;
+
+use ndarray::{Array1, Array2, Axis};
+
+use super::features::{
+    FeatureCore, FeatureMethod, LayerFitter, LayerInput, LayerScorer, feature_detector,
+};
+use super::odin::Odin;
+use crate::error::{Error, Result};
+use crate::linalg::gemm;
+use crate::model::{FeatureModel, argmax};
+
+/// SHE: the mean feature μ_c of each class over the in-distribution fit
+/// data; score = −max_c ⟨f, μ_c⟩ / D (higher = more OOD).
+///
+/// Fitted through a model, the means take only the fit samples the model
+/// classifies correctly (label = prediction), as in the paper.
+/// [`fit_features`](Self::fit_features) has no predictions: it averages
+/// every sample given, so pass the correctly classified ones there. Every
+/// class needs at least two samples. Memory O(classes·D).
+/// [`with_input_perturbation`](Self::with_input_perturbation) adds ODIN's
+/// input step, which the Python toolkit applies by default (ε = 0.0014,
+/// T = 1000); here it is off unless asked for, since it needs input
+/// gradients.
+///
+/// ```
+/// use ndarray::array;
+/// use oodkit::detectors::She;
+///
+/// let fit = array![[2.0_f32, 0.0], [4.0, 0.0], [0.0, 1.0], [0.0, 3.0]];
+/// let mut she = She::new();
+/// she.fit_features(fit.view(), array![0_i64, 0, 1, 1].view())?;
+/// // Means (3, 0) and (0, 2): −max(3·1, 2·1) / 2 for (1, 1).
+/// let scores = she.score_features(array![[1.0_f32, 1.0]].view())?;
+/// assert!((scores[0] + 1.5).abs() < 1e-6);
+/// # Ok::<(), oodkit::Error>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct She<'m> {
+    method: SheMethod,
+    core: FeatureCore<'m, SheState>,
+    perturbation: Option<Odin<'static>>,
+}
+
+impl She<'_> {
+    /// SHE on the penultimate layer, without input perturbation.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+feature_detector!(She, "SHE", perturbation);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct SheMethod;
+
+impl FeatureMethod for SheMethod {
+    type Fitter = SheFitter;
+    type Fitted = SheState;
+
+    fn name(&self) -> &'static str {
+        "SHE"
+    }
+
+    fn needs_labels(&self) -> bool {
+        true
+    }
+
+    fn fitter(&self, dim: usize, _model: Option<&dyn FeatureModel>) -> Result<SheFitter> {
+        Ok(SheFitter {
+            dim,
+            sums: BTreeMap::new(),
+            seen: BTreeMap::new(),
+        })
+    }
+}
+
+struct SheFitter {
+    dim: usize,
+    /// Per class: count and sum of the kept samples.
+    sums: BTreeMap<i64, (u64, Array1<f64>)>,
+    /// Per class: samples seen, kept or not (for the error message).
+    seen: BTreeMap<i64, u64>,
+}
+
+impl LayerFitter for SheFitter {
+    type Fitted = SheState;
+
+    fn update(&mut self, input: &LayerInput) -> Result<()> {
+        let Some(labels) = input.labels else {
+            return Ok(());
+        };
+        for (i, (row, &label)) in input.features.rows().into_iter().zip(labels).enumerate() {
+            *self.seen.entry(label).or_default() += 1;
+            let correct = input
+                .logits
+                .is_none_or(|logits| argmax(logits.row(i).iter().copied()) as i64 == label);
+            let entry = self
+                .sums
+                .entry(label)
+                .or_insert_with(|| (0, Array1::zeros(self.dim)));
+            if correct {
+                entry.0 += 1;
+                entry.1 += &row.mapv(f64::from);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<SheState> {
+        if self.sums.is_empty() {
+            return Err(Error::Empty {
+                what: "the fit data of SHE".into(),
+                hint: "fit on at least one labelled sample".into(),
+            });
+        }
+        let mut means = Array2::zeros((self.sums.len(), self.dim));
+        for (mut row, (label, (count, sum))) in means.rows_mut().into_iter().zip(&self.sums) {
+            if *count < 2 {
+                return Err(Error::InvalidLabel {
+                    label: *label,
+                    reason: format!(
+                        "SHE needs at least 2 correctly classified fit samples per class; \
+                         class {label} has {count} of {}: fit on more data",
+                        self.seen.get(label).copied().unwrap_or(0)
+                    ),
+                });
+            }
+            row.assign(&(sum / *count as f64));
+        }
+        Ok(SheState { means })
+    }
+}
+
+/// The class means `(classes, D)`.
+#[derive(Debug)]
+pub(crate) struct SheState {
+    means: Array2<f64>,
+}
+
+impl LayerScorer for SheState {
+    fn width(&self) -> usize {
+        self.means.ncols()
+    }
+
+    fn score(&self, input: &LayerInput) -> Result<Array1<f32>> {
+        let d = self.means.ncols() as f64;
+        let dots = gemm(
+            input.features.mapv(f64::from).view(),
+            self.means.view(),
+            true,
+        );
+        Ok(dots.map_axis(Axis(1), |r| {
+            (-r.iter().copied().fold(f64::NEG_INFINITY, f64::max) / d) as f32
+        }))
+    }
+}

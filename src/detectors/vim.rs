@@ -1,0 +1,332 @@
+//! ViM, the virtual-logit matching score (Wang et al., CVPR 2022).
+
+use ndarray::{Array1, Array2, ArrayView2, Axis, s};
+
+use super::features::moments::ClassMoments;
+use super::features::{
+    FeatureCore, FeatureMethod, LayerFitter, LayerInput, LayerScorer, feature_detector,
+};
+use crate::error::{Error, Result};
+use crate::linalg::{gemm, pinv, symmetric_eigen};
+use crate::model::FeatureModel;
+
+/// How many principal dimensions of the in-distribution features ViM
+/// keeps; the rest is the residual space.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PrincipalDims {
+    /// This many (at least 1, below the feature width).
+    Count(usize),
+    /// The fewest that explain at least this fraction of the variance, in
+    /// (0, 1). (The Python toolkit keeps one fewer than that.)
+    Explained(f64),
+}
+
+/// ViM: the features f of the penultimate layer, seen from the origin
+/// u = −W⁺b of the last layer (weights W `(classes, D)`, bias b), have a
+/// principal subspace (top eigenvectors of (1/N) Σ (f − u)(f − u)ᵀ over the
+/// fit data); the residual r(f) = ‖(f − u) projected off it‖ is scaled by
+/// α = mean max-logit / mean r on the fit data, and
+/// score = α·r(f) − logsumexp(logits) (higher = more OOD).
+///
+/// The head comes from the model
+/// ([`FeatureModel::head_parameters`](crate::model::FeatureModel::head_parameters):
+/// the toy networks, any burn module with
+/// [`BurnClassifier::head_linear`](crate::model::BurnClassifier::head_linear))
+/// or from [`with_head`](Self::with_head), which
+/// [`fit_features`](Self::fit_features) needs (the logits are then
+/// f·Wᵀ + b). Fitting streams twice over the fit data (the moments, then α);
+/// memory O(D²). Labels are not used.
+///
+/// ```
+/// use ndarray::{Array1, Array2, array};
+/// use oodkit::detectors::{PrincipalDims, Vim};
+///
+/// // Fit features spread along x, barely along y; the head reads x.
+/// let fit = array![[-2.0_f32, 0.1], [-1.0, -0.1], [1.0, -0.1], [2.0, 0.1]];
+/// let mut vim = Vim::new(PrincipalDims::Count(1))?
+///     .with_head(array![[1.0_f32, 0.0], [-1.0, 0.0]], Array1::zeros(2))?;
+/// vim.fit_features(fit.view(), Array1::zeros(4).view())?;
+/// let scores = vim.score_features(array![[1.0_f32, 0.0], [1.0, 3.0]].view())?;
+/// // α = mean max-logit / mean residual = 1.5 / 0.1; (1, 3) is 3 off the axis.
+/// assert_eq!(vim.fitted_subspace().map(|(k, _)| k), Some(1));
+/// assert!((scores[1] - scores[0] - 15.0 * 3.0).abs() < 1e-3);
+/// # Ok::<(), oodkit::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Vim<'m> {
+    method: VimMethod,
+    core: FeatureCore<'m, VimState>,
+}
+
+impl Default for Vim<'_> {
+    /// The dimensions explaining 99% of the variance (the Python
+    /// toolkit's default), on the penultimate layer.
+    fn default() -> Self {
+        Vim {
+            method: VimMethod {
+                dims: PrincipalDims::Explained(0.99),
+                head: None,
+            },
+            core: FeatureCore::default(),
+        }
+    }
+}
+
+impl Vim<'_> {
+    /// ViM keeping `dims` principal dimensions.
+    pub fn new(dims: PrincipalDims) -> Result<Self> {
+        match dims {
+            PrincipalDims::Count(0) => {
+                return Err(Error::invalid(
+                    "principal_dims",
+                    0,
+                    "keep at least one dimension",
+                ));
+            }
+            PrincipalDims::Explained(f) if !(f > 0.0 && f < 1.0) => {
+                return Err(Error::invalid(
+                    "principal_dims",
+                    f,
+                    "a fraction of explained variance must be in (0, 1)",
+                ));
+            }
+            _ => {}
+        }
+        Ok(Vim {
+            method: VimMethod { dims, head: None },
+            ..Vim::default()
+        })
+    }
+
+    /// The last layer's weights `(classes, D)` and bias `(classes,)`,
+    /// used instead of the model's. Errors when their shapes disagree.
+    pub fn with_head(mut self, weights: Array2<f32>, bias: Array1<f32>) -> Result<Self> {
+        if weights.nrows() != bias.len() || weights.is_empty() {
+            return Err(Error::ShapeMismatch {
+                what: "ViM head weights and bias".into(),
+                expected: "weights (num_classes, D) and bias (num_classes,), non-empty".into(),
+                found: format!("weights {:?}, bias {:?}", weights.shape(), bias.shape()),
+            });
+        }
+        self.method.head = Some((weights, bias));
+        Ok(self)
+    }
+
+    /// The principal dimensions asked for.
+    pub fn principal_dims(&self) -> PrincipalDims {
+        self.method.dims
+    }
+
+    /// After fitting: the number of principal dimensions kept and α.
+    pub fn fitted_subspace(&self) -> Option<(usize, f64)> {
+        self.core
+            .fitted()
+            .first()
+            .map(|s| (s.origin.len() - s.residual.ncols(), s.alpha))
+    }
+}
+
+feature_detector!(Vim, "ViM");
+
+#[derive(Debug, Clone)]
+struct VimMethod {
+    dims: PrincipalDims,
+    head: Option<(Array2<f32>, Array1<f32>)>,
+}
+
+impl FeatureMethod for VimMethod {
+    type Fitter = VimFitter;
+    type Fitted = VimState;
+
+    fn name(&self) -> &'static str {
+        "ViM"
+    }
+
+    fn needs_labels(&self) -> bool {
+        false
+    }
+
+    fn fitter(&self, dim: usize, model: Option<&dyn FeatureModel>) -> Result<VimFitter> {
+        let (weights, bias) = match (&self.head, model) {
+            (Some(head), _) => head.clone(),
+            (None, Some(model)) => model.head_parameters()?,
+            (None, None) => {
+                return Err(Error::Unsupported {
+                    what: "ViM on precomputed features without the last layer".into(),
+                    hint: "give it the head: Vim::new(..)?.with_head(weights, bias)".into(),
+                });
+            }
+        };
+        if weights.ncols() != dim {
+            return Err(Error::ShapeMismatch {
+                what: "ViM head weights vs the features".into(),
+                expected: format!("(num_classes, {dim})"),
+                found: format!("{:?}", weights.shape()),
+            });
+        }
+        let w = weights.mapv(f64::from);
+        let origin = -pinv(&w, "ViM head weights")?.dot(&bias.mapv(f64::from));
+        Ok(VimFitter {
+            dims: self.dims,
+            moments: ClassMoments::new(dim, false),
+            origin,
+            weights,
+            bias,
+        })
+    }
+}
+
+struct VimFitter {
+    dims: PrincipalDims,
+    moments: ClassMoments,
+    origin: Array1<f64>,
+    weights: Array2<f32>,
+    bias: Array1<f32>,
+}
+
+impl LayerFitter for VimFitter {
+    type Fitted = VimState;
+
+    fn update(&mut self, input: &LayerInput) -> Result<()> {
+        let all = Array1::zeros(input.features.nrows());
+        self.moments.update(input.features, all.view());
+        Ok(())
+    }
+
+    fn finish(self) -> Result<VimState> {
+        let m = &self.moments;
+        let dim = m.dim();
+        let n = m.count() as f64;
+        let mean = m
+            .classes()
+            .values()
+            .next()
+            .map(|c| c.mean.clone())
+            .ok_or_else(|| Error::Empty {
+                what: "the fit data of ViM".into(),
+                hint: "fit on at least one sample".into(),
+            })?;
+        // Second moment about the origin: scatter + N (m − u)(m − u)ᵀ.
+        let shift = (&mean - &self.origin).insert_axis(Axis(1));
+        let moment = (m.within() + &(shift.dot(&shift.t()) * n)) / n;
+        let (values, vectors) = symmetric_eigen(&moment, "ViM's feature covariance")?;
+        let principal = match self.dims {
+            PrincipalDims::Count(k) => k,
+            PrincipalDims::Explained(fraction) => {
+                let total: f64 = values.iter().map(|v| v.max(0.0)).sum();
+                let mut explained = 0.0;
+                let mut k = 0;
+                for v in values.iter().rev() {
+                    if total > 0.0 && explained / total >= fraction {
+                        break;
+                    }
+                    explained += v.max(0.0);
+                    k += 1;
+                }
+                k
+            }
+        };
+        if principal >= dim {
+            return Err(Error::invalid(
+                "principal_dims",
+                format!("{:?} (= {principal} of {dim} dimensions)", self.dims),
+                "no residual dimension would be left: keep fewer principal dimensions",
+            ));
+        }
+        // Eigenvalues ascend: the residual space is spanned by the first ones.
+        let residual = vectors.slice(s![.., ..dim - principal]).to_owned();
+        Ok(VimState {
+            origin: self.origin,
+            residual,
+            weights: self.weights,
+            bias: self.bias,
+            alpha: f64::NAN,
+            sums: (0.0, 0.0),
+        })
+    }
+}
+
+/// A fitted ViM layer.
+#[derive(Debug)]
+pub(crate) struct VimState {
+    origin: Array1<f64>,
+    residual: Array2<f64>,
+    weights: Array2<f32>,
+    bias: Array1<f32>,
+    alpha: f64,
+    /// Calibration: Σ max-logit and Σ residual norm.
+    sums: (f64, f64),
+}
+
+impl VimState {
+    fn residual_norms(&self, features: ArrayView2<f32>) -> Array1<f64> {
+        let centred = features.mapv(f64::from) - &self.origin;
+        let coordinates = gemm(centred.view(), self.residual.view(), false);
+        coordinates.map_axis(Axis(1), |r| r.dot(&r).sqrt())
+    }
+
+    /// The input's logits, or the head's on its features.
+    fn logits(&self, input: &LayerInput) -> Array2<f32> {
+        match input.logits {
+            Some(logits) => logits.to_owned(),
+            None => input.features.dot(&self.weights.t()) + &self.bias,
+        }
+    }
+}
+
+impl LayerScorer for VimState {
+    fn width(&self) -> usize {
+        self.origin.len()
+    }
+
+    fn needs_calibration(&self) -> bool {
+        true
+    }
+
+    fn calibrate(&mut self, input: &LayerInput) -> Result<()> {
+        let norms = self.residual_norms(input.features);
+        let logits = self.logits(input);
+        let max_logits: f64 = logits
+            .rows()
+            .into_iter()
+            .map(|r| f64::from(r.iter().copied().fold(f32::NEG_INFINITY, f32::max)))
+            .sum();
+        self.sums.0 += max_logits;
+        self.sums.1 += norms.sum();
+        Ok(())
+    }
+
+    fn end_calibration(&mut self) -> Result<()> {
+        let (logit_sum, norm_sum) = self.sums;
+        self.alpha = logit_sum / norm_sum;
+        if !(norm_sum > 0.0 && self.alpha.is_finite()) {
+            return Err(Error::invalid(
+                "principal_dims",
+                "the fitted subspace",
+                "the fit features have no residual off the principal subspace (α undefined): \
+                 keep fewer principal dimensions",
+            ));
+        }
+        Ok(())
+    }
+
+    fn score(&self, input: &LayerInput) -> Result<Array1<f32>> {
+        let norms = self.residual_norms(input.features);
+        let logits = self.logits(input);
+        Ok(logits
+            .rows()
+            .into_iter()
+            .zip(&norms)
+            .map(|(row, &r)| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let lse = f64::from(max)
+                    + row
+                        .iter()
+                        .map(|&v| f64::from(v - max).exp())
+                        .sum::<f64>()
+                        .ln();
+                (self.alpha * r - lse) as f32
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,163 @@
+//! The linear algebra the feature detectors need, by `faer` on `ndarray`
+//! arrays: matrix products (parallel, on rayon's threads), the symmetric
+//! eigendecomposition and pseudo-inverses. Statistics are kept in `f64`.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatMut, MatRef, Side};
+use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, CowArray, Ix2, LinalgScalar};
+
+use crate::error::{Error, Result};
+
+/// The scalars the products run on: `f32` and `f64`.
+pub(crate) trait Scalar: faer::traits::ComplexField + LinalgScalar {}
+impl Scalar for f32 {}
+impl Scalar for f64 {}
+
+/// `a` in row-major memory order (a copy only when it is not already).
+fn standard<'a, T: Clone>(a: &'a ArrayView2<'a, T>) -> CowArray<'a, T, Ix2> {
+    a.as_standard_layout()
+}
+
+/// A faer view of a row-major array.
+fn faer_ref<'a, T>(a: &'a CowArray<'_, T, Ix2>) -> MatRef<'a, T> {
+    let (rows, cols) = a.dim();
+    // `standard` guarantees the row-major layout `as_slice` needs.
+    let slice = a.as_slice().unwrap_or(&[]);
+    MatRef::from_row_major_slice(slice, rows, cols)
+}
+
+/// A mutable faer view of a row-major array.
+fn faer_mut<'a, T>(a: &'a mut ArrayViewMut2<'_, T>) -> Option<MatMut<'a, T>> {
+    let (rows, cols) = a.dim();
+    a.as_slice_mut()
+        .map(|slice| MatMut::from_row_major_slice_mut(slice, rows, cols))
+}
+
+/// `out ← beta·out + a · bᵀ` when `transpose_b`, else `a · b`; `out` must
+/// be row-major (arrays built here are). `accumulate` keeps `out` (β = 1).
+pub(crate) fn gemm_into<T: Scalar>(
+    mut out: ArrayViewMut2<T>,
+    accumulate: bool,
+    a: ArrayView2<T>,
+    b: ArrayView2<T>,
+    transpose_b: bool,
+) {
+    let (a, b) = (standard(&a), standard(&b));
+    let (a, b) = (faer_ref(&a), faer_ref(&b));
+    let b = if transpose_b { b.transpose() } else { b };
+    let beta = if accumulate {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
+    let par = faer::get_global_parallelism();
+    match faer_mut(&mut out) {
+        Some(dst) => matmul(dst, beta, a, b, T::one(), par),
+        None => {
+            // Not row-major: compute aside, then add or copy in.
+            let mut aside = Array2::<T>::zeros(out.dim());
+            if let Some(dst) = faer_mut(&mut aside.view_mut()) {
+                matmul(dst, Accum::Replace, a, b, T::one(), par);
+            }
+            if accumulate {
+                out += &aside;
+            } else {
+                out.assign(&aside);
+            }
+        }
+    }
+}
+
+/// `a · b` (`a · bᵀ` when `transpose_b`).
+pub(crate) fn gemm<T: Scalar>(a: ArrayView2<T>, b: ArrayView2<T>, transpose_b: bool) -> Array2<T> {
+    let cols = if transpose_b { b.nrows() } else { b.ncols() };
+    let mut out = Array2::<T>::zeros((a.nrows(), cols));
+    gemm_into(out.view_mut(), false, a, b, transpose_b);
+    out
+}
+
+/// `out += aᵀ · a` (a scatter matrix update).
+pub(crate) fn add_gram(out: &mut Array2<f64>, a: ArrayView2<f64>) {
+    let a = standard(&a);
+    let a = faer_ref(&a);
+    let par = faer::get_global_parallelism();
+    if let Some(dst) = faer_mut(&mut out.view_mut()) {
+        matmul(dst, Accum::Add, a.transpose(), a, 1.0, par);
+    }
+}
+
+fn to_faer(a: &Array2<f64>) -> Mat<f64> {
+    Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[[i, j]])
+}
+
+fn from_faer(m: MatRef<f64>) -> Array2<f64> {
+    Array2::from_shape_fn((m.nrows(), m.ncols()), |(i, j)| m[(i, j)])
+}
+
+/// Eigenvalues (ascending) and eigenvectors (columns) of the symmetric
+/// matrix `a` (its lower triangle is read).
+pub(crate) fn symmetric_eigen(a: &Array2<f64>, what: &str) -> Result<(Array1<f64>, Array2<f64>)> {
+    let eigen = to_faer(a)
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|e| Error::custom(format!("{what}: the eigendecomposition failed ({e:?})")))?;
+    let values = eigen.S().column_vector().iter().copied().collect();
+    Ok((values, from_faer(eigen.U())))
+}
+
+/// The pseudo-inverse of the symmetric matrix `a`: eigenvalues below
+/// `D · ε · max |λ|` count as zero, so a singular covariance (a constant
+/// feature, fewer samples than dimensions) inverts on its support.
+pub(crate) fn symmetric_pinv(a: &Array2<f64>, what: &str) -> Result<Array2<f64>> {
+    let eigen = to_faer(a)
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|e| Error::custom(format!("{what}: the eigendecomposition failed ({e:?})")))?;
+    Ok(from_faer(eigen.pseudoinverse().as_ref()))
+}
+
+/// The (Moore-Penrose) pseudo-inverse of any matrix, by SVD.
+pub(crate) fn pinv(a: &Array2<f64>, what: &str) -> Result<Array2<f64>> {
+    let svd = to_faer(a)
+        .thin_svd()
+        .map_err(|e| Error::custom(format!("{what}: the SVD failed ({e:?})")))?;
+    Ok(from_faer(svd.pseudoinverse().as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn products_match_ndarray() {
+        let a = array![[1.0_f64, 2.0, 3.0], [4.0, 5.0, 6.0]];
+        let b = array![[1.0_f64, 0.0], [2.0, 1.0], [0.5, -1.0]];
+        assert_eq!(gemm(a.view(), b.view(), false), a.dot(&b));
+        assert_eq!(gemm(a.view(), a.view(), true), a.dot(&a.t()));
+        // Non-standard layouts in and out.
+        assert_eq!(gemm(a.t(), a.t(), true), a.t().dot(&a));
+        let mut out = Array2::<f64>::ones((2, 2)).reversed_axes();
+        gemm_into(out.view_mut(), true, a.view(), b.view(), false);
+        assert_eq!(out, a.dot(&b) + 1.0);
+        let mut g = Array2::<f64>::eye(3);
+        add_gram(&mut g, a.view());
+        assert_eq!(g, a.t().dot(&a) + Array2::<f64>::eye(3));
+    }
+
+    #[test]
+    fn pseudo_inverses_invert_on_the_support() {
+        let a = array![[2.0_f64, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 0.0]];
+        let p = symmetric_pinv(&a, "test").unwrap();
+        let expected = array![[0.5, 0.0, 0.0], [0.0, 0.25, 0.0], [0.0, 0.0, 0.0]];
+        assert!((&p - &expected).iter().all(|d| d.abs() < 1e-12), "{p}");
+        let w = array![[1.0_f64, 2.0], [3.0, 4.0], [5.0, 6.0]];
+        let wp = pinv(&w, "test").unwrap();
+        assert!(
+            (wp.dot(&w) - Array2::<f64>::eye(2))
+                .iter()
+                .all(|d| d.abs() < 1e-10)
+        );
+        let (values, vectors) = symmetric_eigen(&a, "test").unwrap();
+        assert_eq!(values.to_vec(), vec![0.0, 2.0, 4.0]);
+        assert!((vectors[[1, 2]].abs() - 1.0).abs() < 1e-12);
+    }
+}
