@@ -54,7 +54,8 @@
 //! downloads), [`model`] (the [`Model`](model::Model) trait, closures, the
 //! burn adapter), [`detectors`] (the [`Detector`] trait; [`Mls`] and MSP,
 //! energy, entropy, GEN and ODIN on logits; activation shaping in
-//! [`model::Shaping`]),
+//! [`model::Shaping`]; Mahalanobis, RMDS, KNN, ViM, SHE and Gram on
+//! internal features),
 //! [`metrics`] (exact AUROC, FPR@TPR, AUPR) and, with the `burn` feature,
 //! `training` (the toy networks and their trainer). [`prelude`] imports the
 //! common names.

@@ -3,7 +3,8 @@
 pub use crate::batch::Batch;
 pub use crate::datasets::{BatchSource, OodDataset, PrepareConfig, Split};
 pub use crate::detectors::{
-    Detector, Energy, Entropy, Gen, Mls, Odin, OutputActivation, ScoreLogits, ScoreOutput,
+    Aggregation, Detector, Energy, Entropy, Gen, Gram, Knn, Mahalanobis, Mls, Odin,
+    OutputActivation, PrincipalDims, Rmds, ScoreLogits, ScoreOutput, She, Vim,
 };
 pub use crate::error::{Error, Result};
 pub use crate::metrics::bench_metrics;

@@ -1,5 +1,13 @@
 //! OOD detectors: fit on a trained classifier, then score data.
 //!
+//! On logits (any [`Model`](crate::model::Model)): [`Mls`] (and MSP),
+//! [`Energy`], [`Entropy`], [`Gen`], [`Odin`]. On internal features (a
+//! [`FeatureModel`](crate::model::FeatureModel), fitted on
+//! in-distribution data): [`Mahalanobis`], [`Rmds`], [`Knn`], [`Vim`],
+//! [`She`], [`Gram`]; each also fits and scores precomputed features
+//! (`fit_features` / `score_features`), and one fitted on several layers
+//! combines them by an [`Aggregation`].
+//!
 //! **Score sign**: every detector returns scores where *higher means more
 //! OOD* (MLS scores −max logit, MSP −max softmax probability), the
 //! convention [`metrics`](crate::metrics) expects.

@@ -1,0 +1,92 @@
+//! Feature detectors at scale: fit on 50 000 x 512 features of 10 classes,
+//! then score 10 000 (`fit_features` / `score_features`, so only the
+//! detectors' own work is timed).
+//!
+//! `cargo bench --bench feature_detectors`; peak memory of one detector:
+//! `/usr/bin/time -v target/release/deps/feature_detectors-* --bench KNN`
+//! (the data alone: `--bench none`).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use ndarray::{Array1, Array2};
+use oodkit::detectors::{Gram, Knn, Mahalanobis, PrincipalDims, Rmds, She, Vim};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+const FIT: usize = 50_000;
+const SCORED: usize = 10_000;
+const DIM: usize = 512;
+const CLASSES: usize = 10;
+
+fn normal(rng: &mut StdRng) -> f32 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+/// Class centres drawn once (seed 0), samples around them.
+fn features(n: usize, seed: u64) -> (Array2<f32>, Array1<i64>) {
+    let mut centres_rng = StdRng::seed_from_u64(0);
+    let centres = Array2::from_shape_simple_fn((CLASSES, DIM), || 2.0 * normal(&mut centres_rng));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let labels: Array1<i64> = (0..n).map(|i| (i % CLASSES) as i64).collect();
+    let x = Array2::from_shape_fn((n, DIM), |(i, j)| {
+        centres[[labels[i] as usize, j]] + normal(&mut rng)
+    });
+    (x, labels)
+}
+
+fn feature_detectors(c: &mut Criterion) {
+    let (fit, labels) = features(FIT, 1);
+    let (scored, _) = features(SCORED, 2);
+    let mut rng = StdRng::seed_from_u64(3);
+    let weights = Array2::from_shape_simple_fn((CLASSES, DIM), || 0.05 * normal(&mut rng));
+    let bias = Array1::from_shape_simple_fn(CLASSES, || 0.1 * normal(&mut rng));
+
+    let mut group = c.benchmark_group("features_50000x512");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(20));
+
+    macro_rules! detector {
+        ($name:literal, $make:expr) => {{
+            group.bench_function(concat!($name, "/fit"), |b| {
+                b.iter(|| {
+                    let mut detector = $make;
+                    detector.fit_features(fit.view(), labels.view()).unwrap();
+                    black_box(detector)
+                })
+            });
+            // Fitted only when this benchmark runs (not filtered out), so a
+            // filtered run's peak memory is this detector's.
+            let fitted = std::cell::OnceCell::new();
+            group.bench_function(concat!($name, "/score_10000"), |b| {
+                let detector = fitted.get_or_init(|| {
+                    let mut detector = $make;
+                    detector.fit_features(fit.view(), labels.view()).unwrap();
+                    detector
+                });
+                b.iter(|| black_box(detector.score_features(scored.view()).unwrap()))
+            });
+        }};
+    }
+    detector!("Mahalanobis", Mahalanobis::new());
+    detector!("RMDS", Rmds::new());
+    detector!("KNN", Knn::new(50).unwrap());
+    detector!(
+        "ViM",
+        Vim::new(PrincipalDims::Explained(0.9))
+            .unwrap()
+            .with_head(weights.clone(), bias.clone())
+            .unwrap()
+    );
+    detector!("SHE", She::new());
+    detector!("Gram", Gram::default());
+    group.finish();
+}
+
+criterion_group!(benches, feature_detectors);
+criterion_main!(benches);
