@@ -3,6 +3,7 @@
 //! eigendecomposition and pseudo-inverses. Statistics are kept in `f64`.
 
 use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Mat, MatMut, MatRef, Side};
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, CowArray, Ix2, LinalgScalar};
 
@@ -76,14 +77,34 @@ pub(crate) fn gemm<T: Scalar>(a: ArrayView2<T>, b: ArrayView2<T>, transpose_b: b
     out
 }
 
-/// `out += aᵀ · a` (a scatter matrix update).
-pub(crate) fn add_gram(out: &mut Array2<f64>, a: ArrayView2<f64>) {
+/// `out += aᵀ · a` on the lower triangle (diagonal included) only: a
+/// scatter-matrix update at half the cost of the full product. Read the
+/// result through [`symmetrized`] (or a routine that reads the lower
+/// triangle).
+pub(crate) fn add_gram_lower(out: &mut Array2<f64>, a: ArrayView2<f64>) {
     let a = standard(&a);
     let a = faer_ref(&a);
     let par = faer::get_global_parallelism();
     if let Some(dst) = faer_mut(&mut out.view_mut()) {
-        matmul(dst, Accum::Add, a.transpose(), a, 1.0, par);
+        triangular::matmul(
+            dst,
+            BlockStructure::TriangularLower,
+            Accum::Add,
+            a.transpose(),
+            BlockStructure::Rectangular,
+            a,
+            BlockStructure::Rectangular,
+            1.0,
+            par,
+        );
     }
+}
+
+/// The symmetric matrix whose lower triangle is that of `lower`.
+pub(crate) fn symmetrized(lower: &Array2<f64>) -> Array2<f64> {
+    Array2::from_shape_fn(lower.dim(), |(i, j)| {
+        if i >= j { lower[[i, j]] } else { lower[[j, i]] }
+    })
 }
 
 fn to_faer(a: &Array2<f64>) -> Mat<f64> {
@@ -139,8 +160,9 @@ mod tests {
         gemm_into(out.view_mut(), true, a.view(), b.view(), false);
         assert_eq!(out, a.dot(&b) + 1.0);
         let mut g = Array2::<f64>::eye(3);
-        add_gram(&mut g, a.view());
-        assert_eq!(g, a.t().dot(&a) + Array2::<f64>::eye(3));
+        add_gram_lower(&mut g, a.view());
+        assert_eq!(symmetrized(&g), a.t().dot(&a) + Array2::<f64>::eye(3));
+        assert_eq!(g[[0, 2]], 0.0); // the upper triangle is left alone
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 use crate::error::{Error, Result};
-use crate::linalg::add_gram;
+use crate::linalg::{add_gram_lower, symmetrized};
 
 /// Count and mean of one class (or of everything).
 #[derive(Debug, Clone)]
@@ -20,7 +20,8 @@ pub(crate) struct Mean {
 
 /// Class means and the pooled within-class scatter
 /// Σ_c Σ_{i in c} (x_i − μ_c)(x_i − μ_c)ᵀ, optionally with the total mean
-/// and scatter over all samples.
+/// and scatter over all samples. The scatters are accumulated on their
+/// lower triangle only (half the work); the accessors return them whole.
 #[derive(Debug, Clone)]
 pub(crate) struct ClassMoments {
     dim: usize,
@@ -51,7 +52,7 @@ impl ClassMoments {
 
     /// Adds a chunk of features `(n, dim)` with their class labels.
     pub(crate) fn update(&mut self, features: ArrayView2<f32>, labels: ArrayView1<i64>) {
-        let x = features.mapv(f64::from);
+        let mut x = features.mapv(f64::from);
         // The chunk's own class means.
         let mut chunk: BTreeMap<i64, Mean> = BTreeMap::new();
         for (row, &label) in x.rows().into_iter().zip(labels) {
@@ -65,14 +66,26 @@ impl ClassMoments {
         for m in chunk.values_mut() {
             m.mean /= m.count as f64;
         }
-        // Scatter around the chunk's class means, in one product.
-        let mut centred = x.clone();
-        for (mut row, label) in centred.rows_mut().into_iter().zip(labels) {
+        if let Some((total, scatter)) = &mut self.total {
+            let part = Mean {
+                count: x.nrows() as u64,
+                mean: x
+                    .mean_axis(Axis(0))
+                    .unwrap_or_else(|| Array1::zeros(self.dim)),
+            };
+            let centred = &x - &part.mean;
+            add_gram_lower(scatter, centred.view());
+            let update = merge(total, &part);
+            add_rank_updates(scatter, &[update]);
+        }
+        // Scatter around the chunk's class means, in one product (x is
+        // centred in place: it is not needed afterwards).
+        for (mut row, label) in x.rows_mut().into_iter().zip(labels) {
             if let Some(m) = chunk.get(label) {
                 row -= &m.mean;
             }
         }
-        add_gram(&mut self.within, centred.view());
+        add_gram_lower(&mut self.within, x.view());
         let merges: Vec<(f64, Array1<f64>)> = chunk
             .into_iter()
             .map(|(label, part)| {
@@ -85,18 +98,6 @@ impl ClassMoments {
             .collect();
         add_rank_updates(&mut self.within, &merges);
 
-        if let Some((total, scatter)) = &mut self.total {
-            let part = Mean {
-                count: x.nrows() as u64,
-                mean: x
-                    .mean_axis(Axis(0))
-                    .unwrap_or_else(|| Array1::zeros(self.dim)),
-            };
-            let centred = &x - &part.mean;
-            add_gram(scatter, centred.view());
-            let update = merge(total, &part);
-            add_rank_updates(scatter, &[update]);
-        }
     }
 
     /// The width of the features.
@@ -115,13 +116,13 @@ impl ClassMoments {
     }
 
     /// The pooled within-class scatter.
-    pub(crate) fn within(&self) -> &Array2<f64> {
-        &self.within
+    pub(crate) fn within(&self) -> Array2<f64> {
+        symmetrized(&self.within)
     }
 
     /// The total mean and scatter, when kept.
-    pub(crate) fn total(&self) -> Option<&(Mean, Array2<f64>)> {
-        self.total.as_ref()
+    pub(crate) fn total(&self) -> Option<(&Mean, Array2<f64>)> {
+        self.total.as_ref().map(|(m, s)| (m, symmetrized(s)))
     }
 
     /// Errors unless every class has at least `min` samples (and there is
@@ -172,7 +173,7 @@ fn add_rank_updates(scatter: &mut Array2<f64>, updates: &[(f64, Array1<f64>)]) {
     for (mut out, (w, delta)) in stacked.rows_mut().into_iter().zip(rows) {
         out.assign(&(delta * w.sqrt()));
     }
-    add_gram(scatter, stacked.view());
+    add_gram_lower(scatter, stacked.view());
 }
 
 #[cfg(test)]
@@ -233,7 +234,7 @@ mod tests {
             );
             let (total, scatter) = m.total().unwrap();
             let (_, all) = direct(&x.mapv(f64::from), &[0; 7]);
-            assert!((scatter - &all).iter().all(|d| d.abs() < 1e-9));
+            assert!((&scatter - &all).iter().all(|d| d.abs() < 1e-9));
             assert!((total.mean[0] - 307.0 / 7.0).abs() < 1e-12);
         }
     }
