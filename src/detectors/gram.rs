@@ -339,7 +339,10 @@ mod tests {
         let cases = [(0.0, 1.0), (0.1, 1.4), (0.5, 2.0), (0.9, 7.2), (1.0, 10.0)];
         for (q, expected) in cases {
             let mut values = [3.0_f32, 1.0, 2.0, 2.0, 10.0];
-            assert!((quantile(&mut values, q) - expected).abs() < 1e-6, "q = {q}");
+            assert!(
+                (quantile(&mut values, q) - expected).abs() < 1e-6,
+                "q = {q}"
+            );
         }
         assert_eq!(quantile(&mut [4.0], 0.3), 4.0);
     }

@@ -14,11 +14,16 @@ mod config;
 mod conv;
 mod max_pool;
 mod progress;
+mod resnet;
 mod toy_convnet;
 mod toy_mlp;
 mod trainer;
 
 pub use config::{LrSchedule, TrainConfig};
+pub use resnet::{
+    BasicBlock, CIFAR_RESNET_DEPTHS, CifarResNet, CifarResNetConfig, IMAGENET_MEAN, IMAGENET_STD,
+    imagenet_preprocess, option_a_shortcut,
+};
 pub use toy_convnet::{ToyConvnet, ToyConvnetConfig};
 pub use toy_mlp::{ToyMlp, ToyMlpConfig};
 pub use trainer::{Checkpoint, EpochStats, Trained, evaluate, load_checkpoint, train};

@@ -97,7 +97,6 @@ impl ClassMoments {
             })
             .collect();
         add_rank_updates(&mut self.within, &merges);
-
     }
 
     /// The width of the features.
