@@ -25,11 +25,15 @@ pub struct Args {
     pub seed: u64,
     /// Training epochs.
     pub epochs: usize,
+    /// Depth of the pretrained network (the CIFAR-10 example).
+    pub depth: usize,
+    /// The OOD set (the CIFAR-10 example): `svhn` or `mnist`.
+    pub ood: String,
 }
 
 impl Args {
     /// Parses `--data-dir`, `--model-dir`, `--seed`, `--epochs` and, when
-    /// listed in `extra`, `--out-dir` and `--json`; `usage` is shown on
+    /// listed in `extra`, `--out-dir`, `--json`, `--depth` and `--ood`; `usage` is shown on
     /// `--help` and on errors.
     pub fn parse(usage: &str, extra: &[&str]) -> std::result::Result<Args, String> {
         let mut args = Args {
@@ -39,6 +43,8 @@ impl Args {
             json: None,
             seed: 0,
             epochs: 5,
+            depth: 20,
+            ood: "svhn".into(),
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -54,6 +60,10 @@ impl Args {
                 "--model-dir" => args.model_dir = Some(value.into()),
                 "--out-dir" if extra.contains(&"--out-dir") => args.out_dir = Some(value.into()),
                 "--json" if extra.contains(&"--json") => args.json = Some(value.into()),
+                "--depth" if extra.contains(&"--depth") => {
+                    args.depth = value.parse().map_err(|_| number("an integer"))?
+                }
+                "--ood" if extra.contains(&"--ood") => args.ood = value,
                 "--seed" => args.seed = value.parse().map_err(|_| number("an integer"))?,
                 "--epochs" => {
                     args.epochs = value
