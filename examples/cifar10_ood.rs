@@ -104,7 +104,9 @@ fn run(args: &Args) -> Result<()> {
         println!("\n=== {} ===\n{report}", name.to_uppercase());
         #[cfg(feature = "plots")]
         if let Some(dir) = &args.out_dir {
-            plots(dir, name, &scores_in, &scores_out)?;
+            let title = format!("{} (CIFAR-10 vs {})", name.to_uppercase(), args.ood);
+            let files = format!("cifar_{name}");
+            common::plot_scores(dir, &files, &title, name == "msp", &scores_in, &scores_out)?;
         }
         let figure = |m: &str| report.get(m).map_or("null".to_owned(), |v| v.to_string());
         detectors.push(format!(
@@ -171,34 +173,4 @@ fn mnist_as_cifar(digits: &OodDataset) -> Result<OodDataset> {
             .assign(digits.inputs());
     }
     OodDataset::from_arrays(images, digits.labels().clone())
-}
-
-#[cfg(feature = "plots")]
-fn plots(
-    dir: &Path,
-    name: &str,
-    scores_in: &ndarray::Array1<f32>,
-    scores_out: &ndarray::Array1<f32>,
-) -> Result<()> {
-    use oodkit::plots::{RocPlot, ScorePlot, plot_ood_scores, plot_roc_curve};
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::custom(format!("creating {}: {e}", dir.display())))?;
-    let upper = name.to_uppercase();
-    let histogram = ScorePlot::new()
-        .title(format!("{upper} scores (CIFAR-10 vs OOD)"))
-        .log_scale(name == "msp");
-    plot_ood_scores(
-        scores_in,
-        scores_out,
-        &histogram,
-        dir.join(format!("cifar_scores_{name}.png")),
-    )?;
-    let auroc = oodkit::metrics::auroc(scores_in, scores_out)?;
-    let roc = RocPlot::new().title(format!("{upper} ROC curve (AUROC {auroc:.4})"));
-    plot_roc_curve(
-        scores_in,
-        scores_out,
-        &roc,
-        dir.join(format!("cifar_roc_{name}.png")),
-    )
 }

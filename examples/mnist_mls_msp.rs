@@ -65,7 +65,9 @@ fn run(args: &Args) -> Result<()> {
         let report = bench_metrics(&scores_in, &scores_out, &["auroc", "fpr95tpr"])?;
         println!("\n=== {} ===\n{report}", name.to_uppercase());
         if let Some(dir) = &args.out_dir {
-            plots::scores(dir, name, &scores_in, &scores_out)?;
+            // MSP scores pile up near -1: a log scale shows both tails.
+            let title = name.to_uppercase();
+            common::plot_scores(dir, name, &title, name == "msp", &scores_in, &scores_out)?;
         }
         figures.push(Figures { name, report });
     }
@@ -128,46 +130,11 @@ fn number(value: Option<f64>) -> String {
 mod plots {
     use std::path::Path;
 
-    use ndarray::Array1;
+    use oodkit::Result;
     use oodkit::datasets::Prepared;
     use oodkit::model::BurnModel;
-    use oodkit::plots::{
-        FeaturePlot, Projection, RocPlot, ScorePlot, plot_model_features, plot_ood_scores,
-        plot_roc_curve,
-    };
+    use oodkit::plots::{FeaturePlot, Projection, plot_model_features};
     use oodkit::training::ToyConvnet;
-    use oodkit::{Error, Result};
-
-    /// `scores_<name>.png` and `roc_<name>.png` in `dir`.
-    pub fn scores(
-        dir: &Path,
-        name: &str,
-        scores_in: &Array1<f32>,
-        scores_out: &Array1<f32>,
-    ) -> Result<()> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::custom(format!("creating {}: {e}", dir.display())))?;
-        let upper = name.to_uppercase();
-        // MSP scores pile up near -1: a log scale shows both tails.
-        let histogram = ScorePlot::new()
-            .title(format!("{upper} scores"))
-            .log_scale(name == "msp");
-        plot_ood_scores(
-            scores_in,
-            scores_out,
-            &histogram,
-            dir.join(format!("scores_{name}.png")),
-        )?;
-        let auroc = oodkit::metrics::auroc(scores_in, scores_out)?;
-        let roc = RocPlot::new().title(format!("{upper} ROC curve (AUROC {auroc:.4})"));
-        plot_roc_curve(
-            scores_in,
-            scores_out,
-            &roc,
-            dir.join(format!("roc_{name}.png")),
-        )?;
-        Ok(())
-    }
 
     /// `features_2d.png`: the penultimate layer of ID and OOD test images.
     pub fn features(

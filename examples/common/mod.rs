@@ -1,5 +1,6 @@
-//! What the MNIST 0-4 vs 5-9 examples share: their command line, the data of
-//! the reference experiment, and its network, trained or loaded.
+//! What the examples share: their command line, the data of the MNIST
+//! 0-4 vs 5-9 experiment and its network, trained or loaded, and the score
+//! plots.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -193,4 +194,38 @@ pub fn trained_or_loaded(
     );
     let seconds = trained.train_seconds();
     Ok((trained.model, Some(seconds)))
+}
+
+/// `scores_<files>.png` (histograms, log scale when asked) and
+/// `roc_<files>.png` in `dir`, titled with `title`.
+#[cfg(feature = "plots")]
+#[allow(dead_code)] // not every example draws
+pub fn plot_scores(
+    dir: &Path,
+    files: &str,
+    title: &str,
+    log_scale: bool,
+    scores_in: &ndarray::Array1<f32>,
+    scores_out: &ndarray::Array1<f32>,
+) -> Result<()> {
+    use oodkit::plots::{RocPlot, ScorePlot, plot_ood_scores, plot_roc_curve};
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::custom(format!("creating {}: {e}", dir.display())))?;
+    let histogram = ScorePlot::new()
+        .title(format!("{title} scores"))
+        .log_scale(log_scale);
+    plot_ood_scores(
+        scores_in,
+        scores_out,
+        &histogram,
+        dir.join(format!("scores_{files}.png")),
+    )?;
+    let auroc = oodkit::metrics::auroc(scores_in, scores_out)?;
+    let roc = RocPlot::new().title(format!("{title} ROC curve (AUROC {auroc:.4})"));
+    plot_roc_curve(
+        scores_in,
+        scores_out,
+        &roc,
+        dir.join(format!("roc_{files}.png")),
+    )
 }
