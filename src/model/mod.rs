@@ -40,6 +40,8 @@ use crate::error::{Error, Result};
 #[cfg(feature = "burn")]
 mod burn;
 mod closure;
+#[cfg(feature = "onnx")]
+mod onnx;
 mod shaping;
 
 #[cfg(feature = "burn")]
@@ -49,6 +51,8 @@ pub use self::burn::{BurnClassifier, BurnModel, array_to_tensor, tensor_to_array
 pub use closure::{
     FnFeatureModel, FnGradientModel, FnModel, from_fn, from_fn_with_features, from_fn_with_gradient,
 };
+#[cfg(feature = "onnx")]
+pub use onnx::OnnxModel;
 pub use shaping::Shaping;
 
 /// A classifier: a batch of inputs in, its logits out.

@@ -1,0 +1,219 @@
+//! Any network exported to ONNX (from PyTorch, Keras, ...), run by `tract`
+//! (pure Rust, nothing downloaded at run time). Feature `onnx`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ndarray::{Array2, Array4, ArrayView4};
+use tract_onnx::prelude::{
+    Framework, InferenceModelExt, IntoRunnable, TValue, Tensor, TypedRunnableModel, tvec,
+};
+
+use super::closure::LOGITS;
+use super::{FeatureModel, LayerId, Model, ModelOutput, pick_layers, resolve_layers};
+use crate::error::{Error, Result};
+
+/// An ONNX graph as a [`Model`] and a [`FeatureModel`]: `(N, C, H, W)`
+/// `f32` batches in, its first output (the logits, `(N, classes)`) out,
+/// and any named intermediate outputs as features (flattened to `(N, D)`).
+///
+/// The batch size is whatever the graph declares: a dynamic first axis
+/// (`torch.onnx.export(..., dynamic_axes={"input": {0: "batch"}})`) takes
+/// any batch; a fixed one takes only that size, and another batch is an
+/// error saying so.
+///
+/// ```no_run
+/// use oodkit::detectors::{Detector, Knn, Mls};
+/// use oodkit::model::OnnxModel;
+///
+/// // Exported from PyTorch with a dynamic batch axis.
+/// let model = OnnxModel::load_with_features("resnet.onnx", &["penultimate"])?;
+/// let mut mls = Mls::new();
+/// mls.fit(&model, None)?;
+/// let mut knn = Knn::new(50)?;
+/// # let fit_data: oodkit::OodDataset = unimplemented!();
+/// knn.fit(&model, Some(&fit_data))?;
+/// # Ok::<(), oodkit::Error>(())
+/// ```
+pub struct OnnxModel {
+    plan: Arc<TypedRunnableModel>,
+    /// The feature outputs, then the logits.
+    layer_names: Vec<String>,
+    /// The batch size the graph fixes, if it does.
+    fixed_batch: Option<usize>,
+}
+
+impl std::fmt::Debug for OnnxModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxModel")
+            .field("layer_names", &self.layer_names)
+            .field("fixed_batch", &self.fixed_batch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A tract error as ours, naming what was being done.
+fn tract_error(what: &str, path: &Path) -> impl Fn(tract_onnx::prelude::TractError) -> Error {
+    let (what, path) = (what.to_owned(), path.to_path_buf());
+    move |e| Error::Backend(format!("ONNX ({}): {what}: {e:#}", path.display()))
+}
+
+impl OnnxModel {
+    /// Loads the graph at `path`; its first output is the logits.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load_with_features(path, &[])
+    }
+
+    /// Loads the graph at `path` and also exposes the outputs of the nodes
+    /// named in `features` (in that order) as feature layers, before the
+    /// logits (the graph's first output). An unknown name is an error.
+    pub fn load_with_features(path: impl AsRef<Path>, features: &[&str]) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(Error::MissingFile {
+                path: path.to_path_buf(),
+                hint: "give the path of an .onnx file".into(),
+            });
+        }
+        let mut model = tract_onnx::onnx()
+            .model_for_path(path)
+            .map_err(|e| Error::corrupt(path, None, format!("not a readable ONNX graph: {e:#}")))?;
+        let logits = model
+            .output_outlets()
+            .map_err(tract_error("reading its outputs", path))?
+            .first()
+            .copied()
+            .ok_or_else(|| Error::corrupt(path, None, "the graph has no output"))?;
+        let logits_name = model
+            .outlet_labels
+            .get(&logits)
+            .cloned()
+            .unwrap_or_else(|| model.node(logits.node).name.clone());
+        let mut names: Vec<String> = features.iter().map(|s| (*s).to_owned()).collect();
+        for name in &names {
+            if model.node_by_name(name).is_err() {
+                return Err(Error::InvalidParameter {
+                    name: "features",
+                    value: name.clone(),
+                    reason: format!("no node of that name in {}", path.display()),
+                });
+            }
+        }
+        let mut outputs = names.clone();
+        outputs.push(logits_name);
+        model
+            .select_outputs_by_name(&outputs)
+            .map_err(tract_error("selecting the outputs", path))?;
+        let typed = model
+            .into_optimized()
+            .map_err(tract_error("analysing the graph", path))?;
+        let input = typed
+            .input_fact(0)
+            .map_err(tract_error("reading its input", path))?;
+        if input.rank() != 4 {
+            return Err(Error::Unsupported {
+                what: format!("an ONNX input of rank {}", input.rank()),
+                hint: "OnnxModel takes image batches (N, C, H, W)".into(),
+            });
+        }
+        let fixed_batch = input.shape[0].to_i64().ok().map(|b| b as usize);
+        let plan = typed
+            .into_runnable()
+            .map_err(tract_error("planning the graph", path))?;
+        names.push(LOGITS.to_owned());
+        Ok(OnnxModel {
+            plan,
+            layer_names: names,
+            fixed_batch,
+        })
+    }
+
+    /// The batch size the graph fixes, `None` when it is dynamic.
+    pub fn fixed_batch(&self) -> Option<usize> {
+        self.fixed_batch
+    }
+
+    /// Runs the graph; every output flattened to `(N, D)`.
+    fn run(&self, inputs: Array4<f32>) -> Result<Vec<Array2<f32>>> {
+        let n = inputs.shape()[0];
+        if let Some(fixed) = self.fixed_batch
+            && fixed != n
+        {
+            return Err(Error::ShapeMismatch {
+                what: "batch for the ONNX graph".into(),
+                expected: format!(
+                    "{fixed} inputs: the graph fixes its batch size (prepare batches of \
+                     {fixed}, or export it with a dynamic batch axis)"
+                ),
+                found: format!("{n}"),
+            });
+        }
+        let shape = inputs.shape().to_vec();
+        let outputs = self
+            .plan
+            .run(tvec![TValue::from(Tensor::from(inputs))])
+            .map_err(|e| {
+                Error::Backend(format!(
+                    "the ONNX graph failed on inputs of shape {shape:?}: {e:#}"
+                ))
+            })?;
+        outputs
+            .iter()
+            .map(|value| {
+                let view = value
+                    .to_plain_array_view::<f32>()
+                    .map_err(|e| Error::Backend(format!("an ONNX output is not f32: {e:#}")))?;
+                let rows = view.shape().first().copied().unwrap_or(0);
+                if rows != n {
+                    return Err(Error::ShapeMismatch {
+                        what: "ONNX output".into(),
+                        expected: format!("({n}, ...): one row per input"),
+                        found: format!("{:?}", view.shape()),
+                    });
+                }
+                let width = view.len() / n.max(1);
+                Ok(view
+                    .as_standard_layout()
+                    .into_owned()
+                    .into_shape_with_order((n, width))?)
+            })
+            .collect()
+    }
+}
+
+impl Model for OnnxModel {
+    fn forward(&self, inputs: ArrayView4<f32>) -> Result<Array2<f32>> {
+        self.forward_owned(inputs.to_owned())
+    }
+
+    fn forward_owned(&self, inputs: Array4<f32>) -> Result<Array2<f32>> {
+        let mut outputs = self.run(inputs)?;
+        outputs
+            .pop()
+            .ok_or_else(|| Error::Backend("the ONNX graph returned nothing".into()))
+    }
+}
+
+impl FeatureModel for OnnxModel {
+    fn layer_names(&self) -> Vec<String> {
+        self.layer_names.clone()
+    }
+
+    fn forward_features(&self, inputs: ArrayView4<f32>, layers: &[LayerId]) -> Result<ModelOutput> {
+        self.forward_features_owned(inputs.to_owned(), layers)
+    }
+
+    fn forward_features_owned(
+        &self,
+        inputs: Array4<f32>,
+        layers: &[LayerId],
+    ) -> Result<ModelOutput> {
+        let positions = resolve_layers(layers, &self.layer_names)?;
+        let mut all = self.run(inputs)?;
+        let logits = all
+            .pop()
+            .ok_or_else(|| Error::Backend("the ONNX graph returned nothing".into()))?;
+        let features = pick_layers(&positions, &all, &logits);
+        Ok(ModelOutput { features, logits })
+    }
+}
