@@ -612,6 +612,11 @@ fn bad_input_is_an_error() {
     assert!(Gram::new([], 0.01).is_err());
     assert!(Gram::new([1], 0.5).is_err());
     assert!(Vim::new(PrincipalDims::Explained(1.0)).is_err());
+    // A head whose weights and bias disagree on the number of classes.
+    let err = Vim::default()
+        .with_head(Array2::zeros((2, 3)), Array1::zeros(3))
+        .unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
     let mut far = Mahalanobis::new().with_layers([7]).unwrap();
     assert!(far.fit(&model, Some(&data)).is_err());
     // ViM through a model without a head.

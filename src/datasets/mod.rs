@@ -20,6 +20,7 @@ pub mod svhn;
 
 pub use dataset::OodDataset;
 pub use prepare::{Batches, PrepareConfig, Prepared, PreprocessFn};
+pub(crate) use source::require_fit_data;
 pub use source::{BatchIter, BatchSource};
 
 use crate::error::{Error, Result};

@@ -2,7 +2,7 @@
 
 use super::{OodDataset, PrepareConfig, Prepared};
 use crate::batch::Batch;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A boxed stream of batches, as [`BatchSource::batches`] returns it.
 pub type BatchIter<'a> = Box<dyn Iterator<Item = Result<Batch>> + 'a>;
@@ -76,4 +76,18 @@ impl OodDataset {
     /// The batch size used when a dataset is scored as it is (as a
     /// [`BatchSource`]) rather than through [`prepare`](OodDataset::prepare).
     pub const DEFAULT_BATCH_SIZE: usize = 128;
+}
+
+/// The fit data, or an [`Error::InvalidParameter`] on `fit_data` saying
+/// why it is needed (`why`, e.g. "Mahalanobis fits statistics of
+/// in-distribution features").
+pub(crate) fn require_fit_data<'a>(
+    fit_data: Option<&'a dyn BatchSource>,
+    why: &str,
+) -> Result<&'a dyn BatchSource> {
+    fit_data.ok_or_else(|| Error::InvalidParameter {
+        name: "fit_data",
+        value: "None".into(),
+        reason: format!("{why}: pass fit data, e.g. (part of) the training set"),
+    })
 }

@@ -245,6 +245,7 @@ impl LayerFitter for GramFitter {
         Ok(GramBounds {
             dim: self.dim,
             mult: self.mult,
+            weights: self.mult.weights(),
             bounds,
         })
     }
@@ -271,13 +272,14 @@ fn quantile(values: &mut [f32], q: f64) -> f64 {
 pub(crate) struct GramBounds {
     dim: usize,
     mult: Multiplicities,
+    /// `mult.weights()`, once: the deviation runs per sample and class.
+    weights: Vec<f64>,
     bounds: BTreeMap<i64, (Vec<f64>, Vec<f64>)>,
 }
 
 impl GramBounds {
     /// The weighted deviation of statistics `stats` outside the bounds.
     fn deviation(&self, stats: &[f32], (lo, hi): &(Vec<f64>, Vec<f64>)) -> f64 {
-        let weights = self.mult.weights();
         let mut total = 0.0;
         for (j, &s) in stats.iter().enumerate() {
             let s = f64::from(s);
@@ -288,7 +290,7 @@ impl GramBounds {
             } else {
                 0.0
             };
-            total += weights[j / self.dim] * dev;
+            total += self.weights[j / self.dim] * dev;
         }
         total
     }
@@ -300,7 +302,13 @@ impl LayerScorer for GramBounds {
     }
 
     fn score(&self, input: &LayerInput) -> Result<Array1<f32>> {
-        let predicted = input.logits.map(|_| classes(input)).unwrap_or_default();
+        // The predictions when there are logits; none on precomputed
+        // features (whose input carries no labels either).
+        let predicted = if input.logits.is_some() {
+            classes(input)
+        } else {
+            None
+        };
         let mut stats = Vec::new();
         let mut scores = Array1::zeros(input.features.nrows());
         for (i, row) in input.features.axis_iter(Axis(0)).enumerate() {

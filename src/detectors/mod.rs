@@ -176,21 +176,6 @@ pub trait ScoreLogits {
     fn score_logits(&self, logits: ArrayView2<f32>) -> Result<Array1<f32>>;
 }
 
-/// The fit data, or an error saying `detector` needs it.
-pub(crate) fn check_fit_data<'a>(
-    fit_data: Option<&'a dyn BatchSource>,
-    detector: &str,
-) -> Result<&'a dyn BatchSource> {
-    fit_data.ok_or_else(|| Error::InvalidParameter {
-        name: "fit_data",
-        value: "None".into(),
-        reason: format!(
-            "{detector} fits statistics of in-distribution features: pass fit data, e.g. \
-             (part of) the training set"
-        ),
-    })
-}
-
 /// Concatenates per-batch outputs, checking that every batch has the same
 /// number of classes; labels are kept while every batch has them.
 #[derive(Debug)]

@@ -1,6 +1,6 @@
 //! ViM, the virtual-logit matching score (Wang et al., CVPR 2022).
 
-use ndarray::{Array1, Array2, ArrayView2, Axis, s};
+use ndarray::{Array1, Array2, ArrayView2, Axis, CowArray, Ix2, s};
 
 use super::features::moments::ClassMoments;
 use super::features::{
@@ -8,7 +8,7 @@ use super::features::{
 };
 use crate::error::{Error, Result};
 use crate::linalg::{gemm, pinv, symmetric_eigen};
-use crate::model::FeatureModel;
+use crate::model::{FeatureModel, check_head};
 
 /// How many principal dimensions of the in-distribution features ViM
 /// keeps; the rest is the residual space.
@@ -101,13 +101,7 @@ impl Vim<'_> {
     /// The last layer's weights `(classes, D)` and bias `(classes,)`,
     /// used instead of the model's. Errors when their shapes disagree.
     pub fn with_head(mut self, weights: Array2<f32>, bias: Array1<f32>) -> Result<Self> {
-        if weights.nrows() != bias.len() || weights.is_empty() {
-            return Err(Error::ShapeMismatch {
-                what: "ViM head weights and bias".into(),
-                expected: "weights (num_classes, D) and bias (num_classes,), non-empty".into(),
-                found: format!("weights {:?}, bias {:?}", weights.shape(), bias.shape()),
-            });
-        }
+        check_head(&weights, &bias, "ViM head weights and bias")?;
         self.method.head = Some((weights, bias));
         Ok(self)
     }
@@ -157,6 +151,7 @@ impl FeatureMethod for VimMethod {
                 });
             }
         };
+        check_head(&weights, &bias, "ViM head weights and bias")?;
         if weights.ncols() != dim {
             return Err(Error::ShapeMismatch {
                 what: "ViM head weights vs the features".into(),
@@ -266,10 +261,10 @@ impl VimState {
     }
 
     /// The input's logits, or the head's on its features.
-    fn logits(&self, input: &LayerInput) -> Array2<f32> {
+    fn logits<'a>(&self, input: &LayerInput<'a>) -> CowArray<'a, f32, Ix2> {
         match input.logits {
-            Some(logits) => logits.to_owned(),
-            None => input.features.dot(&self.weights.t()) + &self.bias,
+            Some(logits) => logits.into(),
+            None => (input.features.dot(&self.weights.t()) + &self.bias).into(),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::fmt;
 
 use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayView4};
 
-use super::{FeatureModel, LayerId, Model, ModelOutput, pick_layers, resolve_layers};
+use super::{FeatureModel, LayerId, Model, ModelOutput, check_head, pick_layers, resolve_layers};
 use crate::error::{Error, Result};
 
 /// A [`Model`] made of a closure; see [`from_fn`].
@@ -198,13 +198,7 @@ where
                 "the model declares no feature layer for the head to read",
             ));
         }
-        if weights.nrows() != bias.len() || weights.nrows() == 0 || weights.ncols() == 0 {
-            return Err(Error::ShapeMismatch {
-                what: "head weights and bias".into(),
-                expected: "weights (num_classes, D) and bias (num_classes,), both non-empty".into(),
-                found: format!("weights {:?}, bias {:?}", weights.shape(), bias.shape()),
-            });
-        }
+        check_head(&weights, &bias, "head weights and bias")?;
         self.head = Some((weights, bias));
         Ok(self)
     }

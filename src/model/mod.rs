@@ -303,6 +303,19 @@ pub(crate) fn pick_layers<T: Clone>(positions: &[usize], features: &[T], logits:
         .collect()
 }
 
+/// Checks a last layer's `weights` `(num_classes, D)` and `bias`
+/// `(num_classes,)`: matching class counts, nothing empty. `what` names them.
+pub(crate) fn check_head(weights: &Array2<f32>, bias: &Array1<f32>, what: &str) -> Result<()> {
+    if weights.nrows() != bias.len() || weights.is_empty() {
+        return Err(Error::ShapeMismatch {
+            what: what.into(),
+            expected: "weights (num_classes, D) and bias (num_classes,), both non-empty".into(),
+            found: format!("weights {:?}, bias {:?}", weights.shape(), bias.shape()),
+        });
+    }
+    Ok(())
+}
+
 /// The predicted class of a row of logits: the index of its first largest
 /// value (NaN never wins).
 pub(crate) fn argmax(values: impl IntoIterator<Item = f32>) -> usize {

@@ -10,7 +10,7 @@
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 
 use super::{FeatureModel, LayerId};
-use crate::datasets::BatchSource;
+use crate::datasets::{BatchSource, require_fit_data};
 use crate::error::{Error, Result};
 
 /// How the penultimate activations are shaped before the last layer.
@@ -52,11 +52,7 @@ impl Shaping {
         if !(quantile > 0.0 && quantile <= 1.0) {
             return Err(Error::invalid("quantile", quantile, "must be in (0, 1]"));
         }
-        let fit_data = fit_data.ok_or_else(|| Error::InvalidParameter {
-            name: "fit_data",
-            value: "None".into(),
-            reason: "ReAct fits its threshold on ID activations: pass fit data".into(),
-        })?;
+        let fit_data = require_fit_data(fit_data, "ReAct fits its threshold on ID activations")?;
         let penultimate = [LayerId::Index(-2)];
         let mut values = Vec::new();
         for batch in fit_data.batches()? {

@@ -276,7 +276,7 @@ impl CifarResNet {
         })?;
         let file = SafeTensors::deserialize(&bytes)
             .map_err(|e| Error::corrupt(path, None, format!("not a safetensors file: {e}")))?;
-        let mut weights = Weights::new(&file, path, device);
+        let weights = Weights::new(&file, path, device);
         let classes = weights.len_of("linear.bias")?;
         let mut net = CifarResNetConfig::new(depth, classes).init(device)?;
         net.conv1.weight = weights.param("conv1.weight", [16, 3, 3, 3])?;
@@ -403,7 +403,7 @@ impl<'a> Weights<'a> {
     }
 
     /// A BatchNorm's weight, bias and running statistics from `prefix.*`.
-    fn batch_norm(&mut self, bn: &mut BatchNorm, prefix: &str, size: usize) -> Result<()> {
+    fn batch_norm(&self, bn: &mut BatchNorm, prefix: &str, size: usize) -> Result<()> {
         bn.gamma = self.param(&format!("{prefix}.weight"), [size])?;
         bn.beta = self.param(&format!("{prefix}.bias"), [size])?;
         bn.running_mean =

@@ -7,10 +7,10 @@ use std::fmt;
 
 use ndarray::{Array1, ArrayView1, ArrayView2, Axis, concatenate};
 
+use super::ScoreOutput;
 use super::odin::Odin;
-use super::{ScoreOutput, check_fit_data};
 use crate::batch::Batch;
-use crate::datasets::BatchSource;
+use crate::datasets::{BatchSource, require_fit_data};
 use crate::error::{Error, Result};
 use crate::model::{FeatureModel, LayerId, check_logits, resolve_layers};
 
@@ -164,14 +164,15 @@ impl<'m, S: LayerScorer> FeatureCore<'m, S> {
         model: Box<dyn FeatureModel + 'm>,
         fit_data: Option<&dyn BatchSource>,
     ) -> Result<()> {
-        let data = check_fit_data(fit_data, method.name())?;
-        if self.layers.is_empty() {
-            return Err(Error::invalid(
-                "layers",
-                "[]",
-                "give at least one layer (e.g. -2, the penultimate one)",
-            ));
-        }
+        // `layers` is never empty: the default is [-2] and `with_layers`
+        // rejects an empty list.
+        let data = require_fit_data(
+            fit_data,
+            &format!(
+                "{} fits statistics of in-distribution features",
+                method.name()
+            ),
+        )?;
         resolve_layers(&self.layers, &model.layer_names())?;
         let mut fitters: Vec<Option<M::Fitter>> = self.layers.iter().map(|_| None).collect();
         let mut pass = Pass::new(model.as_ref(), &self.layers, method.name());
@@ -306,21 +307,21 @@ impl<'m, S: LayerScorer> FeatureCore<'m, S> {
     ) -> Result<ScoreOutput> {
         let model = self.model.as_deref().ok_or(Error::NotFitted { detector })?;
         let n = batch.len();
-        let (out, logits) = match perturb {
+        // With ODIN's step, the logits returned are the unperturbed inputs'.
+        let (out, unperturbed) = match perturb {
             Some(odin) if odin.epsilon() > 0.0 => {
                 let logits = model.forward(batch.inputs.view())?;
                 check_logits(&logits, n)?;
                 let perturbed = odin.perturb(model, batch.inputs, logits.view())?;
                 (
                     model.forward_features_owned(perturbed, &self.layers)?,
-                    logits,
+                    Some(logits),
                 )
             }
-            _ => {
-                let out = model.forward_features_owned(batch.inputs, &self.layers)?;
-                let logits = out.logits.clone();
-                (out, logits)
-            }
+            _ => (
+                model.forward_features_owned(batch.inputs, &self.layers)?,
+                None,
+            ),
         };
         check_logits(&out.logits, n)?;
         let mut per_layer = Vec::with_capacity(self.fitted.len());
@@ -343,7 +344,7 @@ impl<'m, S: LayerScorer> FeatureCore<'m, S> {
         };
         Ok(ScoreOutput {
             scores,
-            logits,
+            logits: unperturbed.unwrap_or(out.logits),
             labels: batch.labels,
         })
     }
