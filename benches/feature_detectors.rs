@@ -9,9 +9,12 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use ndarray::{Array1, Array2};
-use oodkit::detectors::{Gram, Knn, Mahalanobis, PrincipalDims, Rmds, She, Vim};
+use oodkit::detectors::{
+    FeatureDetector, Gram, Knn, Mahalanobis, PrincipalDims, Rmds, ScoreFeatures, She, Vim,
+};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -51,41 +54,47 @@ fn feature_detectors(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(20));
 
-    macro_rules! detector {
-        ($name:literal, $make:expr) => {{
-            group.bench_function(concat!($name, "/fit"), |b| {
-                b.iter(|| {
-                    let mut detector = $make;
-                    detector.fit_features(fit.view(), labels.view()).unwrap();
-                    black_box(detector)
-                })
-            });
-            // Fitted only when this benchmark runs (not filtered out), so a
-            // filtered run's peak memory is this detector's.
-            let fitted = std::cell::OnceCell::new();
-            group.bench_function(concat!($name, "/score_10000"), |b| {
-                let detector = fitted.get_or_init(|| {
-                    let mut detector = $make;
-                    detector.fit_features(fit.view(), labels.view()).unwrap();
-                    detector
-                });
-                b.iter(|| black_box(detector.score_features(scored.view()).unwrap()))
-            });
-        }};
-    }
-    detector!("Mahalanobis", Mahalanobis::new());
-    detector!("RMDS", Rmds::new());
-    detector!("KNN", Knn::new(50).unwrap());
-    detector!(
-        "ViM",
-        Vim::new(PrincipalDims::Explained(0.9))
-            .unwrap()
-            .with_head(weights.clone(), bias.clone())
-            .unwrap()
-    );
-    detector!("SHE", She::new());
-    detector!("Gram", Gram::default());
+    let data = Data {
+        fit: &fit,
+        labels: &labels,
+        scored: &scored,
+    };
+    bench(&mut group, &data, Mahalanobis::new());
+    bench(&mut group, &data, Rmds::new());
+    bench(&mut group, &data, Knn::new(50).unwrap());
+    let vim = Vim::new(PrincipalDims::Explained(0.9))
+        .unwrap()
+        .with_head(weights, bias)
+        .unwrap();
+    bench(&mut group, &data, vim);
+    bench(&mut group, &data, She::new());
+    bench(&mut group, &data, Gram::default());
     group.finish();
+}
+
+/// The fit features, their labels and the features scored.
+struct Data<'a> {
+    fit: &'a Array2<f32>,
+    labels: &'a Array1<i64>,
+    scored: &'a Array2<f32>,
+}
+
+/// Benchmarks fitting `detector` on the fit features, and scoring.
+fn bench<D: FeatureDetector>(group: &mut BenchmarkGroup<WallTime>, data: &Data, detector: D) {
+    let name = detector.name();
+    let fit = || {
+        detector
+            .fit_features(data.fit.view(), data.labels.view())
+            .unwrap()
+    };
+    group.bench_function(format!("{name}/fit"), |b| b.iter(|| black_box(fit())));
+    // Fitted only when this benchmark runs (not filtered out), so a filtered
+    // run's peak memory is this detector's.
+    let fitted = std::cell::OnceCell::new();
+    group.bench_function(format!("{name}/score_10000"), |b| {
+        let fitted = fitted.get_or_init(fit);
+        b.iter(|| black_box(fitted.score_features(data.scored.view()).unwrap()))
+    });
 }
 
 criterion_group!(benches, feature_detectors);

@@ -12,7 +12,7 @@ use burn::tensor::Device;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ndarray::Array4;
 use oodkit::model::{BurnModel, Model};
-use oodkit::training::CifarResNetConfig;
+use oodkit::nets::CifarResNetConfig;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 

@@ -14,7 +14,7 @@ use ndarray::{Array1, Array2, Array4};
 use oodkit::datasets::{OodDataset, PrepareConfig};
 use oodkit::detectors::{Detector, Mls, ScoreLogits};
 use oodkit::model::{BurnModel, array_to_tensor, tensor_to_array};
-use oodkit::training::ToyConvnetConfig;
+use oodkit::nets::ToyConvnetConfig;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -33,8 +33,7 @@ fn pipeline(c: &mut Criterion) {
     let ds = OodDataset::from_arrays(inputs.clone(), Array1::zeros(IMAGES)).unwrap();
     let prepared = ds.prepare(&PrepareConfig::new(BATCH)).unwrap();
     let model = BurnModel::new(module, &device);
-    let mut mls = Mls::new();
-    mls.fit(&model, None).unwrap();
+    let mls = Mls::new().fit(&model, None).unwrap();
 
     let mut group = c.benchmark_group("toy_convnet_10k");
     group
@@ -82,7 +81,7 @@ fn pipeline(c: &mut Criterion) {
     // The detector math alone on the 10 000 x 10 logits.
     let logits = Array2::from_shape_fn((IMAGES, 10), |(i, j)| ((i * 7 + j * 3) % 17) as f32);
     group.bench_function("score_logits_only", |b| {
-        b.iter(|| black_box(mls.score_logits(logits.view()).unwrap()))
+        b.iter(|| black_box(mls.fitted().score_logits(logits.view()).unwrap()))
     });
     group.finish();
 }

@@ -17,7 +17,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use oodkit::model::BurnClassifier;
-use oodkit::training::ToyConvnetConfig;
+use oodkit::nets::ToyConvnetConfig;
 
 const BATCH: usize = 128;
 

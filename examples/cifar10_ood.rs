@@ -29,11 +29,12 @@ use std::time::Instant;
 use burn::tensor::Device;
 use common::Args;
 use ndarray::{Array4, s};
+use oodkit::datasets::transforms::imagenet_preprocess;
 use oodkit::datasets::{OodDataset, PrepareConfig, Split, cifar10, data_root, mnist, svhn};
 use oodkit::detectors::{Detector, Mls, ScoreLogits};
-use oodkit::metrics::bench_metrics;
+use oodkit::metrics::{accuracy, bench_metrics};
 use oodkit::model::BurnModel;
-use oodkit::training::{CifarResNet, imagenet_preprocess};
+use oodkit::nets::CifarResNet;
 use oodkit::{Error, Result};
 
 const USAGE: &str = "usage: cifar10_ood [--data-dir DIR] [--depth 20|32|44|56] \
@@ -74,8 +75,7 @@ fn run(args: &Args) -> Result<()> {
     // give the accuracy and MSP's scores.
     let config = PrepareConfig::new(500).preprocess(imagenet_preprocess);
     let started = Instant::now();
-    let mut mls = Mls::new();
-    mls.fit(&model, None)?;
+    let mls = Mls::new().fit(&model, None)?;
     let scored_in = mls.score(&ds_in.prepare(&config)?)?;
     let scored_out = mls.score(&ds_out.prepare(&config)?)?;
     let seconds = started.elapsed().as_secs_f64();
@@ -83,11 +83,7 @@ fn run(args: &Args) -> Result<()> {
         .labels
         .as_ref()
         .ok_or_else(|| Error::custom("the CIFAR-10 batches lost their labels"))?;
-    let correct = (scored_in.predictions() - labels)
-        .iter()
-        .filter(|&&d| d == 0)
-        .count();
-    let accuracy = correct as f64 / labels.len() as f64;
+    let accuracy = accuracy(scored_in.logits.view(), labels.view())?;
     println!("Test accuracy:\t{accuracy:.4}");
 
     let msp = Mls::msp();

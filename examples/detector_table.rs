@@ -21,18 +21,12 @@ use burn::tensor::Device;
 use common::{Args, Mnist04, trained_or_loaded};
 use oodkit::datasets::BatchSource;
 use oodkit::detectors::{
-    Detector, Energy, Entropy, Gen, Gram, Knn, Mahalanobis, Mls, Odin, Rmds, She, Vim,
+    Detector, Energy, Entropy, FeatureDetector, FittedDetector, Gen, Gram, IntoModel, Knn,
+    Mahalanobis, Mls, Odin, Rmds, She, Vim,
 };
 use oodkit::metrics::bench_metrics;
-use oodkit::model::{BurnModel, FeatureModel, Model, Shaping};
-use oodkit::training::ToyConvnet;
-use oodkit::training::evaluate;
+use oodkit::model::{BurnModel, Shaping, evaluate};
 use oodkit::{Error, Result};
-
-/// A detector on logits, whichever it is.
-type LogitDetector<'m> = Box<dyn Detector<Network = dyn Model + 'm> + 'm>;
-/// A detector on features, whichever it is.
-type FeatureDetector<'m> = Box<dyn Detector<Network = dyn FeatureModel + 'm> + 'm>;
 
 const USAGE: &str =
     "usage: detector_table [--data-dir DIR] [--model-dir DIR] [--seed N] [--epochs N]";
@@ -67,97 +61,97 @@ fn run(args: &Args) -> Result<()> {
         shaped_models.push((name, model.clone().with_shaping(shaping)?));
     }
 
-    let mut detectors: Vec<(String, LogitDetector, &BurnModel<ToyConvnet>)> = vec![
-        ("MLS".into(), Box::new(Mls::new()), &model),
-        ("MSP".into(), Box::new(Mls::msp()), &model),
-        ("Energy (T = 1)".into(), Box::new(Energy::default()), &model),
-        ("Entropy".into(), Box::new(Entropy::new()), &model),
-        (
-            "GEN (γ = 0.1, top 100)".into(),
-            Box::new(Gen::default()),
-            &model,
-        ),
-        (
-            "ODIN (T = 1000, ε = 0)".into(),
-            Box::new(Odin::new(1000.0, 0.0)?),
-            &model,
-        ),
-        (
-            "ODIN (T = 1000, ε = 0.0014)".into(),
-            Box::new(Odin::default()),
-            &model,
-        ),
-    ];
-    for (shaping, shaped) in &shaped_models {
-        detectors.push((format!("MLS + {shaping}"), Box::new(Mls::new()), shaped));
-        detectors.push((
-            format!("Energy + {shaping}"),
-            Box::new(Energy::default()),
-            shaped,
-        ));
-    }
-
-    // Layers of the toy convnet: 0 = pool1 and 1 = pool2 (channel means),
-    // 2 = the flattened last map (penultimate, 1 600 wide).
-    let features: Vec<(&str, FeatureDetector)> = vec![
-        ("Mahalanobis", Box::new(Mahalanobis::new())),
-        ("RMDS", Box::new(Rmds::new())),
-        ("KNN (k = 50)", Box::new(Knn::new(50)?)),
-        ("ViM (99% variance)", Box::new(Vim::default())),
-        ("SHE", Box::new(She::new())),
-        (
-            "Gram (orders 1-5, q = 0.01; pool1 + pool2)",
-            Box::new(Gram::default().with_layers([0, 1])?),
-        ),
-        (
-            "Mahalanobis (pool1 + pool2 + flatten, std-normalised)",
-            Box::new(Mahalanobis::new().with_layers([0, 1, 2])?),
-        ),
-    ];
     let fit_all = mnist.train_in.prepare(&common::batches())?;
-
+    let table = Table {
+        ds_in: &ds_in,
+        ds_out: &ds_out,
+    };
     println!(
         "| detector | AUROC | FPR@95%TPR | fit ({} training images) | scoring (10 000 images) |",
         mnist.train_in.len()
     );
     println!("| --- | ---: | ---: | ---: | ---: |");
-    for (name, mut detector, network) in detectors {
-        let started = Instant::now();
-        detector.fit_model(Box::new(network), None)?;
-        let fitted = started.elapsed().as_secs_f64();
-        row(&name, detector.as_ref(), &ds_in, &ds_out, fitted)?;
+    table.row("MLS", Mls::new(), &model, None)?;
+    table.row("MSP", Mls::msp(), &model, None)?;
+    table.row("Energy (T = 1)", Energy::default(), &model, None)?;
+    table.row("Entropy", Entropy::new(), &model, None)?;
+    table.row("GEN (γ = 0.1, top 100)", Gen::default(), &model, None)?;
+    table.row(
+        "ODIN (T = 1000, ε = 0)",
+        Odin::new(1000.0, 0.0)?,
+        &model,
+        None,
+    )?;
+    table.row("ODIN (T = 1000, ε = 0.0014)", Odin::default(), &model, None)?;
+    for (shaping, shaped) in &shaped_models {
+        table.row(&format!("MLS + {shaping}"), Mls::new(), shaped, None)?;
+        table.row(
+            &format!("Energy + {shaping}"),
+            Energy::default(),
+            shaped,
+            None,
+        )?;
     }
-    for (name, mut detector) in features {
-        let started = Instant::now();
-        detector.fit_model(Box::new(&model), Some(&fit_all))?;
-        let fitted = started.elapsed().as_secs_f64();
-        row(name, detector.as_ref(), &ds_in, &ds_out, fitted)?;
-    }
+
+    // Layers of the toy convnet: 0 = pool1 and 1 = pool2 (channel means),
+    // 2 = the flattened last map (penultimate, 1 600 wide).
+    let fit = Some(&fit_all as &dyn BatchSource);
+    table.row("Mahalanobis", Mahalanobis::new(), &model, fit)?;
+    table.row("RMDS", Rmds::new(), &model, fit)?;
+    table.row("KNN (k = 50)", Knn::new(50)?, &model, fit)?;
+    table.row("ViM (99% variance)", Vim::default(), &model, fit)?;
+    table.row("SHE", She::new(), &model, fit)?;
+    let gram = Gram::default().with_layers([0, 1])?;
+    table.row(
+        "Gram (orders 1-5, q = 0.01; pool1 + pool2)",
+        gram,
+        &model,
+        fit,
+    )?;
+    let mahalanobis = Mahalanobis::new().with_layers([0, 1, 2])?;
+    let name = "Mahalanobis (pool1 + pool2 + flatten, std-normalised)";
+    table.row(name, mahalanobis, &model, fit)?;
     Ok(())
 }
 
-/// Scores both sets with `detector` and prints its row.
-fn row<N: ?Sized>(
-    name: &str,
-    detector: &dyn Detector<Network = N>,
-    ds_in: &dyn BatchSource,
-    ds_out: &dyn BatchSource,
-    fit_seconds: f64,
-) -> Result<()> {
-    let started = Instant::now();
-    let scores_in = detector.score(ds_in)?.scores;
-    let scores_out = detector.score(ds_out)?.scores;
-    let seconds = started.elapsed().as_secs_f64();
-    let report = bench_metrics(&scores_in, &scores_out, &["auroc", "fpr95tpr"])?;
-    let figure = |metric: &str| {
-        report
-            .get(metric)
-            .ok_or_else(|| Error::custom(format!("{metric} missing from the report")))
-    };
-    println!(
-        "| {name} | {:.4} | {:.4} | {fit_seconds:.2} s | {seconds:.2} s |",
-        figure("auroc")?,
-        figure("fpr95tpr")?
-    );
-    Ok(())
+/// The two test sets every row scores.
+struct Table<'a> {
+    ds_in: &'a dyn BatchSource,
+    ds_out: &'a dyn BatchSource,
+}
+
+impl Table<'_> {
+    /// Fits `detector` on `model` (and `fit_data`), scores both sets and
+    /// prints the row: code generic over every detector of either family.
+    fn row<'m, D, M>(
+        &self,
+        name: &str,
+        detector: D,
+        model: M,
+        fit_data: Option<&dyn BatchSource>,
+    ) -> Result<()>
+    where
+        D: Detector,
+        M: IntoModel<'m, <D::Fitted as FittedDetector>::Family>,
+    {
+        let started = Instant::now();
+        let scorer = detector.fit(model, fit_data)?;
+        let fit_seconds = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let scores_in = scorer.score(self.ds_in)?.scores;
+        let scores_out = scorer.score(self.ds_out)?.scores;
+        let seconds = started.elapsed().as_secs_f64();
+        let report = bench_metrics(&scores_in, &scores_out, &["auroc", "fpr95tpr"])?;
+        let figure = |metric: &str| {
+            report
+                .get(metric)
+                .ok_or_else(|| Error::custom(format!("{metric} missing from the report")))
+        };
+        println!(
+            "| {name} | {:.4} | {:.4} | {fit_seconds:.2} s | {seconds:.2} s |",
+            figure("auroc")?,
+            figure("fpr95tpr")?
+        );
+        Ok(())
+    }
 }

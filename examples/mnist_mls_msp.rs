@@ -25,8 +25,7 @@ use std::time::Instant;
 use burn::tensor::Device;
 use common::{Args, Mnist04, trained_or_loaded};
 use oodkit::metrics::{MetricReport, bench_metrics};
-use oodkit::model::BurnModel;
-use oodkit::training::evaluate;
+use oodkit::model::{BurnModel, evaluate};
 use oodkit::{Detector, Error, Mls, Result};
 
 const USAGE: &str = "usage: mnist_mls_msp [--data-dir DIR] [--model-dir DIR] [--out-dir DIR] \
@@ -58,8 +57,8 @@ fn run(args: &Args) -> Result<()> {
     // === MLS and MSP scores ===
     let started = Instant::now();
     let mut figures = Vec::new();
-    for (name, mut detector) in [("mls", Mls::new()), ("msp", Mls::msp())] {
-        detector.fit(&model, None)?;
+    for (name, detector) in [("mls", Mls::new()), ("msp", Mls::msp())] {
+        let detector = detector.fit(&model, None)?;
         let scores_in = detector.score(&ds_in)?.scores;
         let scores_out = detector.score(&ds_out)?.scores;
         let report = bench_metrics(&scores_in, &scores_out, &["auroc", "fpr95tpr"])?;
@@ -133,8 +132,8 @@ mod plots {
     use oodkit::Result;
     use oodkit::datasets::Prepared;
     use oodkit::model::BurnModel;
+    use oodkit::nets::ToyConvnet;
     use oodkit::plots::{FeaturePlot, Projection, plot_model_features};
-    use oodkit::training::ToyConvnet;
 
     /// `features_2d.png`: the penultimate layer of ID and OOD test images.
     pub fn features(

@@ -115,16 +115,36 @@ pub enum Error {
         reason: String,
     },
 
-    /// A detector was asked to score before it was fitted on a model.
-    #[error("{detector} is not fitted: call fit(model, ..) before scoring")]
-    NotFitted {
-        /// The detector's name (e.g. "MLS").
-        detector: &'static str,
+    /// The backend that runs a network (burn, tract) failed; the backend's
+    /// own error is kept as the source where there is one.
+    #[error("model backend error: {what}{}", source.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
+    Backend {
+        /// What was being done, and what went wrong.
+        what: String,
+        /// The backend's error, when it gave one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
-    /// The backend that runs a network (e.g. burn) failed.
-    #[error("model backend error: {0}")]
-    Backend(String),
+    /// A numerical computation failed (an eigendecomposition, an SVD, a
+    /// distribution function), typically on degenerate data.
+    #[error("numerical failure in {what}: {reason}")]
+    Numerical {
+        /// What was being computed.
+        what: String,
+        /// What went wrong, and what to try.
+        reason: String,
+    },
+
+    /// Something an operation needs was not given: no fit data, batches
+    /// without the labels a method needs.
+    #[error("missing input: {what}: {hint}")]
+    MissingInput {
+        /// What is missing.
+        what: String,
+        /// What to give.
+        hint: String,
+    },
 
     /// Drawing a plot failed.
     #[error("plotting failed: {0}")]
@@ -179,6 +199,44 @@ impl Error {
             name,
             value: value.to_string(),
             reason: reason.into(),
+        }
+    }
+
+    /// A backend failure with no error value of its own (e.g. a caught
+    /// panic's message).
+    #[cfg_attr(not(any(feature = "burn", feature = "onnx")), allow(dead_code))]
+    pub(crate) fn backend(what: impl Into<String>) -> Self {
+        Error::Backend {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// A backend failure, keeping the backend's error as the source.
+    #[cfg_attr(not(any(feature = "burn", feature = "onnx")), allow(dead_code))]
+    pub(crate) fn backend_with(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Backend {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A numerical failure in `what`.
+    pub(crate) fn numerical(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Numerical {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A missing input: what, and what to give.
+    pub(crate) fn missing(what: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::MissingInput {
+            what: what.into(),
+            hint: hint.into(),
         }
     }
 

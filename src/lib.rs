@@ -39,8 +39,7 @@
 //!
 //! // Fit a detector on the model, score both sets (higher = more OOD), and
 //! // measure how well the scores separate them.
-//! let mut mls = Mls::new();
-//! mls.fit(&model, None)?;
+//! let mls = Mls::new().fit(&model, None)?;
 //! let scores_in = mls.score(&ds_in)?.scores;
 //! let scores_out = mls.score(&ds_out)?.scores;
 //! let report = bench_metrics(&scores_in, &scores_out, &["auroc", "fpr95tpr"])?;
@@ -50,15 +49,16 @@
 //! # Ok::<(), oodkit::Error>(())
 //! ```
 //!
-//! The pieces: [`datasets`] (loaders for MNIST, CIFAR-10, SVHN, batching,
-//! downloads), [`model`] (the [`Model`](model::Model) trait, closures, the
-//! burn adapter), [`detectors`] (the [`Detector`] trait; [`Mls`] and MSP,
-//! energy, entropy, GEN and ODIN on logits; activation shaping in
-//! [`model::Shaping`]; Mahalanobis, RMDS, KNN, ViM, SHE and Gram on
-//! internal features),
-//! [`metrics`] (exact AUROC, FPR@TPR, AUPR) and, with the `burn` feature,
-//! `training` (the toy networks and their trainer). [`prelude`] imports the
-//! common names.
+//! The pieces, in the order data flows through them: [`datasets`] (loaders
+//! for MNIST, CIFAR-10, SVHN, batching, transforms, downloads), [`model`]
+//! (the [`Model`](model::Model) trait, closures, the burn and ONNX
+//! adapters, activation shaping, [`evaluate`](model::evaluate)),
+//! [`detectors`] (the [`Detector`] trait and its two families:
+//! [`detectors::logits`] — [`Mls`] and MSP, energy, entropy, GEN, ODIN —
+//! and [`detectors::features`] — Mahalanobis, RMDS, KNN, ViM, SHE, Gram),
+//! [`metrics`] (exact AUROC, FPR@TPR, AUPR, accuracy) and, with the `burn`
+//! feature, `nets` (the toy networks and the CIFAR ResNets) and `training`
+//! (their trainer). [`prelude`] imports the common names.
 //!
 //! Cargo features (all on by default): `download` (fetch the public
 //! datasets), `burn` (the burn adapter and networks, on burn's pure-Rust
@@ -71,9 +71,13 @@ pub mod batch;
 pub mod datasets;
 pub mod detectors;
 pub mod error;
+#[cfg(feature = "burn")]
+mod kernels;
 mod linalg;
 pub mod metrics;
 pub mod model;
+#[cfg(feature = "burn")]
+pub mod nets;
 #[cfg(feature = "plots")]
 pub mod plots;
 pub mod prelude;

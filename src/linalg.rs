@@ -120,7 +120,7 @@ fn from_faer(m: MatRef<f64>) -> Array2<f64> {
 pub(crate) fn symmetric_eigen(a: &Array2<f64>, what: &str) -> Result<(Array1<f64>, Array2<f64>)> {
     let eigen = to_faer(a)
         .self_adjoint_eigen(Side::Lower)
-        .map_err(|e| Error::custom(format!("{what}: the eigendecomposition failed ({e:?})")))?;
+        .map_err(|e| Error::numerical(what, format!("the eigendecomposition failed ({e:?})")))?;
     let values = eigen.S().column_vector().iter().copied().collect();
     Ok((values, from_faer(eigen.U())))
 }
@@ -131,7 +131,7 @@ pub(crate) fn symmetric_eigen(a: &Array2<f64>, what: &str) -> Result<(Array1<f64
 pub(crate) fn symmetric_pinv(a: &Array2<f64>, what: &str) -> Result<Array2<f64>> {
     let eigen = to_faer(a)
         .self_adjoint_eigen(Side::Lower)
-        .map_err(|e| Error::custom(format!("{what}: the eigendecomposition failed ({e:?})")))?;
+        .map_err(|e| Error::numerical(what, format!("the eigendecomposition failed ({e:?})")))?;
     Ok(from_faer(eigen.pseudoinverse().as_ref()))
 }
 
@@ -139,7 +139,7 @@ pub(crate) fn symmetric_pinv(a: &Array2<f64>, what: &str) -> Result<Array2<f64>>
 pub(crate) fn pinv(a: &Array2<f64>, what: &str) -> Result<Array2<f64>> {
     let svd = to_faer(a)
         .thin_svd()
-        .map_err(|e| Error::custom(format!("{what}: the SVD failed ({e:?})")))?;
+        .map_err(|e| Error::numerical(what, format!("the SVD failed ({e:?})")))?;
     Ok(from_faer(svd.pseudoinverse().as_ref()))
 }
 

@@ -3,8 +3,9 @@
 pub use crate::batch::Batch;
 pub use crate::datasets::{BatchSource, OodDataset, PrepareConfig, Split};
 pub use crate::detectors::{
-    Aggregation, Detector, Energy, Entropy, Gen, Gram, Knn, Mahalanobis, Mls, Odin,
-    OutputActivation, PrincipalDims, Rmds, ScoreLogits, ScoreOutput, She, Vim,
+    Aggregation, Detector, Energy, Entropy, FeatureDetector, FittedDetector, Gen, Gram,
+    InputPerturbation, Knn, Mahalanobis, Mls, Odin, OutputActivation, PrincipalDims, Rmds,
+    ScoreFeatures, ScoreLogits, ScoreOutput, Scorer, She, Vim,
 };
 pub use crate::error::{Error, Result};
 pub use crate::metrics::bench_metrics;

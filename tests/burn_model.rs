@@ -8,7 +8,7 @@ use oodkit::Error;
 use oodkit::datasets::{OodDataset, PrepareConfig};
 use oodkit::detectors::{Detector, Mls};
 use oodkit::model::{BurnModel, FeatureModel, LayerId, Model};
-use oodkit::training::{ToyConvnet, ToyConvnetConfig};
+use oodkit::nets::{ToyConvnet, ToyConvnetConfig};
 
 /// `n` MNIST-shaped images with varied, deterministic pixels in [0, 1].
 fn images(n: usize) -> Array4<f32> {
@@ -84,8 +84,7 @@ fn scoring_a_dataset_in_uneven_batches_matches_the_module() {
     let ds = OodDataset::from_arrays(inputs, Array1::from_iter(0..37)).unwrap();
 
     let model = BurnModel::new(module, &device);
-    let mut mls = Mls::new();
-    mls.fit(&model, None).unwrap();
+    let mls = Mls::new().fit(&model, None).unwrap();
     // 37 = 16 + 16 + 5
     let out = mls
         .score(&ds.prepare(&PrepareConfig::new(16)).unwrap())
@@ -156,7 +155,7 @@ fn inputs_the_network_cannot_take_are_errors_not_panics() {
     let err = model
         .forward(Array4::zeros((2, 3, 28, 28)).view())
         .unwrap_err();
-    assert!(matches!(err, Error::Backend(_)), "{err}");
+    assert!(matches!(err, Error::Backend { .. }), "{err}");
     assert!(err.to_string().contains("[2, 3, 28, 28]"), "{err}");
 }
 

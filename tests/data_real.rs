@@ -110,7 +110,7 @@ fn mnist_test_set_scores_through_the_toy_convnet_in_order() {
     use oodkit::PrepareConfig;
     use oodkit::detectors::{Detector, Mls, ScoreLogits};
     use oodkit::model::{BurnModel, Model};
-    use oodkit::training::ToyConvnetConfig;
+    use oodkit::nets::ToyConvnetConfig;
 
     let test = mnist::load(data_dir().join("mnist"), Split::Test).unwrap();
     let (ds_in, ds_out) = test.split_by_class(&[0, 1, 2, 3, 4]).unwrap();
@@ -123,8 +123,7 @@ fn mnist_test_set_scores_through_the_toy_convnet_in_order() {
         ToyConvnetConfig::new(1, 28, 10).init(&device).unwrap(),
         &device,
     );
-    let mut msp = Mls::msp();
-    msp.fit(&model, None).unwrap();
+    let msp = Mls::msp().fit(&model, None).unwrap();
     let scored_in = msp.score(&ds_in.prepare(&config).unwrap()).unwrap();
     let scored_out = msp.score(&ds_out.prepare(&config).unwrap()).unwrap();
     assert_eq!((scored_in.len(), scored_out.len()), (5139, 4861));
@@ -133,7 +132,7 @@ fn mnist_test_set_scores_through_the_toy_convnet_in_order() {
     // The scores are the MSP of the logits, which are the model's on the
     // scaled images (checked on the last, partial batch: 4861 = 37 * 128 + 125).
     assert_eq!(
-        msp.score_logits(scored_out.logits.view()).unwrap(),
+        msp.fitted().score_logits(scored_out.logits.view()).unwrap(),
         scored_out.scores
     );
     let tail = ds_out

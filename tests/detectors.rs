@@ -5,7 +5,8 @@
 use ndarray::{Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, Axis, array};
 use oodkit::datasets::{BatchSource, OodDataset, PrepareConfig};
 use oodkit::detectors::{
-    Detector, Energy, Entropy, Gen, Mls, Odin, OutputActivation, ScoreLogits, ScoreOutput,
+    Detector, Energy, Entropy, FittedDetector, Gen, Mls, Odin, OutputActivation, ScoreLogits,
+    ScoreOutput,
 };
 use oodkit::metrics::auroc;
 use oodkit::model::{Model, from_fn, from_fn_with_gradient};
@@ -245,9 +246,8 @@ fn sum_model() -> impl Model {
 fn scoring_a_dataset_follows_the_python_flow() {
     let ds = pairs(50);
     let model = sum_model();
-    let mut mls = Mls::new();
+    let mls = Mls::new().fit(&model, None).unwrap();
     assert_eq!(mls.name(), "MLS");
-    mls.fit(&model, None).unwrap();
     let out = mls.score(&ds).unwrap();
     assert_eq!(out.len(), 50);
     for (i, img) in ds.inputs().outer_iter().enumerate() {
@@ -266,9 +266,9 @@ fn scoring_a_dataset_follows_the_python_flow() {
 fn batch_size_does_not_change_scores_or_their_order() {
     let ds = pairs(300);
     let model = sum_model();
-    let mut msp = Mls::msp();
-    msp.fit(&model, None).unwrap();
+    let msp = Mls::msp().fit(&model, None).unwrap();
     let expected = msp
+        .fitted()
         .score_logits(model.forward(ds.inputs().view()).unwrap().view())
         .unwrap();
     for batch_size in [1, 7, 128] {
@@ -288,8 +288,7 @@ fn batch_size_does_not_change_scores_or_their_order() {
 fn scoring_uses_the_prepared_preprocessing_and_single_batches() {
     let ds = pairs(10);
     let model = sum_model();
-    let mut mls = Mls::new();
-    mls.fit(&model, None).unwrap();
+    let mls = Mls::new().fit(&model, None).unwrap();
     let doubled = ds
         .prepare(&PrepareConfig::new(4).preprocess(|mut b| {
             b.inputs *= 2.0;
@@ -307,21 +306,30 @@ fn scoring_uses_the_prepared_preprocessing_and_single_batches() {
 }
 
 #[test]
-fn scoring_before_fitting_is_an_error() {
-    let mls = Mls::msp();
-    let err = mls.score(&pairs(3)).unwrap_err();
-    assert!(matches!(err, Error::NotFitted { detector: "MSP" }), "{err}");
-    assert!(err.to_string().contains("fit"), "{err}");
-    let err = mls
-        .score_batch(Batch::new(Array4::zeros((1, 1, 1, 2))))
-        .unwrap_err();
-    assert!(matches!(err, Error::NotFitted { .. }), "{err}");
+fn fitted_state_is_a_value_that_attaches_to_a_model_again() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    let ds = pairs(12);
+    let model = sum_model();
+    let scorer = Odin::new(2.0, 0.0).unwrap().fit(&model, None).unwrap();
+    send_sync(&scorer);
+    let scores = scorer.score(&ds).unwrap().scores;
+    // Detached, the fitted state holds no model; attached to the same
+    // network again, it scores the same.
+    let fitted: Odin = scorer.into_fitted();
+    send_sync(&fitted);
+    let again = fitted.attach(sum_model()).unwrap();
+    assert_eq!(again.score(&ds).unwrap().scores, scores);
+    assert_eq!(again.name(), "ODIN");
+    // Through the fitted state and a model given at each call, too.
+    assert_eq!(fitted.score(&model, &ds).unwrap().scores, scores);
 }
 
 /// Scores `data` with MLS fitted on `model`.
-fn mls_scores(model: impl Model, data: &dyn BatchSource) -> Result<ScoreOutput, Error> {
-    let mut mls = Mls::new();
-    mls.fit(model, None)?;
+fn mls_scores(
+    model: impl Model + Send + Sync,
+    data: &dyn BatchSource,
+) -> Result<ScoreOutput, Error> {
+    let mls = Mls::new().fit(model, None)?;
     mls.score(data)
 }
 
@@ -342,10 +350,11 @@ fn bad_model_outputs_are_errors_with_shapes() {
     ));
 
     // A width that changes between batches: 3 classes, then 4.
-    let calls = std::cell::Cell::new(0);
+    // (Models are shared between threads: state goes in an atomic.)
+    let calls = std::sync::atomic::AtomicUsize::new(0);
     let drifting = from_fn(|x: ArrayView4<f32>| {
-        calls.set(calls.get() + 1);
-        Ok(Array2::zeros((x.shape()[0], 2 + calls.get())))
+        let call = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        Ok(Array2::zeros((x.shape()[0], 2 + call)))
     });
     let err = mls_scores(drifting, &ds.prepare(&PrepareConfig::new(8)).unwrap()).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
@@ -380,8 +389,7 @@ fn nan_in_logits_names_the_sample_in_the_whole_dataset() {
             .count(),
         1
     );
-    let mut mls = Mls::new();
-    mls.fit(&model, None).unwrap();
+    let mls = Mls::new().fit(&model, None).unwrap();
     let err = mls
         .score(&ds.prepare(&PrepareConfig::new(10)).unwrap())
         .unwrap_err();
@@ -457,7 +465,9 @@ fn gaussian_blobs_every_logit_detector_separates_id_from_ood() {
     };
     let model = from_fn_with_gradient(forward, gradient);
 
-    let detectors: Vec<Box<dyn Detector<Network = dyn Model + '_>>> = vec![
+    // Detectors on logits learn nothing: a list of any of them attaches to
+    // the model directly.
+    let detectors: Vec<Box<dyn ScoreLogits>> = vec![
         Box::new(Mls::new()),
         Box::new(Mls::msp()),
         Box::new(Energy::default()),
@@ -466,9 +476,9 @@ fn gaussian_blobs_every_logit_detector_separates_id_from_ood() {
         Box::new(Odin::default()),
         Box::new(Odin::new(1.0, 0.05).unwrap()),
     ];
-    for mut detector in detectors {
+    for detector in detectors {
         let name = detector.name();
-        detector.fit_model(Box::new(&model), None).unwrap();
+        let detector = detector.attach(&model).unwrap();
         let prepared_in = ds_in.prepare(&PrepareConfig::new(64).shuffle(3)).unwrap();
         let scored_in = detector.score(&prepared_in).unwrap();
         let scored_out = detector.score(&ds_out).unwrap();
@@ -516,7 +526,10 @@ fn odin_steps_against_the_finite_difference_gradient_of_its_loss() {
     let t = 5.0;
     let odin = Odin::new(t, 0.01).unwrap();
     let logits = model.forward(x.view()).unwrap();
-    let perturbed = odin.perturb(&model, x.clone(), logits.view()).unwrap();
+    let perturbed = odin
+        .step()
+        .perturb(&model, x.clone(), logits.view())
+        .unwrap();
     let h = 1e-3_f32;
     for i in 0..2 {
         let target = logits
@@ -559,8 +572,7 @@ fn odin_steps_against_the_finite_difference_gradient_of_its_loss() {
 fn odin_without_a_step_is_msp_at_temperature_t_on_any_model() {
     let ds = pairs(20);
     let model = sum_model(); // from_fn: no input gradient
-    let mut odin = Odin::new(2.0, 0.0).unwrap();
-    odin.fit(&model, None).unwrap();
+    let odin = Odin::new(2.0, 0.0).unwrap().fit(&model, None).unwrap();
     let scored = odin.score(&ds).unwrap();
     let expected: Vec<f64> = scored
         .logits
@@ -575,8 +587,7 @@ fn odin_without_a_step_is_msp_at_temperature_t_on_any_model() {
     assert_close(scored.scores.as_slice().unwrap(), &expected, 1e-6);
 
     // With a step, a model without input gradients is a clear error.
-    let mut odin = Odin::default();
-    odin.fit(&model, None).unwrap();
+    let odin = Odin::default().fit(&model, None).unwrap();
     let err = odin.score(&ds).unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     assert!(err.to_string().contains("from_fn_with_gradient"), "{err}");

@@ -6,13 +6,15 @@ use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayView4, Axis, array, s};
 use oodkit::Error;
 use oodkit::datasets::{OodDataset, PrepareConfig};
 use oodkit::detectors::{
-    Aggregation, Aggregator, Detector, Gram, Knn, Mahalanobis, PrincipalDims, Rmds, She, Vim,
+    Aggregation, Aggregator, Detector, FeatureDetector, Gram, Knn, Mahalanobis, PrincipalDims,
+    Rmds, ScoreFeatures, She, Vim,
 };
 use oodkit::model::{FeatureModel, FnFeatureModel, LayerId, ModelOutput, from_fn_with_features};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-type Forward = Box<dyn Fn(ArrayView4<f32>) -> oodkit::Result<(Vec<Array2<f32>>, Array2<f32>)>>;
+type Forward =
+    Box<dyn Fn(ArrayView4<f32>) -> oodkit::Result<(Vec<Array2<f32>>, Array2<f32>)> + Send + Sync>;
 
 /// A normal sample (Box-Muller).
 fn normal(rng: &mut StdRng) -> f64 {
@@ -140,11 +142,11 @@ fn mahalanobis_and_rmds_match_the_explicit_inverse() {
         expected_md.push(0.5 * nearest);
         expected_rmds.push(0.5 * (nearest - quad(&f, &overall, &bg_precision)));
     }
-    let mut md = Mahalanobis::new();
-    md.fit_features(x.view(), labels.view()).unwrap();
+    let md = Mahalanobis::new()
+        .fit_features(x.view(), labels.view())
+        .unwrap();
     assert_close(&md.score_features(test.view()).unwrap(), &expected_md, 1e-5);
-    let mut rmds = Rmds::new();
-    rmds.fit_features(x.view(), labels.view()).unwrap();
+    let rmds = Rmds::new().fit_features(x.view(), labels.view()).unwrap();
     assert_close(
         &rmds.score_features(test.view()).unwrap(),
         &expected_rmds,
@@ -176,8 +178,10 @@ fn knn_matches_brute_force_across_search_blocks() {
                 d[k - 1]
             })
             .collect();
-        let mut knn = Knn::new(k).unwrap();
-        knn.fit_features(x.view(), labels.view()).unwrap();
+        let knn = Knn::new(k)
+            .unwrap()
+            .fit_features(x.view(), labels.view())
+            .unwrap();
         let found = knn.score_features(test.view()).unwrap();
         for (f, e) in found.iter().zip(&expected) {
             assert!((*f as f64 - e).abs() < 2e-5, "k = {k}: {f} vs {e}");
@@ -231,13 +235,13 @@ fn vim_matches_its_formula_on_an_exact_subspace() {
         })
         .collect();
     for dims in [PrincipalDims::Count(2), PrincipalDims::Explained(0.99)] {
-        let mut vim = Vim::new(dims)
+        let vim = Vim::new(dims)
             .unwrap()
             .with_head(w.clone(), b.clone())
+            .unwrap()
+            .fit_features(fit.view(), Array1::zeros(16).view())
             .unwrap();
-        vim.fit_features(fit.view(), Array1::zeros(16).view())
-            .unwrap();
-        let (k, a) = vim.fitted_subspace().unwrap();
+        let (k, a) = (vim.principal_dims(), vim.alpha());
         assert_eq!(k, 2, "{dims:?}");
         // The points are f32, so the moment's off-diagonals are ~1e-7.
         assert!((a - alpha).abs() < 1e-5 * alpha, "{a} vs {alpha}");
@@ -249,7 +253,7 @@ fn vim_matches_its_formula_on_an_exact_subspace() {
         .unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     // All dimensions principal: no residual left.
-    let mut all = Vim::new(PrincipalDims::Count(4))
+    let all = Vim::new(PrincipalDims::Count(4))
         .unwrap()
         .with_head(w, b)
         .unwrap();
@@ -273,8 +277,7 @@ fn she_matches_the_direct_class_means() {
                 .fold(f64::NEG_INFINITY, f64::max)
         })
         .collect();
-    let mut she = She::new();
-    she.fit_features(x.view(), labels.view()).unwrap();
+    let she = She::new().fit_features(x.view(), labels.view()).unwrap();
     assert_close(&she.score_features(test.view()).unwrap(), &expected, 1e-5);
 }
 
@@ -348,8 +351,10 @@ fn gram_matches_its_definition() {
         .iter()
         .map(|f| deviation(f, 0).min(deviation(f, 1)))
         .collect();
-    let mut gram = Gram::new(orders.map(|p| p as u32), q).unwrap();
-    gram.fit_features(x.view(), labels.view()).unwrap();
+    let gram = Gram::new(orders.map(|p| p as u32), q)
+        .unwrap()
+        .fit_features(x.view(), labels.view())
+        .unwrap();
     assert_close(&gram.score_features(test.view()).unwrap(), &expected, 1e-4);
     assert!(expected.iter().any(|&e| e > 0.0));
 }
@@ -413,11 +418,9 @@ fn streaming_fit_equals_one_shot_fit() {
 
     macro_rules! check {
         ($make:expr) => {{
-            let mut streamed = $make;
-            streamed.fit(&model, Some(&batches)).unwrap();
-            let mut whole = $make;
-            whole.fit_features(x.view(), labels.view()).unwrap();
-            let a = streamed.score_features(test.view()).unwrap();
+            let streamed = $make.fit(&model, Some(&batches)).unwrap();
+            let whole = $make.fit_features(x.view(), labels.view()).unwrap();
+            let a = streamed.fitted().score_features(test.view()).unwrap();
             let b = whole.score_features(test.view()).unwrap();
             for (i, (p, q)) in a.iter().zip(&b).enumerate() {
                 assert!(
@@ -464,11 +467,12 @@ fn several_layers_aggregate_their_single_layer_scores() {
         Aggregation::MeanNormalized,
         Aggregation::Fisher,
     ] {
-        let mut both = Mahalanobis::new()
+        let both = Mahalanobis::new()
             .with_layers([0, 1])
             .unwrap()
-            .with_aggregation(aggregation);
-        both.fit(&model, Some(&data)).unwrap();
+            .with_aggregation(aggregation)
+            .fit(&model, Some(&data))
+            .unwrap();
         let found = both.score(&test_data).unwrap().scores;
 
         let mut per_layer = Vec::new();
@@ -476,8 +480,9 @@ fn several_layers_aggregate_their_single_layer_scores() {
         for (features, test_features) in
             [(&out.features[0], &test_squares), (&out.features[1], &test)]
         {
-            let mut one = Mahalanobis::new();
-            one.fit_features(features.view(), labels.view()).unwrap();
+            let one = Mahalanobis::new()
+                .fit_features(features.view(), labels.view())
+                .unwrap();
             fit_scores.push(one.score_features(features.view()).unwrap());
             per_layer.push(one.score_features(test_features.view()).unwrap());
         }
@@ -492,7 +497,7 @@ fn several_layers_aggregate_their_single_layer_scores() {
             );
         }
         // One layer's features cannot be scored alone on a two-layer fit.
-        assert!(both.score_features(test.view()).is_err());
+        assert!(both.fitted().score_features(test.view()).is_err());
     }
 }
 
@@ -506,12 +511,12 @@ fn a_constant_feature_leaves_mahalanobis_finite_and_unchanged() {
     for relative in [false, true] {
         let score = |fit: &Array2<f32>, test: &Array2<f32>| {
             if relative {
-                let mut d = Rmds::new();
-                d.fit_features(fit.view(), labels.view()).unwrap();
+                let d = Rmds::new().fit_features(fit.view(), labels.view()).unwrap();
                 d.score_features(test.view()).unwrap()
             } else {
-                let mut d = Mahalanobis::new();
-                d.fit_features(fit.view(), labels.view()).unwrap();
+                let d = Mahalanobis::new()
+                    .fit_features(fit.view(), labels.view())
+                    .unwrap();
                 d.score_features(test.view()).unwrap()
             }
         };
@@ -534,26 +539,11 @@ fn bad_input_is_an_error() {
 
     // No fit data.
     let err = Mahalanobis::new().fit(&model, None).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::InvalidParameter {
-                name: "fit_data",
-                ..
-            }
-        ),
-        "{err}"
-    );
-    // Scoring before fitting.
-    let err = Knn::default().score(&data).unwrap_err();
-    assert!(matches!(err, Error::NotFitted { .. }), "{err}");
-    assert!(matches!(
-        Knn::default().score_features(x.view()),
-        Err(Error::NotFitted { .. })
-    ));
+    assert!(matches!(err, Error::MissingInput { .. }), "{err}");
     // Features of the wrong width.
-    let mut md = Mahalanobis::new();
-    md.fit_features(x.view(), labels.view()).unwrap();
+    let md = Mahalanobis::new()
+        .fit_features(x.view(), labels.view())
+        .unwrap();
     let err = md.score_features(Array2::zeros((2, 4)).view()).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
     // A class with one sample.
@@ -617,7 +607,7 @@ fn bad_input_is_an_error() {
         .with_head(Array2::zeros((2, 3)), Array1::zeros(3))
         .unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
-    let mut far = Mahalanobis::new().with_layers([7]).unwrap();
+    let far = Mahalanobis::new().with_layers([7]).unwrap();
     assert!(far.fit(&model, Some(&data)).is_err());
     // ViM through a model without a head.
     let headless = from_fn_with_features(["pixels"], |x: ArrayView4<f32>| {
@@ -627,8 +617,6 @@ fn bad_input_is_an_error() {
     });
     let err = Vim::default().fit(&headless, Some(&data)).unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
-    // Fitted on features only: scoring a dataset needs a model.
-    assert!(md.score(&data).is_err());
     let _: ArrayView2<f32> = x.view();
 }
 
@@ -641,10 +629,12 @@ mod trained_mlp {
     use std::sync::{Mutex, MutexGuard};
 
     use burn::tensor::Device;
-    use oodkit::detectors::Odin;
+    use oodkit::datasets::BatchSource;
+    use oodkit::detectors::{FittedFeatures, InputPerturbation};
     use oodkit::metrics::auroc;
     use oodkit::model::{BurnModel, Model};
-    use oodkit::training::{ToyMlp, ToyMlpConfig, TrainConfig, train};
+    use oodkit::nets::{ToyMlp, ToyMlpConfig};
+    use oodkit::training::{TrainConfig, train};
 
     use super::*;
 
@@ -697,35 +687,52 @@ mod trained_mlp {
         };
         let device = Device::flex();
         let model = BurnModel::new(trained.model, &device);
-        let detectors: Vec<Box<dyn Detector<Network = dyn FeatureModel + '_>>> = vec![
-            Box::new(Mahalanobis::new()),
-            Box::new(Rmds::new()),
-            Box::new(Knn::new(50).unwrap()),
-            Box::new(Vim::default()),
-            Box::new(She::new()),
-            Box::new(Gram::default()),
-            Box::new(Mahalanobis::new().with_layers([0, 1]).unwrap()),
-        ];
-        for mut detector in detectors {
-            let name = detector.name();
-            detector
-                .fit_model(Box::new(&model), Some(&batches))
-                .unwrap();
-            let scored_in = detector.score(&ds_in).unwrap();
+        let sets = Blobs {
+            fit: &batches,
+            ds_in: &ds_in,
+            ds_out: &ds_out,
+        };
+        sets.separate(Mahalanobis::new(), &model);
+        sets.separate(Rmds::new(), &model);
+        sets.separate(Knn::new(50).unwrap(), &model);
+        sets.separate(Vim::default(), &model);
+        sets.separate(She::new(), &model);
+        sets.separate(Gram::default(), &model);
+        sets.separate(Mahalanobis::new().with_layers([0, 1]).unwrap(), &model);
+    }
+
+    /// Fit data and the ID and OOD sets of the blob problem.
+    struct Blobs<'a> {
+        fit: &'a dyn BatchSource,
+        ds_in: &'a OodDataset,
+        ds_out: &'a OodDataset,
+    }
+
+    impl Blobs<'_> {
+        /// Asserts that `detector`, fitted through `model`, keeps its
+        /// accuracy and separates ID from OOD (any feature detector).
+        fn separate<D>(&self, detector: D, model: &BurnModel<ToyMlp>)
+        where
+            D: FeatureDetector + Detector<Fitted = FittedFeatures<<D as FeatureDetector>::Fitted>>,
+        {
+            let name = FeatureDetector::name(&detector);
+            let scorer = detector.fit(model, Some(self.fit)).unwrap();
+            let scored_in = scorer.score(self.ds_in).unwrap();
             let accuracy = (scored_in.predictions() - scored_in.labels.as_ref().unwrap())
                 .iter()
                 .filter(|&&d| d == 0)
                 .count() as f64
                 / 1000.0;
             assert!(accuracy > 0.99, "{name}: accuracy {accuracy}");
-            let scores_out = detector.score(&ds_out).unwrap().scores;
+            let scores_out = scorer.score(self.ds_out).unwrap().scores;
             let auc = auroc(&scored_in.scores, &scores_out).unwrap();
             assert!(auc >= 0.95, "{name}: AUROC {auc}");
         }
     }
 
     /// With ODIN's step, the scores are those of the features of the
-    /// stepped inputs, computed here by hand through `Odin::perturb`.
+    /// stepped inputs, computed here by hand through
+    /// `InputPerturbation::perturb`.
     #[test]
     fn input_perturbation_scores_the_features_of_odins_step() {
         let mut rng = StdRng::seed_from_u64(5);
@@ -735,21 +742,23 @@ mod trained_mlp {
         let model = BurnModel::new(mlp(4), &device);
         let (eps, t) = (0.05, 10.0);
 
-        let mut plain = Mahalanobis::new();
-        plain.fit(&model, Some(&fit)).unwrap();
-        let mut stepped = Mahalanobis::new().with_input_perturbation(eps, t).unwrap();
-        stepped.fit(&model, Some(&fit)).unwrap();
+        let plain = Mahalanobis::new().fit(&model, Some(&fit)).unwrap();
+        let step = InputPerturbation::new(t, eps).unwrap();
+        let stepped = Mahalanobis::new()
+            .with_input_perturbation(step)
+            .fit(&model, Some(&fit))
+            .unwrap();
 
         let inputs = test.inputs().clone();
         let logits = model.forward(inputs.view()).unwrap();
-        let moved = Odin::new(t, eps)
-            .unwrap()
-            .perturb(&model, inputs, logits.view())
-            .unwrap();
+        let moved = step.perturb(&model, inputs, logits.view()).unwrap();
         let features = model
             .forward_features(moved.view(), &[LayerId::from(-2)])
             .unwrap();
-        let expected = plain.score_features(features.features[0].view()).unwrap();
+        let expected = plain
+            .fitted()
+            .score_features(features.features[0].view())
+            .unwrap();
         let found = stepped.score(&test).unwrap();
         for (f, e) in found.scores.iter().zip(&expected) {
             assert!((f - e).abs() <= 1e-4 * e.abs().max(1.0), "{f} vs {e}");
@@ -772,8 +781,10 @@ mod trained_mlp {
             let n = y.len();
             OodDataset::from_arrays(x.into_shape_with_order((n, 1, 1, 2)).unwrap(), y).unwrap()
         };
-        let mut no_gradient = Mahalanobis::new().with_input_perturbation(eps, t).unwrap();
-        no_gradient.fit(&closure, Some(&flat(&fit))).unwrap();
+        let no_gradient = Mahalanobis::new()
+            .with_input_perturbation(step)
+            .fit(&closure, Some(&flat(&fit)))
+            .unwrap();
         let err = no_gradient.score(&flat(&test)).unwrap_err();
         assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     }

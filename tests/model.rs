@@ -107,7 +107,7 @@ fn pointers_to_models_are_models_and_detectors_take_them() {
     let model = from_fn(|x: ArrayView4<f32>| Ok(Array2::from_elem((x.shape()[0], 2), 3.0)));
     let x = Array4::<f32>::zeros((2, 1, 1, 1));
     let direct = model.forward(x.view()).unwrap();
-    let boxed: Box<dyn Model> = Box::new(from_fn(|x: ArrayView4<f32>| {
+    let boxed: Box<dyn Model + Send + Sync> = Box::new(from_fn(|x: ArrayView4<f32>| {
         Ok(Array2::from_elem((x.shape()[0], 2), 3.0))
     }));
     assert_eq!(boxed.forward(x.view()).unwrap(), direct);
@@ -116,14 +116,12 @@ fn pointers_to_models_are_models_and_detectors_take_them() {
     let rc = Rc::new(model);
     assert_eq!(rc.forward_owned(x.clone()).unwrap(), direct);
 
-    // A detector keeps a boxed model, an Arc, or a reference.
-    for mut mls in [Mls::new(), Mls::msp()] {
-        mls.fit(Arc::clone(&shared), None).unwrap();
-        assert!(mls.is_fitted());
+    // A scorer keeps a boxed model, an Arc, or a reference.
+    for mls in [Mls::new(), Mls::msp()] {
+        let mls = mls.fit(Arc::clone(&shared), None).unwrap();
         assert_eq!(mls.score(&oodkit::Batch::new(x.clone())).unwrap().len(), 2);
     }
-    let mut mls = Mls::new();
-    mls.fit(boxed, None).unwrap();
+    let mls = Mls::new().fit(boxed, None).unwrap();
     assert_eq!(
         mls.score_batch(oodkit::Batch::new(x))
             .unwrap()

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use ndarray::{Array1, Array2, Array4, Axis, array};
 use oodkit::Error;
-use oodkit::detectors::{Detector, Knn, Mls};
+use oodkit::detectors::{Detector, FeatureDetector, Knn, Mls, ScoreFeatures};
 use oodkit::model::{FeatureModel, Model, OnnxModel};
 use prost::Message;
 use tract_onnx::pb::attribute_proto::AttributeType;
@@ -171,17 +171,15 @@ fn an_onnx_graph_gives_the_logits_and_features_of_the_direct_computation() {
     // Detectors run on it like on any model.
     let x = inputs(40);
     let data = oodkit::OodDataset::from_arrays(x.clone(), Array1::zeros(40)).unwrap();
-    let mut mls = Mls::new();
-    mls.fit(&model, None).unwrap();
+    let mls = Mls::new().fit(&model, None).unwrap();
     let scores = mls.score(&data).unwrap().scores;
     let (hidden, logits) = direct(&x);
     for (s, row) in scores.iter().zip(logits.rows()) {
         assert!((s + row.fold(f32::NEG_INFINITY, |m, &v| m.max(v))).abs() < 1e-5);
     }
-    let mut knn = Knn::new(3).unwrap();
-    knn.fit(&model, Some(&data)).unwrap();
-    let mut direct_knn = Knn::new(3).unwrap();
-    direct_knn
+    let knn = Knn::new(3).unwrap().fit(&model, Some(&data)).unwrap();
+    let direct_knn = Knn::new(3)
+        .unwrap()
         .fit_features(hidden.view(), Array1::zeros(40).view())
         .unwrap();
     let a = knn.score(&data).unwrap().scores;

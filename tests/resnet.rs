@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Tensor, TensorData};
 use ndarray::{Array1, Array2, Array4};
 use oodkit::Error;
+use oodkit::datasets::transforms::imagenet_preprocess;
 use oodkit::datasets::{PrepareConfig, Split, cifar10};
-use oodkit::model::{BurnModel, FeatureModel, Model};
-use oodkit::training::{
-    CifarResNet, CifarResNetConfig, evaluate, imagenet_preprocess, option_a_shortcut,
-};
+use oodkit::model::{BurnModel, FeatureModel, Model, evaluate};
+use oodkit::nets::{CifarResNet, CifarResNetConfig, option_a_shortcut};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 

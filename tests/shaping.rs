@@ -8,15 +8,12 @@ use burn::nn::{Linear, LinearConfig, Relu};
 use burn::tensor::{Device, Tensor, TensorData};
 use ndarray::{Array1, Array2, Array4, ArrayView4, array};
 use oodkit::datasets::{OodDataset, PrepareConfig};
-use oodkit::detectors::{Detector, Energy, Mls, Odin, ScoreLogits};
+use oodkit::detectors::{Detector, Energy, FittedDetector, Mls, Odin, ScoreLogits};
 use oodkit::metrics::auroc;
 use oodkit::model::{
     BurnClassifier, BurnModel, FeatureModel, LayerId, Model, Shaping, from_fn_with_features,
 };
 use oodkit::{Error, Result};
-
-/// Any detector on a model's logits.
-type AnyDetector<'m> = Box<dyn Detector<Network = dyn Model + 'm> + 'm>;
 
 fn close(found: &[f32], expected: &[f32]) {
     assert_eq!(found.len(), expected.len());
@@ -194,13 +191,11 @@ fn the_burn_path_shapes_like_the_ndarray_path() -> Result<()> {
         let size = expected.iter().fold(0.0_f32, |m, d| m.max(d.abs()));
         assert!(gap <= 1e-4 * size.max(1.0), "{shaping:?}: {gap} of {size}");
         // Composes with the logit detectors, ODIN's input gradient included.
-        let mut energy = Energy::default();
-        energy.fit(&shaped, None)?;
+        let energy = Energy::default().fit(&shaped, None)?;
         let data = OodDataset::from_arrays(x.clone(), Array1::zeros(6))?;
         let scores = energy.score(&data)?.scores;
         assert_eq!(scores, Energy::default().score_logits(got.view())?);
-        let mut odin = Odin::new(10.0, 0.01)?;
-        odin.fit(&shaped, None)?;
+        let odin = Odin::new(10.0, 0.01)?.fit(&shaped, None)?;
         assert!(odin.score(&data)?.scores.iter().all(|s| s.is_finite()));
     }
     let twice = plain
@@ -311,10 +306,8 @@ fn gaussian_blobs_shaped_detectors_separate_id_from_ood() -> Result<()> {
     let ds_in = blobs(&[(4.0, 4.0), (-4.0, -4.0)], 300);
     let ds_out = blobs(&[(4.0, -4.0), (-4.0, 4.0)], 300);
     let react = Shaping::react(&model, Some(&ds_in), 0.9)?;
-    let auroc_of = |detector: &mut dyn Detector<Network = dyn Model + '_>,
-                    shaped: &BurnModel<TwoLayer>|
-     -> Result<f64> {
-        detector.fit_model(Box::new(shaped.clone()), None)?;
+    let auroc_of = |detector: Box<dyn ScoreLogits>, shaped: &BurnModel<TwoLayer>| -> Result<f64> {
+        let detector = detector.attach(shaped.clone())?;
         auroc(
             &detector.score(&ds_in)?.scores,
             &detector.score(&ds_out)?.scores,
@@ -325,7 +318,7 @@ fn gaussian_blobs_shaped_detectors_separate_id_from_ood() -> Result<()> {
         // ASH and SCALE multiply the activations by exp(Σ all / Σ kept):
         // the papers pair them with logit-magnitude scores (energy, max
         // logit), whose ID/OOD gap the scaling widens.
-        let mut detectors: Vec<(&str, AnyDetector)> = vec![
+        let mut detectors: Vec<(&str, Box<dyn ScoreLogits>)> = vec![
             ("MLS", Box::new(Mls::new())),
             ("Energy", Box::new(Energy::default())),
         ];
@@ -334,8 +327,8 @@ fn gaussian_blobs_shaped_detectors_separate_id_from_ood() -> Result<()> {
         if matches!(shaping, Shaping::React { .. }) {
             detectors.push(("MSP", Box::new(Mls::msp())));
         }
-        for (name, mut detector) in detectors {
-            let auc = auroc_of(detector.as_mut(), &shaped)?;
+        for (name, detector) in detectors {
+            let auc = auroc_of(detector, &shaped)?;
             assert!(auc >= 0.95, "{name} with {shaping:?}: AUROC {auc}");
         }
     }

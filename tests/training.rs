@@ -7,11 +7,9 @@ use std::sync::{Mutex, MutexGuard};
 use burn::tensor::Device;
 use ndarray::{Array1, Array2, Array4};
 use oodkit::datasets::{BatchIter, BatchSource, OodDataset, PrepareConfig};
-use oodkit::model::{BurnModel, Model};
-use oodkit::training::{
-    Checkpoint, LrSchedule, ToyConvnetConfig, ToyMlp, ToyMlpConfig, TrainConfig, evaluate,
-    load_checkpoint, train,
-};
+use oodkit::model::{BurnModel, Model, evaluate};
+use oodkit::nets::{ToyConvnetConfig, ToyMlp, ToyMlpConfig};
+use oodkit::training::{Checkpoint, LrSchedule, TrainConfig, load_checkpoint, train};
 use oodkit::{Batch, Error};
 
 /// Burn's CPU random numbers are process-wide: runs that must repeat
@@ -183,7 +181,7 @@ fn inputs_the_network_cannot_take_are_an_error() {
     // Built for 28x28 images, given 12x12 ones.
     let network = ToyMlpConfig::new(1, 28, 4).init(&Device::flex()).unwrap();
     let err = train(network, &batches, None, &quiet(1)).unwrap_err();
-    assert!(matches!(err, Error::Backend(_)), "{err}");
+    assert!(matches!(err, Error::Backend { .. }), "{err}");
     assert!(err.to_string().contains("[8, 1, 12, 12]"), "{err}");
 }
 

@@ -7,9 +7,8 @@ use std::process::ExitCode;
 
 use burn::tensor::Device;
 use oodkit::datasets::{OodDataset, PrepareConfig, Prepared, Split, data_root, mnist};
-use oodkit::training::{
-    Checkpoint, ToyConvnet, ToyConvnetConfig, TrainConfig, load_checkpoint, train,
-};
+use oodkit::nets::{ToyConvnet, ToyConvnetConfig};
+use oodkit::training::{Checkpoint, TrainConfig, load_checkpoint, train};
 use oodkit::{Batch, Error, Result};
 
 /// The command line of an MNIST example.

@@ -244,10 +244,8 @@ impl OodDataset {
                 found: format!("{:?}", out.input_shape()),
             });
         }
-        let inputs = concatenate(Axis(0), &[self.inputs.view(), out.inputs.view()])
-            .map_err(|e| Error::custom(format!("add_out_data: {e}")))?;
-        let labels = concatenate(Axis(0), &[self.labels.view(), out.labels.view()])
-            .map_err(|e| Error::custom(format!("add_out_data: {e}")))?;
+        let inputs = concatenate(Axis(0), &[self.inputs.view(), out.inputs.view()])?;
+        let labels = concatenate(Axis(0), &[self.labels.view(), out.labels.view()])?;
         let ood_labels = std::iter::repeat_n(in_value, self.len())
             .chain(std::iter::repeat_n(out_value, out.len()))
             .collect();

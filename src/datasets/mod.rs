@@ -1,6 +1,7 @@
 //! Datasets: [`OodDataset`], the loaders for the files users download
 //! ([`mnist`], [`cifar10`], [`svhn`]), batching with
-//! [`prepare`](OodDataset::prepare), and fetching with [`download`].
+//! [`prepare`](OodDataset::prepare), [`transforms`] for pretrained
+//! networks' normalisation, and fetching with `download`.
 //!
 //! Loaders take the dataset's own folder. Examples take a *data root* holding
 //! one folder per dataset (`mnist/`, `cifar10/`, `svhn/`), found by
@@ -17,6 +18,7 @@ pub mod mnist;
 mod prepare;
 mod source;
 pub mod svhn;
+pub mod transforms;
 
 pub use dataset::OodDataset;
 pub use prepare::{Batches, PrepareConfig, Prepared, PreprocessFn};

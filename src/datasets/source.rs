@@ -85,9 +85,10 @@ pub(crate) fn require_fit_data<'a>(
     fit_data: Option<&'a dyn BatchSource>,
     why: &str,
 ) -> Result<&'a dyn BatchSource> {
-    fit_data.ok_or_else(|| Error::InvalidParameter {
-        name: "fit_data",
-        value: "None".into(),
-        reason: format!("{why}: pass fit data, e.g. (part of) the training set"),
+    fit_data.ok_or_else(|| {
+        Error::missing(
+            format!("fit data ({why})"),
+            "pass fit data, e.g. (part of) the training set",
+        )
     })
 }

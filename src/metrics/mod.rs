@@ -1,6 +1,6 @@
 //! Metrics of how well OOD scores separate in-distribution (ID) from OOD
 //! data: AUROC, FPR at a TPR, TPR at an FPR, AUPR-In / AUPR-Out and the best
-//! detection accuracy.
+//! detection accuracy; and the classifier's own [`accuracy`] on logits.
 //!
 //! Conventions (as in scikit-learn with OOD labelled 1):
 //! - OOD is the positive class; a sample is flagged OOD when
@@ -29,11 +29,16 @@
 //! # Ok::<(), oodkit::Error>(())
 //! ```
 
+mod accuracy;
 mod report;
 mod sweep;
 
 use ndarray::ArrayView1;
 
+pub use accuracy::accuracy;
+#[cfg(feature = "burn")]
+pub(crate) use accuracy::check_labels;
+pub(crate) use accuracy::{argmax, count_correct};
 pub use report::{AsMetric, Metric, MetricReport, bench_metrics, bench_metrics_labeled};
 use sweep::{SortedScores, Summary};
 

@@ -114,7 +114,7 @@ impl<M: BurnClassifier> BurnModel<M> {
     /// ```
     /// use burn::tensor::Device;
     /// use oodkit::model::{BurnModel, Model, Shaping};
-    /// use oodkit::training::ToyMlpConfig;
+    /// use oodkit::nets::ToyMlpConfig;
     ///
     /// let device = Device::flex();
     /// let model = BurnModel::new(ToyMlpConfig::new(1, 4, 3).init(&device)?, &device);
@@ -200,7 +200,7 @@ pub(crate) fn guarded<T>(what: &str, shape: &[usize], f: impl FnOnce() -> T) -> 
             .map(String::as_str)
             .or_else(|| panic.downcast_ref::<&str>().copied())
             .unwrap_or("(no message)");
-        Error::Backend(format!(
+        Error::backend(format!(
             "the burn module panicked in {what} on inputs of shape {shape:?}: {message}"
         ))
     })
@@ -245,14 +245,12 @@ impl<M: BurnClassifier> Model for BurnModel<M> {
             }
             let grads = (logits * weights).sum().backward();
             x.grad(&grads).ok_or_else(|| {
-                Error::Backend(
-                    "no gradient reached the inputs (is the module differentiable?)".into(),
-                )
+                Error::backend("no gradient reached the inputs (is the module differentiable?)")
             })
         })??;
         let values = gradient
             .try_into_vec_as::<f32>()
-            .map_err(|e| Error::Backend(format!("reading the input gradient back: {e}")))?;
+            .map_err(|e| Error::backend_with("reading the input gradient back", e))?;
         Ok(Array4::from_shape_vec(
             (shape[0], shape[1], shape[2], shape[3]),
             values,
@@ -316,7 +314,7 @@ impl<M: BurnClassifier> FeatureModel for BurnModel<M> {
                 let values = bias
                     .val()
                     .try_into_vec_as::<f32>()
-                    .map_err(|e| Error::Backend(format!("reading the head's bias: {e}")))?;
+                    .map_err(|e| Error::backend_with("reading the head's bias", e))?;
                 Array1::from(values)
             }
             None => Array1::zeros(classes),
@@ -355,10 +353,8 @@ pub fn tensor_to_array(tensor: Tensor<2>) -> Result<Array2<f32>> {
     let [rows, cols] = tensor.dims();
     let values = tensor
         .try_into_vec_as::<f32>()
-        .map_err(|e| Error::Backend(format!("reading a ({rows}, {cols}) tensor back: {e}")))?;
+        .map_err(|e| Error::backend_with(format!("reading a ({rows}, {cols}) tensor back"), e))?;
     Array2::from_shape_vec((rows, cols), values).map_err(|e| {
-        Error::Backend(format!(
-            "a ({rows}, {cols}) tensor came back malformed: {e}"
-        ))
+        Error::backend_with(format!("a ({rows}, {cols}) tensor came back malformed"), e)
     })
 }

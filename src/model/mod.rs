@@ -39,7 +39,9 @@ use crate::error::{Error, Result};
 
 #[cfg(feature = "burn")]
 mod burn;
+mod checked;
 mod closure;
+mod evaluate;
 #[cfg(feature = "onnx")]
 mod onnx;
 mod shaping;
@@ -48,9 +50,11 @@ mod shaping;
 pub(crate) use self::burn::guarded;
 #[cfg(feature = "burn")]
 pub use self::burn::{BurnClassifier, BurnModel, array_to_tensor, tensor_to_array};
+pub(crate) use checked::{CheckedFeatures, check_finite};
 pub use closure::{
     FnFeatureModel, FnGradientModel, FnModel, from_fn, from_fn_with_features, from_fn_with_gradient,
 };
+pub use evaluate::evaluate;
 #[cfg(feature = "onnx")]
 pub use onnx::OnnxModel;
 pub use shaping::Shaping;
@@ -265,29 +269,6 @@ macro_rules! forward_model_impls {
 
 forward_model_impls!(&M, Box<M>, Rc<M>, Arc<M>);
 
-/// Turns a model into the boxed form a detector keeps after
-/// [`fit`](crate::detectors::Detector::fit): `Box<dyn Model>` for detectors
-/// on logits, `Box<dyn FeatureModel>` for detectors on features.
-///
-/// Implemented for every [`Model`] (and every [`FeatureModel`]); there is no
-/// need to implement it by hand.
-pub trait IntoModel<Target: ?Sized> {
-    /// Box the model.
-    fn into_model(self) -> Box<Target>;
-}
-
-impl<'m, M: Model + 'm> IntoModel<dyn Model + 'm> for M {
-    fn into_model(self) -> Box<dyn Model + 'm> {
-        Box::new(self)
-    }
-}
-
-impl<'m, M: FeatureModel + 'm> IntoModel<dyn FeatureModel + 'm> for M {
-    fn into_model(self) -> Box<dyn FeatureModel + 'm> {
-        Box::new(self)
-    }
-}
-
 /// The positions of `layers` among a feature model's `names`, all checked
 /// before the network runs.
 pub(crate) fn resolve_layers(layers: &[LayerId], names: &[String]) -> Result<Vec<usize>> {
@@ -314,18 +295,6 @@ pub(crate) fn check_head(weights: &Array2<f32>, bias: &Array1<f32>, what: &str) 
         });
     }
     Ok(())
-}
-
-/// The predicted class of a row of logits: the index of its first largest
-/// value (NaN never wins).
-pub(crate) fn argmax(values: impl IntoIterator<Item = f32>) -> usize {
-    let mut best = (0, f32::NEG_INFINITY);
-    for (i, v) in values.into_iter().enumerate() {
-        if v > best.1 {
-            best = (i, v);
-        }
-    }
-    best.0
 }
 
 /// Checks that logits returned for a batch of `batch_len` inputs have one

@@ -55,7 +55,7 @@ impl std::fmt::Debug for OnnxModel {
 /// A tract error as ours, naming what was being done.
 fn tract_error(what: &str, path: &Path) -> impl Fn(tract_onnx::prelude::TractError) -> Error {
     let (what, path) = (what.to_owned(), path.to_path_buf());
-    move |e| Error::Backend(format!("ONNX ({}): {what}: {e:#}", path.display()))
+    move |e| Error::backend_with(format!("ONNX ({}): {what}", path.display()), e)
 }
 
 impl OnnxModel {
@@ -153,16 +153,17 @@ impl OnnxModel {
             .plan
             .run(tvec![TValue::from(Tensor::from(inputs))])
             .map_err(|e| {
-                Error::Backend(format!(
-                    "the ONNX graph failed on inputs of shape {shape:?}: {e:#}"
-                ))
+                Error::backend_with(
+                    format!("the ONNX graph failed on inputs of shape {shape:?}"),
+                    e,
+                )
             })?;
         outputs
             .iter()
             .map(|value| {
                 let view = value
                     .to_plain_array_view::<f32>()
-                    .map_err(|e| Error::Backend(format!("an ONNX output is not f32: {e:#}")))?;
+                    .map_err(|e| Error::backend_with("an ONNX output is not f32", e))?;
                 let rows = view.shape().first().copied().unwrap_or(0);
                 if rows != n {
                     return Err(Error::ShapeMismatch {
@@ -190,7 +191,7 @@ impl Model for OnnxModel {
         let mut outputs = self.run(inputs)?;
         outputs
             .pop()
-            .ok_or_else(|| Error::Backend("the ONNX graph returned nothing".into()))
+            .ok_or_else(|| Error::backend("the ONNX graph returned nothing"))
     }
 }
 
@@ -212,7 +213,7 @@ impl FeatureModel for OnnxModel {
         let mut all = self.run(inputs)?;
         let logits = all
             .pop()
-            .ok_or_else(|| Error::Backend("the ONNX graph returned nothing".into()))?;
+            .ok_or_else(|| Error::backend("the ONNX graph returned nothing"))?;
         let features = pick_layers(&positions, &all, &logits);
         Ok(ModelOutput { features, logits })
     }

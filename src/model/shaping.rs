@@ -9,7 +9,7 @@
 
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 
-use super::{FeatureModel, LayerId};
+use super::{CheckedFeatures, FeatureModel, LayerId};
 use crate::datasets::{BatchSource, require_fit_data};
 use crate::error::{Error, Result};
 
@@ -54,17 +54,17 @@ impl Shaping {
         }
         let fit_data = require_fit_data(fit_data, "ReAct fits its threshold on ID activations")?;
         let penultimate = [LayerId::Index(-2)];
+        let mut checked = CheckedFeatures::new(model, &penultimate)?;
         let mut values = Vec::new();
+        let mut offset = 0;
         for batch in fit_data.batches()? {
-            let output = model.forward_features_owned(batch?.inputs, &penultimate)?;
+            let batch = batch?;
+            let n = batch.len();
+            let output = checked
+                .forward(batch.inputs)
+                .map_err(|e| e.in_batch_at(offset))?;
             values.extend(output.features[0].iter().copied());
-        }
-        if let Some(i) = values.iter().position(|v| v.is_nan()) {
-            return Err(Error::NotANumber {
-                what: "penultimate activations of the fit data".into(),
-                index: i,
-                hint: "the model produced NaN; check its inputs and weights".into(),
-            });
+            offset += n;
         }
         if values.is_empty() {
             return Err(Error::Empty {

@@ -14,7 +14,7 @@ use rand::seq::index::sample;
 use super::{DEFAULT_SIZE, Figure, TextSizes, draw_legend, plot_err, save};
 use crate::datasets::BatchSource;
 use crate::error::{Error, Result};
-use crate::model::{FeatureModel, LayerId};
+use crate::model::{CheckedFeatures, FeatureModel, LayerId};
 use crate::plots::Projection;
 
 /// Options of [`plot_2d_features`].
@@ -180,12 +180,16 @@ pub fn plot_model_features(
     options: &FeaturePlot,
     path: impl AsRef<Path>,
 ) -> Result<()> {
-    let layer = layer.into();
-    let (features_in, labels_in) = collect_features(model, data_in, &layer, "ID data")?;
-    let (features_out, _) = collect_features(model, data_out, &layer, "OOD data")?;
-    let labels_in = labels_in.ok_or_else(|| Error::Empty {
-        what: "class labels of the ID data".into(),
-        hint: "prepare the ID data with labels (PrepareConfig::with_labels(true))".into(),
+    let layers = [layer.into()];
+    // One checked boundary for both sides: the same width throughout.
+    let mut checked = CheckedFeatures::new(model, &layers)?;
+    let (features_in, labels_in) = collect_features(&mut checked, data_in, "ID data")?;
+    let (features_out, _) = collect_features(&mut checked, data_out, "OOD data")?;
+    let labels_in = labels_in.ok_or_else(|| {
+        Error::missing(
+            "class labels of the ID data",
+            "prepare the ID data with labels (PrepareConfig::with_labels(true))",
+        )
     })?;
     plot_2d_features(&features_in, &labels_in, &features_out, options, path)
 }
@@ -193,9 +197,8 @@ pub fn plot_model_features(
 /// The activations of `layer` over every batch, and the labels when all
 /// batches carry them.
 fn collect_features(
-    model: &dyn FeatureModel,
+    checked: &mut CheckedFeatures,
     data: &dyn BatchSource,
-    layer: &LayerId,
     what: &str,
 ) -> Result<(Array2<f32>, Option<Array1<i64>>)> {
     let mut parts = Vec::new();
@@ -206,7 +209,10 @@ fn collect_features(
             (Some(all), Some(l)) => all.extend(l.iter()),
             _ => labels = None,
         }
-        let out = model.forward_features_owned(batch.inputs, std::slice::from_ref(layer))?;
+        let offset: usize = parts.iter().map(|p: &Array2<f32>| p.nrows()).sum();
+        let out = checked
+            .forward(batch.inputs)
+            .map_err(|e| e.in_batch_at(offset))?;
         parts.extend(out.features);
     }
     if parts.is_empty() {

@@ -93,7 +93,7 @@ pub fn pca(features: ArrayView2<f32>, k: usize) -> Result<Array2<f32>> {
         .mean_axis(Axis(0))
         .unwrap_or_default();
     let centred = Mat::<f64>::from_fn(n, d, |i, j| f64::from(features[[i, j]]) - mean[j]);
-    let failed = |e| Error::Custom(format!("PCA: the eigendecomposition failed: {e:?}"));
+    let failed = |e| Error::numerical("PCA", format!("the eigendecomposition failed ({e:?})"));
 
     let mut out = Array2::<f32>::zeros((n, k));
     if d <= n {

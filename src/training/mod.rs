@@ -1,29 +1,18 @@
-//! Networks and their trainer, on burn.
+//! The trainer, on burn: [`train`] fits any
+//! [`BurnClassifier`](crate::model::BurnClassifier) (the networks of
+//! [`nets`](crate::nets) or your own) with Adam on cross-entropy, the
+//! reference notebook's recipe, on whichever burn device the network was
+//! built on (`Device::flex()`, the pure-Rust CPU backend, by default), with
+//! a [`TrainConfig`], per-epoch progress, a history and checkpoints
+//! ([`Checkpoint`], [`load_checkpoint`]).
 //!
-//! [`ToyConvnet`] and [`ToyMlp`] are the small networks of the Python
-//! toolkit's tutorials. [`train`] fits any [`BurnClassifier`] with Adam on
-//! cross-entropy (the reference notebook's recipe), on whichever burn device
-//! the network was built on (`Device::flex()`, the pure-Rust CPU backend, by
-//! default). The trained network is a [`Model`](crate::model::Model) through
+//! The trained network is a [`Model`](crate::model::Model) through
 //! [`BurnModel`](crate::model::BurnModel), ready for every detector;
-//! [`evaluate`] measures any model's accuracy.
-//!
-//! [`BurnClassifier`]: crate::model::BurnClassifier
+//! [`model::evaluate`](crate::model::evaluate) measures its accuracy.
 
 mod config;
-mod conv;
-mod max_pool;
 mod progress;
-mod resnet;
-mod toy_convnet;
-mod toy_mlp;
 mod trainer;
 
 pub use config::{LrSchedule, TrainConfig};
-pub use resnet::{
-    BasicBlock, CIFAR_RESNET_DEPTHS, CifarResNet, CifarResNetConfig, IMAGENET_MEAN, IMAGENET_STD,
-    imagenet_preprocess, option_a_shortcut,
-};
-pub use toy_convnet::{ToyConvnet, ToyConvnetConfig};
-pub use toy_mlp::{ToyMlp, ToyMlpConfig};
-pub use trainer::{Checkpoint, EpochStats, Trained, evaluate, load_checkpoint, train};
+pub use trainer::{Checkpoint, EpochStats, Trained, load_checkpoint, train};

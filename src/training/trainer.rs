@@ -1,4 +1,4 @@
-//! [`train`] a burn classifier on batches; [`evaluate`] any model's accuracy.
+//! [`train`] a burn classifier on batches.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -7,14 +7,15 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Int, Tensor, TensorData};
-use ndarray::{Array1, Axis};
+use ndarray::Array1;
 
 use super::TrainConfig;
 use super::progress::EpochProgress;
 use crate::batch::Batch;
 use crate::datasets::BatchSource;
 use crate::error::{Error, Result};
-use crate::model::{BurnClassifier, Model, argmax, array_to_tensor, guarded};
+use crate::metrics::check_labels;
+use crate::model::{BurnClassifier, array_to_tensor, guarded, tensor_to_array};
 
 /// What one epoch of training measured.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,8 +129,9 @@ pub fn load_checkpoint<M: Module>(module: M, path: impl AsRef<Path>) -> Result<M
 /// use burn::tensor::Device;
 /// use ndarray::{Array1, Array4};
 /// use oodkit::datasets::{OodDataset, PrepareConfig};
-/// use oodkit::training::{TrainConfig, ToyMlpConfig, evaluate, train};
-/// use oodkit::model::BurnModel;
+/// use oodkit::model::{BurnModel, evaluate};
+/// use oodkit::nets::ToyMlpConfig;
+/// use oodkit::training::{TrainConfig, train};
 ///
 /// // Two classes: dark images (label 0) and bright ones (label 1).
 /// let inputs = Array4::from_shape_fn((64, 1, 4, 4), |(i, _, _, _)| (i % 2) as f32);
@@ -205,7 +207,7 @@ pub fn train<M: BurnClassifier>(
                     found: format!("{rows} rows"),
                 });
             }
-            check_labels(&labels, classes)?;
+            check_labels(labels.view(), classes)?;
             let targets =
                 Tensor::<1, Int>::from_data(TensorData::new(labels.to_vec(), [n]), &autodiff);
             let loss = loss_fn.forward(logits.clone(), targets);
@@ -271,101 +273,40 @@ pub fn train<M: BurnClassifier>(
     })
 }
 
-/// The share of samples whose largest logit is their label, over all
-/// `batches` (which must carry labels).
-///
-/// ```
-/// use ndarray::{Array1, Array2, Array4};
-/// use oodkit::datasets::OodDataset;
-/// use oodkit::model::from_fn;
-/// use oodkit::training::evaluate;
-///
-/// // A "model" that always predicts class 1.
-/// let model = from_fn(|x| Ok(Array2::from_shape_fn((x.shape()[0], 2), |(_, j)| j as f32)));
-/// let data = OodDataset::from_arrays(Array4::zeros((4, 1, 1, 1)), Array1::from(vec![1, 1, 1, 0]))?;
-/// assert_eq!(evaluate(&model, &data)?, 0.75);
-/// # Ok::<(), oodkit::Error>(())
-/// ```
-pub fn evaluate(model: &dyn Model, batches: &dyn BatchSource) -> Result<f64> {
-    let (mut correct, mut samples) = (0_usize, 0_usize);
-    for batch in batches.batches()? {
-        let (inputs, labels) = split_labelled(batch?)?;
-        let n = labels.len();
-        let logits = model.forward_owned(inputs)?;
-        crate::model::check_logits(&logits, n)?;
-        check_labels(&labels, logits.ncols())?;
-        correct += logits
-            .axis_iter(Axis(0))
-            .zip(&labels)
-            .filter(|(row, label)| argmax(row.iter().copied()) == **label as usize)
-            .count();
-        samples += n;
-    }
-    if samples == 0 {
-        return Err(Error::Empty {
-            what: "evaluation batches".into(),
-            hint: "there is nothing to measure the accuracy on".into(),
-        });
-    }
-    Ok(correct as f64 / samples as f64)
-}
-
 /// Accuracy of a module (already in inference mode) on `batches`.
 fn accuracy_of<M: BurnClassifier>(
     module: &M,
     device: &burn::tensor::Device,
     batches: &dyn BatchSource,
 ) -> Result<f64> {
-    evaluate(
+    crate::model::evaluate(
         &crate::model::BurnModel::new(module.clone(), device),
         batches,
     )
 }
 
-/// The inputs and labels of a batch that must carry labels.
+/// The inputs and labels of a training batch, which must carry labels.
 fn split_labelled(batch: Batch) -> Result<(ndarray::Array4<f32>, Array1<i64>)> {
     match batch.labels {
         Some(labels) => Ok((batch.inputs, labels)),
-        None => Err(Error::InvalidParameter {
-            name: "batches",
-            value: "batches without class labels".into(),
-            reason: "training and evaluation need labels: prepare with with_labels(true)".into(),
-        }),
+        None => Err(Error::missing(
+            "class labels of the training batches",
+            "training needs labels: prepare a labelled dataset (with_labels(true))",
+        )),
     }
 }
 
-/// Every label must name one of the network's `classes` outputs.
-fn check_labels(labels: &Array1<i64>, classes: usize) -> Result<()> {
-    match labels.iter().find(|&&l| l < 0 || l as usize >= classes) {
-        Some(&label) => Err(Error::InvalidLabel {
-            label,
-            reason: format!(
-                "the network has {classes} outputs, so labels must be in 0..{classes}; \
-                 relabel the classes (e.g. digits 5-9 as 0-4) or build the network with more outputs"
-            ),
-        }),
-        None => Ok(()),
-    }
-}
-
-/// How many rows of `logits` have their largest value at the label.
+/// How many rows of `logits` have their largest value at the label (the
+/// crate's one argmax, read back on the host: a few hundred values).
 fn count_correct(logits: Tensor<2>, labels: &Array1<i64>) -> Result<usize> {
-    let predictions = logits
-        .argmax(1)
-        .try_into_vec_as::<i64>()
-        .map_err(|e| Error::Backend(format!("reading predictions back: {e}")))?;
-    Ok(predictions
-        .iter()
-        .zip(labels)
-        .filter(|(p, l)| p == l)
-        .count())
+    crate::metrics::count_correct(tensor_to_array(logits)?.view(), labels.view())
 }
 
 /// The value of a one-element tensor.
 fn read_scalar(tensor: Tensor<1>) -> Result<f32> {
     tensor
         .try_into_scalar::<f32>()
-        .map_err(|e| Error::Backend(format!("reading the loss back: {e}")))
+        .map_err(|e| Error::backend_with("reading the loss back", e))
 }
 
 /// Writes the module's weights to `path`.
@@ -373,7 +314,7 @@ fn save<M: Module>(module: &M, path: PathBuf) -> Result<()> {
     module
         .clone()
         .save_file(&path)
-        .map_err(|e| Error::Backend(format!("writing checkpoint {}: {e}", path.display())))
+        .map_err(|e| Error::backend_with(format!("writing checkpoint {}", path.display()), e))
 }
 
 fn empty_training_set() -> Error {

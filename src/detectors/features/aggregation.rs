@@ -110,8 +110,9 @@ impl Aggregator {
                     ));
                 }
                 let dof = 2.0 * mu * mu / var;
-                let chi2 = ChiSquared::new(dof)
-                    .map_err(|e| Error::custom(format!("Fisher aggregation: χ²({dof}): {e}")))?;
+                let chi2 = ChiSquared::new(dof).map_err(|e| {
+                    Error::numerical(format!("Fisher aggregation, χ²({dof})"), e.to_string())
+                })?;
                 agg.brown = Some((var / (2.0 * mu), chi2));
             }
         }

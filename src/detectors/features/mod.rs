@@ -1,290 +1,110 @@
-//! What every detector on internal features shares: fitting layer by layer
-//! in a stream of batches (through a [`FeatureModel`]) or on precomputed
-//! features, the calibration pass some need, multi-layer aggregation, and
-//! scoring.
+//! The detectors on internal features — Mahalanobis, RMDS, KNN, ViM, SHE,
+//! Gram — and what they share: fitting layer by layer in a stream of
+//! batches (through a [`FeatureModel`]) or on precomputed features, the
+//! calibration pass some need, multi-layer aggregation, and scoring.
+//!
+//! Three traits make a feature detector, and a new one needs only them:
+//! - [`FeatureDetector`], its parameters: how to start fitting one layer,
+//!   and the [`FeatureOptions`] (layers, aggregation, input step) every
+//!   feature detector takes;
+//! - [`LayerFitter`], one layer's statistics accumulated batch by batch;
+//! - [`ScoreFeatures`], what was learned of one layer: it scores that
+//!   layer's features, holds no model and is `Send + Sync`.
+//!
+//! Fitted through a model ([`Detector::fit`](super::Detector::fit)), the layers' fitted states
+//! are kept in a [`FittedFeatures`] with the layers they came from and the
+//! aggregator that combines them.
 
 use std::fmt;
 
 use ndarray::{Array1, ArrayView1, ArrayView2, Axis, concatenate};
 
-use super::ScoreOutput;
-use super::odin::Odin;
+use super::{
+    Aggregation, Aggregator, Features, FittedDetector, InputPerturbation, ModelOf, ScoreOutput,
+};
 use crate::batch::Batch;
 use crate::datasets::{BatchSource, require_fit_data};
 use crate::error::{Error, Result};
-use crate::model::{FeatureModel, LayerId, check_logits, resolve_layers};
+use crate::model::{CheckedFeatures, FeatureModel, LayerId, check_finite, check_logits};
 
-mod aggregation;
+pub(crate) mod aggregation;
+mod gram;
+mod knn;
+mod mahalanobis;
 pub(crate) mod moments;
+mod she;
+mod vim;
 
-pub use aggregation::{Aggregation, Aggregator};
+pub use gram::{Gram, GramBounds, GramFitter};
+pub use knn::{Knn, KnnFitter, KnnIndex};
+pub use mahalanobis::{ClassGaussians, GaussianFitter, Mahalanobis, Rmds};
+pub use she::{She, SheFitter, SheMeans};
+pub use vim::{PrincipalDims, Vim, VimFitter, VimSubspace};
 
 /// Rows per chunk when fitting on, or scoring, precomputed features: the
 /// working memory stays O(chunk · D) however many rows there are.
 pub(crate) const CHUNK: usize = 4096;
 
-/// One layer's activations for a batch of samples, with what else the
-/// detectors may use: the class labels (fit data) and the logits (absent
-/// on precomputed features).
+/// One layer's activations for a batch of samples, with what else a
+/// detector may use: the class labels (fit data) and the model's logits
+/// (absent on precomputed features). The features are checked before a
+/// fitter or scorer sees them: finite, one row per label and logit row.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct LayerInput<'a> {
-    pub(crate) features: ArrayView2<'a, f32>,
-    pub(crate) labels: Option<ArrayView1<'a, i64>>,
-    pub(crate) logits: Option<ArrayView2<'a, f32>>,
+pub struct LayerBatch<'a> {
+    /// The activations `(N, D)`.
+    pub features: ArrayView2<'a, f32>,
+    /// The class labels `(N,)`, when known.
+    pub labels: Option<ArrayView1<'a, i64>>,
+    /// The logits `(N, classes)`, when scored or fitted through a model.
+    pub logits: Option<ArrayView2<'a, f32>>,
 }
 
-/// Accumulates one layer's statistics over the fit data.
-pub(crate) trait LayerFitter {
+/// Accumulates one layer's statistics over the fit data, batch by batch.
+pub trait LayerFitter {
     /// What fitting produces.
-    type Fitted: LayerScorer;
+    type Fitted: ScoreFeatures;
     /// Adds a batch.
-    fn update(&mut self, input: &LayerInput) -> Result<()>;
+    fn update(&mut self, batch: &LayerBatch) -> Result<()>;
     /// The fitted state.
     fn finish(self) -> Result<Self::Fitted>;
 }
 
-/// A fitted layer: scores its features.
-pub(crate) trait LayerScorer {
+/// What a feature detector learned of one layer: it scores that layer's
+/// features (higher = more OOD), holds no model, and is `Send + Sync`.
+pub trait ScoreFeatures: fmt::Debug + Send + Sync {
     /// The feature width it was fitted on.
     fn width(&self) -> usize;
-    /// One score per row, higher = more OOD.
-    fn score(&self, input: &LayerInput) -> Result<Array1<f32>>;
+
+    /// One score per row of a checked batch (the width fitted, finite).
+    /// [`score_features`](Self::score_features) is the checked entry.
+    fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>>;
+
     /// Whether it needs a second pass over the fit data
-    /// ([`calibrate`](Self::calibrate)) before scoring.
+    /// ([`calibrate`](Self::calibrate)) before scoring (ViM's α).
     fn needs_calibration(&self) -> bool {
         false
     }
+
     /// Adds a fit batch to the calibration.
-    fn calibrate(&mut self, input: &LayerInput) -> Result<()> {
-        let _ = input;
+    fn calibrate(&mut self, batch: &LayerBatch) -> Result<()> {
+        let _ = batch;
         Ok(())
     }
+
     /// Ends the calibration pass.
     fn end_calibration(&mut self) -> Result<()> {
         Ok(())
     }
-}
 
-/// A detector's method: how to start fitting a layer.
-pub(crate) trait FeatureMethod {
-    /// The fitter of one layer.
-    type Fitter: LayerFitter<Fitted = Self::Fitted>;
-    /// The fitted layer.
-    type Fitted: LayerScorer;
-    /// The detector's name.
-    fn name(&self) -> &'static str;
-    /// Whether the fit data must carry class labels.
-    fn needs_labels(&self) -> bool;
-    /// A fitter for features `dim` wide; `model` is the network when
-    /// fitting through one.
-    fn fitter(&self, dim: usize, model: Option<&dyn FeatureModel>) -> Result<Self::Fitter>;
-}
-
-/// The layers, model, fitted layers and aggregator of a feature detector.
-pub(crate) struct FeatureCore<'m, S> {
-    pub(crate) layers: Vec<LayerId>,
-    pub(crate) aggregation: Aggregation,
-    model: Option<Box<dyn FeatureModel + 'm>>,
-    fitted: Vec<S>,
-    aggregator: Option<Aggregator>,
-}
-
-impl<S> fmt::Debug for FeatureCore<'_, S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FeatureCore")
-            .field("layers", &self.layers)
-            .field("aggregation", &self.aggregation)
-            .field("model", &self.model.as_ref().map(|_| "fitted"))
-            .field("fitted_layers", &self.fitted.len())
-            .finish()
-    }
-}
-
-impl<S> Default for FeatureCore<'_, S> {
-    /// The penultimate layer (`-2`), standard-deviation aggregation.
-    fn default() -> Self {
-        FeatureCore {
-            layers: vec![LayerId::Index(-2)],
-            aggregation: Aggregation::default(),
-            model: None,
-            fitted: Vec::new(),
-            aggregator: None,
-        }
-    }
-}
-
-/// Checks `features` has one row per label (when labels are given) and
-/// only finite values.
-fn check_features(
-    features: ArrayView2<f32>,
-    labels: Option<ArrayView1<i64>>,
-    what: &str,
-) -> Result<()> {
-    if let Some(labels) = labels
-        && labels.len() != features.nrows()
-    {
-        return Err(Error::LengthMismatch {
-            what: format!("rows of {what} vs labels"),
-            left: features.nrows(),
-            right: labels.len(),
-        });
-    }
-    for (i, row) in features.rows().into_iter().enumerate() {
-        if row.iter().any(|v| !v.is_finite()) {
-            return Err(Error::NotANumber {
-                what: format!("{what} (row = sample)"),
-                index: i,
-                hint: "features must be finite numbers (NaN or infinity found)".into(),
-            });
-        }
-    }
-    Ok(())
-}
-
-impl<'m, S: LayerScorer> FeatureCore<'m, S> {
-    /// Whether fitted through a model (what [`Detector::score`] needs).
-    ///
-    /// [`Detector::score`]: super::Detector::score
-    pub(crate) fn is_fitted(&self) -> bool {
-        self.model.is_some() && !self.fitted.is_empty()
-    }
-
-    /// The fitted layers.
-    pub(crate) fn fitted(&self) -> &[S] {
-        &self.fitted
-    }
-
-    /// Fits every layer on `fit_data` through `model`: one streaming pass
-    /// for the statistics, a second when a layer calibrates on the fit data
-    /// (ViM), and one for the aggregator's fit scores when there are
-    /// several layers.
-    pub(crate) fn fit_model<M: FeatureMethod<Fitted = S>>(
-        &mut self,
-        method: &M,
-        model: Box<dyn FeatureModel + 'm>,
-        fit_data: Option<&dyn BatchSource>,
-    ) -> Result<()> {
-        // `layers` is never empty: the default is [-2] and `with_layers`
-        // rejects an empty list.
-        let data = require_fit_data(
-            fit_data,
-            &format!(
-                "{} fits statistics of in-distribution features",
-                method.name()
-            ),
-        )?;
-        resolve_layers(&self.layers, &model.layer_names())?;
-        let mut fitters: Vec<Option<M::Fitter>> = self.layers.iter().map(|_| None).collect();
-        let mut pass = Pass::new(model.as_ref(), &self.layers, method.name());
-        pass.run(data, 0, method.needs_labels(), |l, input| {
-            let fitter = match &mut fitters[l] {
-                Some(f) => f,
-                slot => slot.insert(method.fitter(input.features.ncols(), Some(model.as_ref()))?),
-            };
-            fitter.update(input)
-        })?;
-        let mut fitted = fitters
-            .into_iter()
-            .map(|f| {
-                f.ok_or_else(|| Error::Empty {
-                    what: format!("the fit data of {}", method.name()),
-                    hint: "it gave no batch".into(),
-                })?
-                .finish()
-            })
-            .collect::<Result<Vec<S>>>()?;
-        if fitted.iter().any(S::needs_calibration) {
-            pass.run(data, 1, false, |l, input| fitted[l].calibrate(input))?;
-            for f in &mut fitted {
-                f.end_calibration()?;
-            }
-        }
-        let aggregator = if fitted.len() > 1 {
-            let mut scores: Vec<Vec<f32>> = vec![Vec::new(); fitted.len()];
-            pass.run(data, 2, false, |l, input| {
-                scores[l].extend(fitted[l].score(input)?);
-                Ok(())
-            })?;
-            let views: Vec<_> = scores.iter().map(ArrayView1::from).collect();
-            Some(Aggregator::fit(self.aggregation, &views)?)
-        } else {
-            None
-        };
-        self.fitted = fitted;
-        self.aggregator = aggregator;
-        self.model = Some(model);
-        Ok(())
-    }
-
-    /// Fits one layer on precomputed `features` `(N, D)` with their
-    /// `labels`, in chunks. Any earlier fit (and model) is dropped.
-    pub(crate) fn fit_features<M: FeatureMethod<Fitted = S>>(
-        &mut self,
-        method: &M,
-        features: ArrayView2<f32>,
-        labels: ArrayView1<i64>,
-    ) -> Result<()> {
-        let what = format!("fit features of {}", method.name());
-        if features.nrows() == 0 {
-            return Err(Error::Empty {
-                what,
-                hint: "fit on at least one sample".into(),
-            });
-        }
-        check_features(features, Some(labels), &what)?;
-        let chunks = || {
-            features
-                .axis_chunks_iter(Axis(0), CHUNK)
-                .zip(labels.axis_chunks_iter(Axis(0), CHUNK))
-                .map(|(features, labels)| LayerInput {
-                    features,
-                    labels: Some(labels),
-                    logits: None,
-                })
-        };
-        let mut fitter = method.fitter(features.ncols(), None)?;
-        for input in chunks() {
-            fitter.update(&input)?;
-        }
-        let mut fitted = fitter.finish()?;
-        if fitted.needs_calibration() {
-            for input in chunks() {
-                fitted.calibrate(&input)?;
-            }
-            fitted.end_calibration()?;
-        }
-        self.fitted = vec![fitted];
-        self.aggregator = None;
-        self.model = None;
-        Ok(())
-    }
-
-    /// Scores precomputed features of the single fitted layer, in chunks.
-    pub(crate) fn score_features(
-        &self,
-        detector: &'static str,
-        features: ArrayView2<f32>,
-    ) -> Result<Array1<f32>> {
-        let fitted = match self.fitted.as_slice() {
-            [] => return Err(Error::NotFitted { detector }),
-            [one] => one,
-            many => {
-                return Err(Error::Unsupported {
-                    what: format!(
-                        "score_features on {detector} fitted on {} layers",
-                        many.len()
-                    ),
-                    hint: "score a dataset with Detector::score, or fit one layer".into(),
-                });
-            }
-        };
-        let what = format!("features scored by {detector}");
-        check_width(fitted.width(), features, &what)?;
-        check_features(features, None, &what)?;
+    /// Scores precomputed features `(N, D)` of the layer it was fitted on,
+    /// in chunks. Errors on another width and on non-finite values.
+    fn score_features(&self, features: ArrayView2<f32>) -> Result<Array1<f32>> {
+        check_width(self.width(), features, "features to score")?;
+        check_finite(features, "features to score")?;
         let parts = features
             .axis_chunks_iter(Axis(0), CHUNK)
             .map(|features| {
-                fitted.score(&LayerInput {
+                self.score_layer(&LayerBatch {
                     features,
                     labels: None,
                     logits: None,
@@ -294,42 +114,262 @@ impl<'m, S: LayerScorer> FeatureCore<'m, S> {
         let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
         Ok(concatenate(Axis(0), &views)?)
     }
+}
 
-    /// Scores a batch through the fitted model: each layer's scores, then
-    /// their aggregate. With `perturb`, the features are those of the
-    /// inputs after ODIN's step (the logits returned stay those of the
-    /// unperturbed inputs).
-    pub(crate) fn score_batch(
+/// What every feature detector takes besides its own parameters: the
+/// layers it fits on (default `-2`, the penultimate one), how several
+/// layers' scores are combined, and an optional input step before the
+/// features are taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureOptions {
+    layers: Vec<LayerId>,
+    aggregation: Aggregation,
+    perturbation: Option<InputPerturbation>,
+}
+
+impl Default for FeatureOptions {
+    /// The penultimate layer, standard-deviation aggregation, no input
+    /// step.
+    fn default() -> Self {
+        FeatureOptions {
+            layers: vec![LayerId::Index(-2)],
+            aggregation: Aggregation::default(),
+            perturbation: None,
+        }
+    }
+}
+
+impl FeatureOptions {
+    /// The layers, never empty.
+    pub fn layers(&self) -> &[LayerId] {
+        &self.layers
+    }
+
+    /// How several layers' scores are combined.
+    pub fn aggregation(&self) -> Aggregation {
+        self.aggregation
+    }
+
+    /// The input step, if any.
+    pub fn perturbation(&self) -> Option<InputPerturbation> {
+        self.perturbation
+    }
+}
+
+/// A feature detector's parameters: how to fit one layer, and the shared
+/// [`FeatureOptions`]. With it, a type gets the builder methods below,
+/// [`fit_features`](Self::fit_features) on precomputed features, and —
+/// with the five-line [`Detector`](super::Detector) impl every feature
+/// detector has, `fit_model` calling [`fit_layers`] — the whole flow
+/// through a model.
+pub trait FeatureDetector: Clone + fmt::Debug {
+    /// The fitter of one layer.
+    type Fitter: LayerFitter<Fitted = Self::Fitted>;
+    /// What is learned of one layer.
+    type Fitted: ScoreFeatures;
+
+    /// A short name, e.g. `"KNN"`.
+    fn name(&self) -> &'static str;
+
+    /// Whether the fit data must carry class labels.
+    fn needs_labels(&self) -> bool;
+
+    /// A fitter for one layer's features, `width` wide; `model` is the
+    /// network when fitting through one (ViM reads its last layer).
+    fn fitter(&self, width: usize, model: Option<&dyn FeatureModel>) -> Result<Self::Fitter>;
+
+    /// The shared options.
+    fn options(&self) -> &FeatureOptions;
+
+    /// The shared options, to change.
+    fn options_mut(&mut self) -> &mut FeatureOptions;
+
+    /// Fits on these layers of the model (default: `-2`, the penultimate
+    /// one); with several, their scores are combined by the
+    /// [`Aggregation`]. An empty list is an error.
+    fn with_layers<L: Into<LayerId>>(mut self, layers: impl IntoIterator<Item = L>) -> Result<Self>
+    where
+        Self: Sized,
+    {
+        let layers: Vec<LayerId> = layers.into_iter().map(Into::into).collect();
+        if layers.is_empty() {
+            return Err(Error::invalid(
+                "layers",
+                "[]",
+                "give at least one layer (e.g. -2, the penultimate one)",
+            ));
+        }
+        self.options_mut().layers = layers;
+        Ok(self)
+    }
+
+    /// How the scores of several layers are combined (default
+    /// [`Aggregation::StdNormalized`]).
+    fn with_aggregation(mut self, aggregation: Aggregation) -> Self
+    where
+        Self: Sized,
+    {
+        self.options_mut().aggregation = aggregation;
+        self
+    }
+
+    /// Perturbs each input by this [`InputPerturbation`] before its
+    /// features are taken (Mahalanobis and SHE do in their papers). Needs a
+    /// model with input gradients
+    /// ([`Model::input_gradient`](crate::model::Model::input_gradient));
+    /// only scoring through a model is perturbed, not
+    /// [`score_features`](ScoreFeatures::score_features).
+    fn with_input_perturbation(mut self, step: InputPerturbation) -> Self
+    where
+        Self: Sized,
+    {
+        self.options_mut().perturbation = (!step.is_off()).then_some(step);
+        self
+    }
+
+    /// The layers it fits on.
+    fn layers(&self) -> &[LayerId] {
+        &self.options().layers
+    }
+
+    /// Fits one layer's precomputed features `(N, D)` of in-distribution
+    /// data and their class labels (`N` of them), streaming through them in
+    /// chunks; score the result with
+    /// [`score_features`](ScoreFeatures::score_features). Errors on no
+    /// rows, labels of another length, and non-finite values.
+    fn fit_features(
         &self,
-        detector: &'static str,
-        batch: Batch,
-        perturb: Option<&Odin>,
-    ) -> Result<ScoreOutput> {
-        let model = self.model.as_deref().ok_or(Error::NotFitted { detector })?;
+        features: ArrayView2<f32>,
+        labels: ArrayView1<i64>,
+    ) -> Result<Self::Fitted> {
+        let what = format!("fit features of {}", self.name());
+        if features.nrows() == 0 {
+            return Err(Error::Empty {
+                what,
+                hint: "fit on at least one sample".into(),
+            });
+        }
+        if features.ncols() == 0 {
+            return Err(Error::ShapeMismatch {
+                what,
+                expected: "(N, D) with D ≥ 1".into(),
+                found: format!("{:?}", features.shape()),
+            });
+        }
+        check_labels_len(features, labels, &what)?;
+        check_finite(features, &what)?;
+        let chunks = || {
+            features
+                .axis_chunks_iter(Axis(0), CHUNK)
+                .zip(labels.axis_chunks_iter(Axis(0), CHUNK))
+                .map(|(features, labels)| LayerBatch {
+                    features,
+                    labels: Some(labels),
+                    logits: None,
+                })
+        };
+        let mut fitter = self.fitter(features.ncols(), None)?;
+        for batch in chunks() {
+            fitter.update(&batch)?;
+        }
+        let mut fitted = fitter.finish()?;
+        if fitted.needs_calibration() {
+            for batch in chunks() {
+                fitted.calibrate(&batch)?;
+            }
+            fitted.end_calibration()?;
+        }
+        Ok(fitted)
+    }
+}
+
+/// What a feature detector learned through a model: one fitted state per
+/// layer, the layers they came from, the aggregator that combines several,
+/// and the input step. Holds no model; `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct FittedFeatures<S> {
+    name: &'static str,
+    layers: Vec<LayerId>,
+    states: Vec<S>,
+    aggregator: Option<Aggregator>,
+    perturbation: Option<InputPerturbation>,
+}
+
+impl<S: ScoreFeatures> FittedFeatures<S> {
+    /// The layers fitted on, in order.
+    pub fn layers(&self) -> &[LayerId] {
+        &self.layers
+    }
+
+    /// Each layer's fitted state, in the order of [`layers`](Self::layers).
+    pub fn states(&self) -> &[S] {
+        &self.states
+    }
+
+    /// The aggregator of the layers' scores, with several layers.
+    pub fn aggregator(&self) -> Option<&Aggregator> {
+        self.aggregator.as_ref()
+    }
+
+    /// The input step applied before the features are taken, if any.
+    pub fn perturbation(&self) -> Option<InputPerturbation> {
+        self.perturbation
+    }
+
+    /// Each layer's feature width.
+    pub fn widths(&self) -> Vec<usize> {
+        self.states.iter().map(ScoreFeatures::width).collect()
+    }
+
+    /// Scores precomputed features `(N, D)` of the one layer fitted on
+    /// ([`ScoreFeatures::score_features`] of its state). Errors when fitted
+    /// on several layers (their scores combine only through a model), on
+    /// another width, or on non-finite values.
+    pub fn score_features(&self, features: ArrayView2<f32>) -> Result<Array1<f32>> {
+        match self.states.as_slice() {
+            [one] => one.score_features(features),
+            many => Err(Error::Unsupported {
+                what: format!(
+                    "score_features on {} fitted on {} layers",
+                    self.name,
+                    many.len()
+                ),
+                hint: "score a dataset through the model, or fit one layer".into(),
+            }),
+        }
+    }
+}
+
+impl<S: ScoreFeatures> FittedDetector for FittedFeatures<S> {
+    type Family = Features;
+
+    fn kind(&self) -> &'static str {
+        self.name
+    }
+
+    /// Resolves every fitted layer on the model.
+    fn check_model(&self, model: &ModelOf<'_, Self>) -> Result<()> {
+        CheckedFeatures::new(model, &self.layers).map(|_| ())
+    }
+
+    /// Each layer's scores, then their aggregate. With an input step, the
+    /// features are those of the perturbed inputs (the logits returned
+    /// stay those of the unperturbed ones).
+    fn score_batch(&self, model: &ModelOf<'_, Self>, batch: Batch) -> Result<ScoreOutput> {
+        let mut checked = CheckedFeatures::new(model, &self.layers)?.expecting(self.widths());
         let n = batch.len();
-        // With ODIN's step, the logits returned are the unperturbed inputs'.
-        let (out, unperturbed) = match perturb {
-            Some(odin) if odin.epsilon() > 0.0 => {
+        let (out, unperturbed) = match self.perturbation {
+            Some(step) => {
                 let logits = model.forward(batch.inputs.view())?;
                 check_logits(&logits, n)?;
-                let perturbed = odin.perturb(model, batch.inputs, logits.view())?;
-                (
-                    model.forward_features_owned(perturbed, &self.layers)?,
-                    Some(logits),
-                )
+                let perturbed = step.perturb(model, batch.inputs, logits.view())?;
+                (checked.forward(perturbed)?, Some(logits))
             }
-            _ => (
-                model.forward_features_owned(batch.inputs, &self.layers)?,
-                None,
-            ),
+            None => (checked.forward(batch.inputs)?, None),
         };
-        check_logits(&out.logits, n)?;
-        let mut per_layer = Vec::with_capacity(self.fitted.len());
-        for ((fitted, features), id) in self.fitted.iter().zip(&out.features).zip(&self.layers) {
-            let what = format!("activations of {id}");
-            check_width(fitted.width(), features.view(), &what)?;
-            check_features(features.view(), None, &what)?;
-            per_layer.push(fitted.score(&LayerInput {
+        let mut per_layer = Vec::with_capacity(self.states.len());
+        for (state, features) in self.states.iter().zip(&out.features) {
+            per_layer.push(state.score_layer(&LayerBatch {
                 features: features.view(),
                 labels: None,
                 logits: Some(out.logits.view()),
@@ -350,6 +390,79 @@ impl<'m, S: LayerScorer> FeatureCore<'m, S> {
     }
 }
 
+/// Fits `detector` on every layer it names, on `fit_data` through `model`:
+/// one streaming pass for the statistics, a second when a layer calibrates
+/// on the fit data (ViM), and one for the aggregator's fit scores when
+/// there are several layers. What every feature detector's
+/// [`Detector::fit_model`](super::Detector::fit_model) does.
+pub fn fit_layers<D: FeatureDetector>(
+    detector: &D,
+    model: &dyn FeatureModel,
+    fit_data: Option<&dyn BatchSource>,
+) -> Result<FittedFeatures<D::Fitted>> {
+    let name = detector.name();
+    let data = require_fit_data(
+        fit_data,
+        &format!("{name} fits statistics of in-distribution features"),
+    )?;
+    let layers = detector.layers();
+    let mut fitters: Vec<Option<D::Fitter>> = layers.iter().map(|_| None).collect();
+    let mut pass = Pass::new(model, layers, name)?;
+    pass.run(data, 0, detector.needs_labels(), |l, batch| {
+        let fitter = match &mut fitters[l] {
+            Some(f) => f,
+            slot => slot.insert(detector.fitter(batch.features.ncols(), Some(model))?),
+        };
+        fitter.update(batch)
+    })?;
+    let mut states = fitters
+        .into_iter()
+        .map(|f| {
+            f.ok_or_else(|| Error::Empty {
+                what: format!("the fit data of {name}"),
+                hint: "it gave no batch".into(),
+            })?
+            .finish()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if states.iter().any(ScoreFeatures::needs_calibration) {
+        pass.run(data, 1, false, |l, batch| states[l].calibrate(batch))?;
+        for state in &mut states {
+            state.end_calibration()?;
+        }
+    }
+    let aggregator = if states.len() > 1 {
+        let mut scores: Vec<Vec<f32>> = vec![Vec::new(); states.len()];
+        pass.run(data, 2, false, |l, batch| {
+            scores[l].extend(states[l].score_layer(batch)?);
+            Ok(())
+        })?;
+        let views: Vec<_> = scores.iter().map(ArrayView1::from).collect();
+        Some(Aggregator::fit(detector.options().aggregation, &views)?)
+    } else {
+        None
+    };
+    Ok(FittedFeatures {
+        name,
+        layers: layers.to_vec(),
+        states,
+        aggregator,
+        perturbation: detector.options().perturbation,
+    })
+}
+
+/// Errors unless `labels` has one entry per row of `features`.
+fn check_labels_len(features: ArrayView2<f32>, labels: ArrayView1<i64>, what: &str) -> Result<()> {
+    if labels.len() != features.nrows() {
+        return Err(Error::LengthMismatch {
+            what: format!("rows of {what} vs labels"),
+            left: features.nrows(),
+            right: labels.len(),
+        });
+    }
+    Ok(())
+}
+
 /// Errors unless `features` is `width` wide.
 fn check_width(width: usize, features: ArrayView2<f32>, what: &str) -> Result<()> {
     if features.ncols() != width {
@@ -362,30 +475,33 @@ fn check_width(width: usize, features: ArrayView2<f32>, what: &str) -> Result<()
     Ok(())
 }
 
-/// A pass of a model over the fit data, layer by layer.
+/// Passes of a model over the fit data, layer by layer, through the
+/// checked boundary (the widths of the first pass hold for the others).
 struct Pass<'a> {
-    model: &'a dyn FeatureModel,
-    layers: &'a [LayerId],
+    checked: CheckedFeatures<'a>,
     detector: &'static str,
 }
 
 impl<'a> Pass<'a> {
-    fn new(model: &'a dyn FeatureModel, layers: &'a [LayerId], detector: &'static str) -> Self {
-        Pass {
-            model,
-            layers,
+    fn new(
+        model: &'a dyn FeatureModel,
+        layers: &'a [LayerId],
+        detector: &'static str,
+    ) -> Result<Self> {
+        Ok(Pass {
+            checked: CheckedFeatures::new(model, layers)?,
             detector,
-        }
+        })
     }
 
     /// Runs the model on every batch of pass `pass` of `data` and hands
-    /// each layer's input to `each(layer, input)`.
+    /// each layer's batch to `each(layer, batch)`.
     fn run(
         &mut self,
         data: &dyn BatchSource,
         pass: usize,
         needs_labels: bool,
-        mut each: impl FnMut(usize, &LayerInput) -> Result<()>,
+        mut each: impl FnMut(usize, &LayerBatch) -> Result<()>,
     ) -> Result<()> {
         let mut offset = 0;
         for batch in data.batches_for_pass(pass as u64)? {
@@ -393,25 +509,30 @@ impl<'a> Pass<'a> {
             let n = inputs.shape()[0];
             let step = || -> Result<()> {
                 if needs_labels && labels.is_none() {
-                    return Err(Error::invalid(
-                        "fit data",
-                        "batches without labels",
+                    return Err(Error::missing(
+                        "class labels of the fit batches",
                         format!(
                             "{} fits class-conditional statistics: fit on a labelled dataset",
                             self.detector
                         ),
                     ));
                 }
-                let out = self.model.forward_features_owned(inputs, self.layers)?;
-                check_logits(&out.logits, n)?;
-                for (l, (features, id)) in out.features.iter().zip(self.layers).enumerate() {
-                    let labels = labels.as_ref().map(|l| l.view());
-                    check_features(features.view(), labels, &format!("activations of {id}"))?;
+                if let Some(labels) = &labels
+                    && labels.len() != n
+                {
+                    return Err(Error::LengthMismatch {
+                        what: "inputs vs labels of a fit batch".into(),
+                        left: n,
+                        right: labels.len(),
+                    });
+                }
+                let out = self.checked.forward(inputs)?;
+                for (l, features) in out.features.iter().enumerate() {
                     each(
                         l,
-                        &LayerInput {
+                        &LayerBatch {
                             features: features.view(),
-                            labels,
+                            labels: labels.as_ref().map(|l| l.view()),
                             logits: Some(out.logits.view()),
                         },
                     )?;
@@ -424,132 +545,3 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 }
-
-/// The public API every feature detector shares, on a struct with fields
-/// `method` (a [`FeatureMethod`]), `core` (a [`FeatureCore`]) and, with
-/// `perturbation`, `perturbation: Option<Odin<'static>>`.
-macro_rules! feature_detector {
-    ($ty:ident, $name:literal) => {
-        $crate::detectors::features::feature_detector!(@api $ty, $name);
-        $crate::detectors::features::feature_detector!(@detector $ty, $name, |_d| None);
-    };
-    ($ty:ident, $name:literal, perturbation) => {
-        $crate::detectors::features::feature_detector!(@api $ty, $name);
-        $crate::detectors::features::feature_detector!(
-            @detector $ty, $name, |d| d.perturbation.as_ref()
-        );
-        impl $ty<'_> {
-            #[doc = concat!(
-                "Perturbs each input as ODIN does before its features are taken: one step ",
-                "x − ε·sign(∇ₓ CE(logits(x)/T, argmax)) (ε ≥ 0, T > 0; ε = 0 turns it off, ",
-                "the default). Needs a model with input gradients ",
-                "([`Model::input_gradient`](crate::model::Model::input_gradient)); only ",
-                "scoring through a model is perturbed, not [`score_features`](Self::score_features)."
-            )]
-            pub fn with_input_perturbation(
-                mut self,
-                epsilon: f32,
-                temperature: f32,
-            ) -> $crate::Result<Self> {
-                self.perturbation = Some($crate::detectors::Odin::new(temperature, epsilon)?);
-                Ok(self)
-            }
-        }
-    };
-    (@api $ty:ident, $name:literal) => {
-        impl $ty<'_> {
-            #[doc = concat!(
-                "Fits ", $name, " on these layers of the model (default: `-2`, the ",
-                "penultimate one); with several, their scores are combined by the ",
-                "[`Aggregation`](crate::detectors::Aggregation). An empty list is an error."
-            )]
-            pub fn with_layers<L: Into<$crate::model::LayerId>>(
-                mut self,
-                layers: impl IntoIterator<Item = L>,
-            ) -> $crate::Result<Self> {
-                let layers: Vec<$crate::model::LayerId> =
-                    layers.into_iter().map(Into::into).collect();
-                if layers.is_empty() {
-                    return Err($crate::Error::invalid(
-                        "layers",
-                        "[]",
-                        "give at least one layer (e.g. -2, the penultimate one)",
-                    ));
-                }
-                self.core.layers = layers;
-                Ok(self)
-            }
-
-            /// How the scores of several layers are combined (default
-            /// [`Aggregation::StdNormalized`](crate::detectors::Aggregation::StdNormalized)).
-            pub fn with_aggregation(mut self, aggregation: $crate::detectors::Aggregation) -> Self {
-                self.core.aggregation = aggregation;
-                self
-            }
-
-            /// The layers it fits on.
-            pub fn layers(&self) -> &[$crate::model::LayerId] {
-                &self.core.layers
-            }
-
-            #[doc = concat!(
-                "Fits ", $name, " on one layer's precomputed features `(N, D)` of ",
-                "in-distribution data and their class labels (`N` of them), streaming ",
-                "through them in chunks. Replaces any earlier fit, model included: score ",
-                "with [`score_features`](Self::score_features). Errors on no rows, ",
-                "labels of another length, and non-finite values."
-            )]
-            pub fn fit_features(
-                &mut self,
-                features: ndarray::ArrayView2<f32>,
-                labels: ndarray::ArrayView1<i64>,
-            ) -> $crate::Result<()> {
-                self.core.fit_features(&self.method, features, labels)
-            }
-
-            #[doc = concat!(
-                "Scores precomputed features `(N, D)` of the layer ", $name, " was fitted ",
-                "on (higher = more OOD). Errors when not fitted, fitted on several layers, ",
-                "on another width, or on non-finite values."
-            )]
-            pub fn score_features(
-                &self,
-                features: ndarray::ArrayView2<f32>,
-            ) -> $crate::Result<ndarray::Array1<f32>> {
-                self.core.score_features($name, features)
-            }
-        }
-    };
-    (@detector $ty:ident, $name:literal, |$d:ident| $perturbation:expr) => {
-        impl<'m> $crate::detectors::Detector for $ty<'m> {
-            type Network = dyn $crate::model::FeatureModel + 'm;
-
-            fn name(&self) -> &'static str {
-                $name
-            }
-
-            /// Fits on the activations of `fit_data` (required) through
-            /// `model`, streaming over its batches.
-            fn fit_model(
-                &mut self,
-                model: Box<dyn $crate::model::FeatureModel + 'm>,
-                fit_data: Option<&dyn $crate::datasets::BatchSource>,
-            ) -> $crate::Result<()> {
-                self.core.fit_model(&self.method, model, fit_data)
-            }
-
-            fn is_fitted(&self) -> bool {
-                self.core.is_fitted()
-            }
-
-            fn score_batch(
-                &self,
-                batch: $crate::batch::Batch,
-            ) -> $crate::Result<$crate::detectors::ScoreOutput> {
-                let $d = self;
-                self.core.score_batch($name, batch, $perturbation)
-            }
-        }
-    };
-}
-pub(crate) use feature_detector;

@@ -3,7 +3,7 @@
 use ndarray::{Array1, ArrayView1, ArrayView2};
 
 use super::ScoreLogits;
-use super::logit::{FittedModel, logit_detector, score_rows, shifted_exps};
+use super::{score_rows, shifted_exps};
 use crate::error::Result;
 
 /// What is applied to the logits before taking their maximum.
@@ -23,7 +23,7 @@ pub enum OutputActivation {
 /// Hendrycks & Gimpel. The softmax is computed stably: logits of 1000 or
 /// −1000 are fine.
 ///
-/// MLS needs no statistics of the training data: [`fit`](super::Detector::fit)
+/// MLS needs no statistics of the training data: [`fit`](crate::detectors::Detector::fit)
 /// only keeps the model, and its fit data, if any, is not read.
 ///
 /// ```
@@ -37,19 +37,18 @@ pub enum OutputActivation {
 /// ```
 #[doc(alias = "MLS")]
 #[doc(alias = "MSP")]
-#[derive(Debug)]
-pub struct Mls<'m> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mls {
     activation: OutputActivation,
-    model: FittedModel<'m>,
 }
 
-impl Default for Mls<'_> {
+impl Default for Mls {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<'m> Mls<'m> {
+impl Mls {
     /// MLS: score = −max logit.
     pub fn new() -> Self {
         Self::with_activation(OutputActivation::Identity)
@@ -63,10 +62,7 @@ impl<'m> Mls<'m> {
 
     /// MLS with `activation` applied to the logits first.
     pub fn with_activation(activation: OutputActivation) -> Self {
-        Mls {
-            activation,
-            model: FittedModel::default(),
-        }
+        Mls { activation }
     }
 
     /// The output activation.
@@ -83,13 +79,15 @@ impl<'m> Mls<'m> {
     }
 }
 
-impl ScoreLogits for Mls<'_> {
+impl ScoreLogits for Mls {
+    fn name(&self) -> &'static str {
+        match self.activation {
+            OutputActivation::Identity => "MLS",
+            OutputActivation::Softmax => "MSP",
+        }
+    }
+
     fn score_logits(&self, logits: ArrayView2<f32>) -> Result<Array1<f32>> {
         score_rows(logits, |row| self.score_row(row))
     }
 }
-
-logit_detector!(Mls, |mls| match mls.activation {
-    OutputActivation::Identity => "MLS",
-    OutputActivation::Softmax => "MSP",
-});

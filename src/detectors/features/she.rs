@@ -4,61 +4,56 @@ use std::collections::BTreeMap;
 
 use ndarray::{Array1, Array2, Axis};
 
-use super::features::{
-    FeatureCore, FeatureMethod, LayerFitter, LayerInput, LayerScorer, feature_detector,
+use super::{
+    FeatureDetector, FeatureOptions, FittedFeatures, LayerBatch, LayerFitter, ScoreFeatures,
+    fit_layers,
 };
-use super::odin::Odin;
+use crate::datasets::BatchSource;
+use crate::detectors::{Detector, ModelOf};
 use crate::error::{Error, Result};
 use crate::linalg::gemm;
-use crate::model::{FeatureModel, argmax};
+use crate::metrics::argmax;
+use crate::model::FeatureModel;
 
 /// SHE: the mean feature μ_c of each class over the in-distribution fit
 /// data; score = −max_c ⟨f, μ_c⟩ / D (higher = more OOD).
 ///
 /// Fitted through a model, the means take only the fit samples the model
 /// classifies correctly (label = prediction), as in the paper.
-/// [`fit_features`](Self::fit_features) has no predictions: it averages
+/// [`fit_features`](FeatureDetector::fit_features) has no predictions: it averages
 /// every sample given, so pass the correctly classified ones there. Every
 /// class needs at least two samples. Memory O(classes·D).
-/// [`with_input_perturbation`](Self::with_input_perturbation) adds ODIN's
+/// [`with_input_perturbation`](FeatureDetector::with_input_perturbation) adds ODIN's
 /// input step, which the Python toolkit applies by default (ε = 0.0014,
 /// T = 1000); here it is off unless asked for, since it needs input
 /// gradients.
 ///
 /// ```
 /// use ndarray::array;
-/// use oodkit::detectors::She;
+/// use oodkit::detectors::{FeatureDetector, ScoreFeatures, She};
 ///
 /// let fit = array![[2.0_f32, 0.0], [4.0, 0.0], [0.0, 1.0], [0.0, 3.0]];
-/// let mut she = She::new();
-/// she.fit_features(fit.view(), array![0_i64, 0, 1, 1].view())?;
+/// let she = She::new().fit_features(fit.view(), array![0_i64, 0, 1, 1].view())?;
 /// // Means (3, 0) and (0, 2): −max(3·1, 2·1) / 2 for (1, 1).
 /// let scores = she.score_features(array![[1.0_f32, 1.0]].view())?;
 /// assert!((scores[0] + 1.5).abs() < 1e-6);
 /// # Ok::<(), oodkit::Error>(())
 /// ```
-#[derive(Debug, Default)]
-pub struct She<'m> {
-    method: SheMethod,
-    core: FeatureCore<'m, SheState>,
-    perturbation: Option<Odin<'static>>,
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct She {
+    options: FeatureOptions,
 }
 
-impl She<'_> {
+impl She {
     /// SHE on the penultimate layer, without input perturbation.
     pub fn new() -> Self {
         Self::default()
     }
 }
 
-feature_detector!(She, "SHE", perturbation);
-
-#[derive(Debug, Default, Clone, Copy)]
-struct SheMethod;
-
-impl FeatureMethod for SheMethod {
+impl FeatureDetector for She {
     type Fitter = SheFitter;
-    type Fitted = SheState;
+    type Fitted = SheMeans;
 
     fn name(&self) -> &'static str {
         "SHE"
@@ -68,16 +63,38 @@ impl FeatureMethod for SheMethod {
         true
     }
 
-    fn fitter(&self, dim: usize, _model: Option<&dyn FeatureModel>) -> Result<SheFitter> {
+    fn fitter(&self, width: usize, _model: Option<&dyn FeatureModel>) -> Result<SheFitter> {
         Ok(SheFitter {
-            dim,
+            dim: width,
             sums: BTreeMap::new(),
             seen: BTreeMap::new(),
         })
     }
+
+    fn options(&self) -> &FeatureOptions {
+        &self.options
+    }
+
+    fn options_mut(&mut self) -> &mut FeatureOptions {
+        &mut self.options
+    }
 }
 
-struct SheFitter {
+impl Detector for She {
+    type Fitted = FittedFeatures<SheMeans>;
+
+    fn fit_model(
+        &self,
+        model: &ModelOf<'_, Self::Fitted>,
+        fit_data: Option<&dyn BatchSource>,
+    ) -> Result<Self::Fitted> {
+        fit_layers(self, model, fit_data)
+    }
+}
+
+/// Sums one layer's correctly classified fit features per class.
+#[derive(Debug)]
+pub struct SheFitter {
     dim: usize,
     /// Per class: count and sum of the kept samples.
     sums: BTreeMap<i64, (u64, Array1<f64>)>,
@@ -86,15 +103,15 @@ struct SheFitter {
 }
 
 impl LayerFitter for SheFitter {
-    type Fitted = SheState;
+    type Fitted = SheMeans;
 
-    fn update(&mut self, input: &LayerInput) -> Result<()> {
-        let Some(labels) = input.labels else {
+    fn update(&mut self, batch: &LayerBatch) -> Result<()> {
+        let Some(labels) = batch.labels else {
             return Ok(());
         };
-        for (i, (row, &label)) in input.features.rows().into_iter().zip(labels).enumerate() {
+        for (i, (row, &label)) in batch.features.rows().into_iter().zip(labels).enumerate() {
             *self.seen.entry(label).or_default() += 1;
-            let correct = input
+            let correct = batch
                 .logits
                 .is_none_or(|logits| argmax(logits.row(i).iter().copied()) as i64 == label);
             let entry = self
@@ -109,7 +126,7 @@ impl LayerFitter for SheFitter {
         Ok(())
     }
 
-    fn finish(self) -> Result<SheState> {
+    fn finish(self) -> Result<SheMeans> {
         if self.sums.is_empty() {
             return Err(Error::Empty {
                 what: "the fit data of SHE".into(),
@@ -130,25 +147,32 @@ impl LayerFitter for SheFitter {
             }
             row.assign(&(sum / *count as f64));
         }
-        Ok(SheState { means })
+        Ok(SheMeans { means })
     }
 }
 
-/// The class means `(classes, D)`.
-#[derive(Debug)]
-pub(crate) struct SheState {
+/// What SHE learns of a layer: the class means `(classes, D)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SheMeans {
     means: Array2<f64>,
 }
 
-impl LayerScorer for SheState {
+impl SheMeans {
+    /// The class means `(classes, D)`, classes in ascending label order.
+    pub fn means(&self) -> &Array2<f64> {
+        &self.means
+    }
+}
+
+impl ScoreFeatures for SheMeans {
     fn width(&self) -> usize {
         self.means.ncols()
     }
 
-    fn score(&self, input: &LayerInput) -> Result<Array1<f32>> {
+    fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>> {
         let d = self.means.ncols() as f64;
         let dots = gemm(
-            input.features.mapv(f64::from).view(),
+            batch.features.mapv(f64::from).view(),
             self.means.view(),
             true,
         );

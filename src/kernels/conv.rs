@@ -18,18 +18,18 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{
-    Autodiff, Backend, Dispatch, DispatchDevice, Flex, TensorMetadata, backend_extension,
-};
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
-use burn::tensor::{DType, Shape, Tensor, TensorData};
+use burn::tensor::{Shape, Tensor, TensorData};
 use rayon::prelude::*;
+
+use super::{contiguous, flex_f32};
 
 /// `conv.forward(x)`, through the Flex kernels when `x` lives on Flex and the
 /// convolution is a plain one (no padding, stride 1, no dilation, one group,
 /// with a bias).
-pub(super) fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+pub(crate) fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let plain = conv.stride == [1, 1]
         && conv.dilation == [1, 1]
         && conv.groups == 1
@@ -224,28 +224,9 @@ impl<B: Conv2dKernels, C: CheckpointStrategy> Conv2dValid for Autodiff<B, C> {
     }
 }
 
-/// Whether the crate's kernels can take `x`: an `f32` tensor on Flex (with
-/// or without autodiff).
-pub(super) fn flex_f32<const D: usize>(x: &Tensor<D>) -> bool {
-    x.dtype() == DType::F32
-        && matches!(
-            x.device().without_autodiff().as_dispatch(),
-            DispatchDevice::Flex(_)
-        )
-}
-
 /// The four dimensions of a 4-D shape.
 fn dims4(shape: &Shape) -> [usize; 4] {
     [shape[0], shape[1], shape[2], shape[3]]
-}
-
-/// A Flex tensor laid out contiguously (copied only if it is not).
-pub(super) fn contiguous(x: FlexTensor) -> FlexTensor {
-    if x.as_slice::<f32>().is_some() {
-        x
-    } else {
-        x.to_contiguous()
-    }
 }
 
 #[cfg(test)]

@@ -1,14 +1,14 @@
 //! The toy convnet of the Python toolkit's MNIST tutorial.
 
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig, Relu};
+use burn::nn::{Dropout, DropoutConfig, Linear, Relu};
 use burn::tensor::{Device, Tensor};
 
-use super::conv::conv2d;
-use super::max_pool::max_pool_2x2;
+use super::init::{dense, glorot, zero_bias};
 use crate::error::{Error, Result};
+use crate::kernels::{conv2d, max_pool_2x2};
 use crate::model::BurnClassifier;
 
 /// How to build a [`ToyConvnet`]: input channels and side, number of
@@ -87,26 +87,6 @@ impl ToyConvnetConfig {
             linear: dense(64 * side * side, self.num_classes, device),
         })
     }
-}
-
-/// Glorot-uniform weights, as Keras initialises the reference network (burn's
-/// default, Kaiming-uniform, trains it to a slightly different optimum).
-pub(super) fn glorot() -> Initializer {
-    Initializer::XavierUniform { gain: 1.0 }
-}
-
-/// A zero bias of `size` (Keras' default; burn draws biases like weights).
-pub(super) fn zero_bias(size: usize, device: &Device) -> Param<Tensor<1>> {
-    Initializer::Zeros.init([size], device)
-}
-
-/// A Keras-initialised dense layer.
-pub(super) fn dense(inputs: usize, outputs: usize, device: &Device) -> Linear {
-    let mut linear = LinearConfig::new(inputs, outputs)
-        .with_initializer(glorot())
-        .init(device);
-    linear.bias = Some(zero_bias(outputs, device));
-    linear
 }
 
 /// Conv2d(C→32, 3x3) ReLU MaxPool2 Conv2d(32→64, 3x3) ReLU MaxPool2 Flatten

@@ -23,12 +23,12 @@ use burn::nn::pool::MaxPool2d;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::conv::{contiguous, flex_f32};
+use super::{contiguous, flex_f32};
 
 /// 2x2 max-pool with stride 2 (an odd last row or column is dropped), the
 /// same values and gradients as `pool` (a `MaxPool2dConfig::new([2, 2])`
 /// layer), through the Flex kernel when `x` lives on Flex.
-pub(super) fn max_pool_2x2(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
+pub(crate) fn max_pool_2x2(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
     let [_, _, h, w] = x.dims();
     if flex_f32(&x) && h >= 2 && w >= 2 {
         Tensor::from_dispatch(<Dispatch as MaxPool2x2>::max_pool_2x2(x.into_dispatch()))

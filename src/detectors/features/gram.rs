@@ -5,11 +5,15 @@ use std::collections::BTreeMap;
 
 use ndarray::{Array1, ArrayView1, Axis};
 
-use super::features::{
-    FeatureCore, FeatureMethod, LayerFitter, LayerInput, LayerScorer, feature_detector,
+use super::{
+    FeatureDetector, FeatureOptions, FittedFeatures, LayerBatch, LayerFitter, ScoreFeatures,
+    fit_layers,
 };
+use crate::datasets::BatchSource;
+use crate::detectors::{Detector, ModelOf};
 use crate::error::{Error, Result};
-use crate::model::{FeatureModel, argmax};
+use crate::metrics::argmax;
+use crate::model::FeatureModel;
 
 /// Keeps the deviation normalisation finite at zero bounds.
 const EPSILON: f64 = 1e-6;
@@ -23,8 +27,8 @@ const EPSILON: f64 = 1e-6;
 /// above (higher = more OOD).
 ///
 /// The class is the model's prediction (fit and score), as in the paper.
-/// [`fit_features`](Self::fit_features) takes the given labels as classes;
-/// [`score_features`](Self::score_features), which has no predictions,
+/// [`fit_features`](FeatureDetector::fit_features) takes the given labels as classes;
+/// [`score_features`](ScoreFeatures::score_features), which has no predictions,
 /// compares each sample with the class it deviates least from. A predicted
 /// class absent from the fit data is an error.
 ///
@@ -38,36 +42,34 @@ const EPSILON: f64 = 1e-6;
 ///
 /// ```
 /// use ndarray::array;
-/// use oodkit::detectors::Gram;
+/// use oodkit::detectors::{FeatureDetector, Gram, ScoreFeatures};
 ///
 /// let fit = array![[1.0_f32, 1.0], [2.0, 2.0], [1.5, 1.5], [1.2, 1.8]];
-/// let mut gram = Gram::default();
-/// gram.fit_features(fit.view(), array![0_i64, 0, 0, 0].view())?;
+/// let gram = Gram::default().fit_features(fit.view(), array![0_i64, 0, 0, 0].view())?;
 /// let scores = gram.score_features(array![[1.5_f32, 1.5], [9.0, 9.0]].view())?;
 /// assert_eq!(scores[0], 0.0); // inside every bound
 /// assert!(scores[1] > 10.0);
 /// # Ok::<(), oodkit::Error>(())
 /// ```
-#[derive(Debug)]
-pub struct Gram<'m> {
-    method: GramMethod,
-    core: FeatureCore<'m, GramBounds>,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gram {
+    orders: Vec<u32>,
+    quantile: f64,
+    options: FeatureOptions,
 }
 
-impl Default for Gram<'_> {
+impl Default for Gram {
     /// Orders 1 to 5, quantile 0.01 (the Python toolkit's defaults).
     fn default() -> Self {
         Gram {
-            method: GramMethod {
-                orders: (1..=5).collect(),
-                quantile: 0.01,
-            },
-            core: FeatureCore::default(),
+            orders: (1..=5).collect(),
+            quantile: 0.01,
+            options: FeatureOptions::default(),
         }
     }
 }
 
-impl Gram<'_> {
+impl Gram {
     /// Gram with these orders (each ≥ 1, at least one) and bounds at the
     /// `quantile` q and 1 − q (q in [0, 0.5); 0 gives min and max, the
     /// paper's bounds).
@@ -84,26 +86,17 @@ impl Gram<'_> {
             return Err(Error::invalid("quantile", quantile, "must be in [0, 0.5)"));
         }
         Ok(Gram {
-            method: GramMethod { orders, quantile },
-            core: FeatureCore::default(),
+            orders,
+            quantile,
+            options: FeatureOptions::default(),
         })
     }
 
     /// The orders.
     pub fn orders(&self) -> &[u32] {
-        &self.method.orders
+        &self.orders
     }
-}
 
-feature_detector!(Gram, "Gram");
-
-#[derive(Debug, Clone)]
-struct GramMethod {
-    orders: Vec<u32>,
-    quantile: f64,
-}
-
-impl GramMethod {
     /// How many orders are odd and how many even.
     fn multiplicities(&self) -> Multiplicities {
         let odd = self.orders.iter().filter(|&&p| p % 2 == 1).count() as f64;
@@ -114,9 +107,51 @@ impl GramMethod {
     }
 }
 
+impl FeatureDetector for Gram {
+    type Fitter = GramFitter;
+    type Fitted = GramBounds;
+
+    fn name(&self) -> &'static str {
+        "Gram"
+    }
+
+    fn needs_labels(&self) -> bool {
+        false
+    }
+
+    fn fitter(&self, width: usize, _model: Option<&dyn FeatureModel>) -> Result<GramFitter> {
+        Ok(GramFitter {
+            dim: width,
+            quantile: self.quantile,
+            mult: self.multiplicities(),
+            stats: BTreeMap::new(),
+        })
+    }
+
+    fn options(&self) -> &FeatureOptions {
+        &self.options
+    }
+
+    fn options_mut(&mut self) -> &mut FeatureOptions {
+        &mut self.options
+    }
+}
+
+impl Detector for Gram {
+    type Fitted = FittedFeatures<GramBounds>;
+
+    fn fit_model(
+        &self,
+        model: &ModelOf<'_, Self::Fitted>,
+        fit_data: Option<&dyn BatchSource>,
+    ) -> Result<Self::Fitted> {
+        fit_layers(self, model, fit_data)
+    }
+}
+
 /// The number of odd and of even orders: the distinct statistics and their
 /// weights in the deviation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Multiplicities {
     odd: f64,
     even: f64,
@@ -150,32 +185,10 @@ impl Multiplicities {
     }
 }
 
-impl FeatureMethod for GramMethod {
-    type Fitter = GramFitter;
-    type Fitted = GramBounds;
-
-    fn name(&self) -> &'static str {
-        "Gram"
-    }
-
-    fn needs_labels(&self) -> bool {
-        false
-    }
-
-    fn fitter(&self, dim: usize, _model: Option<&dyn FeatureModel>) -> Result<GramFitter> {
-        Ok(GramFitter {
-            dim,
-            quantile: self.quantile,
-            mult: self.multiplicities(),
-            stats: BTreeMap::new(),
-        })
-    }
-}
-
 /// The class of each row: the prediction when there are logits, else the
 /// label.
-fn classes(input: &LayerInput) -> Option<Vec<i64>> {
-    match (input.logits, input.labels) {
+fn classes(batch: &LayerBatch) -> Option<Vec<i64>> {
+    match (batch.logits, batch.labels) {
         (Some(logits), _) => Some(
             logits
                 .rows()
@@ -188,7 +201,9 @@ fn classes(input: &LayerInput) -> Option<Vec<i64>> {
     }
 }
 
-struct GramFitter {
+/// Collects one layer's Gram statistics per class.
+#[derive(Debug)]
+pub struct GramFitter {
     dim: usize,
     quantile: f64,
     mult: Multiplicities,
@@ -199,11 +214,11 @@ struct GramFitter {
 impl LayerFitter for GramFitter {
     type Fitted = GramBounds;
 
-    fn update(&mut self, input: &LayerInput) -> Result<()> {
-        let Some(classes) = classes(input) else {
+    fn update(&mut self, batch: &LayerBatch) -> Result<()> {
+        let Some(classes) = classes(batch) else {
             return Ok(());
         };
-        for (row, class) in input.features.rows().into_iter().zip(classes) {
+        for (row, class) in batch.features.rows().into_iter().zip(classes) {
             self.mult
                 .statistics(row, self.stats.entry(class).or_default());
         }
@@ -267,9 +282,10 @@ fn quantile(values: &mut [f32], q: f64) -> f64 {
     f64::from(low) + t * (f64::from(high) - f64::from(low))
 }
 
-/// Per class, the lower and upper bounds of each statistic.
-#[derive(Debug)]
-pub(crate) struct GramBounds {
+/// What Gram learns of a layer: per class, the lower and upper bounds of
+/// each statistic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GramBounds {
     dim: usize,
     mult: Multiplicities,
     /// `mult.weights()`, once: the deviation runs per sample and class.
@@ -278,6 +294,11 @@ pub(crate) struct GramBounds {
 }
 
 impl GramBounds {
+    /// The classes that have bounds, ascending.
+    pub fn classes(&self) -> Vec<i64> {
+        self.bounds.keys().copied().collect()
+    }
+
     /// The weighted deviation of statistics `stats` outside the bounds.
     fn deviation(&self, stats: &[f32], (lo, hi): &(Vec<f64>, Vec<f64>)) -> f64 {
         let mut total = 0.0;
@@ -296,22 +317,22 @@ impl GramBounds {
     }
 }
 
-impl LayerScorer for GramBounds {
+impl ScoreFeatures for GramBounds {
     fn width(&self) -> usize {
         self.dim
     }
 
-    fn score(&self, input: &LayerInput) -> Result<Array1<f32>> {
+    fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>> {
         // The predictions when there are logits; none on precomputed
-        // features (whose input carries no labels either).
-        let predicted = if input.logits.is_some() {
-            classes(input)
+        // features (whose batch carries no labels either).
+        let predicted = if batch.logits.is_some() {
+            classes(batch)
         } else {
             None
         };
         let mut stats = Vec::new();
-        let mut scores = Array1::zeros(input.features.nrows());
-        for (i, row) in input.features.axis_iter(Axis(0)).enumerate() {
+        let mut scores = Array1::zeros(batch.features.nrows());
+        for (i, row) in batch.features.axis_iter(Axis(0)).enumerate() {
             stats.clear();
             self.mult.statistics(row, &mut stats);
             scores[i] = match predicted.as_ref().map(|p| p[i]) {

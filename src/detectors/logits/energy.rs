@@ -3,7 +3,7 @@
 use ndarray::{Array1, ArrayView2};
 
 use super::ScoreLogits;
-use super::logit::{FittedModel, logit_detector, score_rows, shifted_exps};
+use super::{score_rows, shifted_exps};
 use crate::error::{Error, Result};
 
 /// Energy: score = −T · logsumexp(logits / T). An input is as OOD as its
@@ -26,23 +26,19 @@ use crate::error::{Error, Result};
 /// assert!(Energy::new(0.0).is_err());
 /// # Ok::<(), oodkit::Error>(())
 /// ```
-#[derive(Debug)]
-pub struct Energy<'m> {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Energy {
     temperature: f32,
-    model: FittedModel<'m>,
 }
 
-impl Default for Energy<'_> {
+impl Default for Energy {
     /// Temperature 1.
     fn default() -> Self {
-        Energy {
-            temperature: 1.0,
-            model: FittedModel::default(),
-        }
+        Energy { temperature: 1.0 }
     }
 }
 
-impl Energy<'_> {
+impl Energy {
     /// The energy at `temperature` (positive and finite).
     pub fn new(temperature: f32) -> Result<Self> {
         if !(temperature.is_finite() && temperature > 0.0) {
@@ -52,10 +48,7 @@ impl Energy<'_> {
                 "must be a positive number",
             ));
         }
-        Ok(Energy {
-            temperature,
-            ..Energy::default()
-        })
+        Ok(Energy { temperature })
     }
 
     /// The temperature.
@@ -64,7 +57,11 @@ impl Energy<'_> {
     }
 }
 
-impl ScoreLogits for Energy<'_> {
+impl ScoreLogits for Energy {
+    fn name(&self) -> &'static str {
+        "Energy"
+    }
+
     fn score_logits(&self, logits: ArrayView2<f32>) -> Result<Array1<f32>> {
         let t = self.temperature;
         score_rows(logits, |row| {
@@ -74,5 +71,3 @@ impl ScoreLogits for Energy<'_> {
         })
     }
 }
-
-logit_detector!(Energy, |_energy| "Energy");

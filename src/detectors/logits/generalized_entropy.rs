@@ -3,7 +3,7 @@
 use ndarray::{Array1, ArrayView2};
 
 use super::ScoreLogits;
-use super::logit::{FittedModel, logit_detector, score_rows, shifted_exps};
+use super::{score_rows, shifted_exps};
 use crate::error::{Error, Result};
 
 /// GEN: score = Σ p^γ (1 − p)^γ over the `top_k` largest softmax
@@ -25,25 +25,23 @@ use crate::error::{Error, Result};
 /// assert!(Gen::new(0.0, 10).is_err() && Gen::new(0.1, 0).is_err());
 /// # Ok::<(), oodkit::Error>(())
 /// ```
-#[derive(Debug)]
-pub struct Gen<'m> {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gen {
     gamma: f32,
     top_k: usize,
-    model: FittedModel<'m>,
 }
 
-impl Default for Gen<'_> {
+impl Default for Gen {
     /// γ = 0.1 and the top 100 classes, the paper's settings.
     fn default() -> Self {
         Gen {
             gamma: 0.1,
             top_k: 100,
-            model: FittedModel::default(),
         }
     }
 }
 
-impl Gen<'_> {
+impl Gen {
     /// GEN with exponent `gamma` in (0, 1] over the `top_k` (≥ 1) largest
     /// probabilities.
     pub fn new(gamma: f32, top_k: usize) -> Result<Self> {
@@ -53,11 +51,7 @@ impl Gen<'_> {
         if top_k == 0 {
             return Err(Error::invalid("top_k", top_k, "keep at least one class"));
         }
-        Ok(Gen {
-            gamma,
-            top_k,
-            ..Gen::default()
-        })
+        Ok(Gen { gamma, top_k })
     }
 
     /// The exponent γ.
@@ -71,7 +65,11 @@ impl Gen<'_> {
     }
 }
 
-impl ScoreLogits for Gen<'_> {
+impl ScoreLogits for Gen {
+    fn name(&self) -> &'static str {
+        "GEN"
+    }
+
     fn score_logits(&self, logits: ArrayView2<f32>) -> Result<Array1<f32>> {
         score_rows(logits, |row| {
             let (_, mut probabilities) = shifted_exps(row);
@@ -86,5 +84,3 @@ impl ScoreLogits for Gen<'_> {
         })
     }
 }
-
-logit_detector!(Gen, |_detector| "GEN");

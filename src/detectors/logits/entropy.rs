@@ -3,7 +3,7 @@
 use ndarray::{Array1, ArrayView2};
 
 use super::ScoreLogits;
-use super::logit::{FittedModel, logit_detector, score_rows, shifted_exps};
+use super::{score_rows, shifted_exps};
 use crate::error::Result;
 
 /// Entropy: score = −Σ p log p of the softmax probabilities p, with
@@ -23,19 +23,21 @@ use crate::error::Result;
 /// assert_eq!(scores[1], 0.0);
 /// # Ok::<(), oodkit::Error>(())
 /// ```
-#[derive(Debug, Default)]
-pub struct Entropy<'m> {
-    model: FittedModel<'m>,
-}
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Entropy;
 
-impl Entropy<'_> {
+impl Entropy {
     /// The entropy detector (it has no parameter).
     pub fn new() -> Self {
-        Entropy::default()
+        Entropy
     }
 }
 
-impl ScoreLogits for Entropy<'_> {
+impl ScoreLogits for Entropy {
+    fn name(&self) -> &'static str {
+        "Entropy"
+    }
+
     fn score_logits(&self, logits: ArrayView2<f32>) -> Result<Array1<f32>> {
         score_rows(logits, |row| {
             let (max, exps) = shifted_exps(row);
@@ -51,5 +53,3 @@ impl ScoreLogits for Entropy<'_> {
         })
     }
 }
-
-logit_detector!(Entropy, |_entropy| "Entropy");

@@ -3,9 +3,12 @@
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, s};
 
-use super::features::{
-    FeatureCore, FeatureMethod, LayerFitter, LayerInput, LayerScorer, feature_detector,
+use super::{
+    FeatureDetector, FeatureOptions, FittedFeatures, LayerBatch, LayerFitter, ScoreFeatures,
+    fit_layers,
 };
+use crate::datasets::BatchSource;
+use crate::detectors::{Detector, ModelOf};
 use crate::error::{Error, Result};
 use crate::linalg::gemm_into;
 use crate::model::FeatureModel;
@@ -30,11 +33,10 @@ const INDEX_BLOCK: usize = 8192;
 ///
 /// ```
 /// use ndarray::array;
-/// use oodkit::detectors::Knn;
+/// use oodkit::detectors::{FeatureDetector, Knn, ScoreFeatures};
 ///
 /// let fit = array![[1.0_f32, 0.0], [2.0, 0.0], [0.0, 1.0]];
-/// let mut knn = Knn::new(2)?;
-/// knn.fit_features(fit.view(), array![0_i64, 0, 1].view())?;
+/// let knn = Knn::new(2)?.fit_features(fit.view(), array![0_i64, 0, 1].view())?;
 /// // (3, 0) normalises to (1, 0): its two nearest are (1, 0) twice, at 0.
 /// // (1, 1) normalises to (0.71, 0.71): 2 − √2 to every fit point.
 /// let scores = knn.score_features(array![[3.0_f32, 0.0], [1.0, 1.0]].view())?;
@@ -43,48 +45,41 @@ const INDEX_BLOCK: usize = 8192;
 /// assert!(Knn::new(0).is_err());
 /// # Ok::<(), oodkit::Error>(())
 /// ```
-#[derive(Debug)]
-pub struct Knn<'m> {
-    method: KnnMethod,
-    core: FeatureCore<'m, KnnIndex>,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Knn {
+    k: usize,
+    options: FeatureOptions,
 }
 
-impl Default for Knn<'_> {
+impl Default for Knn {
     /// k = 50, the paper's choice for CIFAR-10.
     fn default() -> Self {
         Knn {
-            method: KnnMethod { k: 50 },
-            core: FeatureCore::default(),
+            k: 50,
+            options: FeatureOptions::default(),
         }
     }
 }
 
-impl Knn<'_> {
+impl Knn {
     /// Deep KNN with `k` ≥ 1 neighbours, on the penultimate layer.
     pub fn new(k: usize) -> Result<Self> {
         if k == 0 {
             return Err(Error::invalid("k", k, "must be at least 1"));
         }
         Ok(Knn {
-            method: KnnMethod { k },
+            k,
             ..Knn::default()
         })
     }
 
     /// The number of neighbours k.
     pub fn k(&self) -> usize {
-        self.method.k
+        self.k
     }
 }
 
-feature_detector!(Knn, "KNN");
-
-#[derive(Debug, Clone, Copy)]
-struct KnnMethod {
-    k: usize,
-}
-
-impl FeatureMethod for KnnMethod {
+impl FeatureDetector for Knn {
     type Fitter = KnnFitter;
     type Fitted = KnnIndex;
 
@@ -96,16 +91,38 @@ impl FeatureMethod for KnnMethod {
         false
     }
 
-    fn fitter(&self, dim: usize, _model: Option<&dyn FeatureModel>) -> Result<KnnFitter> {
+    fn fitter(&self, width: usize, _model: Option<&dyn FeatureModel>) -> Result<KnnFitter> {
         Ok(KnnFitter {
             k: self.k,
-            dim,
+            dim: width,
             rows: Vec::new(),
         })
     }
+
+    fn options(&self) -> &FeatureOptions {
+        &self.options
+    }
+
+    fn options_mut(&mut self) -> &mut FeatureOptions {
+        &mut self.options
+    }
 }
 
-struct KnnFitter {
+impl Detector for Knn {
+    type Fitted = FittedFeatures<KnnIndex>;
+
+    fn fit_model(
+        &self,
+        model: &ModelOf<'_, Self::Fitted>,
+        fit_data: Option<&dyn BatchSource>,
+    ) -> Result<Self::Fitted> {
+        fit_layers(self, model, fit_data)
+    }
+}
+
+/// Collects one layer's normalised fit features.
+#[derive(Debug)]
+pub struct KnnFitter {
     k: usize,
     dim: usize,
     rows: Vec<f32>,
@@ -126,8 +143,8 @@ fn normalised(features: ArrayView2<f32>) -> Array2<f32> {
 impl LayerFitter for KnnFitter {
     type Fitted = KnnIndex;
 
-    fn update(&mut self, input: &LayerInput) -> Result<()> {
-        self.rows.extend(normalised(input.features));
+    fn update(&mut self, batch: &LayerBatch) -> Result<()> {
+        self.rows.extend(normalised(batch.features));
         Ok(())
     }
 
@@ -150,21 +167,39 @@ impl LayerFitter for KnnFitter {
     }
 }
 
-/// The normalised fit features and their squared norms (1, or 0).
-#[derive(Debug)]
-pub(crate) struct KnnIndex {
+/// What KNN learns of a layer: the normalised fit features (the index the
+/// search runs over) and their squared norms (1, or 0), with k.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnnIndex {
     k: usize,
     features: Array2<f32>,
     sq_norms: Array1<f32>,
 }
 
-impl LayerScorer for KnnIndex {
+impl KnnIndex {
+    /// The number of neighbours k.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The number of stored fit features.
+    pub fn len(&self) -> usize {
+        self.features.nrows()
+    }
+
+    /// Whether no feature is stored (never, once fitted).
+    pub fn is_empty(&self) -> bool {
+        self.features.nrows() == 0
+    }
+}
+
+impl ScoreFeatures for KnnIndex {
     fn width(&self) -> usize {
         self.features.ncols()
     }
 
-    fn score(&self, input: &LayerInput) -> Result<Array1<f32>> {
-        let queries = normalised(input.features);
+    fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>> {
+        let queries = normalised(batch.features);
         let mut scores = Array1::zeros(queries.nrows());
         let mut products = Array2::<f32>::zeros((QUERY_BLOCK, INDEX_BLOCK));
         for (q_block, mut out) in queries

@@ -10,35 +10,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
-use crate::batch::Batch;
 use crate::error::{Error, Result};
 use crate::model::BurnClassifier;
-
-/// The ImageNet channel means the pretrained CIFAR ResNets expect (after
-/// scaling pixels to [0, 1]).
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-/// The ImageNet channel standard deviations, likewise.
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-
-/// The preprocessing of the pretrained CIFAR ResNets, for
-/// [`PrepareConfig::preprocess`](crate::datasets::PrepareConfig::preprocess):
-/// pixels (0-255) / 255, then minus [`IMAGENET_MEAN`] and divided by
-/// [`IMAGENET_STD`] per channel. Errors unless the images have 3 channels.
-pub fn imagenet_preprocess(mut batch: Batch) -> Result<Batch> {
-    let channels = batch.inputs.shape()[1];
-    if channels != 3 {
-        return Err(Error::ShapeMismatch {
-            what: "images for ImageNet normalisation".into(),
-            expected: "(N, 3, H, W): RGB".into(),
-            found: format!("{:?}", batch.inputs.shape()),
-        });
-    }
-    for (c, mut plane) in batch.inputs.axis_iter_mut(ndarray::Axis(1)).enumerate() {
-        let (mean, std) = (IMAGENET_MEAN[c], IMAGENET_STD[c]);
-        plane.mapv_inplace(|v| (v / 255.0 - mean) / std);
-    }
-    Ok(batch)
-}
 
 /// The depths of the CIFAR ResNet family: 6n + 2 for n = 3, 5, 7, 9 basic
 /// blocks per stage.
@@ -191,7 +164,7 @@ pub fn option_a_shortcut(x: Tensor<4>, planes: usize) -> Tensor<4> {
 /// ```
 /// use burn::tensor::{Device, Tensor};
 /// use oodkit::model::BurnClassifier;
-/// use oodkit::training::CifarResNetConfig;
+/// use oodkit::nets::CifarResNetConfig;
 ///
 /// let device = Device::flex();
 /// let net = CifarResNetConfig::new(20, 10).init(&device)?;

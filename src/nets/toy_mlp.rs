@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::nn::{Linear, Relu};
 use burn::tensor::{Device, Tensor};
 
-use super::toy_convnet::dense;
+use super::init::dense;
 use crate::error::{Error, Result};
 use crate::model::BurnClassifier;
 

@@ -3,11 +3,13 @@
 
 use ndarray::{Array1, Array2, Axis, Zip};
 
-use super::features::moments::ClassMoments;
-use super::features::{
-    FeatureCore, FeatureMethod, LayerFitter, LayerInput, LayerScorer, feature_detector,
+use super::moments::ClassMoments;
+use super::{
+    FeatureDetector, FeatureOptions, FittedFeatures, LayerBatch, LayerFitter, ScoreFeatures,
+    fit_layers,
 };
-use super::odin::Odin;
+use crate::datasets::BatchSource;
+use crate::detectors::{Detector, ModelOf};
 use crate::error::Result;
 use crate::linalg::{gemm, symmetric_pinv};
 use crate::model::FeatureModel;
@@ -22,39 +24,73 @@ use crate::model::FeatureModel;
 /// in `f64` (memory O(D² + classes·D), not O(N·D)); scoring computes
 /// ((F − m)·Σ⁺ ∘ (F − m)) row sums and a product with the means, with
 /// no N × N matrix. The fit data needs labels; every class needs at least
-/// two samples. [`with_input_perturbation`](Self::with_input_perturbation)
+/// two samples.
+/// [`with_input_perturbation`](FeatureDetector::with_input_perturbation)
 /// adds ODIN's input step (off by default).
 ///
 /// ```
 /// use ndarray::array;
-/// use oodkit::detectors::Mahalanobis;
+/// use oodkit::detectors::{FeatureDetector, Mahalanobis, ScoreFeatures};
 ///
 /// // Two classes around (0, 0) and (10, 0), unit spread in x and y.
 /// let fit = array![[-1.0_f32, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0],
 ///                  [9.0, 0.0], [11.0, 0.0], [10.0, -1.0], [10.0, 1.0]];
-/// let mut detector = Mahalanobis::new();
-/// detector.fit_features(fit.view(), array![0_i64, 0, 0, 0, 1, 1, 1, 1].view())?;
-/// let scores = detector.score_features(array![[0.0_f32, 0.0], [5.0, 5.0]].view())?;
+/// let labels = array![0_i64, 0, 0, 0, 1, 1, 1, 1];
+/// let fitted = Mahalanobis::new().fit_features(fit.view(), labels.view())?;
+/// let scores = fitted.score_features(array![[0.0_f32, 0.0], [5.0, 5.0]].view())?;
 /// // Σ = I / 2: (5, 5) is at squared distance 2·50 from either mean.
 /// assert!(scores[0].abs() < 1e-5);
 /// assert!((scores[1] - 50.0).abs() < 1e-3);
 /// # Ok::<(), oodkit::Error>(())
 /// ```
-#[derive(Debug, Default)]
-pub struct Mahalanobis<'m> {
-    method: GaussianMethod,
-    core: FeatureCore<'m, Gaussian>,
-    perturbation: Option<Odin<'static>>,
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Mahalanobis {
+    options: FeatureOptions,
 }
 
-impl Mahalanobis<'_> {
+impl Mahalanobis {
     /// Mahalanobis on the penultimate layer, without input perturbation.
     pub fn new() -> Self {
         Self::default()
     }
 }
 
-feature_detector!(Mahalanobis, "Mahalanobis", perturbation);
+impl FeatureDetector for Mahalanobis {
+    type Fitter = GaussianFitter;
+    type Fitted = ClassGaussians;
+
+    fn name(&self) -> &'static str {
+        "Mahalanobis"
+    }
+
+    fn needs_labels(&self) -> bool {
+        true
+    }
+
+    fn fitter(&self, width: usize, _model: Option<&dyn FeatureModel>) -> Result<GaussianFitter> {
+        Ok(GaussianFitter::new(width, false, self.name()))
+    }
+
+    fn options(&self) -> &FeatureOptions {
+        &self.options
+    }
+
+    fn options_mut(&mut self) -> &mut FeatureOptions {
+        &mut self.options
+    }
+}
+
+impl Detector for Mahalanobis {
+    type Fitted = FittedFeatures<ClassGaussians>;
+
+    fn fit_model(
+        &self,
+        model: &ModelOf<'_, Self::Fitted>,
+        fit_data: Option<&dyn BatchSource>,
+    ) -> Result<Self::Fitted> {
+        fit_layers(self, model, fit_data)
+    }
+}
 
 /// RMDS, the relative Mahalanobis distance: the class-wise term of
 /// [`Mahalanobis`] minus that of a background Gaussian fitted on all the
@@ -65,88 +101,96 @@ feature_detector!(Mahalanobis, "Mahalanobis", perturbation);
 ///
 /// ```
 /// use ndarray::array;
-/// use oodkit::detectors::{Mahalanobis, Rmds};
+/// use oodkit::detectors::{FeatureDetector, Mahalanobis, Rmds, ScoreFeatures};
 ///
 /// let fit = array![[-1.0_f32, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0],
 ///                  [9.0, 0.0], [11.0, 0.0], [10.0, -1.0], [10.0, 1.0]];
 /// let labels = array![0_i64, 0, 0, 0, 1, 1, 1, 1];
-/// let (mut rmds, mut md) = (Rmds::new(), Mahalanobis::new());
-/// rmds.fit_features(fit.view(), labels.view())?;
-/// md.fit_features(fit.view(), labels.view())?;
+/// let rmds = Rmds::new().fit_features(fit.view(), labels.view())?;
+/// let md = Mahalanobis::new().fit_features(fit.view(), labels.view())?;
 /// let x = array![[5.0_f32, 5.0]];
 /// // Σ₀ = diag(25.5, 0.5): the background term is ½ (0 + 25 / 0.5) = 25.
 /// let gap = md.score_features(x.view())?[0] - rmds.score_features(x.view())?[0];
 /// assert!((gap - 25.0).abs() < 1e-3);
 /// # Ok::<(), oodkit::Error>(())
 /// ```
-#[derive(Debug)]
-pub struct Rmds<'m> {
-    method: GaussianMethod,
-    core: FeatureCore<'m, Gaussian>,
-    perturbation: Option<Odin<'static>>,
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rmds {
+    options: FeatureOptions,
 }
 
-impl Default for Rmds<'_> {
-    fn default() -> Self {
-        Rmds {
-            method: GaussianMethod { relative: true },
-            core: FeatureCore::default(),
-            perturbation: None,
-        }
-    }
-}
-
-impl Rmds<'_> {
+impl Rmds {
     /// RMDS on the penultimate layer, without input perturbation.
     pub fn new() -> Self {
         Self::default()
     }
 }
 
-feature_detector!(Rmds, "RMDS", perturbation);
-
-/// Fits class Gaussians; `relative` adds the background one (RMDS).
-#[derive(Debug, Default, Clone, Copy)]
-struct GaussianMethod {
-    relative: bool,
-}
-
-impl FeatureMethod for GaussianMethod {
+impl FeatureDetector for Rmds {
     type Fitter = GaussianFitter;
-    type Fitted = Gaussian;
+    type Fitted = ClassGaussians;
 
     fn name(&self) -> &'static str {
-        if self.relative { "RMDS" } else { "Mahalanobis" }
+        "RMDS"
     }
 
     fn needs_labels(&self) -> bool {
         true
     }
 
-    fn fitter(&self, dim: usize, _model: Option<&dyn FeatureModel>) -> Result<GaussianFitter> {
-        Ok(GaussianFitter {
-            moments: ClassMoments::new(dim, self.relative),
-            name: self.name(),
-        })
+    fn fitter(&self, width: usize, _model: Option<&dyn FeatureModel>) -> Result<GaussianFitter> {
+        Ok(GaussianFitter::new(width, true, self.name()))
+    }
+
+    fn options(&self) -> &FeatureOptions {
+        &self.options
+    }
+
+    fn options_mut(&mut self) -> &mut FeatureOptions {
+        &mut self.options
     }
 }
 
-struct GaussianFitter {
+impl Detector for Rmds {
+    type Fitted = FittedFeatures<ClassGaussians>;
+
+    fn fit_model(
+        &self,
+        model: &ModelOf<'_, Self::Fitted>,
+        fit_data: Option<&dyn BatchSource>,
+    ) -> Result<Self::Fitted> {
+        fit_layers(self, model, fit_data)
+    }
+}
+
+/// Streams the class moments of one layer (with the overall ones for
+/// RMDS).
+#[derive(Debug)]
+pub struct GaussianFitter {
     moments: ClassMoments,
     name: &'static str,
 }
 
-impl LayerFitter for GaussianFitter {
-    type Fitted = Gaussian;
+impl GaussianFitter {
+    fn new(width: usize, relative: bool, name: &'static str) -> Self {
+        GaussianFitter {
+            moments: ClassMoments::new(width, relative),
+            name,
+        }
+    }
+}
 
-    fn update(&mut self, input: &LayerInput) -> Result<()> {
-        if let Some(labels) = input.labels {
-            self.moments.update(input.features, labels);
+impl LayerFitter for GaussianFitter {
+    type Fitted = ClassGaussians;
+
+    fn update(&mut self, batch: &LayerBatch) -> Result<()> {
+        if let Some(labels) = batch.labels {
+            self.moments.update(batch.features, labels);
         }
         Ok(())
     }
 
-    fn finish(self) -> Result<Gaussian> {
+    fn finish(self) -> Result<ClassGaussians> {
         let m = &self.moments;
         m.require_per_class(2, self.name)?;
         let n = m.count() as f64;
@@ -170,7 +214,7 @@ impl LayerFitter for GaussianFitter {
             }
             None => None,
         };
-        Ok(Gaussian {
+        Ok(ClassGaussians {
             centre,
             means,
             precision,
@@ -180,9 +224,11 @@ impl LayerFitter for GaussianFitter {
     }
 }
 
-/// A fitted layer: centred class means, Σ⁺ and (RMDS) Σ₀⁺.
-#[derive(Debug)]
-pub(crate) struct Gaussian {
+/// What Mahalanobis and RMDS learn of a layer: the class means (centred on
+/// the overall mean), the pseudo-inverse Σ⁺ of the shared covariance and,
+/// for RMDS, that of the background covariance Σ₀⁺, all in `f64`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassGaussians {
     centre: Array1<f64>,
     means: Array2<f64>,
     precision: Array2<f64>,
@@ -197,13 +243,25 @@ fn quadratic_forms(x: &Array2<f64>, p: &Array2<f64>) -> (Array2<f64>, Array1<f64
     (xp, forms)
 }
 
-impl LayerScorer for Gaussian {
+impl ClassGaussians {
+    /// The number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.means.nrows()
+    }
+
+    /// Whether the background term is there (RMDS).
+    pub fn is_relative(&self) -> bool {
+        self.background.is_some()
+    }
+}
+
+impl ScoreFeatures for ClassGaussians {
     fn width(&self) -> usize {
         self.centre.len()
     }
 
-    fn score(&self, input: &LayerInput) -> Result<Array1<f32>> {
-        let x = input.features.mapv(f64::from) - &self.centre;
+    fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>> {
+        let x = batch.features.mapv(f64::from) - &self.centre;
         // ‖x − μ_c‖²_P = xᵀPx − 2 xᵀPμ_c + μ_cᵀPμ_c, for all classes at once.
         let (xp, forms) = quadratic_forms(&x, &self.precision);
         let cross = gemm(xp.view(), self.means.view(), true);

@@ -2,10 +2,13 @@
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, CowArray, Ix2, s};
 
-use super::features::moments::ClassMoments;
-use super::features::{
-    FeatureCore, FeatureMethod, LayerFitter, LayerInput, LayerScorer, feature_detector,
+use super::moments::ClassMoments;
+use super::{
+    FeatureDetector, FeatureOptions, FittedFeatures, LayerBatch, LayerFitter, ScoreFeatures,
+    fit_layers,
 };
+use crate::datasets::BatchSource;
+use crate::detectors::{Detector, ModelOf};
 use crate::error::{Error, Result};
 use crate::linalg::{gemm, pinv, symmetric_eigen};
 use crate::model::{FeatureModel, check_head};
@@ -33,46 +36,46 @@ pub enum PrincipalDims {
 /// the toy networks, any burn module with
 /// [`BurnClassifier::head_linear`](crate::model::BurnClassifier::head_linear))
 /// or from [`with_head`](Self::with_head), which
-/// [`fit_features`](Self::fit_features) needs (the logits are then
+/// [`fit_features`](FeatureDetector::fit_features) needs (the logits are then
 /// f·Wᵀ + b). Fitting streams twice over the fit data (the moments, then α);
 /// memory O(D²). Labels are not used.
 ///
 /// ```
 /// use ndarray::{Array1, Array2, array};
-/// use oodkit::detectors::{PrincipalDims, Vim};
+/// use oodkit::detectors::{FeatureDetector, PrincipalDims, ScoreFeatures, Vim};
 ///
 /// // Fit features spread along x, barely along y; the head reads x.
 /// let fit = array![[-2.0_f32, 0.1], [-1.0, -0.1], [1.0, -0.1], [2.0, 0.1]];
-/// let mut vim = Vim::new(PrincipalDims::Count(1))?
-///     .with_head(array![[1.0_f32, 0.0], [-1.0, 0.0]], Array1::zeros(2))?;
-/// vim.fit_features(fit.view(), Array1::zeros(4).view())?;
+/// let vim = Vim::new(PrincipalDims::Count(1))?
+///     .with_head(array![[1.0_f32, 0.0], [-1.0, 0.0]], Array1::zeros(2))?
+///     .fit_features(fit.view(), Array1::zeros(4).view())?;
 /// let scores = vim.score_features(array![[1.0_f32, 0.0], [1.0, 3.0]].view())?;
 /// // α = mean max-logit / mean residual = 1.5 / 0.1; (1, 3) is 3 off the axis.
-/// assert_eq!(vim.fitted_subspace().map(|(k, _)| k), Some(1));
+/// assert_eq!(vim.principal_dims(), 1);
+/// assert!((vim.alpha() - 15.0).abs() < 1e-3);
 /// assert!((scores[1] - scores[0] - 15.0 * 3.0).abs() < 1e-3);
 /// # Ok::<(), oodkit::Error>(())
 /// ```
-#[derive(Debug)]
-pub struct Vim<'m> {
-    method: VimMethod,
-    core: FeatureCore<'m, VimState>,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vim {
+    dims: PrincipalDims,
+    head: Option<(Array2<f32>, Array1<f32>)>,
+    options: FeatureOptions,
 }
 
-impl Default for Vim<'_> {
+impl Default for Vim {
     /// The dimensions explaining 99% of the variance (the Python
     /// toolkit's default), on the penultimate layer.
     fn default() -> Self {
         Vim {
-            method: VimMethod {
-                dims: PrincipalDims::Explained(0.99),
-                head: None,
-            },
-            core: FeatureCore::default(),
+            dims: PrincipalDims::Explained(0.99),
+            head: None,
+            options: FeatureOptions::default(),
         }
     }
 }
 
-impl Vim<'_> {
+impl Vim {
     /// ViM keeping `dims` principal dimensions.
     pub fn new(dims: PrincipalDims) -> Result<Self> {
         match dims {
@@ -93,7 +96,7 @@ impl Vim<'_> {
             _ => {}
         }
         Ok(Vim {
-            method: VimMethod { dims, head: None },
+            dims,
             ..Vim::default()
         })
     }
@@ -102,35 +105,19 @@ impl Vim<'_> {
     /// used instead of the model's. Errors when their shapes disagree.
     pub fn with_head(mut self, weights: Array2<f32>, bias: Array1<f32>) -> Result<Self> {
         check_head(&weights, &bias, "ViM head weights and bias")?;
-        self.method.head = Some((weights, bias));
+        self.head = Some((weights, bias));
         Ok(self)
     }
 
     /// The principal dimensions asked for.
     pub fn principal_dims(&self) -> PrincipalDims {
-        self.method.dims
-    }
-
-    /// After fitting: the number of principal dimensions kept and α.
-    pub fn fitted_subspace(&self) -> Option<(usize, f64)> {
-        self.core
-            .fitted()
-            .first()
-            .map(|s| (s.origin.len() - s.residual.ncols(), s.alpha))
+        self.dims
     }
 }
 
-feature_detector!(Vim, "ViM");
-
-#[derive(Debug, Clone)]
-struct VimMethod {
-    dims: PrincipalDims,
-    head: Option<(Array2<f32>, Array1<f32>)>,
-}
-
-impl FeatureMethod for VimMethod {
+impl FeatureDetector for Vim {
     type Fitter = VimFitter;
-    type Fitted = VimState;
+    type Fitted = VimSubspace;
 
     fn name(&self) -> &'static str {
         "ViM"
@@ -169,9 +156,31 @@ impl FeatureMethod for VimMethod {
             bias,
         })
     }
+
+    fn options(&self) -> &FeatureOptions {
+        &self.options
+    }
+
+    fn options_mut(&mut self) -> &mut FeatureOptions {
+        &mut self.options
+    }
 }
 
-struct VimFitter {
+impl Detector for Vim {
+    type Fitted = FittedFeatures<VimSubspace>;
+
+    fn fit_model(
+        &self,
+        model: &ModelOf<'_, Self::Fitted>,
+        fit_data: Option<&dyn BatchSource>,
+    ) -> Result<Self::Fitted> {
+        fit_layers(self, model, fit_data)
+    }
+}
+
+/// Streams the second moment of one layer about the head's origin.
+#[derive(Debug)]
+pub struct VimFitter {
     dims: PrincipalDims,
     moments: ClassMoments,
     origin: Array1<f64>,
@@ -180,15 +189,15 @@ struct VimFitter {
 }
 
 impl LayerFitter for VimFitter {
-    type Fitted = VimState;
+    type Fitted = VimSubspace;
 
-    fn update(&mut self, input: &LayerInput) -> Result<()> {
-        let all = Array1::zeros(input.features.nrows());
-        self.moments.update(input.features, all.view());
+    fn update(&mut self, batch: &LayerBatch) -> Result<()> {
+        let all = Array1::zeros(batch.features.nrows());
+        self.moments.update(batch.features, all.view());
         Ok(())
     }
 
-    fn finish(self) -> Result<VimState> {
+    fn finish(self) -> Result<VimSubspace> {
         let m = &self.moments;
         let dim = m.dim();
         let n = m.count() as f64;
@@ -230,7 +239,7 @@ impl LayerFitter for VimFitter {
         }
         // Eigenvalues ascend: the residual space is spanned by the first ones.
         let residual = vectors.slice(s![.., ..dim - principal]).to_owned();
-        Ok(VimState {
+        Ok(VimSubspace {
             origin: self.origin,
             residual,
             weights: self.weights,
@@ -241,9 +250,10 @@ impl LayerFitter for VimFitter {
     }
 }
 
-/// A fitted ViM layer.
-#[derive(Debug)]
-pub(crate) struct VimState {
+/// What ViM learns of a layer: the origin u = −W⁺b, a basis of the
+/// residual space, the head (W, b) for precomputed features, and α.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VimSubspace {
     origin: Array1<f64>,
     residual: Array2<f64>,
     weights: Array2<f32>,
@@ -253,7 +263,17 @@ pub(crate) struct VimState {
     sums: (f64, f64),
 }
 
-impl VimState {
+impl VimSubspace {
+    /// The number of principal dimensions kept.
+    pub fn principal_dims(&self) -> usize {
+        self.origin.len() - self.residual.ncols()
+    }
+
+    /// The scale α of the residual norm.
+    pub fn alpha(&self) -> f64 {
+        self.alpha
+    }
+
     fn residual_norms(&self, features: ArrayView2<f32>) -> Array1<f64> {
         let centred = features.mapv(f64::from) - &self.origin;
         let coordinates = gemm(centred.view(), self.residual.view(), false);
@@ -261,15 +281,15 @@ impl VimState {
     }
 
     /// The input's logits, or the head's on its features.
-    fn logits<'a>(&self, input: &LayerInput<'a>) -> CowArray<'a, f32, Ix2> {
-        match input.logits {
+    fn logits<'a>(&self, batch: &LayerBatch<'a>) -> CowArray<'a, f32, Ix2> {
+        match batch.logits {
             Some(logits) => logits.into(),
-            None => (input.features.dot(&self.weights.t()) + &self.bias).into(),
+            None => (batch.features.dot(&self.weights.t()) + &self.bias).into(),
         }
     }
 }
 
-impl LayerScorer for VimState {
+impl ScoreFeatures for VimSubspace {
     fn width(&self) -> usize {
         self.origin.len()
     }
@@ -278,9 +298,9 @@ impl LayerScorer for VimState {
         true
     }
 
-    fn calibrate(&mut self, input: &LayerInput) -> Result<()> {
-        let norms = self.residual_norms(input.features);
-        let logits = self.logits(input);
+    fn calibrate(&mut self, batch: &LayerBatch) -> Result<()> {
+        let norms = self.residual_norms(batch.features);
+        let logits = self.logits(batch);
         let max_logits: f64 = logits
             .rows()
             .into_iter()
@@ -305,9 +325,9 @@ impl LayerScorer for VimState {
         Ok(())
     }
 
-    fn score(&self, input: &LayerInput) -> Result<Array1<f32>> {
-        let norms = self.residual_norms(input.features);
-        let logits = self.logits(input);
+    fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>> {
+        let norms = self.residual_norms(batch.features);
+        let logits = self.logits(batch);
         Ok(logits
             .rows()
             .into_iter()

@@ -1,0 +1,264 @@
+//! The detector traits: hyper-parameters ([`Detector`]) apart from what
+//! fitting learns ([`FittedDetector`]), and the two together with a model
+//! ([`Scorer`]), the way linfa splits parameters and fitted models.
+
+use std::fmt;
+
+use ndarray::{Array1, Array2};
+
+use super::ScoreOutput;
+use crate::batch::Batch;
+use crate::datasets::BatchSource;
+use crate::error::{Error, Result};
+use crate::model::{FeatureModel, Model};
+
+/// What a family of detectors needs from the network: the model type a
+/// [`FittedDetector`] scores through. [`Logits`] and [`Features`] are the
+/// two families.
+pub trait Family: 'static {
+    /// The model, as a trait object that lives for `'m`: shared between
+    /// threads, so a [`Scorer`] can serve them all.
+    type Model<'m>: ?Sized + 'm;
+}
+
+/// The family of detectors on logits: any [`Model`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Logits {}
+
+impl Family for Logits {
+    type Model<'m> = dyn Model + Send + Sync + 'm;
+}
+
+/// The family of detectors on internal activations: a [`FeatureModel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Features {}
+
+impl Family for Features {
+    type Model<'m> = dyn FeatureModel + Send + Sync + 'm;
+}
+
+/// The model type of the family of `F` (a [`FittedDetector`]).
+pub type ModelOf<'m, F> = <<F as FittedDetector>::Family as Family>::Model<'m>;
+
+/// Turns a model into the boxed form a [`Scorer`] keeps: by value (it is
+/// moved in) or by reference (`&model` is a model too).
+///
+/// Implemented for every [`Model`] (family [`Logits`]) and every
+/// [`FeatureModel`] (family [`Features`]) that is `Send + Sync`; there is
+/// no need to implement it by hand.
+pub trait IntoModel<'m, F: Family> {
+    /// Box the model.
+    fn into_model(self) -> Box<F::Model<'m>>;
+}
+
+impl<'m, M: Model + Send + Sync + 'm> IntoModel<'m, Logits> for M {
+    fn into_model(self) -> Box<dyn Model + Send + Sync + 'm> {
+        Box::new(self)
+    }
+}
+
+impl<'m, M: FeatureModel + Send + Sync + 'm> IntoModel<'m, Features> for M {
+    fn into_model(self) -> Box<dyn FeatureModel + Send + Sync + 'm> {
+        Box::new(self)
+    }
+}
+
+/// An OOD detector's hyper-parameters: [`fit`](Self::fit) it on a trained
+/// model (and fit data, for detectors that learn statistics of the
+/// in-distribution data) to get a [`Scorer`].
+///
+/// What fitting learns is a value of its own, [`Self::Fitted`]: it holds no
+/// model, is `Send + Sync`, and can be kept, cloned or attached to a model
+/// again ([`FittedDetector::attach`]).
+pub trait Detector {
+    /// What fitting learns.
+    type Fitted: FittedDetector;
+
+    /// Learns what the detector needs from `model` and `fit_data` (read
+    /// only by the detectors that need in-distribution statistics).
+    fn fit_model(
+        &self,
+        model: &ModelOf<'_, Self::Fitted>,
+        fit_data: Option<&dyn BatchSource>,
+    ) -> Result<Self::Fitted>;
+
+    /// Fits on `model` (by value or by reference: `&model` works) and
+    /// `fit_data`, and keeps the model beside what was learned, ready to
+    /// [`score`](Scorer::score).
+    fn fit<'m, M>(
+        &self,
+        model: M,
+        fit_data: Option<&dyn BatchSource>,
+    ) -> Result<Scorer<'m, Self::Fitted>>
+    where
+        M: IntoModel<'m, <Self::Fitted as FittedDetector>::Family>,
+        Self: Sized,
+    {
+        let model = model.into_model();
+        let fitted = self.fit_model(&*model, fit_data)?;
+        Ok(Scorer { model, fitted })
+    }
+}
+
+/// What a detector learned from in-distribution data (for detectors on
+/// logits, only their parameters): it scores batches through a model of
+/// its [`Family`], holds none itself, and is `Send + Sync`.
+pub trait FittedDetector: Send + Sync + fmt::Debug {
+    /// The family: [`Logits`] or [`Features`].
+    type Family: Family;
+
+    /// The detector's short name, e.g. `"MLS"`: what kind of detector
+    /// this was fitted as (named `kind` so it never clashes with
+    /// [`ScoreLogits::name`](super::ScoreLogits::name) on the same type).
+    fn kind(&self) -> &'static str;
+
+    /// Scores one batch through `model`.
+    fn score_batch(&self, model: &ModelOf<'_, Self>, batch: Batch) -> Result<ScoreOutput>;
+
+    /// Errors when `model` cannot serve this fit (e.g. it lacks a layer the
+    /// detector was fitted on). The default accepts any model.
+    fn check_model(&self, model: &ModelOf<'_, Self>) -> Result<()> {
+        let _ = model;
+        Ok(())
+    }
+
+    /// Scores every batch of `data` through `model`, the results in input
+    /// order. Errors when the data is empty or the model returns outputs of
+    /// the wrong shape (including a width that changes between batches).
+    fn score(&self, model: &ModelOf<'_, Self>, data: &dyn BatchSource) -> Result<ScoreOutput> {
+        let mut all = ScoreCollector::default();
+        for batch in data.batches()? {
+            let offset = all.scores.len();
+            let part = self
+                .score_batch(model, batch?)
+                .map_err(|e| e.in_batch_at(offset))?;
+            all.push(part)?;
+        }
+        all.finish()
+    }
+
+    /// Attaches a model (by value or reference) to score through, after
+    /// [`check_model`](Self::check_model).
+    fn attach<'m, M>(self, model: M) -> Result<Scorer<'m, Self>>
+    where
+        M: IntoModel<'m, Self::Family>,
+        Self: Sized,
+    {
+        let model = model.into_model();
+        self.check_model(&*model)?;
+        Ok(Scorer {
+            model,
+            fitted: self,
+        })
+    }
+}
+
+/// A fitted detector with the model it scores through: what
+/// [`Detector::fit`] returns. `Send + Sync` (the model is), so one scorer
+/// can serve several threads.
+pub struct Scorer<'m, F: FittedDetector> {
+    model: Box<ModelOf<'m, F>>,
+    fitted: F,
+}
+
+impl<F: FittedDetector> fmt::Debug for Scorer<'_, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scorer")
+            .field("fitted", &self.fitted)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'m, F: FittedDetector> Scorer<'m, F> {
+    /// The detector's name, e.g. `"MLS"`.
+    pub fn name(&self) -> &'static str {
+        self.fitted.kind()
+    }
+
+    /// Scores every batch of `data` (a prepared dataset, a whole
+    /// [`OodDataset`](crate::datasets::OodDataset), a single
+    /// [`Batch`]), streaming: nothing but the outputs grows with the data.
+    /// Scores are in input order, higher = more OOD.
+    pub fn score(&self, data: &dyn BatchSource) -> Result<ScoreOutput> {
+        self.fitted.score(&*self.model, data)
+    }
+
+    /// Scores one batch.
+    pub fn score_batch(&self, batch: Batch) -> Result<ScoreOutput> {
+        self.fitted.score_batch(&*self.model, batch)
+    }
+
+    /// What was learned.
+    pub fn fitted(&self) -> &F {
+        &self.fitted
+    }
+
+    /// The model scored through.
+    pub fn model(&self) -> &ModelOf<'m, F> {
+        &self.model
+    }
+
+    /// What was learned, the model dropped.
+    pub fn into_fitted(self) -> F {
+        self.fitted
+    }
+}
+
+/// Concatenates per-batch outputs, checking that every batch has the same
+/// number of classes; labels are kept while every batch has them.
+#[derive(Debug)]
+struct ScoreCollector {
+    scores: Vec<f32>,
+    logits: Vec<f32>,
+    width: Option<usize>,
+    labels: Option<Vec<i64>>,
+    batches: usize,
+}
+
+impl Default for ScoreCollector {
+    fn default() -> Self {
+        ScoreCollector {
+            scores: Vec::new(),
+            logits: Vec::new(),
+            width: None,
+            labels: Some(Vec::new()),
+            batches: 0,
+        }
+    }
+}
+
+impl ScoreCollector {
+    fn push(&mut self, part: ScoreOutput) -> Result<()> {
+        let width = part.logits.ncols();
+        if let Some(expected) = self.width.filter(|&w| w != width) {
+            return Err(Error::ShapeMismatch {
+                what: format!("logits of batch {}", self.batches),
+                expected: format!("(_, {expected}) like the batches before"),
+                found: format!("{:?}", part.logits.shape()),
+            });
+        }
+        self.width = Some(width);
+        match (&mut self.labels, part.labels) {
+            (Some(all), Some(labels)) => all.extend(labels),
+            _ => self.labels = None,
+        }
+        self.scores.extend(part.scores);
+        self.logits.extend(part.logits.iter());
+        self.batches += 1;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<ScoreOutput> {
+        let width = self.width.ok_or_else(|| Error::Empty {
+            what: "the data to score".into(),
+            hint: "it yielded no batch".into(),
+        })?;
+        let n = self.scores.len();
+        let logits = Array2::from_shape_vec((n, width), self.logits)?;
+        Ok(ScoreOutput {
+            scores: Array1::from(self.scores),
+            logits,
+            labels: self.labels.map(Array1::from),
+        })
+    }
+}
