@@ -789,3 +789,152 @@ mod trained_mlp {
         assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     }
 }
+
+/// What fitting learns is a value: `Send + Sync`, `'static` (it borrows no
+/// model), for every detector of both families, and so is a scorer that
+/// owns its model.
+#[test]
+fn fitted_states_are_send_sync_values_that_hold_no_model() {
+    fn value<T: Send + Sync + 'static>() {}
+    use oodkit::detectors::features::{
+        ClassGaussians, GramBounds, KnnIndex, SheMeans, VimSubspace,
+    };
+    use oodkit::detectors::{
+        Energy, Entropy, FittedDetector, FittedFeatures, Gen, Mls, Odin, Scorer,
+    };
+    value::<Mls>();
+    value::<Energy>();
+    value::<Entropy>();
+    value::<Gen>();
+    value::<Odin>();
+    value::<FittedFeatures<ClassGaussians>>();
+    value::<FittedFeatures<KnnIndex>>();
+    value::<FittedFeatures<VimSubspace>>();
+    value::<FittedFeatures<SheMeans>>();
+    value::<FittedFeatures<GramBounds>>();
+    value::<Scorer<'static, FittedFeatures<KnnIndex>>>();
+    value::<Scorer<'static, Mls>>();
+
+    // Detached from its model and attached to another instance of the same
+    // network, a fit scores the same; a model without its layer is refused.
+    let (x, labels) = labelled(40, 3, 2, 31);
+    let w = Array2::from_shape_fn((2, 3), |(i, j)| if i == j { 1.0 } else { 0.1 });
+    let b = Array1::zeros(2);
+    let data = OodDataset::from_arrays(as_images(&x), labels).unwrap();
+    let scorer = Knn::new(3)
+        .unwrap()
+        .with_layers(["pixels"])
+        .unwrap()
+        .fit(pixel_model(w.clone(), b.clone()), Some(&data))
+        .unwrap();
+    let before = scorer.score(&data).unwrap().scores;
+    let fitted = scorer.into_fitted();
+    assert_eq!(fitted.layers(), &[LayerId::from("pixels")]);
+    assert_eq!(fitted.widths(), vec![3]);
+    let again = fitted.clone().attach(pixel_model(w, b)).unwrap();
+    assert_eq!(again.score(&data).unwrap().scores, before);
+    let other = from_fn_with_features(["other"], |x: ArrayView4<f32>| {
+        let f = x.to_shape((x.shape()[0], 3))?.to_owned();
+        Ok((vec![f.clone()], f))
+    });
+    let err = fitted.attach(other).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidParameter { name: "layer", .. }),
+        "{err}"
+    );
+}
+
+/// Turns a model's (N, 3) features and (N, 2) logits into something else.
+type Corruption = fn(Array2<f32>, Array2<f32>) -> (Vec<Array2<f32>>, Array2<f32>);
+
+/// A feature model that misbehaves from its second batch on.
+fn misbehaving(bad: Corruption) -> FnFeatureModel<Forward> {
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let forward: Forward = Box::new(move |x: ArrayView4<f32>| {
+        let f = x.to_shape((x.shape()[0], 3))?.to_owned();
+        let logits = f.slice(s![.., ..2]).to_owned();
+        if calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+            Ok((vec![f], logits))
+        } else {
+            Ok(bad(f, logits))
+        }
+    });
+    from_fn_with_features(["f"], forward)
+}
+
+/// Whatever a feature model returns goes through one check: a width that
+/// changes between batches, a missing layer, rows of the wrong count, NaN
+/// logits and zero-width features are errors naming the batch, for every
+/// detector, when fitting and when scoring.
+#[test]
+fn model_outputs_are_checked_at_every_batch() {
+    let (x, labels) = labelled(24, 3, 2, 17);
+    let data = OodDataset::from_arrays(as_images(&x), labels.clone()).unwrap();
+    let batches = data.prepare(&PrepareConfig::new(8)).unwrap();
+    let wider = |f: Array2<f32>, l| (vec![ndarray::concatenate![Axis(1), f, f]], l);
+    let no_layer = |_f, l| (vec![], l);
+    let short = |f: Array2<f32>, l| (vec![f.slice(s![1.., ..]).to_owned()], l);
+    let nan_logits = |f, l: Array2<f32>| (vec![f], l.mapv(|_| f32::NAN));
+    for (what, bad) in [
+        ("wider", wider as Corruption),
+        ("no layer", no_layer),
+        ("short", short),
+        ("NaN logits", nan_logits),
+    ] {
+        // KNN used to read a wider batch as rows of the first width.
+        let err = Knn::new(2)
+            .unwrap()
+            .fit(misbehaving(bad), Some(&batches))
+            .unwrap_err();
+        let expected = if what == "NaN logits" {
+            matches!(err, Error::NotANumber { index: 8, .. })
+        } else {
+            // (The closure adapter counts layers itself.)
+            matches!(
+                err,
+                Error::ShapeMismatch { .. } | Error::LengthMismatch { .. }
+            )
+        };
+        assert!(expected, "{what}: {err}");
+        // Mahalanobis panicked inside ndarray on a wider batch.
+        let err = Mahalanobis::new()
+            .fit(misbehaving(bad), Some(&batches))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::ShapeMismatch { .. }
+                    | Error::LengthMismatch { .. }
+                    | Error::NotANumber { .. }
+            ),
+            "{what}: {err}"
+        );
+        // Scoring: fitted on a well-behaved pass (one batch of 24), then the
+        // model turns.
+        let scorer = Knn::new(2)
+            .unwrap()
+            .fit(misbehaving(bad), Some(&data))
+            .unwrap();
+        let err = scorer.score(&batches).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::ShapeMismatch { .. }
+                    | Error::LengthMismatch { .. }
+                    | Error::NotANumber { .. }
+            ),
+            "{what}: {err}"
+        );
+    }
+    // Zero-width features, through a model and precomputed.
+    let empty = from_fn_with_features(["none"], |x: ArrayView4<f32>| {
+        let n = x.shape()[0];
+        Ok((vec![Array2::zeros((n, 0))], Array2::zeros((n, 2))))
+    });
+    let err = Mahalanobis::new().fit(&empty, Some(&data)).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    let err = She::new()
+        .fit_features(Array2::zeros((24, 0)).view(), labels.view())
+        .unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+}

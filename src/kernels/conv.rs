@@ -2,8 +2,8 @@
 //! products, with its own backward, as a burn backend extension on Flex.
 //!
 //! burn's `Conv2d` on Flex runs a generic 3-D convolution, and its backward
-//! a transposed convolution for the input and a weight kernel that together
-//! take about three times the forward. Here the forward is one im2col (row
+//! a transposed convolution for the input and a separate weight kernel
+//! (BENCHMARKS.md has what they cost). Here the forward is one im2col (row
 //! copies) and one batched matrix product; the backward is two batched
 //! matrix products and a col2im (row additions), and skips the input's
 //! gradient when the input needs none (the first layer). The products are

@@ -2,9 +2,8 @@
 //! backend, as a burn backend extension.
 //!
 //! burn's `MaxPool2d` on Flex goes through a generic 3-D pooling that
-//! computes 64-bit argmax indices and takes about 16 ms for the toy
-//! convnet's first pooling of a batch of 128 (2.7 M inputs), a third of the
-//! whole inference. This kernel reads each 2x2 window once, keeps the
+//! computes 64-bit argmax indices (BENCHMARKS.md has what it costs). This
+//! kernel reads each 2x2 window once, keeps the
 //! winner's position in a byte, and scatters the gradient back through it
 //! (the windows do not overlap). Values, tie-breaking (the first maximum in
 //! row-major order wins; NaN wins) and gradients are burn's, which the tests
