@@ -280,5 +280,6 @@ fn prepare_rejects_bad_configs() {
     let err = ds
         .prepare(&PrepareConfig::new(2).with_ood_labels(true))
         .unwrap_err();
+    assert!(matches!(err, Error::MissingInput { .. }), "{err}");
     assert!(err.to_string().contains("no OOD labels"), "{err}");
 }

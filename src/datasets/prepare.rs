@@ -144,13 +144,10 @@ impl OodDataset {
             });
         }
         if config.with_ood_labels && self.ood_labels().is_none() {
-            return Err(Error::InvalidParameter {
-                name: "with_ood_labels",
-                value: "true".into(),
-                reason:
-                    "the dataset has no OOD labels; build it with add_out_data or with_ood_labels"
-                        .into(),
-            });
+            return Err(Error::missing(
+                "OOD labels (asked for by with_ood_labels)",
+                "the dataset has no OOD labels: build it with add_out_data or with_ood_labels",
+            ));
         }
         Ok(Prepared {
             dataset: self,

@@ -5,12 +5,7 @@ use std::collections::BTreeMap;
 
 use ndarray::{Array1, ArrayView1, Axis};
 
-use super::{
-    FeatureDetector, FeatureOptions, FittedFeatures, LayerBatch, LayerFitter, ScoreFeatures,
-    fit_layers,
-};
-use crate::datasets::BatchSource;
-use crate::detectors::{Detector, ModelOf};
+use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::error::{Error, Result};
 use crate::metrics::argmax;
 use crate::model::FeatureModel;
@@ -134,18 +129,6 @@ impl FeatureDetector for Gram {
 
     fn options_mut(&mut self) -> &mut FeatureOptions {
         &mut self.options
-    }
-}
-
-impl Detector for Gram {
-    type Fitted = FittedFeatures<GramBounds>;
-
-    fn fit_model(
-        &self,
-        model: &ModelOf<'_, Self::Fitted>,
-        fit_data: Option<&dyn BatchSource>,
-    ) -> Result<Self::Fitted> {
-        fit_layers(self, model, fit_data)
     }
 }
 

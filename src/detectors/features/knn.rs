@@ -3,12 +3,7 @@
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, s};
 
-use super::{
-    FeatureDetector, FeatureOptions, FittedFeatures, LayerBatch, LayerFitter, ScoreFeatures,
-    fit_layers,
-};
-use crate::datasets::BatchSource;
-use crate::detectors::{Detector, ModelOf};
+use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::error::{Error, Result};
 use crate::linalg::gemm_into;
 use crate::model::FeatureModel;
@@ -105,18 +100,6 @@ impl FeatureDetector for Knn {
 
     fn options_mut(&mut self) -> &mut FeatureOptions {
         &mut self.options
-    }
-}
-
-impl Detector for Knn {
-    type Fitted = FittedFeatures<KnnIndex>;
-
-    fn fit_model(
-        &self,
-        model: &ModelOf<'_, Self::Fitted>,
-        fit_data: Option<&dyn BatchSource>,
-    ) -> Result<Self::Fitted> {
-        fit_layers(self, model, fit_data)
     }
 }
 

@@ -4,12 +4,7 @@
 use ndarray::{Array1, Array2, Axis, Zip};
 
 use super::moments::ClassMoments;
-use super::{
-    FeatureDetector, FeatureOptions, FittedFeatures, LayerBatch, LayerFitter, ScoreFeatures,
-    fit_layers,
-};
-use crate::datasets::BatchSource;
-use crate::detectors::{Detector, ModelOf};
+use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::error::Result;
 use crate::linalg::{gemm, symmetric_pinv};
 use crate::model::FeatureModel;
@@ -80,18 +75,6 @@ impl FeatureDetector for Mahalanobis {
     }
 }
 
-impl Detector for Mahalanobis {
-    type Fitted = FittedFeatures<ClassGaussians>;
-
-    fn fit_model(
-        &self,
-        model: &ModelOf<'_, Self::Fitted>,
-        fit_data: Option<&dyn BatchSource>,
-    ) -> Result<Self::Fitted> {
-        fit_layers(self, model, fit_data)
-    }
-}
-
 /// RMDS, the relative Mahalanobis distance: the class-wise term of
 /// [`Mahalanobis`] minus that of a background Gaussian fitted on all the
 /// in-distribution features (mean m, covariance Σ₀ = (1/N) Σ_i (f_i − m)(f_i − m)ᵀ):
@@ -148,18 +131,6 @@ impl FeatureDetector for Rmds {
 
     fn options_mut(&mut self) -> &mut FeatureOptions {
         &mut self.options
-    }
-}
-
-impl Detector for Rmds {
-    type Fitted = FittedFeatures<ClassGaussians>;
-
-    fn fit_model(
-        &self,
-        model: &ModelOf<'_, Self::Fitted>,
-        fit_data: Option<&dyn BatchSource>,
-    ) -> Result<Self::Fitted> {
-        fit_layers(self, model, fit_data)
     }
 }
 

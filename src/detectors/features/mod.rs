@@ -20,7 +20,8 @@ use std::fmt;
 use ndarray::{Array1, ArrayView1, ArrayView2, Axis, concatenate};
 
 use super::{
-    Aggregation, Aggregator, Features, FittedDetector, InputPerturbation, ModelOf, ScoreOutput,
+    Aggregation, Aggregator, Detector, Features, FittedDetector, InputPerturbation, ModelOf,
+    ScoreOutput,
 };
 use crate::batch::Batch;
 use crate::datasets::{BatchSource, require_fit_data};
@@ -157,11 +158,10 @@ impl FeatureOptions {
 }
 
 /// A feature detector's parameters: how to fit one layer, and the shared
-/// [`FeatureOptions`]. With it, a type gets the builder methods below,
-/// [`fit_features`](Self::fit_features) on precomputed features, and —
-/// with the five-line [`Detector`](super::Detector) impl every feature
-/// detector has, `fit_model` calling [`fit_layers`] — the whole flow
-/// through a model.
+/// [`FeatureOptions`]. Implementing it gives a type the builder methods
+/// below, [`fit_features`](Self::fit_features) on precomputed features,
+/// and [`Detector`]: the whole flow through a model (streaming fit of
+/// every layer, calibration, aggregation).
 pub trait FeatureDetector: Clone + fmt::Debug {
     /// The fitter of one layer.
     type Fitter: LayerFitter<Fitted = Self::Fitted>;
@@ -390,12 +390,25 @@ impl<S: ScoreFeatures> FittedDetector for FittedFeatures<S> {
     }
 }
 
+impl<D: FeatureDetector> Detector for D {
+    type Fitted = FittedFeatures<D::Fitted>;
+
+    /// Fits every layer of the options on `fit_data` (required) through
+    /// `model`, streaming over its batches.
+    fn fit_model(
+        &self,
+        model: &ModelOf<'_, Self::Fitted>,
+        fit_data: Option<&dyn BatchSource>,
+    ) -> Result<Self::Fitted> {
+        fit_layers(self, model, fit_data)
+    }
+}
+
 /// Fits `detector` on every layer it names, on `fit_data` through `model`:
 /// one streaming pass for the statistics, a second when a layer calibrates
 /// on the fit data (ViM), and one for the aggregator's fit scores when
-/// there are several layers. What every feature detector's
-/// [`Detector::fit_model`](super::Detector::fit_model) does.
-pub fn fit_layers<D: FeatureDetector>(
+/// there are several layers.
+fn fit_layers<D: FeatureDetector>(
     detector: &D,
     model: &dyn FeatureModel,
     fit_data: Option<&dyn BatchSource>,

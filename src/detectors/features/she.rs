@@ -4,12 +4,7 @@ use std::collections::BTreeMap;
 
 use ndarray::{Array1, Array2, Axis};
 
-use super::{
-    FeatureDetector, FeatureOptions, FittedFeatures, LayerBatch, LayerFitter, ScoreFeatures,
-    fit_layers,
-};
-use crate::datasets::BatchSource;
-use crate::detectors::{Detector, ModelOf};
+use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::error::{Error, Result};
 use crate::linalg::gemm;
 use crate::metrics::argmax;
@@ -77,18 +72,6 @@ impl FeatureDetector for She {
 
     fn options_mut(&mut self) -> &mut FeatureOptions {
         &mut self.options
-    }
-}
-
-impl Detector for She {
-    type Fitted = FittedFeatures<SheMeans>;
-
-    fn fit_model(
-        &self,
-        model: &ModelOf<'_, Self::Fitted>,
-        fit_data: Option<&dyn BatchSource>,
-    ) -> Result<Self::Fitted> {
-        fit_layers(self, model, fit_data)
     }
 }
 

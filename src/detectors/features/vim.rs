@@ -3,12 +3,7 @@
 use ndarray::{Array1, Array2, ArrayView2, Axis, CowArray, Ix2, s};
 
 use super::moments::ClassMoments;
-use super::{
-    FeatureDetector, FeatureOptions, FittedFeatures, LayerBatch, LayerFitter, ScoreFeatures,
-    fit_layers,
-};
-use crate::datasets::BatchSource;
-use crate::detectors::{Detector, ModelOf};
+use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::error::{Error, Result};
 use crate::linalg::{gemm, pinv, symmetric_eigen};
 use crate::model::{FeatureModel, check_head};
@@ -163,18 +158,6 @@ impl FeatureDetector for Vim {
 
     fn options_mut(&mut self) -> &mut FeatureOptions {
         &mut self.options
-    }
-}
-
-impl Detector for Vim {
-    type Fitted = FittedFeatures<VimSubspace>;
-
-    fn fit_model(
-        &self,
-        model: &ModelOf<'_, Self::Fitted>,
-        fit_data: Option<&dyn BatchSource>,
-    ) -> Result<Self::Fitted> {
-        fit_layers(self, model, fit_data)
     }
 }
 

@@ -30,17 +30,26 @@ pub use odin::Odin;
 /// network again.
 ///
 /// Implementing it (with `Debug`, `Send` and `Sync`) makes a type a
-/// [`FittedDetector`] of the [`Logits`] family, and with `Clone` a
-/// [`Detector`] too: its fit keeps its parameters, and scoring runs the model, checks the logits
-/// and calls [`score_logits`](Self::score_logits).
+/// [`FittedDetector`] of the [`Logits`] family: scoring runs the model,
+/// checks the logits and calls [`score_logits`](Self::score_logits). A
+/// detector on logits learns nothing, so its [`Detector`] impl returns its
+/// parameters, as below.
 ///
 /// ```
 /// use ndarray::{Array1, ArrayView2, array};
-/// use oodkit::detectors::ScoreLogits;
+/// use oodkit::datasets::BatchSource;
+/// use oodkit::detectors::{Detector, ModelOf, ScoreLogits};
 ///
 /// /// Minus the logit of class 0: a detector of one's own.
 /// #[derive(Debug, Clone)]
 /// struct FirstLogit;
+///
+/// impl Detector for FirstLogit {
+///     type Fitted = Self;
+///     fn fit_model(&self, _: &ModelOf<'_, Self>, _: Option<&dyn BatchSource>) -> oodkit::Result<Self> {
+///         Ok(self.clone())
+///     }
+/// }
 ///
 /// impl ScoreLogits for FirstLogit {
 ///     fn name(&self) -> &'static str {
@@ -52,7 +61,6 @@ pub use odin::Odin;
 /// }
 ///
 /// let model = oodkit::model::from_fn(|x| Ok(x.to_shape((x.shape()[0], 2))?.to_owned()));
-/// use oodkit::prelude::*;
 /// let scorer = FirstLogit.fit(&model, None)?;
 /// let batch = oodkit::Batch::new(ndarray::Array4::from_elem((1, 1, 1, 2), 3.0));
 /// assert_eq!(scorer.score(&batch)?.scores, array![-3.0]);
@@ -99,13 +107,75 @@ impl<T: ScoreLogits + ?Sized> ScoreLogits for Box<T> {
     }
 }
 
-impl<D: ScoreLogits + Clone> Detector for D {
-    type Fitted = D;
+// Detectors on logits learn nothing from data: their parameters are their
+// whole fitted state.
+impl Detector for Mls {
+    type Fitted = Self;
 
-    /// Keeps the parameters; the model is not run and the fit data, if
+    /// Keeps the parameters: the model is not run and the fit data, if
     /// any, not read.
-    fn fit_model(&self, _model: &ModelOf<'_, D>, _fit_data: Option<&dyn BatchSource>) -> Result<D> {
-        Ok(self.clone())
+    fn fit_model(
+        &self,
+        _model: &ModelOf<'_, Self>,
+        _fit_data: Option<&dyn BatchSource>,
+    ) -> Result<Self> {
+        Ok(*self)
+    }
+}
+
+impl Detector for Energy {
+    type Fitted = Self;
+
+    /// Keeps the parameters: the model is not run and the fit data, if
+    /// any, not read.
+    fn fit_model(
+        &self,
+        _model: &ModelOf<'_, Self>,
+        _fit_data: Option<&dyn BatchSource>,
+    ) -> Result<Self> {
+        Ok(*self)
+    }
+}
+
+impl Detector for Entropy {
+    type Fitted = Self;
+
+    /// Keeps the parameters: the model is not run and the fit data, if
+    /// any, not read.
+    fn fit_model(
+        &self,
+        _model: &ModelOf<'_, Self>,
+        _fit_data: Option<&dyn BatchSource>,
+    ) -> Result<Self> {
+        Ok(*self)
+    }
+}
+
+impl Detector for Gen {
+    type Fitted = Self;
+
+    /// Keeps the parameters: the model is not run and the fit data, if
+    /// any, not read.
+    fn fit_model(
+        &self,
+        _model: &ModelOf<'_, Self>,
+        _fit_data: Option<&dyn BatchSource>,
+    ) -> Result<Self> {
+        Ok(*self)
+    }
+}
+
+impl Detector for Odin {
+    type Fitted = Self;
+
+    /// Keeps the parameters: the model is not run and the fit data, if
+    /// any, not read.
+    fn fit_model(
+        &self,
+        _model: &ModelOf<'_, Self>,
+        _fit_data: Option<&dyn BatchSource>,
+    ) -> Result<Self> {
+        Ok(*self)
     }
 }
 
