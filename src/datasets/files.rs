@@ -1,6 +1,8 @@
-//! Reading the files the loaders take: finding them, and gunzipping them.
+//! The files oodkit reads and writes: finding them, gunzipping them, and
+//! writing whole files atomically.
 
-use std::io::Read;
+use std::fs;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
@@ -73,4 +75,25 @@ pub(crate) fn be_u32(path: &Path, bytes: &[u8], offset: usize) -> Result<u32> {
                 format!("file ends after {} bytes, inside its header", bytes.len()),
             )
         })
+}
+
+/// Writes `bytes` to a temporary file beside `path` and renames it over
+/// `path`, so a failure never leaves a partial file under its name.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::InvalidParameter {
+            name: "path",
+            value: path.display().to_string(),
+            reason: "names no file".into(),
+        })?
+        .to_string_lossy();
+    let temp: PathBuf = path.with_file_name(format!(".{name}.{}.partial", std::process::id()));
+    let written = fs::File::create(&temp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| fs::rename(&temp, path));
+    written.map_err(|e| {
+        let _ = fs::remove_file(&temp);
+        Error::io(path, e)
+    })
 }

@@ -1,7 +1,8 @@
 //! Datasets: [`OodDataset`], the loaders for the files users download
 //! ([`mnist`], [`cifar10`], [`svhn`]), batching with
 //! [`prepare`](OodDataset::prepare), [`transforms`] for pretrained
-//! networks' normalisation, and fetching with `download`.
+//! networks' normalisation, `npy` for NumPy files (feature `npy`), and
+//! fetching with `download`.
 //!
 //! Loaders take the dataset's own folder. Examples take a *data root* holding
 //! one folder per dataset (`mnist/`, `cifar10/`, `svhn/`), found by
@@ -13,8 +14,10 @@ pub mod cifar10;
 mod dataset;
 #[cfg(feature = "download")]
 pub mod download;
-mod files;
+pub(crate) mod files;
 pub mod mnist;
+#[cfg(feature = "npy")]
+pub mod npy;
 mod prepare;
 mod source;
 pub mod svhn;

@@ -25,9 +25,7 @@
 //! # Ok::<(), oodkit::Error>(())
 //! ```
 
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use plotters::coord::{CoordTranslate, Shift};
@@ -185,7 +183,7 @@ pub(crate) fn save(figure: &impl Figure, size: (u32, u32), path: &Path) -> Resul
             svg.into_bytes()
         }
     };
-    write_whole(path, &bytes)
+    crate::datasets::files::write_atomically(path, &bytes)
 }
 
 fn encode_png(rgb: &[u8], (w, h): (u32, u32)) -> Result<Vec<u8>> {
@@ -197,25 +195,4 @@ fn encode_png(rgb: &[u8], (w, h): (u32, u32)) -> Result<Vec<u8>> {
     writer.write_image_data(rgb).map_err(plot_err)?;
     writer.finish().map_err(plot_err)?;
     Ok(out)
-}
-
-/// Writes `bytes` to a temporary file beside `path` and renames it over
-/// `path`, so a failure never leaves a partial image.
-fn write_whole(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidParameter {
-            name: "path",
-            value: path.display().to_string(),
-            reason: "names no file".into(),
-        })?
-        .to_string_lossy();
-    let temp: PathBuf = path.with_file_name(format!(".{name}.{}.partial", std::process::id()));
-    let written = fs::File::create(&temp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| fs::rename(&temp, path));
-    written.map_err(|e| {
-        let _ = fs::remove_file(&temp);
-        Error::io(path, e)
-    })
 }
