@@ -79,6 +79,7 @@ pub(crate) fn be_u32(path: &Path, bytes: &[u8], offset: usize) -> Result<u32> {
 
 /// Writes `bytes` to a temporary file beside `path` and renames it over
 /// `path`, so a failure never leaves a partial file under its name.
+#[cfg_attr(not(any(feature = "plots", feature = "npy")), allow(dead_code))]
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
