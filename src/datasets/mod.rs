@@ -1,8 +1,9 @@
 //! Datasets: [`OodDataset`], the loaders for the files users download
 //! ([`mnist`], [`cifar10`], [`svhn`]), batching with
 //! [`prepare`](OodDataset::prepare), [`transforms`] for pretrained
-//! networks' normalisation, `npy` for NumPy files (feature `npy`), and
-//! fetching with `download`.
+//! networks' normalisation, `image_folder` for folders of PNG / JPEG images
+//! (feature `images`), `npy` for NumPy files (feature `npy`), and fetching
+//! with `download`.
 //!
 //! Loaders take the dataset's own folder. Examples take a *data root* holding
 //! one folder per dataset (`mnist/`, `cifar10/`, `svhn/`), found by
@@ -15,6 +16,8 @@ mod dataset;
 #[cfg(feature = "download")]
 pub mod download;
 pub(crate) mod files;
+#[cfg(feature = "images")]
+pub mod image_folder;
 pub mod mnist;
 #[cfg(feature = "npy")]
 pub mod npy;

@@ -103,6 +103,40 @@ impl PrepareConfig {
     pub fn shuffle_seed(&self) -> Option<u64> {
         self.shuffle
     }
+
+    /// Whether batches carry class labels.
+    pub(crate) fn labels_wanted(&self) -> bool {
+        self.with_labels
+    }
+
+    /// Whether batches carry OOD labels.
+    pub(crate) fn ood_labels_wanted(&self) -> bool {
+        self.with_ood_labels
+    }
+
+    /// The order of `n` samples in pass `pass`: a permutation when
+    /// shuffling (the same for the same seed and pass), else `None`
+    /// (dataset order).
+    pub(crate) fn order(&self, n: usize, pass: u64) -> Option<Vec<usize>> {
+        self.shuffle.map(|seed| {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(&mut StdRng::seed_from_u64(pass_seed(seed, pass)));
+            order
+        })
+    }
+
+    /// The preprocess function applied to `batch`, and the check that it
+    /// kept the labels aligned with the inputs.
+    pub(crate) fn apply(&self, batch: Batch) -> Result<Batch> {
+        match &self.preprocess {
+            Some(f) => {
+                let batch = f(batch)?;
+                check_aligned(&batch)?;
+                Ok(batch)
+            }
+            None => Ok(batch),
+        }
+    }
 }
 
 impl OodDataset {
@@ -187,11 +221,7 @@ impl<'a> Prepared<'a> {
     /// Pass number `pass` of the stream, independent of how many passes were
     /// taken before: useful to resume training at a given epoch.
     pub fn pass(&self, pass: u64) -> Batches<'a> {
-        let order = self.config.shuffle.map(|seed| {
-            let mut order: Vec<usize> = (0..self.dataset.len()).collect();
-            order.shuffle(&mut StdRng::seed_from_u64(pass_seed(seed, pass)));
-            order
-        });
+        let order = self.config.order(self.dataset.len(), pass);
         Batches {
             dataset: self.dataset,
             config: self.config.clone(),
@@ -266,7 +296,7 @@ impl Iterator for Batches<'_> {
                 &range
             }
         };
-        let mut batch = Batch {
+        let batch = Batch {
             inputs: ds.inputs().select(Axis(0), idx),
             labels: self
                 .config
@@ -277,16 +307,7 @@ impl Iterator for Batches<'_> {
                 .filter(|_| self.config.with_ood_labels)
                 .map(|o| o.select(Axis(0), idx)),
         };
-        if let Some(f) = &self.config.preprocess {
-            batch = match f(batch) {
-                Ok(b) => b,
-                Err(e) => return Some(Err(e)),
-            };
-            if let Err(e) = check_aligned(&batch) {
-                return Some(Err(e));
-            }
-        }
-        Some(Ok(batch))
+        Some(self.config.apply(batch))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

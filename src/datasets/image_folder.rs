@@ -1,0 +1,409 @@
+//! Folders of images (feature `images`): torchvision's ImageFolder layout
+//! (`root/<class>/<image>`, classes sorted by name) or a flat folder of
+//! unlabelled images (an OOD set), decoded lazily batch by batch.
+//!
+//! ```
+//! use oodkit::datasets::{BatchSource, PrepareConfig};
+//! use oodkit::datasets::image_folder::{Channels, ImageFolder};
+//!
+//! // Two classes of one 4x4 grey image each.
+//! let root = tempfile::tempdir()?;
+//! for (class, value) in [("cats", 10u8), ("dogs", 200)] {
+//!     std::fs::create_dir(root.path().join(class))?;
+//!     image::GrayImage::from_pixel(4, 4, image::Luma([value]))
+//!         .save(root.path().join(class).join("a.png"))?;
+//! }
+//! let folder = ImageFolder::open(root.path())?.channels(Channels::Grey);
+//! assert_eq!(folder.class_names(), ["cats", "dogs"]);
+//! let batches = folder.prepare(&PrepareConfig::new(8))?;
+//! let batch = batches.batches()?.next().unwrap()?;
+//! assert_eq!(batch.inputs.shape(), &[2, 1, 4, 4]);
+//! assert_eq!(batch.inputs[[1, 0, 0, 0]], 200.0); // pixels in 0..=255
+//! assert_eq!(batch.labels.unwrap().to_vec(), vec![0, 1]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use image::imageops::FilterType;
+use image::{DynamicImage, GenericImageView};
+use ndarray::{Array1, Array4, s};
+
+use super::{BatchIter, BatchSource, PrepareConfig};
+use crate::batch::Batch;
+use crate::error::{Error, Result};
+
+/// The extensions read (case-insensitive); other files are left alone.
+const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// The channels each image is converted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Channels {
+    /// One channel (luma).
+    Grey,
+    /// Three channels, red, green, blue.
+    #[default]
+    Rgb,
+}
+
+impl Channels {
+    fn count(self) -> usize {
+        match self {
+            Channels::Grey => 1,
+            Channels::Rgb => 3,
+        }
+    }
+}
+
+/// How images are brought to one size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fit {
+    /// Resized to exactly (height, width), the aspect ratio not kept.
+    Resize(u32, u32),
+    /// The shorter side resized to fit (height, width), the aspect ratio
+    /// kept, then the centre cropped to it (torchvision's
+    /// `Resize` + `CenterCrop`).
+    ResizeCrop(u32, u32),
+    /// The centre (height, width) cut out; an image smaller than that is an
+    /// error.
+    CentreCrop(u32, u32),
+}
+
+/// A folder of images: labelled by class subfolder, or unlabelled.
+///
+/// Only the file list is read when it is opened; images are decoded when
+/// their batch is built, so memory stays bounded by the batch. Pixels come
+/// as `f32` in 0..=255, `(N, C, H, W)`, like the other loaders; scale or
+/// normalise them in [`PrepareConfig::preprocess`] (e.g.
+/// [`imagenet_preprocess`](super::transforms::imagenet_preprocess)).
+/// Without a [`Fit`], every image must have the size of the first.
+#[derive(Debug, Clone)]
+pub struct ImageFolder {
+    root: PathBuf,
+    files: Vec<(PathBuf, Option<i64>)>,
+    class_names: Vec<String>,
+    channels: Channels,
+    fit: Option<Fit>,
+    skip_unreadable: bool,
+}
+
+impl ImageFolder {
+    /// The images under `root`: with class subfolders, one class per
+    /// subfolder (sorted by name, labels 0, 1, ...); without, the images in
+    /// `root`, unlabelled. Errors when `root` is missing, holds no image, a
+    /// class folder holds none, or images lie beside class folders.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        let root = root.as_ref();
+        let (dirs, images) = listing(root)?;
+        let (files, class_names) = if dirs.is_empty() {
+            (images.into_iter().map(|p| (p, None)).collect(), Vec::new())
+        } else {
+            if let Some(stray) = images.first() {
+                return Err(Error::corrupt(
+                    stray,
+                    None,
+                    "an image beside class folders: in the ImageFolder layout every image \
+                     lies in its class's folder (root/<class>/<image>)",
+                ));
+            }
+            let mut files = Vec::new();
+            let mut names = Vec::new();
+            for (label, dir) in dirs.iter().enumerate() {
+                let (_, images) = listing(dir)?;
+                if images.is_empty() {
+                    return Err(Error::Empty {
+                        what: format!("class folder {}", dir.display()),
+                        hint: "every class folder needs at least one .png or .jpg image".into(),
+                    });
+                }
+                files.extend(images.into_iter().map(|p| (p, Some(label as i64))));
+                names.push(
+                    dir.file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                );
+            }
+            (files, names)
+        };
+        if files.is_empty() {
+            return Err(Error::Empty {
+                what: format!("image folder {}", root.display()),
+                hint: "it holds no .png or .jpg image (nor class folders of them)".into(),
+            });
+        }
+        Ok(ImageFolder {
+            root: root.to_path_buf(),
+            files,
+            class_names,
+            channels: Channels::default(),
+            fit: None,
+            skip_unreadable: false,
+        })
+    }
+
+    /// Converts every image to these channels (default RGB).
+    pub fn channels(mut self, channels: Channels) -> Self {
+        self.channels = channels;
+        self
+    }
+
+    /// Brings every image to one size. Errors on a zero side.
+    pub fn fit(mut self, fit: Fit) -> Result<Self> {
+        let (Fit::Resize(h, w) | Fit::ResizeCrop(h, w) | Fit::CentreCrop(h, w)) = fit;
+        if h == 0 || w == 0 {
+            return Err(Error::invalid(
+                "fit",
+                format!("{fit:?}"),
+                "height and width must be at least 1",
+            ));
+        }
+        self.fit = Some(fit);
+        Ok(self)
+    }
+
+    /// Skips images that cannot be decoded instead of failing (default
+    /// off); the skipped files are listed by
+    /// [`FolderBatches::skipped`]. Batches with a skipped image are
+    /// smaller.
+    pub fn skip_unreadable(mut self, yes: bool) -> Self {
+        self.skip_unreadable = yes;
+        self
+    }
+
+    /// The folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The image files in order, with their labels (`None` unlabelled).
+    pub fn files(&self) -> &[(PathBuf, Option<i64>)] {
+        &self.files
+    }
+
+    /// The class names (folder names), label `k` the `k`-th; empty when
+    /// unlabelled.
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+
+    /// The number of images.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether there is no image (never, once opened).
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Whether the images carry class labels (the ImageFolder layout).
+    pub fn is_labelled(&self) -> bool {
+        !self.class_names.is_empty()
+    }
+
+    /// A re-iterable stream of batches, decoded as they are built, with
+    /// `config`'s batch size, shuffling and preprocessing. Class labels
+    /// come with a labelled folder when `config` asks for them; a folder
+    /// has no OOD labels, so asking for them is an error.
+    pub fn prepare(&self, config: &PrepareConfig) -> Result<FolderBatches<'_>> {
+        if config.batch_size() == 0 {
+            return Err(Error::invalid(
+                "batch_size",
+                0,
+                "a batch holds at least one sample",
+            ));
+        }
+        if config.ood_labels_wanted() {
+            return Err(Error::missing(
+                "OOD labels (asked for by with_ood_labels)",
+                "an image folder has none: score the ID and OOD folders separately",
+            ));
+        }
+        Ok(FolderBatches {
+            folder: self,
+            config: config.clone(),
+            skipped: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// One image as `(C, H, W)` values in 0..=255.
+    fn decode(&self, path: &Path) -> Result<Array4<f32>> {
+        let image = image::ImageReader::open(path)
+            .map_err(|e| Error::io(path, e))?
+            .with_guessed_format()
+            .map_err(|e| Error::io(path, e))?
+            .decode()
+            .map_err(|e| Error::corrupt(path, None, format!("cannot decode the image: {e}")))?;
+        let image = self.fitted(image, path)?;
+        let (w, h) = image.dimensions();
+        let (w, h) = (w as usize, h as usize);
+        let c = self.channels.count();
+        let values: Vec<f32> = match self.channels {
+            Channels::Grey => image.into_luma8().into_raw(),
+            Channels::Rgb => image.into_rgb8().into_raw(),
+        }
+        .into_iter()
+        .map(f32::from)
+        .collect();
+        // Interleaved (H, W, C) to planes (C, H, W).
+        let hwc = Array4::from_shape_vec((1, h, w, c), values)?;
+        Ok(hwc
+            .permuted_axes([0, 3, 1, 2])
+            .as_standard_layout()
+            .into_owned())
+    }
+
+    fn fitted(&self, image: DynamicImage, path: &Path) -> Result<DynamicImage> {
+        Ok(match self.fit {
+            None => image,
+            Some(Fit::Resize(h, w)) => image.resize_exact(w, h, FilterType::Triangle),
+            Some(Fit::ResizeCrop(h, w)) => image.resize_to_fill(w, h, FilterType::Triangle),
+            Some(Fit::CentreCrop(h, w)) => {
+                let (iw, ih) = image.dimensions();
+                if iw < w || ih < h {
+                    return Err(Error::ShapeMismatch {
+                        what: format!("image {}", path.display()),
+                        expected: format!("at least {h}x{w} (height x width) to crop"),
+                        found: format!("{ih}x{iw}"),
+                    });
+                }
+                image.crop_imm((iw - w) / 2, (ih - h) / 2, w, h)
+            }
+        })
+    }
+}
+
+/// The subfolders and the image files of `dir`, each sorted by name
+/// (hidden entries left out).
+fn listing(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    if !dir.is_dir() {
+        return Err(Error::MissingFile {
+            path: dir.to_path_buf(),
+            hint: "give a folder of images, or of class folders of images".into(),
+        });
+    }
+    let (mut dirs, mut images) = (Vec::new(), Vec::new());
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.as_deref().is_none_or(|n| n.starts_with('.')) {
+            continue;
+        }
+        if path.is_dir() {
+            dirs.push(path);
+        } else if path
+            .extension()
+            .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+        {
+            images.push(path);
+        }
+    }
+    dirs.sort();
+    images.sort();
+    Ok((dirs, images))
+}
+
+/// The batches of an [`ImageFolder`], decoded as they are iterated: a
+/// [`BatchSource`] for every detector.
+#[derive(Debug)]
+pub struct FolderBatches<'a> {
+    folder: &'a ImageFolder,
+    config: PrepareConfig,
+    skipped: Mutex<Vec<PathBuf>>,
+}
+
+impl FolderBatches<'_> {
+    /// The files skipped so far because they could not be decoded (with
+    /// [`ImageFolder::skip_unreadable`]), each once.
+    pub fn skipped(&self) -> Vec<PathBuf> {
+        self.skipped
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// The batch of the files at `indices`; `None` when every one of them
+    /// was skipped.
+    fn batch(&self, indices: &[usize]) -> Option<Result<Batch>> {
+        self.build(indices).transpose()
+    }
+
+    fn build(&self, indices: &[usize]) -> Result<Option<Batch>> {
+        let folder = self.folder;
+        let mut inputs: Option<Array4<f32>> = None;
+        let mut labels = Vec::with_capacity(indices.len());
+        let mut rows = 0;
+        for &i in indices {
+            let (path, label) = &folder.files[i];
+            let image = match folder.decode(path) {
+                Ok(image) => image,
+                Err(Error::CorruptFile { .. }) if folder.skip_unreadable => {
+                    let mut skipped = self.skipped.lock().unwrap_or_else(|p| p.into_inner());
+                    if !skipped.contains(path) {
+                        skipped.push(path.clone());
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let (_, c, h, w) = image.dim();
+            let all = inputs.get_or_insert_with(|| Array4::zeros((indices.len(), c, h, w)));
+            if all.shape()[1..] != image.shape()[1..] {
+                let advice = if folder.fit.is_none() {
+                    "; give the folder a size (ImageFolder::fit, e.g. Fit::ResizeCrop)"
+                } else {
+                    ""
+                };
+                return Err(Error::ShapeMismatch {
+                    what: format!("image {}", path.display()),
+                    expected: format!(
+                        "{:?} (C, H, W) like the images before it{advice}",
+                        &all.shape()[1..]
+                    ),
+                    found: format!("{:?}", &image.shape()[1..]),
+                });
+            }
+            all.slice_mut(s![rows..rows + 1, .., .., ..]).assign(&image);
+            labels.push(label.unwrap_or(0));
+            rows += 1;
+        }
+        let Some(mut inputs) = inputs else {
+            return Ok(None);
+        };
+        if rows < indices.len() {
+            inputs = inputs.slice(s![..rows, .., .., ..]).to_owned();
+        }
+        let labelled = folder.is_labelled() && self.config.labels_wanted();
+        self.config
+            .apply(Batch {
+                inputs,
+                labels: labelled.then(|| Array1::from(labels)),
+                ood_labels: None,
+            })
+            .map(Some)
+    }
+}
+
+impl BatchSource for FolderBatches<'_> {
+    fn batches(&self) -> Result<BatchIter<'_>> {
+        self.batches_for_pass(0)
+    }
+
+    fn batches_for_pass(&self, pass: u64) -> Result<BatchIter<'_>> {
+        let n = self.folder.len();
+        let order: Vec<usize> = self
+            .config
+            .order(n, pass)
+            .unwrap_or_else(|| (0..n).collect());
+        let size = self.config.batch_size();
+        let chunks: Vec<Vec<usize>> = order.chunks(size).map(<[usize]>::to_vec).collect();
+        Ok(Box::new(
+            chunks.into_iter().filter_map(move |idx| self.batch(&idx)),
+        ))
+    }
+
+    fn num_batches(&self) -> Option<usize> {
+        Some(self.folder.len().div_ceil(self.config.batch_size()))
+    }
+}
