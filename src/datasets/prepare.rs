@@ -105,11 +105,13 @@ impl PrepareConfig {
     }
 
     /// Whether batches carry class labels.
+    #[cfg_attr(not(feature = "images"), allow(dead_code))]
     pub(crate) fn labels_wanted(&self) -> bool {
         self.with_labels
     }
 
     /// Whether batches carry OOD labels.
+    #[cfg_attr(not(feature = "images"), allow(dead_code))]
     pub(crate) fn ood_labels_wanted(&self) -> bool {
         self.with_ood_labels
     }
