@@ -27,7 +27,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use burn::tensor::Device;
-use common::Args;
+use clap::{Parser, ValueEnum};
 use ndarray::{Array4, s};
 use oodkit::datasets::transforms::imagenet_preprocess;
 use oodkit::datasets::{OodDataset, PrepareConfig, Split, cifar10, data_root, mnist, svhn};
@@ -36,27 +36,71 @@ use oodkit::metrics::{accuracy, bench_metrics};
 use oodkit::model::BurnModel;
 use oodkit::nets::CifarResNet;
 use oodkit::{Error, Result};
+use serde_json::json;
 
-const USAGE: &str = "usage: cifar10_ood [--data-dir DIR] [--depth 20|32|44|56] \
-                     [--ood svhn|mnist] [--out-dir DIR] [--json PATH]";
-
-fn main() -> ExitCode {
-    common::main(USAGE, &["--out-dir", "--json", "--depth", "--ood"], run)
+/// A pretrained CIFAR-10 ResNet scoring CIFAR-10 (ID) against an OOD set
+/// with MLS and MSP.
+#[derive(Parser, Debug)]
+#[command(
+    after_help = "Example: cifar10_ood --data-dir ../shared/datasets --ood mnist --json report.json"
+)]
+struct Cli {
+    /// The data root (default: $OODKIT_DATA_DIR, else ~/.oodkit/datasets)
+    /// holding cifar10/, weights/akamaster_resnet_cifar10/ and svhn/ or
+    /// mnist/.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The depth of the pretrained ResNet.
+    #[arg(long, default_value_t = 20, value_parser = depth)]
+    depth: usize,
+    /// The OOD set.
+    #[arg(long, value_enum, default_value_t = OodSet::Svhn)]
+    ood: OodSet,
+    /// Score histograms and ROC curves go here (with the plots feature).
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+    /// Write the figures as a JSON report.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
 }
 
-fn run(args: &Args) -> Result<()> {
+/// A depth of the pretrained family.
+fn depth(value: &str) -> std::result::Result<usize, String> {
+    value
+        .parse()
+        .ok()
+        .filter(|d| oodkit::nets::CIFAR_RESNET_DEPTHS.contains(d))
+        .ok_or_else(|| format!("expected one of {:?}", oodkit::nets::CIFAR_RESNET_DEPTHS))
+}
+
+/// The OOD sets scored against CIFAR-10.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OodSet {
+    /// The SVHN test set.
+    Svhn,
+    /// The MNIST test images, zero-padded to 32x32, over three channels.
+    Mnist,
+}
+
+impl std::fmt::Display for OodSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OodSet::Svhn => "svhn",
+            OodSet::Mnist => "mnist",
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    common::main(run)
+}
+
+fn run(args: &Cli) -> Result<()> {
     let root = data_root(args.data_dir.clone())?;
     let ds_in = cifar10::load(root.join("cifar10"), Split::Test)?;
-    let ds_out = match args.ood.as_str() {
-        "svhn" => svhn::load(root.join("svhn"), Split::Test)?,
-        "mnist" => mnist_as_cifar(&mnist::load(root.join("mnist"), Split::Test)?)?,
-        other => {
-            return Err(Error::InvalidParameter {
-                name: "--ood",
-                value: other.into(),
-                reason: "choose svhn or mnist".into(),
-            });
-        }
+    let ds_out = match args.ood {
+        OodSet::Svhn => svhn::load(root.join("svhn"), Split::Test)?,
+        OodSet::Mnist => mnist_as_cifar(&mnist::load(root.join("mnist"), Split::Test)?)?,
     };
     println!(
         "ID: CIFAR-10 test, {} images; OOD: {} test, {} images",
@@ -87,7 +131,7 @@ fn run(args: &Args) -> Result<()> {
     println!("Test accuracy:\t{accuracy:.4}");
 
     let msp = Mls::msp();
-    let mut detectors = Vec::new();
+    let mut detectors = serde_json::Map::new();
     for (name, scores_in, scores_out) in [
         ("mls", scored_in.scores.clone(), scored_out.scores.clone()),
         (
@@ -104,12 +148,8 @@ fn run(args: &Args) -> Result<()> {
             let files = format!("cifar_{name}");
             common::plot_scores(dir, &files, &title, name == "msp", &scores_in, &scores_out)?;
         }
-        let figure = |m: &str| report.get(m).map_or("null".to_owned(), |v| v.to_string());
-        detectors.push(format!(
-            "\"{name}\": {{\"auroc\": {}, \"fpr95tpr\": {}}}",
-            figure("auroc"),
-            figure("fpr95tpr")
-        ));
+        let figures = json!({"auroc": report.get("auroc"), "fpr95tpr": report.get("fpr95tpr")});
+        detectors.insert(name.to_owned(), figures);
     }
     println!(
         "\nscored {} images in {seconds:.1} s",
@@ -121,15 +161,14 @@ fn run(args: &Args) -> Result<()> {
     }
 
     if let Some(path) = &args.json {
-        let report = format!(
-            "{{\"depth\": {}, \"ood\": \"{}\", \"accuracy\": {accuracy}, \
-             \"score_seconds\": {seconds:.3}, \"detectors\": {{{}}}}}\n",
-            args.depth,
-            args.ood,
-            detectors.join(", ")
-        );
-        std::fs::write(path, report)
-            .map_err(|e| Error::custom(format!("writing {}: {e}", path.display())))?;
+        let report = json!({
+            "depth": args.depth,
+            "ood": args.ood.to_string(),
+            "accuracy": accuracy,
+            "score_seconds": (seconds * 1000.0).round() / 1000.0,
+            "detectors": detectors,
+        });
+        common::write_json(path, &report)?;
         println!("report written to {}", path.display());
     }
     Ok(())

@@ -23,13 +23,32 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use burn::tensor::Device;
-use common::{Args, Mnist04, trained_or_loaded};
+use std::path::PathBuf;
+
+use clap::Parser;
+use common::{Mnist04, trained_or_loaded};
 use oodkit::metrics::{MetricReport, bench_metrics};
 use oodkit::model::{BurnModel, evaluate};
-use oodkit::{Detector, Error, Mls, Result};
+use oodkit::{Detector, Mls, Result};
+use serde_json::json;
 
-const USAGE: &str = "usage: mnist_mls_msp [--data-dir DIR] [--model-dir DIR] [--out-dir DIR] \
-                     [--json PATH] [--seed N] [--epochs N]";
+/// MNIST digits 0-4 (ID) vs 5-9 (OOD) with MLS and MSP, as the Python
+/// toolkit's notebook.
+#[derive(Parser, Debug)]
+#[command(
+    after_help = "Example: mnist_mls_msp --data-dir ../shared/datasets --out-dir figures --json report.json"
+)]
+struct Cli {
+    #[command(flatten)]
+    mnist: common::Args,
+    /// Where the plots go (score histograms, ROC curves, the penultimate
+    /// features in 2-D); none are drawn without it.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+    /// Write the figures as a JSON report.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
 
 /// Detection figures of one detector.
 struct Figures {
@@ -38,10 +57,11 @@ struct Figures {
 }
 
 fn main() -> ExitCode {
-    common::main(USAGE, &["--out-dir", "--json"], run)
+    common::main(run)
 }
 
-fn run(args: &Args) -> Result<()> {
+fn run(cli: &Cli) -> Result<()> {
+    let args = &cli.mnist;
     // === Load ID and OOD data ===
     let mnist = Mnist04::load(args.data_dir.clone())?;
     let train_batches = mnist.train_batches(args.seed)?;
@@ -63,7 +83,7 @@ fn run(args: &Args) -> Result<()> {
         let scores_out = detector.score(&ds_out)?.scores;
         let report = bench_metrics(&scores_in, &scores_out, &["auroc", "fpr95tpr"])?;
         println!("\n=== {} ===\n{report}", name.to_uppercase());
-        if let Some(dir) = &args.out_dir {
+        if let Some(dir) = &cli.out_dir {
             // MSP scores pile up near -1: a log scale shows both tails.
             let title = name.to_uppercase();
             common::plot_scores(dir, name, &title, name == "msp", &scores_in, &scores_out)?;
@@ -71,58 +91,43 @@ fn run(args: &Args) -> Result<()> {
         figures.push(Figures { name, report });
     }
     let score_seconds = started.elapsed().as_secs_f64();
-    if let Some(dir) = &args.out_dir {
+    if let Some(dir) = &cli.out_dir {
         plots::features(dir, &model, &ds_in, &ds_out)?;
         println!("\nfigures written to {}", dir.display());
     }
 
-    if let Some(path) = &args.json {
+    if let Some(path) = &cli.json {
         let report = json_report(args, accuracy, train_seconds, score_seconds, &figures);
-        std::fs::write(path, report)
-            .map_err(|e| Error::custom(format!("writing {}: {e}", path.display())))?;
+        common::write_json(path, &report)?;
         println!("\nreport written to {}", path.display());
     }
     Ok(())
 }
 
-/// The figures as JSON (numbers only, so no escaping is needed beyond the
-/// fixed keys).
+/// The figures as JSON (a missing or non-finite figure is `null`).
 fn json_report(
-    args: &Args,
+    args: &common::Args,
     accuracy: f64,
     train_seconds: Option<f64>,
     score_seconds: f64,
     figures: &[Figures],
-) -> String {
-    let detectors: Vec<String> = figures
+) -> serde_json::Value {
+    let detectors: serde_json::Map<String, serde_json::Value> = figures
         .iter()
         .map(|f| {
-            let value = |metric: &str| number(f.report.get(metric));
-            format!(
-                "\"{}\": {{\"auroc\": {}, \"fpr95tpr\": {}}}",
-                f.name,
-                value("auroc"),
-                value("fpr95tpr")
-            )
+            let figure = |metric: &str| f.report.get(metric);
+            let value = json!({"auroc": figure("auroc"), "fpr95tpr": figure("fpr95tpr")});
+            (f.name.to_owned(), value)
         })
         .collect();
-    let train_seconds = number(train_seconds.map(|s| (s * 1000.0).round() / 1000.0));
-    format!(
-        "{{\"accuracy\": {accuracy}, \"train_seconds\": {train_seconds}, \
-         \"score_seconds\": {score_seconds:.3}, \"detectors\": {{{}}}, \"seed\": {}, \
-         \"epochs\": {}}}\n",
-        detectors.join(", "),
-        args.seed,
-        args.epochs
-    )
-}
-
-/// A JSON number, or `null` for a missing or non-finite one.
-fn number(value: Option<f64>) -> String {
-    match value {
-        Some(v) if v.is_finite() => v.to_string(),
-        _ => "null".into(),
-    }
+    json!({
+        "accuracy": accuracy,
+        "train_seconds": train_seconds.map(|s| (s * 1000.0).round() / 1000.0),
+        "score_seconds": (score_seconds * 1000.0).round() / 1000.0,
+        "detectors": detectors,
+        "seed": args.seed,
+        "epochs": args.epochs,
+    })
 }
 
 /// The notebook's figures.

@@ -11,91 +11,52 @@ use oodkit::nets::{ToyConvnet, ToyConvnetConfig};
 use oodkit::training::{Checkpoint, TrainConfig, load_checkpoint, train};
 use oodkit::{Batch, Error, Result};
 
-/// The command line of an MNIST example.
+/// The options every MNIST example takes.
+#[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// The data root holding `mnist/`.
+    /// The data root holding mnist/ (default: $OODKIT_DATA_DIR, else
+    /// ~/.oodkit/datasets; MNIST is downloaded there if missing).
+    #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Where the network is kept (loaded from when it holds a checkpoint).
+    /// Where the trained network is kept; when it holds a checkpoint, the
+    /// network is loaded from it instead of trained.
+    #[arg(long, value_name = "DIR")]
     pub model_dir: Option<PathBuf>,
-    /// Where figures go.
-    pub out_dir: Option<PathBuf>,
-    /// Where the JSON report goes.
-    pub json: Option<PathBuf>,
     /// Seed of the network's initialisation, the shuffling and dropout.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Training epochs.
+    #[arg(long, default_value_t = 5, value_parser = positive)]
     pub epochs: usize,
-    /// Depth of the pretrained network (the CIFAR-10 example).
-    pub depth: usize,
-    /// The OOD set (the CIFAR-10 example): `svhn` or `mnist`.
-    pub ood: String,
 }
 
-impl Args {
-    /// Parses `--data-dir`, `--model-dir`, `--seed`, `--epochs` and, when
-    /// listed in `extra`, `--out-dir`, `--json`, `--depth` and `--ood`; `usage` is shown on
-    /// `--help` and on errors.
-    pub fn parse(usage: &str, extra: &[&str]) -> std::result::Result<Args, String> {
-        let mut args = Args {
-            data_dir: None,
-            model_dir: None,
-            out_dir: None,
-            json: None,
-            seed: 0,
-            epochs: 5,
-            depth: 20,
-            ood: "svhn".into(),
-        };
-        let mut it = std::env::args().skip(1);
-        while let Some(flag) = it.next() {
-            if flag == "-h" || flag == "--help" {
-                return Err(usage.into());
-            }
-            let value = it
-                .next()
-                .ok_or_else(|| format!("{flag} needs a value\n{usage}"))?;
-            let number = |what: &str| format!("{flag} takes {what}, not {value:?}");
-            match flag.as_str() {
-                "--data-dir" => args.data_dir = Some(value.into()),
-                "--model-dir" => args.model_dir = Some(value.into()),
-                "--out-dir" if extra.contains(&"--out-dir") => args.out_dir = Some(value.into()),
-                "--json" if extra.contains(&"--json") => args.json = Some(value.into()),
-                "--depth" if extra.contains(&"--depth") => {
-                    args.depth = value.parse().map_err(|_| number("an integer"))?
-                }
-                "--ood" if extra.contains(&"--ood") => args.ood = value,
-                "--seed" => args.seed = value.parse().map_err(|_| number("an integer"))?,
-                "--epochs" => {
-                    args.epochs = value
-                        .parse()
-                        .ok()
-                        .filter(|&e| e > 0)
-                        .ok_or_else(|| number("a positive integer"))?
-                }
-                _ => return Err(format!("unknown argument {flag}\n{usage}")),
-            }
-        }
-        Ok(args)
+/// A positive integer.
+fn positive(value: &str) -> std::result::Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("expected a positive integer, not {value:?}")),
     }
 }
 
-/// Parses the command line (see [`Args::parse`]) and runs `run`, printing
-/// a usage or an error and failing on either.
-pub fn main(usage: &str, extra: &[&str], run: fn(&Args) -> Result<()>) -> ExitCode {
-    let args = match Args::parse(usage, extra) {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match run(&args) {
+/// Parses the command line `C` (clap: `--help`, and exit code 2 on a usage
+/// error) and runs `run`, printing an error and exiting with 1 on one.
+pub fn main<C: clap::Parser>(run: fn(&C) -> Result<()>) -> ExitCode {
+    let cli = C::parse();
+    match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `report` as pretty JSON to `path`.
+pub fn write_json(path: &Path, report: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(report)
+        .map_err(|e| Error::custom(format!("encoding the report: {e}")))?;
+    std::fs::write(path, text + "\n")
+        .map_err(|e| Error::custom(format!("writing {}: {e}", path.display())))
 }
 
 /// MNIST split as the notebook does: the training digits 0-4, and the test
