@@ -372,3 +372,20 @@ fn bad_input_is_an_error_naming_what_is_wrong() {
     }
     assert_close!(fpr_at_tpr(&[0.0f32, 2.0], &[1.0f32], 1.0).unwrap(), 0.5);
 }
+
+/// The report as a JSON object, metrics in the order asked (feature
+/// `serde`).
+#[cfg(feature = "serde")]
+#[test]
+fn the_report_serialises_as_an_object_of_its_metrics() {
+    let report = oodkit::metrics::bench_metrics(
+        &[0.0_f32, 0.2, 0.2, 0.2, 0.2],
+        &[0.2_f32, 0.2, 1.0, 1.0, 1.0],
+        &["fpr95tpr", "auroc"],
+    )
+    .unwrap();
+    assert_eq!(
+        serde_json::to_string(&report).unwrap(),
+        r#"{"fpr95tpr":0.8,"auroc":0.84}"#
+    );
+}

@@ -180,6 +180,23 @@ impl fmt::Display for MetricReport {
     }
 }
 
+/// A JSON (or any serde format) object of the metrics in order, e.g.
+/// `{"auroc": 0.93, "fpr95tpr": 0.39}` (feature `serde`).
+#[cfg(feature = "serde")]
+impl serde::Serialize for MetricReport {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.entries.len()))?;
+        for (name, value) in &self.entries {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
 impl<'r> IntoIterator for &'r MetricReport {
     type Item = (&'r str, f64);
     type IntoIter = Box<dyn Iterator<Item = (&'r str, f64)> + 'r>;
