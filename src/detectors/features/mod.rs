@@ -11,7 +11,7 @@
 //! - [`ScoreFeatures`], what was learned of one layer: it scores that
 //!   layer's features, holds no model and is `Send + Sync`.
 //!
-//! Fitted through a model ([`Detector::fit`](super::Detector::fit)), the layers' fitted states
+//! Fitted through a model ([`Detector::fit`]), the layers' fitted states
 //! are kept in a [`FittedFeatures`] with the layers they came from and the
 //! aggregator that combines them.
 
