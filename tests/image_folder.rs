@@ -21,6 +21,14 @@ fn grey(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> u8) {
         .unwrap();
 }
 
+/// The error the first batch of `source` is.
+fn first_error(source: &dyn BatchSource) -> Error {
+    match source.batches().unwrap().next() {
+        Some(Err(e)) => e,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
 fn all_batches(source: &dyn BatchSource) -> Vec<oodkit::Batch> {
     source.batches().unwrap().map(|b| b.unwrap()).collect()
 }
@@ -141,14 +149,8 @@ fn images_are_brought_to_one_size() {
         .channels(Channels::Grey);
     // Without a size, different sizes are an error naming the file and
     // saying what to do.
-    let err = folder
-        .prepare(&PrepareConfig::new(2))
-        .unwrap()
-        .batches()
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap_err();
+    let prepared = folder.prepare(&PrepareConfig::new(2)).unwrap();
+    let err = first_error(&prepared);
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
     assert!(
         err.to_string().contains("b.png") && err.to_string().contains("fit"),
@@ -166,17 +168,8 @@ fn images_are_brought_to_one_size() {
     let centre: Vec<f32> = crop.index_axis(Axis(0), 0).iter().copied().collect();
     assert_eq!(centre, vec![21.0, 31.0, 22.0, 32.0]);
     // Cropping more than an image has is an error naming it.
-    let err = folder
-        .clone()
-        .fit(Fit::CentreCrop(4, 4))
-        .unwrap()
-        .prepare(&PrepareConfig::new(2))
-        .unwrap()
-        .batches()
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap_err();
+    let cropped = folder.clone().fit(Fit::CentreCrop(4, 4)).unwrap();
+    let err = first_error(&cropped.prepare(&PrepareConfig::new(2)).unwrap());
     assert!(err.to_string().contains("b.png"), "{err}");
     assert!(folder.clone().fit(Fit::Resize(0, 3)).is_err());
 }
@@ -244,14 +237,8 @@ fn bad_folders_and_images_are_errors_naming_the_path() {
     // A corrupt image: an error naming it, or skipped and listed.
     std::fs::write(root.path().join("b/2.png"), b"\x89PNG\r\n\x1a\n garbage").unwrap();
     let folder = ImageFolder::open(root.path()).unwrap();
-    let err = folder
-        .prepare(&PrepareConfig::new(8))
-        .unwrap()
-        .batches()
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap_err();
+    let prepared = folder.prepare(&PrepareConfig::new(8)).unwrap();
+    let err = first_error(&prepared);
     assert!(matches!(err, Error::CorruptFile { .. }), "{err}");
     assert!(err.to_string().contains("2.png"), "{err}");
     let lenient = folder.skip_unreadable(true);
