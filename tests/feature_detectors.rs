@@ -862,6 +862,14 @@ fn misbehaving(bad: Corruption) -> FnFeatureModel<Forward> {
     from_fn_with_features(["f"], forward)
 }
 
+/// Whether `err` is the checked boundary's refusal of a model output.
+fn rejects_output(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::ShapeMismatch { .. } | Error::LengthMismatch { .. } | Error::NotANumber { .. }
+    )
+}
+
 /// Whatever a feature model returns goes through one check: a width that
 /// changes between batches, a missing layer, rows of the wrong count, NaN
 /// logits and zero-width features are errors naming the batch, for every
@@ -900,15 +908,7 @@ fn model_outputs_are_checked_at_every_batch() {
         let err = Mahalanobis::new()
             .fit(misbehaving(bad), Some(&batches))
             .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::ShapeMismatch { .. }
-                    | Error::LengthMismatch { .. }
-                    | Error::NotANumber { .. }
-            ),
-            "{what}: {err}"
-        );
+        assert!(rejects_output(&err), "{what}: {err}");
         // Scoring: fitted on a well-behaved pass (one batch of 24), then the
         // model turns.
         let scorer = Knn::new(2)
@@ -916,15 +916,7 @@ fn model_outputs_are_checked_at_every_batch() {
             .fit(misbehaving(bad), Some(&data))
             .unwrap();
         let err = scorer.score(&batches).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::ShapeMismatch { .. }
-                    | Error::LengthMismatch { .. }
-                    | Error::NotANumber { .. }
-            ),
-            "{what}: {err}"
-        );
+        assert!(rejects_output(&err), "{what}: {err}");
     }
     // Zero-width features, through a model and precomputed.
     let empty = from_fn_with_features(["none"], |x: ArrayView4<f32>| {
