@@ -96,6 +96,21 @@ pub enum Error {
         reason: String,
     },
 
+    /// A readable file that holds something else than was asked for: a
+    /// detector of another kind, or a format version newer than this
+    /// oodkit reads.
+    #[error("{} holds {found}, not {expected}: {hint}", path.display())]
+    WrongFile {
+        /// The file.
+        path: PathBuf,
+        /// What was asked for.
+        expected: String,
+        /// What the file holds.
+        found: String,
+        /// What to do.
+        hint: String,
+    },
+
     /// An I/O operation on a file or directory failed.
     #[error("I/O error on {}: {source}", path.display())]
     Io {

@@ -56,7 +56,9 @@
 //! [`detectors`] (the [`Detector`] trait and its two families:
 //! [`detectors::logits`] — [`Mls`] and MSP, energy, entropy, GEN, ODIN —
 //! and [`detectors::features`] — Mahalanobis, RMDS, KNN, ViM, SHE, Gram),
-//! [`metrics`] (exact AUROC, FPR@TPR, AUPR, accuracy) and, with the `burn`
+//! [`metrics`] (exact AUROC, FPR@TPR, AUPR, accuracy), [`calibration`]
+//! (conformal p-values and verdicts with a known false-alarm rate;
+//! fitted detectors save to files with [`detectors::file`]) and, with the `burn`
 //! feature, `nets` (the toy networks and the CIFAR ResNets) and `training`
 //! (their trainer). [`prelude`] imports the common names.
 //!
@@ -68,6 +70,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod calibration;
 pub mod datasets;
 pub mod detectors;
 pub mod error;

@@ -4,10 +4,11 @@
 
 use std::fmt;
 
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, Array4};
 
 use super::ScoreOutput;
 use crate::batch::Batch;
+use crate::calibration::Calibrated;
 use crate::datasets::BatchSource;
 use crate::error::{Error, Result};
 use crate::model::{FeatureModel, Model};
@@ -19,6 +20,10 @@ pub trait Family: 'static {
     /// The model, as a trait object that lives for `'m`: shared between
     /// threads, so a [`Scorer`] can serve them all.
     type Model<'m>: ?Sized + 'm;
+
+    /// The model's logits for `inputs` (every model of either family is a
+    /// [`Model`]).
+    fn logits(model: &Self::Model<'_>, inputs: Array4<f32>) -> Result<Array2<f32>>;
 }
 
 /// The family of detectors on logits: any [`Model`].
@@ -27,6 +32,10 @@ pub enum Logits {}
 
 impl Family for Logits {
     type Model<'m> = dyn Model + Send + Sync + 'm;
+
+    fn logits(model: &Self::Model<'_>, inputs: Array4<f32>) -> Result<Array2<f32>> {
+        model.forward_owned(inputs)
+    }
 }
 
 /// The family of detectors on internal activations: a [`FeatureModel`].
@@ -35,6 +44,63 @@ pub enum Features {}
 
 impl Family for Features {
     type Model<'m> = dyn FeatureModel + Send + Sync + 'm;
+
+    fn logits(model: &Self::Model<'_>, inputs: Array4<f32>) -> Result<Array2<f32>> {
+        model.forward_owned(inputs)
+    }
+}
+
+/// What a fitted detector saw of the model it was fitted or calibrated
+/// through: the shape of one input and the number of classes. A detector
+/// that knows it checks a model it is attached to by one forward pass of a
+/// zero input of that shape, so a model that does not match is an error at
+/// [`attach`](FittedDetector::attach), not garbage at scoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModelShape {
+    /// One input's shape `(C, H, W)`.
+    pub input: [usize; 3],
+    /// The number of classes (logits per input).
+    pub classes: usize,
+}
+
+impl ModelShape {
+    /// The shape of a batch's inputs and logits.
+    pub(crate) fn of(inputs: &[usize], logits: &Array2<f32>) -> Option<Self> {
+        match *inputs {
+            [_, c, h, w] => Some(ModelShape {
+                input: [c, h, w],
+                classes: logits.ncols(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// One zero input of this shape.
+    pub(crate) fn zero_input(&self) -> Array4<f32> {
+        let [c, h, w] = self.input;
+        Array4::zeros((1, c, h, w))
+    }
+
+    /// Errors unless `logits` has this many classes.
+    pub(crate) fn check_classes(&self, logits: &Array2<f32>, what: &str) -> Result<()> {
+        if logits.ncols() == self.classes {
+            return Ok(());
+        }
+        Err(Error::ShapeMismatch {
+            what: format!("the model's logits ({what})"),
+            expected: format!(
+                "(_, {}): the number of classes the detector was fitted or calibrated with",
+                self.classes
+            ),
+            found: format!("{:?}", logits.shape()),
+        })
+    }
+
+    /// Runs one zero input through `model` and checks its classes.
+    pub(crate) fn probe<Fam: Family>(&self, model: &Fam::Model<'_>) -> Result<()> {
+        let logits = Fam::logits(model, self.zero_input())?;
+        self.check_classes(&logits, "the model attached")
+    }
 }
 
 /// The model type of the family of `F` (a [`FittedDetector`]).
@@ -201,6 +267,36 @@ impl<'m, F: FittedDetector> Scorer<'m, F> {
     /// What was learned, the model dropped.
     pub fn into_fitted(self) -> F {
         self.fitted
+    }
+
+    /// Calibrates on the scores of `id_data`, held-out in-distribution
+    /// inputs (never the fit data), for verdicts at level `alpha` (the
+    /// false-alarm rate, e.g. 0.05); see [`calibration`](crate::calibration)
+    /// for the guarantee.
+    pub fn calibrate(
+        self,
+        id_data: &dyn BatchSource,
+        alpha: f64,
+    ) -> Result<Scorer<'m, Calibrated<F>>> {
+        let fitted = Calibrated::fit(self.fitted, &*self.model, id_data, alpha)?;
+        Ok(Scorer {
+            model: self.model,
+            fitted,
+        })
+    }
+}
+
+impl<F: FittedDetector> Scorer<'_, Calibrated<F>> {
+    /// The verdict on every input of `data`, in input order: score,
+    /// p-value, whether it is flagged OOD at the calibrated α, predicted
+    /// class.
+    pub fn verdicts(&self, data: &dyn BatchSource) -> Result<Vec<crate::calibration::Verdict>> {
+        self.fitted.verdicts(&*self.model, data)
+    }
+
+    /// The verdicts on one batch (e.g. a single input).
+    pub fn verdict_batch(&self, batch: Batch) -> Result<Vec<crate::calibration::Verdict>> {
+        self.fitted.verdict_batch(&*self.model, batch)
     }
 }
 

@@ -15,7 +15,10 @@
 //! [`fit`](Detector::fit) returns a [`Scorer`], the fitted state with the
 //! model it scores through. The fitted state holds no model and is
 //! `Send + Sync`: keep it ([`Scorer::into_fitted`]) and attach it to a
-//! model again ([`FittedDetector::attach`]).
+//! model again ([`FittedDetector::attach`]), save it to a file and load it
+//! back ([`Persist`], [`file`](mod@file)), calibrate it for decisions with a known
+//! false-alarm rate ([`Scorer::calibrate`],
+//! [`calibration`](crate::calibration)).
 //!
 //! **Score sign**: every detector returns scores where *higher means more
 //! OOD* (MLS scores −max logit, MSP −max softmax probability), the
@@ -56,18 +59,21 @@ use crate::metrics::argmax;
 
 mod detector;
 pub mod features;
+pub mod file;
 pub mod logits;
 mod perturbation;
 
 pub use detector::{
-    Detector, Family, Features, FittedDetector, IntoModel, Logits, ModelOf, Scorer,
+    Detector, Family, Features, FittedDetector, IntoModel, Logits, ModelOf, ModelShape, Scorer,
 };
 pub use features::aggregation::{Aggregation, Aggregator};
 pub use features::{
-    FeatureDetector, FeatureOptions, FittedFeatures, Gram, Knn, LayerBatch, LayerFitter,
-    Mahalanobis, PrincipalDims, Rmds, ScoreFeatures, She, Vim,
+    ClassGaussians, FeatureDetector, FeatureOptions, FittedFeatures, Gram, GramBounds, Knn,
+    KnnIndex, LayerBatch, LayerFitter, Mahalanobis, PrincipalDims, Rmds, ScoreFeatures, She,
+    SheMeans, Vim, VimSubspace,
 };
-pub use logits::{Energy, Entropy, Gen, Mls, Odin, OutputActivation, ScoreLogits};
+pub use file::Persist;
+pub use logits::{Energy, Entropy, Gen, Mls, Odin, OutputActivation, ScoreLogits, Shaped};
 pub use perturbation::InputPerturbation;
 
 /// What scoring returns: one score per input, in input order, and what the

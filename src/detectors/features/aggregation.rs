@@ -4,6 +4,9 @@
 use ndarray::{Array1, Array2, ArrayView1};
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
+use serde_json::{Value, json};
+
+use crate::detectors::file::{Reader, Writer};
 use crate::error::{Error, Result};
 
 /// How a detector fitted on several layers combines their scores. Each is
@@ -122,6 +125,67 @@ impl Aggregator {
     /// The method.
     pub fn kind(&self) -> Aggregation {
         self.kind
+    }
+
+    /// The number of layers it combines.
+    pub fn layers(&self) -> usize {
+        self.layers
+    }
+
+    /// Writes its arrays under `prefix` (`scale`; Fisher's `ecdf.{l}`) and
+    /// returns its parameters.
+    pub(crate) fn write(&self, file: &mut Writer, prefix: &str) -> Value {
+        file.array(&format!("{prefix}scale"), ArrayView1::from(&self.scale));
+        for (l, sorted) in self.ecdf.iter().enumerate() {
+            file.array(&format!("{prefix}ecdf.{l}"), ArrayView1::from(sorted));
+        }
+        let kind = match self.kind {
+            Aggregation::StdNormalized => "std_normalized",
+            Aggregation::MeanNormalized => "mean_normalized",
+            Aggregation::Fisher => "fisher",
+        };
+        json!({
+            "kind": kind,
+            "brown": self.brown.as_ref().map(|(c, chi2)| json!({"c": c, "dof": chi2.freedom()})),
+        })
+    }
+
+    /// Reads what [`write`](Self::write) wrote, for `layers` layers.
+    pub(crate) fn read(file: &Reader, prefix: &str, params: &Value, layers: usize) -> Result<Self> {
+        let kind = match file.text(params, "kind")? {
+            "std_normalized" => Aggregation::StdNormalized,
+            "mean_normalized" => Aggregation::MeanNormalized,
+            "fisher" => Aggregation::Fisher,
+            other => return Err(file.corrupt(format!("unknown aggregation \"{other}\""))),
+        };
+        let scale: Array1<f64> = file.array(&format!("{prefix}scale"), &[Some(layers)])?;
+        let mut agg = Aggregator {
+            kind,
+            layers,
+            scale: scale.to_vec(),
+            ecdf: Vec::new(),
+            brown: None,
+        };
+        if kind == Aggregation::Fisher {
+            for l in 0..layers {
+                let sorted: Array1<f64> = file.array(&format!("{prefix}ecdf.{l}"), &[None])?;
+                if sorted.len() < 2 || sorted.windows(2).into_iter().any(|w| w[0] > w[1]) {
+                    return Err(file.corrupt(format!(
+                        "the aggregator's ECDF of layer {l} is not sorted or too short"
+                    )));
+                }
+                agg.ecdf.push(sorted.to_vec());
+            }
+            let brown = file.field(params, "brown")?;
+            let c = file.number(brown, "c")?;
+            let dof = file.number(brown, "dof")?;
+            let chi2 = ChiSquared::new(dof)
+                .ok()
+                .filter(|_| c > 0.0)
+                .ok_or_else(|| file.corrupt(format!("Brown's correction c = {c}, k′ = {dof}")))?;
+            agg.brown = Some((c, chi2));
+        }
+        Ok(agg)
     }
 
     /// One combined score per sample, from one score array per layer (as

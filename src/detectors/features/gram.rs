@@ -5,10 +5,14 @@ use std::collections::BTreeMap;
 
 use ndarray::{Array1, ArrayView1, Axis};
 
+use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
+use crate::detectors::file::{Reader, Writer};
 use crate::error::{Error, Result};
 use crate::metrics::argmax;
 use crate::model::FeatureModel;
+use ndarray::{Array2, ArrayView2};
+use serde_json::{Value, json};
 
 /// Keeps the deviation normalisation finite at zero bounds.
 const EPSILON: f64 = 1e-6;
@@ -338,6 +342,69 @@ impl ScoreFeatures for GramBounds {
             } as f32;
         }
         Ok(scores)
+    }
+}
+
+impl StoredState for GramBounds {
+    const KINDS: &'static [&'static str] = &["Gram"];
+
+    fn state_kind(&self) -> &'static str {
+        "Gram"
+    }
+
+    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
+        let classes: Array1<i64> = self.bounds.keys().copied().collect();
+        let stats = self.dim * self.weights.len();
+        let (mut lower, mut upper) = (Vec::new(), Vec::new());
+        for (lo, hi) in self.bounds.values() {
+            lower.extend_from_slice(lo);
+            upper.extend_from_slice(hi);
+        }
+        let shape = (classes.len(), stats);
+        file.array(&format!("{prefix}classes"), classes.view());
+        let lower = ArrayView2::from_shape(shape, &lower)?;
+        let upper = ArrayView2::from_shape(shape, &upper)?;
+        file.array(&format!("{prefix}lower"), lower);
+        file.array(&format!("{prefix}upper"), upper);
+        Ok(json!({ "odd_orders": self.mult.odd, "even_orders": self.mult.even }))
+    }
+
+    fn read_state(
+        file: &Reader,
+        prefix: &str,
+        params: &Value,
+        width: usize,
+        _kind: &str,
+    ) -> Result<Self> {
+        let mult = Multiplicities {
+            odd: file.number(params, "odd_orders")?,
+            even: file.number(params, "even_orders")?,
+        };
+        let weights = mult.weights();
+        if mult.odd < 0.0 || mult.even < 0.0 || weights.is_empty() {
+            return Err(file.corrupt(format!(
+                "Gram's order counts (odd {}, even {})",
+                mult.odd, mult.even
+            )));
+        }
+        let classes: Array1<i64> = file.array(&format!("{prefix}classes"), &[None])?;
+        let shape = [Some(classes.len()), Some(width * weights.len())];
+        let lower: Array2<f64> = file.array(&format!("{prefix}lower"), &shape)?;
+        let upper: Array2<f64> = file.array(&format!("{prefix}upper"), &shape)?;
+        let bounds: BTreeMap<i64, (Vec<f64>, Vec<f64>)> = classes
+            .iter()
+            .zip(lower.rows().into_iter().zip(upper.rows()))
+            .map(|(&c, (lo, hi))| (c, (lo.to_vec(), hi.to_vec())))
+            .collect();
+        if bounds.is_empty() || bounds.len() != classes.len() {
+            return Err(file.corrupt("Gram's classes are empty or repeated"));
+        }
+        Ok(GramBounds {
+            dim: width,
+            mult,
+            weights,
+            bounds,
+        })
     }
 }
 

@@ -3,10 +3,13 @@
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, s};
 
+use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
+use crate::detectors::file::{Reader, Writer};
 use crate::error::{Error, Result};
 use crate::linalg::gemm_into;
 use crate::model::FeatureModel;
+use serde_json::{Value, json};
 
 /// Queries per block of the search.
 const QUERY_BLOCK: usize = 256;
@@ -184,7 +187,12 @@ impl ScoreFeatures for KnnIndex {
     fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>> {
         let queries = normalised(batch.features);
         let mut scores = Array1::zeros(queries.nrows());
-        let mut products = Array2::<f32>::zeros((QUERY_BLOCK, INDEX_BLOCK));
+        // Sized to the work: one query needs one row of products, not a
+        // whole block (8 MB).
+        let mut products = Array2::<f32>::zeros((
+            queries.nrows().min(QUERY_BLOCK),
+            self.features.nrows().min(INDEX_BLOCK),
+        ));
         for (q_block, mut out) in queries
             .axis_chunks_iter(Axis(0), QUERY_BLOCK)
             .zip(scores.axis_chunks_iter_mut(Axis(0), QUERY_BLOCK))
@@ -264,6 +272,42 @@ impl KBest {
             .iter()
             .copied()
             .fold(f32::NEG_INFINITY, f32::max)
+    }
+}
+
+impl StoredState for KnnIndex {
+    const KINDS: &'static [&'static str] = &["KNN"];
+
+    fn state_kind(&self) -> &'static str {
+        "KNN"
+    }
+
+    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
+        file.array(&format!("{prefix}features"), self.features.view());
+        file.array(&format!("{prefix}sq_norms"), self.sq_norms.view());
+        Ok(json!({ "k": self.k }))
+    }
+
+    fn read_state(
+        file: &Reader,
+        prefix: &str,
+        params: &Value,
+        width: usize,
+        _kind: &str,
+    ) -> Result<Self> {
+        let features: Array2<f32> =
+            file.array(&format!("{prefix}features"), &[None, Some(width)])?;
+        let n = features.nrows();
+        let sq_norms = file.array(&format!("{prefix}sq_norms"), &[Some(n)])?;
+        let k = file.count(params, "k")?;
+        if k == 0 || k > n {
+            return Err(file.corrupt(format!("KNN's k = {k} with {n} stored features")));
+        }
+        Ok(KnnIndex {
+            k,
+            features,
+            sq_norms,
+        })
     }
 }
 

@@ -4,10 +4,13 @@
 use ndarray::{Array1, Array2, Axis, Zip};
 
 use super::moments::ClassMoments;
+use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
+use crate::detectors::file::{Reader, Writer};
 use crate::error::Result;
 use crate::linalg::{gemm, symmetric_pinv};
 use crate::model::FeatureModel;
+use serde_json::{Value, json};
 
 /// Mahalanobis: class means μ_c and one shared (tied) covariance Σ of the
 /// in-distribution features, Σ = (1/N) Σ_c Σ_{i∈c} (f_i − μ_c)(f_i − μ_c)ᵀ;
@@ -253,5 +256,62 @@ impl ScoreFeatures for ClassGaussians {
             scores.scaled_add(-0.5, &bg);
         }
         Ok(scores.mapv(|s| s as f32))
+    }
+}
+
+impl StoredState for ClassGaussians {
+    const KINDS: &'static [&'static str] = &["Mahalanobis", "RMDS"];
+
+    fn state_kind(&self) -> &'static str {
+        if self.is_relative() {
+            "RMDS"
+        } else {
+            "Mahalanobis"
+        }
+    }
+
+    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
+        file.array(&format!("{prefix}centre"), self.centre.view());
+        file.array(&format!("{prefix}means"), self.means.view());
+        file.array(&format!("{prefix}precision"), self.precision.view());
+        file.array(&format!("{prefix}offsets"), self.offsets.view());
+        if let Some(background) = &self.background {
+            file.array(&format!("{prefix}background"), background.view());
+        }
+        Ok(json!({ "classes": self.num_classes() }))
+    }
+
+    fn read_state(
+        file: &Reader,
+        prefix: &str,
+        params: &Value,
+        width: usize,
+        kind: &str,
+    ) -> Result<Self> {
+        let d = Some(width);
+        let classes = file.count(params, "classes")?;
+        if classes == 0 {
+            return Err(file.corrupt(format!("{kind} stores no class")));
+        }
+        let classes = Some(classes);
+        let relative = kind == "RMDS";
+        let background_key = format!("{prefix}background");
+        if file.has(&background_key) != relative {
+            return Err(file.corrupt(format!(
+                "a {kind} file {} a background precision",
+                if relative { "without" } else { "with" }
+            )));
+        }
+        Ok(ClassGaussians {
+            centre: file.array(&format!("{prefix}centre"), &[d])?,
+            means: file.array(&format!("{prefix}means"), &[classes, d])?,
+            precision: file.array(&format!("{prefix}precision"), &[d, d])?,
+            offsets: file.array(&format!("{prefix}offsets"), &[classes])?,
+            background: if relative {
+                Some(file.array(&background_key, &[d, d])?)
+            } else {
+                None
+            },
+        })
     }
 }

@@ -21,7 +21,7 @@ use ndarray::{Array1, ArrayView1, ArrayView2, Axis, concatenate};
 
 use super::{
     Aggregation, Aggregator, Detector, Features, FittedDetector, InputPerturbation, ModelOf,
-    ScoreOutput,
+    ModelShape, ScoreOutput,
 };
 use crate::batch::Batch;
 use crate::datasets::{BatchSource, require_fit_data};
@@ -34,6 +34,7 @@ mod knn;
 mod mahalanobis;
 pub(crate) mod moments;
 mod she;
+mod stored;
 mod vim;
 
 pub use gram::{Gram, GramBounds, GramFitter};
@@ -293,9 +294,53 @@ pub struct FittedFeatures<S> {
     states: Vec<S>,
     aggregator: Option<Aggregator>,
     perturbation: Option<InputPerturbation>,
+    expects: Option<ModelShape>,
 }
 
 impl<S: ScoreFeatures> FittedFeatures<S> {
+    /// The parts of a fit, checked against each other: what loading a
+    /// saved detector rebuilds it from.
+    pub(crate) fn from_parts(
+        name: &'static str,
+        layers: Vec<LayerId>,
+        states: Vec<S>,
+        aggregator: Option<Aggregator>,
+        perturbation: Option<InputPerturbation>,
+        expects: Option<ModelShape>,
+    ) -> Result<Self> {
+        if layers.is_empty() || layers.len() != states.len() {
+            return Err(Error::LengthMismatch {
+                what: format!("layers vs fitted layer states of {name}"),
+                left: layers.len(),
+                right: states.len(),
+            });
+        }
+        match (&aggregator, states.len()) {
+            (None, 1) => {}
+            (Some(agg), n) if n > 1 && agg.layers() == n => {}
+            (agg, n) => {
+                return Err(Error::LengthMismatch {
+                    what: format!("fitted layers of {name} vs layers its aggregator combines"),
+                    left: n,
+                    right: agg.as_ref().map_or(0, Aggregator::layers),
+                });
+            }
+        }
+        Ok(FittedFeatures {
+            name,
+            layers,
+            states,
+            aggregator,
+            perturbation,
+            expects,
+        })
+    }
+
+    /// The input shape and classes seen at fit time (through a model).
+    pub fn expects(&self) -> Option<ModelShape> {
+        self.expects
+    }
+
     /// The layers fitted on, in order.
     pub fn layers(&self) -> &[LayerId] {
         &self.layers
@@ -347,9 +392,18 @@ impl<S: ScoreFeatures> FittedDetector for FittedFeatures<S> {
         self.name
     }
 
-    /// Resolves every fitted layer on the model.
+    /// Resolves every fitted layer on the model and, when the fit saw the
+    /// model's input shape, runs one zero input through it to check each
+    /// layer's width and the number of classes.
     fn check_model(&self, model: &ModelOf<'_, Self>) -> Result<()> {
-        CheckedFeatures::new(model, &self.layers).map(|_| ())
+        let checked = CheckedFeatures::new(model, &self.layers)?;
+        let Some(expects) = &self.expects else {
+            return Ok(());
+        };
+        let out = checked
+            .expecting(self.widths())
+            .forward(expects.zero_input())?;
+        expects.check_classes(&out.logits, "the model attached")
     }
 
     /// Each layer's scores, then their aggregate. With an input step, the
@@ -461,6 +515,7 @@ fn fit_layers<D: FeatureDetector>(
         states,
         aggregator,
         perturbation: detector.options().perturbation,
+        expects: pass.shape,
     })
 }
 
@@ -493,6 +548,8 @@ fn check_width(width: usize, features: ArrayView2<f32>, what: &str) -> Result<()
 struct Pass<'a> {
     checked: CheckedFeatures<'a>,
     detector: &'static str,
+    /// The first batch's input shape and classes.
+    shape: Option<ModelShape>,
 }
 
 impl<'a> Pass<'a> {
@@ -504,6 +561,7 @@ impl<'a> Pass<'a> {
         Ok(Pass {
             checked: CheckedFeatures::new(model, layers)?,
             detector,
+            shape: None,
         })
     }
 
@@ -539,7 +597,11 @@ impl<'a> Pass<'a> {
                         right: labels.len(),
                     });
                 }
+                let input_shape = inputs.shape().to_vec();
                 let out = self.checked.forward(inputs)?;
+                if self.shape.is_none() {
+                    self.shape = ModelShape::of(&input_shape, &out.logits);
+                }
                 for (l, features) in out.features.iter().enumerate() {
                     each(
                         l,

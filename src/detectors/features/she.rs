@@ -4,11 +4,14 @@ use std::collections::BTreeMap;
 
 use ndarray::{Array1, Array2, Axis};
 
+use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
+use crate::detectors::file::{Reader, Writer};
 use crate::error::{Error, Result};
 use crate::linalg::gemm;
 use crate::metrics::argmax;
 use crate::model::FeatureModel;
+use serde_json::{Value, json};
 
 /// SHE: the mean feature μ_c of each class over the in-distribution fit
 /// data; score = −max_c ⟨f, μ_c⟩ / D (higher = more OOD).
@@ -162,5 +165,32 @@ impl ScoreFeatures for SheMeans {
         Ok(dots.map_axis(Axis(1), |r| {
             (-r.iter().copied().fold(f64::NEG_INFINITY, f64::max) / d) as f32
         }))
+    }
+}
+
+impl StoredState for SheMeans {
+    const KINDS: &'static [&'static str] = &["SHE"];
+
+    fn state_kind(&self) -> &'static str {
+        "SHE"
+    }
+
+    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
+        file.array(&format!("{prefix}means"), self.means.view());
+        Ok(json!({}))
+    }
+
+    fn read_state(
+        file: &Reader,
+        prefix: &str,
+        _params: &Value,
+        width: usize,
+        _kind: &str,
+    ) -> Result<Self> {
+        let means: Array2<f64> = file.array(&format!("{prefix}means"), &[None, Some(width)])?;
+        if means.nrows() == 0 {
+            return Err(file.corrupt("SHE stores no class mean"));
+        }
+        Ok(SheMeans { means })
     }
 }

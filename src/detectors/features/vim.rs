@@ -3,10 +3,13 @@
 use ndarray::{Array1, Array2, ArrayView2, Axis, CowArray, Ix2, s};
 
 use super::moments::ClassMoments;
+use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
+use crate::detectors::file::{Reader, Writer};
 use crate::error::{Error, Result};
 use crate::linalg::{gemm, pinv, symmetric_eigen};
 use crate::model::{FeatureModel, check_head};
+use serde_json::{Value, json};
 
 /// How many principal dimensions of the in-distribution features ViM
 /// keeps; the rest is the residual space.
@@ -326,5 +329,55 @@ impl ScoreFeatures for VimSubspace {
                 (self.alpha * r - lse) as f32
             })
             .collect())
+    }
+}
+
+impl StoredState for VimSubspace {
+    const KINDS: &'static [&'static str] = &["ViM"];
+
+    fn state_kind(&self) -> &'static str {
+        "ViM"
+    }
+
+    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
+        file.array(&format!("{prefix}origin"), self.origin.view());
+        file.array(&format!("{prefix}residual"), self.residual.view());
+        file.array(&format!("{prefix}head_weights"), self.weights.view());
+        file.array(&format!("{prefix}head_bias"), self.bias.view());
+        Ok(json!({
+            "alpha": self.alpha,
+            "calibration_logit_sum": self.sums.0,
+            "calibration_norm_sum": self.sums.1,
+        }))
+    }
+
+    fn read_state(
+        file: &Reader,
+        prefix: &str,
+        params: &Value,
+        width: usize,
+        _kind: &str,
+    ) -> Result<Self> {
+        let d = Some(width);
+        let residual: Array2<f64> = file.array(&format!("{prefix}residual"), &[d, None])?;
+        if residual.ncols() == 0 || residual.ncols() >= width {
+            return Err(file.corrupt(format!(
+                "ViM's residual space has {} of {width} dimensions",
+                residual.ncols()
+            )));
+        }
+        let weights: Array2<f32> = file.array(&format!("{prefix}head_weights"), &[None, d])?;
+        let classes = Some(weights.nrows());
+        Ok(VimSubspace {
+            origin: file.array(&format!("{prefix}origin"), &[d])?,
+            residual,
+            weights,
+            bias: file.array(&format!("{prefix}head_bias"), &[classes])?,
+            alpha: file.number(params, "alpha")?,
+            sums: (
+                file.number(params, "calibration_logit_sum")?,
+                file.number(params, "calibration_norm_sum")?,
+            ),
+        })
     }
 }

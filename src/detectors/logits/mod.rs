@@ -18,12 +18,15 @@ mod entropy;
 mod generalized_entropy;
 mod mls;
 mod odin;
+mod shaped;
+mod stored;
 
 pub use energy::Energy;
 pub use entropy::Entropy;
 pub use generalized_entropy::Gen;
 pub use mls::{Mls, OutputActivation};
 pub use odin::Odin;
+pub use shaped::Shaped;
 
 /// A detector that scores from the logits alone: logits computed once (or
 /// by another program) can be scored by each of them without running the
@@ -88,6 +91,13 @@ pub trait ScoreLogits: fmt::Debug + Send + Sync {
             labels: batch.labels,
         })
     }
+
+    /// Whether scoring perturbs the inputs through the model's gradient
+    /// (ODIN with ε > 0): such a detector needs the whole network, not
+    /// only its logits.
+    fn perturbs_inputs(&self) -> bool {
+        false
+    }
 }
 
 /// A boxed detector on logits is one too, so detectors of different types
@@ -104,6 +114,10 @@ impl<T: ScoreLogits + ?Sized> ScoreLogits for Box<T> {
 
     fn score_logit_batch(&self, model: &dyn Model, batch: Batch) -> Result<ScoreOutput> {
         (**self).score_logit_batch(model, batch)
+    }
+
+    fn perturbs_inputs(&self) -> bool {
+        (**self).perturbs_inputs()
     }
 }
 

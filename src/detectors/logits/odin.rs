@@ -114,4 +114,8 @@ impl ScoreLogits for Odin {
             labels: batch.labels,
         })
     }
+
+    fn perturbs_inputs(&self) -> bool {
+        !self.step.is_off()
+    }
 }

@@ -1,0 +1,492 @@
+//! Fitted detectors in files: [`Persist::save`] and [`Persist::load`],
+//! and [`describe`] to see what a file holds.
+//!
+//! Every fitted detector saves to one file: a logit detector (its
+//! parameters; with [`Shaped`](super::Shaped), the activation shaping),
+//! a feature detector fitted through a model or on precomputed features
+//! ([`FittedFeatures`](super::FittedFeatures): its layers, each layer's
+//! fitted state, the multi-layer aggregator, the input step) and either
+//! with its calibration ([`Calibrated`](crate::calibration::Calibrated)).
+//! The network is not in the file; the file records what the detector
+//! expects of it (layers, feature widths, and — when fitted or calibrated
+//! through a model — the input shape and number of classes), and
+//! [`attach`](super::FittedDetector::attach)ing a model that does not match
+//! is an error that says what differs.
+//!
+//! # The format
+//! A [safetensors](https://github.com/huggingface/safetensors) file:
+//! little-endian arrays, no code, readable from Python without oodkit.
+//! Its header's metadata has one entry, `"oodkit"`, a JSON object:
+//! `format` (`"oodkit-detector"`), `format_version` (1), `crate_version`,
+//! `kind` (e.g. `"KNN"`), `detector` (the parameters and structure), and
+//! `shaping` / `calibration` when there are. The arrays are named by what
+//! they hold: `layer.{l}.{name}` for layer `l`'s state (e.g.
+//! `layer.0.features`, `layer.0.sq_norms` for KNN; `layer.0.precision`
+//! for Mahalanobis), `aggregator.{name}`, `calibration.scores`.
+//!
+//! ```python
+//! from safetensors import safe_open
+//! from safetensors.numpy import load_file
+//! arrays = load_file("knn.oodkit")           # {"layer.0.features": ndarray, ...}
+//! with safe_open("knn.oodkit", "np") as f:
+//!     meta = json.loads(f.metadata()["oodkit"])
+//! ```
+//!
+//! Files are written atomically (a temporary file beside the target, then
+//! a rename): a crash never leaves a half-written file under the name.
+//! Loading checks the format, its version, the kind (the typed loaders
+//! refuse another detector's file), every array's dtype and shape against
+//! the parameters, and that stored statistics are finite.
+//!
+//! ```
+//! use ndarray::{Array1, Array2};
+//! use oodkit::detectors::{FeatureDetector, FittedFeatures, Knn, KnnIndex, Persist, ScoreFeatures};
+//!
+//! let features = Array2::from_shape_fn((50, 4), |(i, j)| ((i * 7 + j * 3) % 11) as f32);
+//! let knn = Knn::new(3)?.fit_features(features.view(), Array1::zeros(50).view())?;
+//! let path = std::env::temp_dir().join(format!("oodkit-doc-{}.oodkit", std::process::id()));
+//! knn.save(&path)?;
+//! let loaded = KnnIndex::load(&path)?;
+//! assert_eq!(loaded.score_features(features.view())?, knn.score_features(features.view())?);
+//! // A state fitted on precomputed features names no layer of a model.
+//! assert!(FittedFeatures::<KnnIndex>::load(&path).is_err());
+//! assert!(oodkit::Mls::load(&path).is_err()); // another kind
+//! # std::fs::remove_file(&path).ok();
+//! # Ok::<(), oodkit::Error>(())
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array, ArrayView, Dimension, IxDyn};
+use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, TensorView};
+use serde_json::{Map, Value, json};
+
+use super::ModelShape;
+use crate::datasets::files::write_atomically;
+use crate::error::{Error, Result};
+
+/// The `format` entry of every detector file.
+pub const FORMAT: &str = "oodkit-detector";
+
+/// The format version this oodkit writes; it reads this and older ones.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// The metadata key of the JSON header.
+const META_KEY: &str = "oodkit";
+
+/// A fitted detector that saves to and loads from a file (see the
+/// [module docs](self) for the format). Implemented by every fitted
+/// detector of oodkit.
+pub trait Persist: Sized + sealed::Stored {
+    /// Writes the detector to `path` (atomically; an existing file is
+    /// replaced). `.oodkit` is the usual extension.
+    fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let mut file = Writer::default();
+        self.write(&mut file)?;
+        file.write_to(path, self.kind_name())
+    }
+
+    /// Reads a detector of this type from `path`. Errors naming the file
+    /// on a missing, truncated or corrupt file, a file of another kind, a
+    /// newer format version, and missing, misshaped or non-finite arrays.
+    fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = read_file(path)?;
+        let file = Reader::parse(path, &bytes)?;
+        if !Self::accepts(file.kind()) {
+            return Err(Error::WrongFile {
+                path: path.to_path_buf(),
+                expected: format!("a {} detector", Self::expected_kind()),
+                found: format!("a {} detector", file.kind()),
+                hint: "load it with the loader of its kind (detectors::file::describe tells \
+                       which)"
+                    .into(),
+            });
+        }
+        Self::read(&file)
+    }
+}
+
+impl<T: sealed::Stored> Persist for T {}
+
+/// What a detector file holds, read from its header alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileInfo {
+    /// The detector's kind, e.g. `"KNN"`.
+    pub kind: String,
+    /// The format version it was written in.
+    pub format_version: u64,
+    /// The oodkit version that wrote it.
+    pub crate_version: String,
+    /// Whether it holds a calibration.
+    pub calibrated: bool,
+    /// Whether it holds activation shaping.
+    pub shaped: bool,
+    /// The whole JSON header.
+    pub metadata: Value,
+}
+
+/// What the detector file at `path` holds (kind, versions, calibration),
+/// after the same checks of format and version as loading.
+pub fn describe(path: impl AsRef<Path>) -> Result<FileInfo> {
+    let path = path.as_ref();
+    let bytes = read_file(path)?;
+    let file = Reader::parse(path, &bytes)?;
+    Ok(FileInfo {
+        kind: file.kind().to_owned(),
+        format_version: file.version,
+        crate_version: file.meta["crate_version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        calibrated: file.meta.contains_key("calibration"),
+        shaped: file.meta.contains_key("shaping"),
+        metadata: Value::Object(file.meta.clone()),
+    })
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    if path.is_dir() {
+        return Err(Error::InvalidParameter {
+            name: "path",
+            value: path.display().to_string(),
+            reason: "is a directory: name a detector file (saved with Persist::save)".into(),
+        });
+    }
+    std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::MissingFile {
+            path: path.to_path_buf(),
+            hint: "save a fitted detector there first (Persist::save)".into(),
+        },
+        _ => Error::io(path, e),
+    })
+}
+
+pub(crate) mod sealed {
+    use super::{Reader, Writer};
+    use crate::error::Result;
+
+    /// How a fitted detector writes itself into a file and reads itself
+    /// back; sealed: [`Persist`](super::Persist) is the public face.
+    pub trait Stored: Sized {
+        /// The kind written in the file.
+        fn kind_name(&self) -> &'static str;
+        /// Whether the typed loader takes a file of this kind.
+        fn accepts(kind: &str) -> bool;
+        /// The kind(s) it takes, for messages.
+        fn expected_kind() -> String;
+        /// Writes the parameters (JSON) and arrays.
+        fn write(&self, file: &mut Writer) -> Result<()>;
+        /// Reads them back, checked.
+        fn read(file: &Reader) -> Result<Self>;
+    }
+}
+
+pub(crate) use sealed::Stored;
+
+/// A [`ModelShape`] in a header (null when unknown).
+pub(crate) fn shape_json(shape: Option<ModelShape>) -> Value {
+    shape.map_or(
+        Value::Null,
+        |e| json!({"input": e.input, "classes": e.classes}),
+    )
+}
+
+/// The arrays and JSON header of a file being written.
+#[derive(Debug, Default)]
+pub struct Writer {
+    meta: Map<String, Value>,
+    arrays: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+}
+
+/// Element types stored in files.
+pub(crate) trait Element: Copy {
+    const DTYPE: Dtype;
+    const NAME: &'static str;
+    fn put(self, out: &mut Vec<u8>);
+    fn get(bytes: &[u8]) -> Self;
+    fn finite(self) -> bool;
+}
+
+macro_rules! element {
+    ($t:ty, $dtype:ident, $name:literal, $finite:expr) => {
+        impl Element for $t {
+            const DTYPE: Dtype = Dtype::$dtype;
+            const NAME: &'static str = $name;
+            fn put(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn get(bytes: &[u8]) -> Self {
+                let mut raw = [0; size_of::<$t>()];
+                raw.copy_from_slice(bytes);
+                <$t>::from_le_bytes(raw)
+            }
+            fn finite(self) -> bool {
+                let check: fn($t) -> bool = $finite;
+                check(self)
+            }
+        }
+    };
+}
+
+element!(f32, F32, "F32", f32::is_finite);
+element!(f64, F64, "F64", f64::is_finite);
+element!(i64, I64, "I64", |_| true);
+
+impl Writer {
+    /// Sets a top-level entry of the JSON header (`detector`, `shaping`,
+    /// `calibration`).
+    pub(crate) fn set(&mut self, key: &str, value: Value) {
+        self.meta.insert(key.to_owned(), value);
+    }
+
+    /// Adds an array.
+    pub(crate) fn array<T: Element, D: Dimension>(&mut self, key: &str, array: ArrayView<T, D>) {
+        let mut bytes = Vec::with_capacity(array.len() * size_of::<T>());
+        for &v in array.iter() {
+            v.put(&mut bytes);
+        }
+        self.arrays
+            .push((key.to_owned(), T::DTYPE, array.shape().to_vec(), bytes));
+    }
+
+    fn write_to(mut self, path: &Path, kind: &str) -> Result<()> {
+        let mut meta = Map::new();
+        meta.insert("format".into(), json!(FORMAT));
+        meta.insert("format_version".into(), json!(FORMAT_VERSION));
+        meta.insert("crate_version".into(), json!(env!("CARGO_PKG_VERSION")));
+        meta.insert("kind".into(), json!(kind));
+        meta.append(&mut self.meta);
+        let header = HashMap::from([(META_KEY.to_owned(), Value::Object(meta).to_string())]);
+        let views = self
+            .arrays
+            .iter()
+            .map(|(key, dtype, shape, bytes)| {
+                TensorView::new(*dtype, shape.clone(), bytes).map(|v| (key.as_str(), v))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::custom(format!("encoding a detector's arrays: {e}")))?;
+        let bytes = safetensors::serialize(views, Some(header))
+            .map_err(|e| Error::custom(format!("encoding a detector file: {e}")))?;
+        write_atomically(path, &bytes)
+    }
+}
+
+/// A detector file read and checked: its header and arrays.
+pub struct Reader<'a> {
+    path: PathBuf,
+    version: u64,
+    meta: Map<String, Value>,
+    tensors: SafeTensors<'a>,
+}
+
+impl<'a> Reader<'a> {
+    fn parse(path: &Path, bytes: &'a [u8]) -> Result<Self> {
+        let corrupt = |reason: String| Error::corrupt(path, None, reason);
+        let tensors = SafeTensors::deserialize(bytes).map_err(|e| {
+            corrupt(format!(
+                "not a readable safetensors file ({e}); it may be truncated or damaged: save \
+                 the detector again"
+            ))
+        })?;
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| corrupt(format!("unreadable safetensors header ({e})")))?;
+        let text = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(META_KEY))
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "a safetensors file without the \"{META_KEY}\" metadata: not a detector \
+                     file written by oodkit"
+                ))
+            })?;
+        let meta = match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(meta)) => meta,
+            Ok(_) => return Err(corrupt("the oodkit header is not a JSON object".into())),
+            Err(e) => return Err(corrupt(format!("the oodkit header is not JSON ({e})"))),
+        };
+        if meta.get("format").and_then(Value::as_str) != Some(FORMAT) {
+            return Err(corrupt(format!(
+                "the header's format is {}, not \"{FORMAT}\"",
+                meta.get("format").unwrap_or(&Value::Null)
+            )));
+        }
+        let version = meta
+            .get("format_version")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| corrupt("the header has no format_version".into()))?;
+        if version == 0 || version > FORMAT_VERSION {
+            return Err(Error::WrongFile {
+                path: path.to_path_buf(),
+                expected: format!("format version 1 to {FORMAT_VERSION}"),
+                found: format!("format version {version}"),
+                hint: "it was written by a newer oodkit: update oodkit to read it".into(),
+            });
+        }
+        if meta.get("kind").and_then(Value::as_str).is_none() {
+            return Err(corrupt("the header names no detector kind".into()));
+        }
+        Ok(Reader {
+            path: path.to_path_buf(),
+            version,
+            meta,
+            tensors,
+        })
+    }
+
+    /// The file's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The kind named in the header.
+    pub(crate) fn kind(&self) -> &str {
+        self.meta["kind"].as_str().unwrap_or_default()
+    }
+
+    /// An error about this file.
+    pub(crate) fn corrupt(&self, reason: impl Into<String>) -> Error {
+        Error::corrupt(&self.path, None, reason)
+    }
+
+    /// A top-level entry of the header, if there.
+    pub(crate) fn entry(&self, key: &str) -> Option<&Value> {
+        self.meta.get(key)
+    }
+
+    /// A top-level entry of the header that must be there.
+    pub(crate) fn required(&self, key: &str) -> Result<&Value> {
+        self.entry(key)
+            .ok_or_else(|| self.corrupt(format!("the header has no \"{key}\" entry")))
+    }
+
+    /// `object[name]`, which must be there.
+    pub(crate) fn field<'v>(&self, object: &'v Value, name: &str) -> Result<&'v Value> {
+        object
+            .get(name)
+            .ok_or_else(|| self.corrupt(format!("the header has no \"{name}\" field")))
+    }
+
+    /// `object[name]` as a finite number.
+    pub(crate) fn number(&self, object: &Value, name: &str) -> Result<f64> {
+        self.field(object, name)?
+            .as_f64()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| self.corrupt(format!("the header's \"{name}\" is not a finite number")))
+    }
+
+    /// `object[name]` as a non-negative integer.
+    pub(crate) fn count(&self, object: &Value, name: &str) -> Result<usize> {
+        self.field(object, name)?
+            .as_u64()
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| {
+                self.corrupt(format!(
+                    "the header's \"{name}\" is not a non-negative integer"
+                ))
+            })
+    }
+
+    /// `object[name]` as a string.
+    pub(crate) fn text<'v>(&self, object: &'v Value, name: &str) -> Result<&'v str> {
+        self.field(object, name)?
+            .as_str()
+            .ok_or_else(|| self.corrupt(format!("the header's \"{name}\" is not a string")))
+    }
+
+    /// A [`ModelShape`] written by [`shape_json`], or `None` for null.
+    pub(crate) fn model_shape(&self, value: &Value) -> Result<Option<ModelShape>> {
+        if value.is_null() {
+            return Ok(None);
+        }
+        let input = self.field(value, "input")?;
+        let dims: Vec<usize> = input
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_u64)
+                    .filter_map(|d| usize::try_from(d).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let input: [usize; 3] = dims.try_into().map_err(|_| {
+            self.corrupt(format!("the stored input shape is not (C, H, W): {input}"))
+        })?;
+        if input.contains(&0) {
+            return Err(self.corrupt(format!("the stored input shape {input:?} is empty")));
+        }
+        Ok(Some(ModelShape {
+            input,
+            classes: self.count(value, "classes")?,
+        }))
+    }
+
+    /// Whether the file has an array named `key`.
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.tensors.tensor(key).is_ok()
+    }
+
+    /// The array `key`, of element type `T`, with `dims` (`None`: any
+    /// length), every value finite.
+    pub(crate) fn array<T: Element, D: Dimension>(
+        &self,
+        key: &str,
+        dims: &[Option<usize>],
+    ) -> Result<Array<T, D>> {
+        let view = self
+            .tensors
+            .tensor(key)
+            .map_err(|_| self.corrupt(format!("the array \"{key}\" is missing")))?;
+        if view.dtype() != T::DTYPE {
+            return Err(self.corrupt(format!(
+                "the array \"{key}\" is {:?}, not {}",
+                view.dtype(),
+                T::NAME
+            )));
+        }
+        let shape = view.shape();
+        let fits = shape.len() == dims.len()
+            && shape
+                .iter()
+                .zip(dims)
+                .all(|(&s, d)| d.is_none_or(|d| d == s));
+        if !fits {
+            let expected: Vec<String> = dims
+                .iter()
+                .map(|d| d.map_or("_".into(), |d| d.to_string()))
+                .collect();
+            return Err(self.corrupt(format!(
+                "the array \"{key}\" has shape {shape:?}, expected ({})",
+                expected.join(", ")
+            )));
+        }
+        let values: Vec<T> = view
+            .data()
+            .chunks_exact(size_of::<T>())
+            .map(T::get)
+            .collect();
+        if let Some(i) = values.iter().position(|v| !v.finite()) {
+            return Err(self.corrupt(format!(
+                "the array \"{key}\" holds a value that is not finite at flat index {i}: the \
+                 stored statistics are unusable"
+            )));
+        }
+        Array::from_shape_vec(IxDyn(shape), values)
+            .map_err(Error::from)?
+            .into_dimensionality::<D>()
+            .map_err(Error::from)
+    }
+}
+
+impl std::fmt::Debug for Reader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("path", &self.path)
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,130 @@
+//! A logit detector on activation-shaped logits, as a fitted value: the
+//! shaping (ReAct's threshold, ASH / SCALE's percentile) travels with the
+//! detector, into its file too.
+
+use super::ScoreLogits;
+use crate::batch::Batch;
+use crate::datasets::BatchSource;
+use crate::detectors::{Detector, Features, FittedDetector, ModelOf, ScoreOutput};
+use crate::error::{Error, Result};
+use crate::model::{CheckedFeatures, FeatureModel, LayerId, Shaping, check_logits};
+
+/// The penultimate layer, which shaping acts on.
+const PENULTIMATE: [LayerId; 1] = [LayerId::Index(-2)];
+
+/// A detector on logits (MLS, MSP, Energy, Entropy, GEN) scoring the
+/// logits of shaped penultimate activations: the model's layer `-2`
+/// shaped by a [`Shaping`], then its last layer
+/// ([`FeatureModel::head_parameters`]). The same scores as the detector on
+/// a shaped [`BurnModel`](crate::model::BurnModel::with_shaping), for any
+/// [`FeatureModel`] with an affine head, and the shaping is part of the
+/// fitted state: it saves and loads with the detector.
+///
+/// The logits it returns (and the predicted classes of verdicts) are the
+/// network's own: shaping changes the OOD score, not the prediction.
+///
+/// ```
+/// use ndarray::{Array1, Array2, ArrayView4, array};
+/// use oodkit::detectors::{Energy, FittedDetector, Shaped};
+/// use oodkit::model::{Shaping, from_fn_with_features};
+///
+/// // Penultimate features = the inputs; head = identity.
+/// let model = from_fn_with_features(["features"], |x: ArrayView4<f32>| {
+///     let f = x.to_shape((x.shape()[0], 2))?.to_owned();
+///     Ok((vec![f.clone()], f))
+/// })
+/// .with_head(Array2::eye(2), Array1::zeros(2))?;
+/// let energy = Shaped::new(Energy::default(), Shaping::React { threshold: 1.0 })?;
+/// let scorer = energy.attach(&model)?;
+/// let batch = oodkit::Batch::new(array![[[[5.0_f32, 0.0]]]]);
+/// // Clipped at 1: -ln(e¹ + e⁰).
+/// let expected = -(1.0_f32.exp() + 1.0).ln();
+/// assert!((scorer.score_batch(batch)?.scores[0] - expected).abs() < 1e-6);
+/// # Ok::<(), oodkit::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shaped<D> {
+    detector: D,
+    shaping: Shaping,
+}
+
+impl<D: ScoreLogits> Shaped<D> {
+    /// `detector` on logits shaped by `shaping`. ODIN with a step
+    /// (ε > 0) is refused: its input gradient would have to run through
+    /// the shaping; shape a [`BurnModel`](crate::model::BurnModel::with_shaping)
+    /// for it.
+    pub fn new(detector: D, shaping: Shaping) -> Result<Self> {
+        if detector.perturbs_inputs() {
+            return Err(Error::Unsupported {
+                what: format!("{} with an input step on shaped logits", detector.name()),
+                hint: "shape the network itself (BurnModel::with_shaping), or set ε = 0".into(),
+            });
+        }
+        Ok(Shaped { detector, shaping })
+    }
+
+    /// ReAct: `detector` on logits of activations clipped at the
+    /// `quantile` of the penultimate activations of `fit_data` through
+    /// `model` ([`Shaping::react`]).
+    pub fn react(
+        detector: D,
+        model: &dyn FeatureModel,
+        fit_data: Option<&dyn BatchSource>,
+        quantile: f32,
+    ) -> Result<Self> {
+        Shaped::new(detector, Shaping::react(model, fit_data, quantile)?)
+    }
+
+    /// The detector on the shaped logits.
+    pub fn detector(&self) -> &D {
+        &self.detector
+    }
+
+    /// The shaping.
+    pub fn shaping(&self) -> Shaping {
+        self.shaping
+    }
+}
+
+impl<D: ScoreLogits + Clone> Detector for Shaped<D> {
+    type Fitted = Self;
+
+    /// Keeps the detector and its shaping (fit ReAct's threshold with
+    /// [`Shaped::react`]).
+    fn fit_model(
+        &self,
+        _model: &ModelOf<'_, Self>,
+        _fit_data: Option<&dyn BatchSource>,
+    ) -> Result<Self> {
+        Ok(self.clone())
+    }
+}
+
+impl<D: ScoreLogits> FittedDetector for Shaped<D> {
+    type Family = Features;
+
+    fn kind(&self) -> &'static str {
+        self.detector.name()
+    }
+
+    /// Checks the model has a penultimate layer and an affine head.
+    fn check_model(&self, model: &ModelOf<'_, Self>) -> Result<()> {
+        CheckedFeatures::new(model, &PENULTIMATE)?;
+        model.head_parameters().map(|_| ())
+    }
+
+    fn score_batch(&self, model: &ModelOf<'_, Self>, batch: Batch) -> Result<ScoreOutput> {
+        let n = batch.len();
+        let out = CheckedFeatures::new(model, &PENULTIMATE)?.forward(batch.inputs)?;
+        let (weights, bias) = model.head_parameters()?;
+        let shaped = self
+            .shaping
+            .logits(out.features[0].view(), weights.t(), bias.view())?;
+        check_logits(&shaped, n)?;
+        Ok(ScoreOutput {
+            scores: self.detector.score_logits(shaped.view())?,
+            logits: out.logits,
+            labels: batch.labels,
+        })
+    }
+}

@@ -1,0 +1,201 @@
+//! Logit detectors in files: their parameters (no arrays), and for
+//! [`Shaped`] the shaping beside them.
+
+use serde_json::{Value, json};
+
+use super::{Energy, Entropy, Gen, Mls, Odin, OutputActivation, ScoreLogits, Shaped};
+use crate::detectors::file::{Reader, Stored, Writer};
+use crate::error::{Error, Result};
+use crate::model::Shaping;
+
+/// A logit detector's parameters in a file's header.
+pub(crate) trait StoredLogits: ScoreLogits + Sized {
+    /// The kinds its files name.
+    const KINDS: &'static [&'static str];
+    /// The parameters as JSON.
+    fn params(&self) -> Value;
+    /// The detector from its parameters, validated.
+    fn from_params(file: &Reader, kind: &str, params: &Value) -> Result<Self>;
+}
+
+/// Numbers as `f64` of the exact `f32`, so they read back bit for bit.
+fn num(v: f32) -> Value {
+    json!(f64::from(v))
+}
+
+/// A parameter the detector's constructor refused.
+fn invalid(file: &Reader, e: Error) -> Error {
+    file.corrupt(format!("its stored parameters are invalid: {e}"))
+}
+
+impl StoredLogits for Mls {
+    const KINDS: &'static [&'static str] = &["MLS", "MSP"];
+
+    fn params(&self) -> Value {
+        json!({})
+    }
+
+    fn from_params(_file: &Reader, kind: &str, _params: &Value) -> Result<Self> {
+        Ok(Mls::with_activation(if kind == "MSP" {
+            OutputActivation::Softmax
+        } else {
+            OutputActivation::Identity
+        }))
+    }
+}
+
+impl StoredLogits for Energy {
+    const KINDS: &'static [&'static str] = &["Energy"];
+
+    fn params(&self) -> Value {
+        json!({ "temperature": num(self.temperature()) })
+    }
+
+    fn from_params(file: &Reader, _kind: &str, params: &Value) -> Result<Self> {
+        Energy::new(file.number(params, "temperature")? as f32).map_err(|e| invalid(file, e))
+    }
+}
+
+impl StoredLogits for Entropy {
+    const KINDS: &'static [&'static str] = &["Entropy"];
+
+    fn params(&self) -> Value {
+        json!({})
+    }
+
+    fn from_params(_file: &Reader, _kind: &str, _params: &Value) -> Result<Self> {
+        Ok(Entropy::new())
+    }
+}
+
+impl StoredLogits for Gen {
+    const KINDS: &'static [&'static str] = &["GEN"];
+
+    fn params(&self) -> Value {
+        json!({ "gamma": num(self.gamma()), "top_k": self.top_k() })
+    }
+
+    fn from_params(file: &Reader, _kind: &str, params: &Value) -> Result<Self> {
+        Gen::new(
+            file.number(params, "gamma")? as f32,
+            file.count(params, "top_k")?,
+        )
+        .map_err(|e| invalid(file, e))
+    }
+}
+
+impl StoredLogits for Odin {
+    const KINDS: &'static [&'static str] = &["ODIN"];
+
+    fn params(&self) -> Value {
+        json!({ "temperature": num(self.temperature()), "epsilon": num(self.epsilon()) })
+    }
+
+    fn from_params(file: &Reader, _kind: &str, params: &Value) -> Result<Self> {
+        Odin::new(
+            file.number(params, "temperature")? as f32,
+            file.number(params, "epsilon")? as f32,
+        )
+        .map_err(|e| invalid(file, e))
+    }
+}
+
+/// Reads the detector of a file's `detector` entry.
+fn read_logits<D: StoredLogits>(file: &Reader) -> Result<D> {
+    D::from_params(file, file.kind(), file.required("detector")?)
+}
+
+macro_rules! stored_logits {
+    ($($detector:ty),*) => {$(
+        impl Stored for $detector {
+            fn kind_name(&self) -> &'static str {
+                self.name()
+            }
+
+            fn accepts(kind: &str) -> bool {
+                <$detector as StoredLogits>::KINDS.contains(&kind)
+            }
+
+            fn expected_kind() -> String {
+                <$detector as StoredLogits>::KINDS.join(" or ")
+            }
+
+            fn write(&self, file: &mut Writer) -> Result<()> {
+                file.set("detector", self.params());
+                Ok(())
+            }
+
+            /// Refuses a file with shaping: its scores are another
+            /// detector's.
+            fn read(file: &Reader) -> Result<Self> {
+                if file.entry("shaping").is_some() {
+                    return Err(Error::WrongFile {
+                        path: file.path().to_path_buf(),
+                        expected: format!("a plain {} detector", file.kind()),
+                        found: format!("{} on activation-shaped logits", file.kind()),
+                        hint: format!("load it as Shaped<{}>", stringify!($detector)),
+                    });
+                }
+                read_logits(file)
+            }
+        }
+    )*};
+}
+
+stored_logits!(Mls, Energy, Entropy, Gen, Odin);
+
+fn shaping_json(shaping: Shaping) -> Value {
+    match shaping {
+        Shaping::React { threshold } => json!({"kind": "react", "threshold": num(threshold)}),
+        Shaping::Ash { percentile } => json!({"kind": "ash", "percentile": num(percentile)}),
+        Shaping::Scale { percentile } => json!({"kind": "scale", "percentile": num(percentile)}),
+    }
+}
+
+fn read_shaping(file: &Reader, value: &Value) -> Result<Shaping> {
+    let shaping = match file.text(value, "kind")? {
+        "react" => Shaping::React {
+            threshold: file.number(value, "threshold")? as f32,
+        },
+        "ash" => {
+            Shaping::ash(file.number(value, "percentile")? as f32).map_err(|e| invalid(file, e))?
+        }
+        "scale" => Shaping::scale(file.number(value, "percentile")? as f32)
+            .map_err(|e| invalid(file, e))?,
+        other => return Err(file.corrupt(format!("unknown activation shaping \"{other}\""))),
+    };
+    Ok(shaping)
+}
+
+impl<D: StoredLogits> Stored for Shaped<D> {
+    fn kind_name(&self) -> &'static str {
+        self.detector().name()
+    }
+
+    fn accepts(kind: &str) -> bool {
+        D::KINDS.contains(&kind)
+    }
+
+    fn expected_kind() -> String {
+        format!("shaped {}", D::KINDS.join(" or "))
+    }
+
+    fn write(&self, file: &mut Writer) -> Result<()> {
+        file.set("detector", self.detector().params());
+        file.set("shaping", shaping_json(self.shaping()));
+        Ok(())
+    }
+
+    fn read(file: &Reader) -> Result<Self> {
+        let Some(shaping) = file.entry("shaping") else {
+            return Err(Error::WrongFile {
+                path: file.path().to_path_buf(),
+                expected: format!("{} on activation-shaped logits", file.kind()),
+                found: format!("a plain {} detector", file.kind()),
+                hint: "load it as the detector alone".into(),
+            });
+        };
+        let shaping = read_shaping(file, shaping)?;
+        Shaped::new(read_logits::<D>(file)?, shaping).map_err(|e| invalid(file, e))
+    }
+}
