@@ -115,7 +115,12 @@ impl Mnist04 {
 
 /// Batches of 128, pixels scaled to [0, 1] (the notebook's `x / 255`).
 pub fn batches() -> PrepareConfig {
-    PrepareConfig::new(128).preprocess(|mut batch: Batch| {
+    batches_of(128)
+}
+
+/// Batches of `size`, pixels scaled to [0, 1].
+pub fn batches_of(size: usize) -> PrepareConfig {
+    PrepareConfig::new(size).preprocess(|mut batch: Batch| {
         batch.inputs /= 255.0;
         Ok(batch)
     })
