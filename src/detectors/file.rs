@@ -25,6 +25,7 @@
 //! for Mahalanobis), `aggregator.{name}`, `calibration.scores`.
 //!
 //! ```python
+//! import json
 //! from safetensors import safe_open
 //! from safetensors.numpy import load_file
 //! arrays = load_file("knn.oodkit")           # {"layer.0.features": ndarray, ...}
