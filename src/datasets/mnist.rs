@@ -111,7 +111,14 @@ fn parse_images<'b>(path: &Path, bytes: &'b [u8]) -> Result<(&'b [u8], usize, us
             format!("image size {rows}x{cols} has no pixel"),
         ));
     }
-    let body = check_body_len(path, bytes, 16, n, rows * cols, "images")?;
+    let pixels = rows.checked_mul(cols).ok_or_else(|| {
+        Error::corrupt(
+            path,
+            Some(8),
+            format!("image size {rows}x{cols} is too large"),
+        )
+    })?;
+    let body = check_body_len(path, bytes, 16, n, pixels, "images")?;
     Ok((body, rows, cols))
 }
 

@@ -128,11 +128,21 @@ impl PrepareConfig {
     }
 
     /// The preprocess function applied to `batch`, and the check that it
-    /// kept the labels aligned with the inputs.
+    /// kept one output per input, the labels aligned with them.
     pub(crate) fn apply(&self, batch: Batch) -> Result<Batch> {
         match &self.preprocess {
             Some(f) => {
+                let before = batch.len();
                 let batch = f(batch)?;
+                if batch.len() != before {
+                    return Err(Error::LengthMismatch {
+                        what: "inputs of a batch before vs after the preprocess function (it \
+                               must transform each input, not drop or add any)"
+                            .into(),
+                        left: before,
+                        right: batch.len(),
+                    });
+                }
                 check_aligned(&batch)?;
                 Ok(batch)
             }

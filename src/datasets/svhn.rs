@@ -67,8 +67,11 @@ pub fn load(dir: impl AsRef<Path>, split: Split) -> Result<OodDataset> {
     };
     let path = find_file(dir.as_ref(), &[name], HOW_TO_GET)?;
     let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-    let mat = MatFile::parse(std::io::BufReader::new(file))
-        .map_err(|e| Error::corrupt(&path, None, format!("not a readable MATLAB v5 file ({e})")))?;
+    let mat = MatFile::parse(std::io::BufReader::new(file)).map_err(|e| {
+        let reason =
+            truncation(&path).unwrap_or_else(|| format!("not a readable MATLAB v5 file ({e})"));
+        Error::corrupt(&path, None, reason)
+    })?;
 
     let missing = |var: &str| Error::corrupt(&path, None, format!("no numeric variable `{var}`"));
     let x = mat.find_by_name("X").ok_or_else(|| missing("X"))?;
@@ -146,4 +149,48 @@ fn to_f64(data: &NumericData) -> Vec<f64> {
         NumericData::Single { real, .. } => conv(real),
         NumericData::Double { real, .. } => real.clone(),
     }
+}
+
+/// Why a MATLAB v5 file that did not parse is cut short, when it is: its
+/// 128-byte header, then elements of an 8-byte tag (type, byte count) and
+/// their data, padded to 8 bytes.
+fn truncation(path: &Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    if bytes.len() < 128 {
+        return Some(format!(
+            "truncated: {} bytes, less than the 128-byte MATLAB header; fetch the file again",
+            bytes.len()
+        ));
+    }
+    let little = bytes.get(126..128) == Some(b"IM");
+    let mut at = 128_usize;
+    while at < bytes.len() {
+        let Some(tag) = bytes.get(at..at + 8) else {
+            return Some(format!("truncated inside the element tag at byte {at}"));
+        };
+        let word = |b: &[u8]| {
+            let raw = [b[0], b[1], b[2], b[3]];
+            if little {
+                u32::from_le_bytes(raw)
+            } else {
+                u32::from_be_bytes(raw)
+            }
+        };
+        let size = word(&tag[4..8]) as usize;
+        let end = at.checked_add(8)?.checked_add(size)?;
+        if end > bytes.len() {
+            return Some(format!(
+                "truncated: the element at byte {at} declares {size} bytes, the file ends after \
+                 {} bytes; fetch the file again",
+                bytes.len()
+            ));
+        }
+        // Compressed elements (type 15) are not padded.
+        at = if word(&tag[0..4]) == 15 {
+            end
+        } else {
+            end.checked_add(7)? / 8 * 8
+        };
+    }
+    None
 }

@@ -350,6 +350,12 @@ impl ScoreCollector {
             hint: "it yielded no batch".into(),
         })?;
         let n = self.scores.len();
+        if n == 0 {
+            return Err(Error::Empty {
+                what: "the data to score".into(),
+                hint: format!("its {} batches hold no input", self.batches),
+            });
+        }
         let logits = Array2::from_shape_vec((n, width), self.logits)?;
         Ok(ScoreOutput {
             scores: Array1::from(self.scores),

@@ -3,7 +3,7 @@
 
 use ndarray::{Array2, Array4, ArrayView2, Zip};
 
-use super::logits::shifted_exps;
+use super::logits::tempered_exps;
 use crate::error::{Error, Result};
 use crate::metrics::argmax;
 use crate::model::Model;
@@ -96,17 +96,19 @@ impl InputPerturbation {
         Ok(perturbed)
     }
 
-    /// ∂ CE(logits / T, argmax) / ∂ logits = (softmax(logits / T) − onehot) / T.
+    /// T · ∂ CE(logits / T, argmax) / ∂ logits = softmax(logits / T) −
+    /// onehot. Only the sign of the input gradient is used, so the
+    /// positive factor 1/T is left out: a tiny T cannot overflow it.
     fn loss_gradient(&self, logits: ArrayView2<f32>) -> Array2<f32> {
         let t = self.temperature;
         let mut gradient = Array2::zeros(logits.raw_dim());
         for (row, mut out) in logits.rows().into_iter().zip(gradient.rows_mut()) {
-            let (_, exps) = shifted_exps(row.mapv(|v| v / t).view());
+            let (_, exps) = tempered_exps(row, t);
             let sum: f32 = exps.iter().sum();
             let predicted = argmax(row.iter().copied());
             for (k, (o, e)) in out.iter_mut().zip(&exps).enumerate() {
                 let onehot = if k == predicted { 1.0 } else { 0.0 };
-                *o = (e / sum - onehot) / t;
+                *o = e / sum - onehot;
             }
         }
         gradient

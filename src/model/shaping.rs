@@ -155,10 +155,14 @@ impl Shaping {
 }
 
 /// The value at `percentile` of a row: its `⌊percentile · D⌋`-th smallest.
+/// A row without activations has none to prune: any threshold will do.
 fn row_percentile(row: ArrayView1<f32>, percentile: f32) -> f32 {
     let mut sorted: Vec<f32> = row.to_vec();
     sorted.sort_unstable_by(f32::total_cmp);
-    sorted[percentile_index(percentile, sorted.len())]
+    sorted
+        .get(percentile_index(percentile, sorted.len()))
+        .copied()
+        .unwrap_or(0.0)
 }
 
 /// The index of the `percentile` in `len` sorted values.

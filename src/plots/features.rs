@@ -152,6 +152,17 @@ pub fn plot_2d_features<'a, 'b, 'c>(
     let all = concatenate(Axis(0), &[chosen_in.view(), chosen_out.view()])?;
 
     let projected = options.method.project(all.view())?;
+    if let Some(index) = projected.iter().position(|v| !v.is_finite()) {
+        return Err(Error::numerical(
+            "the 2-D projection of the features",
+            format!(
+                "point {} came out as {} (features too large for f32 arithmetic, or t-SNE \
+                 diverging on identical points): scale the features, or use Projection::Pca",
+                index / 2,
+                projected.iter().nth(index).copied().unwrap_or(f32::NAN)
+            ),
+        ));
+    }
     let title = options.title.clone().unwrap_or_else(|| {
         let method = match options.method {
             Projection::Pca => "PCA",
@@ -260,12 +271,17 @@ impl Figure for FeatureFigure {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
         let text = TextSizes::for_size(self.size);
         let (xs, ys) = (self.points.column(0), self.points.column(1));
+        // In f64, so points spanning ±f32::MAX give a finite axis, and
+        // padded relative to the values, so the axis never has zero width
+        // (the plotting library's tick search never ends on one).
         let range = |v: ArrayView1<f32>| {
-            let (lo, hi) = v.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
-                (lo.min(x), hi.max(x))
+            let (lo, hi) = v.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+                (lo.min(f64::from(x)), hi.max(f64::from(x)))
             });
-            let pad = ((hi - lo) * 0.05).max(1e-6);
-            f64::from(lo - pad)..f64::from(hi + pad)
+            let pad = ((hi - lo) * 0.05)
+                .max(lo.abs().max(hi.abs()) * 1e-6)
+                .max(1e-6);
+            (lo - pad)..(hi + pad)
         };
         let mut chart = ChartBuilder::on(root)
             .caption(&self.title, text.font(text.title))

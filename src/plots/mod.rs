@@ -42,7 +42,7 @@ mod scores;
 pub use features::{FeaturePlot, plot_2d_features, plot_model_features};
 pub use projection::{Projection, pca, tsne};
 pub use roc::{RocPlot, plot_roc_curve};
-pub use scores::{ScorePlot, plot_ood_scores};
+pub use scores::{MAX_BINS, ScorePlot, plot_ood_scores};
 
 /// The default image size in pixels, width x height.
 pub const DEFAULT_SIZE: (u32, u32) = (800, 600);

@@ -34,6 +34,14 @@ impl Projection {
 
     /// Projects `features` `(N, D)` to `(N, 2)`.
     pub fn project(&self, features: ArrayView2<f32>) -> Result<Array2<f32>> {
+        let (n, d) = features.dim();
+        if n < 2 || d < 2 {
+            return Err(Error::ShapeMismatch {
+                what: "features to project to 2-D".into(),
+                expected: "(N, D) with at least 2 points and 2 features".into(),
+                found: format!("({n}, {d})"),
+            });
+        }
         match *self {
             Projection::Pca => pca(features, 2),
             Projection::Tsne { perplexity } => tsne(features, perplexity),
@@ -184,5 +192,13 @@ pub fn tsne(features: ArrayView2<f32>, perplexity: f32) -> Result<Array2<f32>> {
         .epochs(1000)
         .initial_embedding(init)
         .barnes_hut(0.5, euclidean);
-    Array2::from_shape_vec((n, 2), model.embedding()).map_err(Error::from)
+    let embedding = Array2::from_shape_vec((n, 2), model.embedding())?;
+    if embedding.iter().any(|v| !v.is_finite()) {
+        return Err(Error::numerical(
+            "t-SNE",
+            "the embedding is not finite (identical or nearly identical points give t-SNE \
+             zero distances to divide by): use PCA, or remove the duplicates",
+        ));
+    }
+    Ok(embedding)
 }

@@ -93,11 +93,11 @@ pub fn plot_ood_scores<'a, 'b>(
             });
         }
     }
-    if options.bins == 0 {
+    if options.bins == 0 || options.bins > MAX_BINS {
         return Err(Error::InvalidParameter {
             name: "bins",
-            value: "0".into(),
-            reason: "need at least one bin".into(),
+            value: options.bins.to_string(),
+            reason: format!("need 1 to {MAX_BINS} bins (a figure cannot show more)"),
         });
     }
     let at95 = curve
@@ -114,6 +114,10 @@ pub fn plot_ood_scores<'a, 'b>(
         path.as_ref(),
     )
 }
+
+/// The most bins a histogram takes: far more than a figure's pixels, and
+/// a bound on the memory an absurd count would ask for.
+pub const MAX_BINS: usize = 100_000;
 
 /// The binned densities of both sides.
 struct Histograms {

@@ -92,6 +92,14 @@ impl Checkpoint {
 /// of the same architecture.
 pub fn load_checkpoint<M: Module>(module: M, path: impl AsRef<Path>) -> Result<M> {
     let path = path.as_ref();
+    if path.is_dir() {
+        return Err(Error::InvalidParameter {
+            name: "path",
+            value: path.display().to_string(),
+            reason: "is a directory: name the checkpoint file in it (Checkpoint::Last.path(dir))"
+                .into(),
+        });
+    }
     if !path.is_file() {
         return Err(Error::MissingFile {
             path: path.to_path_buf(),

@@ -103,6 +103,10 @@ pub trait ScoreFeatures: fmt::Debug + Send + Sync {
     fn score_features(&self, features: ArrayView2<f32>) -> Result<Array1<f32>> {
         check_width(self.width(), features, "features to score")?;
         check_finite(features, "features to score")?;
+        if features.nrows() == 0 {
+            // Nothing to score, as the logit detectors answer.
+            return Ok(Array1::zeros(0));
+        }
         let parts = features
             .axis_chunks_iter(Axis(0), CHUNK)
             .map(|features| {

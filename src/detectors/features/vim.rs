@@ -196,6 +196,12 @@ impl LayerFitter for VimFitter {
                 what: "the fit data of ViM".into(),
                 hint: "fit on at least one sample".into(),
             })?;
+        if m.count() < 2 {
+            return Err(Error::Empty {
+                what: format!("the fit data of ViM ({} sample)", m.count()),
+                hint: "ViM's subspace needs at least 2 samples (in practice thousands)".into(),
+            });
+        }
         // Second moment about the origin: scatter + N (m − u)(m − u)ᵀ.
         let shift = (&mean - &self.origin).insert_axis(Axis(1));
         let moment = (m.within() + &(shift.dot(&shift.t()) * n)) / n;

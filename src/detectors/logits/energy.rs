@@ -3,7 +3,7 @@
 use ndarray::{Array1, ArrayView2};
 
 use super::ScoreLogits;
-use super::{score_rows, shifted_exps};
+use super::{score_rows, tempered_exps};
 use crate::error::{Error, Result};
 
 /// Energy: score = −T · logsumexp(logits / T). An input is as OOD as its
@@ -64,10 +64,11 @@ impl ScoreLogits for Energy {
 
     fn score_logits(&self, logits: ArrayView2<f32>) -> Result<Array1<f32>> {
         let t = self.temperature;
+        // −T·ln Σ exp(l/T) = −max − T·ln Σ exp((l − max)/T): finite for
+        // every temperature and finite logits.
         score_rows(logits, |row| {
-            let scaled = row.mapv(|v| v / t);
-            let (max, exps) = shifted_exps(scaled.view());
-            -t * (max + exps.iter().sum::<f32>().ln())
+            let (max, exps) = tempered_exps(row, t);
+            -(max + t * exps.iter().sum::<f32>().ln())
         })
     }
 }

@@ -236,10 +236,18 @@ pub(super) fn score_rows(
 /// the max counting 1 exactly: an infinite max gives the softmax's limit
 /// instead of `inf - inf = NaN`. The softmax is `exps / exps.sum()`.
 pub(super) fn shifted_exps(row: ArrayView1<f32>) -> (f32, Vec<f32>) {
+    tempered_exps(row, 1.0)
+}
+
+/// [`shifted_exps`] at temperature `t`: `exp((l - max) / t)`, the max
+/// taken on the logits themselves. Dividing the differences (never
+/// positive) rather than the logits keeps every temperature finite: a tiny
+/// `t` sends the others to 0 instead of the logits to ±inf.
+pub(crate) fn tempered_exps(row: ArrayView1<f32>, t: f32) -> (f32, Vec<f32>) {
     let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let exps = row
         .iter()
-        .map(|&v| if v == max { 1.0 } else { (v - max).exp() })
+        .map(|&v| if v == max { 1.0 } else { ((v - max) / t).exp() })
         .collect();
     (max, exps)
 }

@@ -3,7 +3,7 @@
 
 use ndarray::{Array1, ArrayView2};
 
-use super::{ScoreLogits, score_rows, shifted_exps};
+use super::{ScoreLogits, score_rows, tempered_exps};
 use crate::batch::Batch;
 use crate::detectors::{InputPerturbation, ScoreOutput};
 use crate::error::Result;
@@ -85,10 +85,7 @@ impl ScoreLogits for Odin {
     fn score_logits(&self, logits: ArrayView2<f32>) -> Result<Array1<f32>> {
         let t = self.step.temperature();
         score_rows(logits, |row| {
-            -1.0 / shifted_exps(row.mapv(|v| v / t).view())
-                .1
-                .iter()
-                .sum::<f32>()
+            -1.0 / tempered_exps(row, t).1.iter().sum::<f32>()
         })
     }
 
