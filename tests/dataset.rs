@@ -245,7 +245,8 @@ fn preprocess_applies_and_its_errors_propagate() {
     let err = failing.iter().next().unwrap().unwrap_err();
     assert_eq!(err.to_string(), "bad pixel");
 
-    // A preprocess that drops rows but keeps the labels would misalign them.
+    // A preprocess that drops rows (here keeping the labels, which would
+    // misalign them): inputs before vs after.
     let dropping = ds
         .prepare(&PrepareConfig::new(4).preprocess(|mut b| {
             b.inputs = b.inputs.slice_move(ndarray::s![..1, .., .., ..]);
@@ -257,8 +258,8 @@ fn preprocess_applies_and_its_errors_propagate() {
         matches!(
             err,
             Error::LengthMismatch {
-                left: 1,
-                right: 4,
+                left: 4,
+                right: 1,
                 ..
             }
         ),

@@ -4,9 +4,6 @@
 //! parameter extremes, weak messages. Each is fixed where it arose; these
 //! hold the fixes.
 
-use std::sync::mpsc;
-use std::time::Duration;
-
 use ndarray::{Array1, Array2, Array4, ArrayView4, array};
 use oodkit::datasets::{OodDataset, PrepareConfig};
 use oodkit::detectors::{
@@ -16,10 +13,14 @@ use oodkit::detectors::{
 use oodkit::model::{Shaping, from_fn, from_fn_with_features};
 use oodkit::{Batch, Error};
 
+#[cfg(feature = "plots")]
 /// Runs `f` on another thread and fails the test when it takes longer
 /// than `limit` (the thread is left behind: the test fails either way).
-fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (send, receive) = mpsc::channel();
+fn within<T: Send + 'static>(
+    limit: std::time::Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (send, receive) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = send.send(f());
     });
@@ -38,7 +39,7 @@ fn feature_plots_of_degenerate_or_huge_points_return() {
     let same = Array2::from_elem((40, 3), 1.0_f32);
     let labels = Array1::zeros(40);
     let p = path.clone();
-    let result = within(Duration::from_secs(120), move || {
+    let result = within(std::time::Duration::from_secs(120), move || {
         let options = FeaturePlot::new().method(Projection::Tsne { perplexity: 5.0 });
         plot_2d_features(same.view(), labels.view(), same.view(), &options, &p)
     });
@@ -56,7 +57,7 @@ fn feature_plots_of_degenerate_or_huge_points_return() {
     });
     let labels = Array1::zeros(20);
     let p = path.clone();
-    let result = within(Duration::from_secs(60), move || {
+    let result = within(std::time::Duration::from_secs(60), move || {
         plot_2d_features(
             huge.view(),
             labels.view(),
@@ -71,7 +72,7 @@ fn feature_plots_of_degenerate_or_huge_points_return() {
     // Points one ulp apart around 1e30: the axis must not have zero width.
     let close = Array2::from_shape_fn((20, 2), |(i, j)| 1e30_f32 + (i * j) as f32);
     let labels = Array1::zeros(20);
-    within(Duration::from_secs(60), move || {
+    within(std::time::Duration::from_secs(60), move || {
         let options = FeaturePlot::new().method(Projection::Pca);
         let _ = plot_2d_features(close.view(), labels.view(), close.view(), &options, &path);
     });

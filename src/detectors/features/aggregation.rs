@@ -3,6 +3,7 @@
 
 use ndarray::{Array1, Array2, ArrayView1};
 use statrs::distribution::{ChiSquared, ContinuousCDF};
+use statrs::function::erf::erfc;
 
 use serde_json::{Value, json};
 
@@ -65,7 +66,7 @@ pub struct Aggregator {
 
 impl Aggregator {
     /// Fits `kind` on the fit data's scores, one array per layer (equal
-    /// lengths, at least two samples, no NaN).
+    /// lengths, at least two samples, all finite).
     pub fn fit(kind: Aggregation, per_layer: &[ArrayView1<f32>]) -> Result<Self> {
         let scores = stack(per_layer, "fit scores")?;
         let n = scores.nrows();
@@ -202,7 +203,7 @@ impl Aggregator {
         let out = match (&self.kind, &self.brown) {
             (Aggregation::Fisher, Some((c, chi2))) => self
                 .fisher_statistics(&scores)
-                .mapv(|tau| chi2.cdf(tau / c) as f32),
+                .mapv(|tau| chi2_cdf(chi2, tau / c) as f32),
             _ => scores
                 .rows()
                 .into_iter()
@@ -231,8 +232,33 @@ impl Aggregator {
     }
 }
 
-/// `(n, layers)` in `f64`, checked: same lengths, at least one layer, no
-/// NaN.
+/// The χ²(k) CDF at `x`, bounded in time for every `k` and `x`: statrs'
+/// incomplete gamma iterates without end for huge degrees of freedom
+/// (a nearly constant Fisher statistic gives k′ = 2μ²/σ² of 10¹⁵ and
+/// more), where the Wilson–Hilferty normal approximation is exact to
+/// far below f32's resolution; and far in the tails the CDF is 0 or 1.
+fn chi2_cdf(chi2: &ChiSquared, x: f64) -> f64 {
+    let k = chi2.freedom();
+    if x.is_nan() {
+        return f64::NAN;
+    }
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if k > 1e4 {
+        let v = 2.0 / (9.0 * k);
+        let z = ((x / k).cbrt() - (1.0 - v)) / v.sqrt();
+        return 0.5 * erfc(-z / std::f64::consts::SQRT_2);
+    }
+    // Beyond 60 standard deviations above the mean, 1 to f64 precision.
+    if x > k + 60.0 * (2.0 * k).sqrt() + 100.0 {
+        return 1.0;
+    }
+    chi2.cdf(x)
+}
+
+/// `(n, layers)` in `f64`, checked: same lengths, at least one layer, every
+/// score finite.
 fn stack(per_layer: &[ArrayView1<f32>], what: &str) -> Result<Array2<f64>> {
     let Some(first) = per_layer.first() else {
         return Err(Error::Empty {
@@ -251,11 +277,11 @@ fn stack(per_layer: &[ArrayView1<f32>], what: &str) -> Result<Array2<f64>> {
             });
         }
         for (i, &s) in scores.iter().enumerate() {
-            if s.is_nan() {
+            if !s.is_finite() {
                 return Err(Error::NotANumber {
-                    what: format!("{what} of layer {l}"),
+                    what: format!("{what} of layer {l} (value {s})"),
                     index: i,
-                    hint: "per-layer scores must be numbers".into(),
+                    hint: "per-layer scores must be finite numbers".into(),
                 });
             }
             out[[i, l]] = f64::from(s);
@@ -298,6 +324,40 @@ fn interpolated_cdf(sorted: &[f64], x: f64) -> f64 {
 mod tests {
     use super::*;
     use ndarray::array;
+
+    #[test]
+    fn chi2_cdf_returns_for_every_degree_and_point() {
+        for k in [0.5, 2.0, 30.0, 1e3, 1e4, 1e4 + 1.0, 1e8, 1e15, 1e300] {
+            let chi2 = ChiSquared::new(k).unwrap();
+            let mut last = 0.0;
+            let mut xs = [
+                0.0,
+                1e-300,
+                1.0,
+                k / 2.0,
+                k,
+                2.0 * k,
+                1e20,
+                1e300,
+                f64::INFINITY,
+            ];
+            xs.sort_by(f64::total_cmp);
+            for x in xs {
+                let p = chi2_cdf(&chi2, x);
+                assert!(
+                    (0.0..=1.0).contains(&p) && p >= last - 1e-12,
+                    "k {k}, x {x}: {p}"
+                );
+                last = p;
+            }
+        }
+        // The approximation joins the exact CDF at the switch.
+        let exact = ChiSquared::new(1e4).unwrap();
+        let approx = ChiSquared::new(1e4 + 1e-6).unwrap();
+        for x in [9_800.0, 10_000.0, 10_200.0] {
+            assert!((exact.cdf(x) - chi2_cdf(&approx, x)).abs() < 1e-3);
+        }
+    }
 
     #[test]
     fn normalised_averages_by_hand() {

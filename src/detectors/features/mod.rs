@@ -99,7 +99,9 @@ pub trait ScoreFeatures: fmt::Debug + Send + Sync {
     }
 
     /// Scores precomputed features `(N, D)` of the layer it was fitted on,
-    /// in chunks. Errors on another width and on non-finite values.
+    /// in chunks. Errors on another width and on non-finite values. A
+    /// score beyond f32's range (features far off fit data of almost no
+    /// spread) is ±f32::MAX.
     fn score_features(&self, features: ArrayView2<f32>) -> Result<Array1<f32>> {
         check_width(self.width(), features, "features to score")?;
         check_finite(features, "features to score")?;
@@ -118,7 +120,7 @@ pub trait ScoreFeatures: fmt::Debug + Send + Sync {
             })
             .collect::<Result<Vec<_>>>()?;
         let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-        Ok(concatenate(Axis(0), &views)?)
+        Ok(saturated(concatenate(Axis(0), &views)?))
     }
 }
 
@@ -427,11 +429,11 @@ impl<S: ScoreFeatures> FittedDetector for FittedFeatures<S> {
         };
         let mut per_layer = Vec::with_capacity(self.states.len());
         for (state, features) in self.states.iter().zip(&out.features) {
-            per_layer.push(state.score_layer(&LayerBatch {
+            per_layer.push(saturated(state.score_layer(&LayerBatch {
                 features: features.view(),
                 labels: None,
                 logits: Some(out.logits.view()),
-            })?);
+            })?));
         }
         let scores = match &self.aggregator {
             Some(agg) => {
@@ -521,6 +523,14 @@ fn fit_layers<D: FeatureDetector>(
         perturbation: detector.options().perturbation,
         expects: pass.shape,
     })
+}
+
+/// Scores beyond f32's range (a distance of 10⁴⁰ to fit features of
+/// nearly no spread) as ±f32::MAX, the nearest scores there are: the
+/// order is kept and no infinity reaches the metrics.
+fn saturated(mut scores: Array1<f32>) -> Array1<f32> {
+    scores.mapv_inplace(|s| s.clamp(-f32::MAX, f32::MAX));
+    scores
 }
 
 /// Errors unless `labels` has one entry per row of `features`.

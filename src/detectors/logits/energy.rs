@@ -39,13 +39,21 @@ impl Default for Energy {
 }
 
 impl Energy {
-    /// The energy at `temperature` (positive and finite).
+    /// The largest temperature: the score −T·ln Σ exp(l/T) stays finite
+    /// for every finite logit below it.
+    pub const MAX_TEMPERATURE: f32 = 1e6;
+
+    /// The energy at `temperature`, in (0, [`MAX_TEMPERATURE`](Self::MAX_TEMPERATURE)].
     pub fn new(temperature: f32) -> Result<Self> {
-        if !(temperature.is_finite() && temperature > 0.0) {
+        if !(temperature > 0.0 && temperature <= Self::MAX_TEMPERATURE) {
             return Err(Error::invalid(
                 "temperature",
                 temperature,
-                "must be a positive number",
+                format!(
+                    "must be in (0, {:e}] (the papers use 1): above, T·ln(classes) \
+                     leaves the range of f32",
+                    Self::MAX_TEMPERATURE
+                ),
             ));
         }
         Ok(Energy { temperature })
