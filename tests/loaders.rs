@@ -389,3 +389,119 @@ fn svhn_bad_files_are_errors() {
         "{msg}"
     );
 }
+
+// ---------- Mutations: every parser on cut and flipped files ----------
+
+/// A deterministic xorshift stream, so the mutations repeat.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// The mutants of `good`: cut at every offset of its first `header` bytes
+/// and at 40 random offsets after, and 200 single-bit flips.
+fn mutants(good: &[u8], header: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = Xorshift(seed);
+    let mut out: Vec<Vec<u8>> = (0..header.min(good.len()))
+        .map(|cut| good[..cut].to_vec())
+        .collect();
+    for _ in 0..40 {
+        out.push(good[..rng.below(good.len())].to_vec());
+    }
+    for _ in 0..200 {
+        let mut flipped = good.to_vec();
+        let at = rng.below(flipped.len());
+        flipped[at] ^= 1 << rng.below(8);
+        out.push(flipped);
+    }
+    out
+}
+
+/// Writes each mutant of `good` to `path` and loads it with `load`: an
+/// error, or a dataset whose size the file justifies. `cut_is_error`: a
+/// strictly shorter file must be refused (every byte of these formats is
+/// accounted for).
+fn survives_mutation(
+    path: &Path,
+    good: &[u8],
+    header: usize,
+    load: impl Fn() -> oodkit::Result<oodkit::OodDataset>,
+    expected_len: usize,
+) {
+    for (i, bytes) in mutants(good, header, 0x5eed ^ good.len() as u64)
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::write(path, &bytes).unwrap();
+        match load() {
+            Err(e) => assert!(!e.to_string().is_empty()),
+            Ok(ds) => {
+                assert!(bytes.len() == good.len(), "mutant {i}: a cut file loaded");
+                assert_eq!(ds.len(), expected_len, "mutant {i}");
+                assert!(ds.inputs().iter().all(|v| v.is_finite()), "mutant {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn mnist_idx_and_gz_survive_every_cut_and_flip() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_mnist(dir.path(), false);
+    let images = dir.path().join("t10k-images-idx3-ubyte");
+    let good = std::fs::read(&images).unwrap();
+    let load = || mnist::load(dir.path(), Split::Test);
+    survives_mutation(&images, &good, 16, load, 3);
+    std::fs::write(&images, &good).unwrap();
+    let labels = dir.path().join("t10k-labels-idx1-ubyte");
+    let good = std::fs::read(&labels).unwrap();
+    survives_mutation(&labels, &good, 8, load, 3);
+
+    // Gzipped: a flip under the CRC is an error, never silently read.
+    let dir = tempfile::tempdir().unwrap();
+    write_small_mnist(dir.path(), true);
+    let images = dir.path().join("t10k-images-idx3-ubyte.gz");
+    let good = std::fs::read(&images).unwrap();
+    let load = || mnist::load(dir.path(), Split::Test);
+    let reference = load().unwrap();
+    for bytes in mutants(&good, good.len().min(24), 3) {
+        std::fs::write(&images, &bytes).unwrap();
+        if let Ok(ds) = load() {
+            // Only a flip the format ignores (e.g. in the header's mtime).
+            assert_eq!(ds.inputs(), reference.inputs());
+        }
+    }
+}
+
+#[test]
+fn cifar10_batches_survive_every_cut_and_flip() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = [cifar_record(3, 0), cifar_record(9, 1)].concat();
+    let folder = write_cifar(dir.path(), &good);
+    let path = folder.join("test_batch.bin");
+    survives_mutation(
+        &path,
+        &good,
+        8,
+        || cifar10::load(dir.path(), Split::Test),
+        2,
+    );
+}
+
+#[test]
+fn svhn_mat_files_survive_every_cut_and_flip() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = svhn_file(2, &[1.0, 2.0]);
+    let path = dir.path().join("test_32x32.mat");
+    survives_mutation(&path, &good, 200, || svhn::load(dir.path(), Split::Test), 2);
+    // A cut file says it is truncated.
+    std::fs::write(&path, &good[..good.len() - 100]).unwrap();
+    let message = svhn::load(dir.path(), Split::Test).unwrap_err().to_string();
+    assert!(message.contains("truncated"), "{message}");
+}

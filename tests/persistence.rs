@@ -460,7 +460,7 @@ fn truncated_or_damaged_files_are_errors_never_panics() {
     let dir = tempfile::tempdir().unwrap();
     let (path, bytes) = knn_file(&dir);
     let cut = temp_path(&dir, "cut.oodkit");
-    for len in (0..bytes.len()).step_by(7).chain([bytes.len() - 1]) {
+    for len in 0..bytes.len() {
         std::fs::write(&cut, &bytes[..len]).unwrap();
         assert!(
             matches!(KnnIndex::load(&cut), Err(Error::CorruptFile { .. })),

@@ -73,7 +73,11 @@ pub fn load(dir: impl AsRef<Path>, split: Split) -> Result<OodDataset> {
         Error::corrupt(&path, None, reason)
     })?;
 
-    let missing = |var: &str| Error::corrupt(&path, None, format!("no numeric variable `{var}`"));
+    // A cut file can parse, its last variable dropped: say it is cut.
+    let missing = |var: &str| {
+        let reason = truncation(&path).unwrap_or_else(|| format!("no numeric variable `{var}`"));
+        Error::corrupt(&path, None, reason)
+    };
     let x = mat.find_by_name("X").ok_or_else(|| missing("X"))?;
     let y = mat.find_by_name("y").ok_or_else(|| missing("y"))?;
 
