@@ -259,3 +259,67 @@ fn a_checkpoint_path_that_is_a_directory_says_so() {
     let err = oodkit::training::load_checkpoint(net, dir.path()).unwrap_err();
     assert!(err.to_string().contains("directory"), "{err}");
 }
+
+#[test]
+fn degenerate_cases_score_as_documented() {
+    use oodkit::detectors::{Entropy, Gen, Mls, Rmds};
+    // One class.
+    let one = array![[3.0_f32], [-2.0]];
+    assert_eq!(
+        Mls::new().score_logits(one.view()).unwrap(),
+        array![-3.0, 2.0]
+    );
+    assert_eq!(
+        Mls::msp().score_logits(one.view()).unwrap(),
+        array![-1.0, -1.0]
+    );
+    assert_eq!(
+        Entropy::new().score_logits(one.view()).unwrap(),
+        array![0.0, 0.0]
+    );
+    assert_eq!(
+        Odin::new(1000.0, 0.0)
+            .unwrap()
+            .score_logits(one.view())
+            .unwrap(),
+        array![-1.0, -1.0]
+    );
+    let generalized = Gen::new(0.1, 1).unwrap().score_logits(one.view()).unwrap();
+    assert_eq!(generalized[0], generalized[1]);
+    let energy = Energy::default().score_logits(one.view()).unwrap();
+    assert!((energy[0] + 3.0).abs() < 1e-6 && (energy[1] - 2.0).abs() < 1e-6);
+    // Equal logits: MSP −1/K, entropy ln K.
+    let equal = array![[0.5_f32, 0.5, 0.5, 0.5]];
+    assert!((Mls::msp().score_logits(equal.view()).unwrap()[0] + 0.25).abs() < 1e-6);
+    let h = Entropy::new().score_logits(equal.view()).unwrap()[0];
+    assert!((h - 4.0_f32.ln()).abs() < 1e-5, "{h}");
+
+    // RMDS on one class scores every input 0.
+    let features = Array2::from_shape_fn((30, 3), |(i, j)| ((i * 7 + j * 3) % 11) as f32);
+    let queries = array![[0.0_f32, 0.0, 0.0], [100.0, -50.0, 3.0]];
+    let rmds = Rmds::new()
+        .fit_features(features.view(), Array1::zeros(30).view())
+        .unwrap();
+    for s in rmds.score_features(queries.view()).unwrap() {
+        assert!(s.abs() < 1e-3, "{s}");
+    }
+    // Mahalanobis on identical features scores every input 0.
+    let same = Array2::from_elem((10, 3), 2.0_f32);
+    let maha = Mahalanobis::new()
+        .fit_features(same.view(), Array1::zeros(10).view())
+        .unwrap();
+    assert_eq!(
+        maha.score_features(queries.view()).unwrap(),
+        array![0.0, 0.0]
+    );
+    // ViM on identical features: an error, or an α of rounding size's
+    // inverse (documented as useless).
+    let vim = Vim::new(PrincipalDims::Count(1))
+        .unwrap()
+        .with_head(Array2::eye(3), Array1::zeros(3))
+        .unwrap()
+        .fit_features(same.view(), Array1::zeros(10).view());
+    if let Ok(vim) = vim {
+        assert!(vim.alpha() > 1e6, "{}", vim.alpha());
+    }
+}

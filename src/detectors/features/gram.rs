@@ -50,6 +50,11 @@ const EPSILON: f64 = 1e-6;
 /// assert!(scores[1] > 10.0);
 /// # Ok::<(), oodkit::Error>(())
 /// ```
+///
+/// **Degenerate cases** (not errors): Identical fit features: the bounds
+/// collapse to one value per statistic and every deviation from it counts,
+/// relative to its size. An input inside every bound scores 0 (often: see
+/// the MNIST table in BENCHMARKS.md).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gram {
     orders: Vec<u32>,

@@ -43,6 +43,10 @@ const INDEX_BLOCK: usize = 8192;
 /// assert!(Knn::new(0).is_err());
 /// # Ok::<(), oodkit::Error>(())
 /// ```
+///
+/// **Degenerate cases** (not errors): Identical fit features: every input
+/// scores its squared distance to that one (normalised) point. Inputs of
+/// norm 0 normalise to 0.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Knn {
     k: usize,

@@ -41,6 +41,11 @@ use serde_json::{Value, json};
 /// assert!((scores[1] - 50.0).abs() < 1e-3);
 /// # Ok::<(), oodkit::Error>(())
 /// ```
+///
+/// **Degenerate cases** (not errors): Identical fit features (no spread):
+/// the pseudo-inverse of a zero covariance is zero and every input scores 0
+/// (useless). One class: the distance to the mean under the class
+/// covariance.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Mahalanobis {
     options: FeatureOptions,
@@ -100,6 +105,10 @@ impl FeatureDetector for Mahalanobis {
 /// assert!((gap - 25.0).abs() < 1e-3);
 /// # Ok::<(), oodkit::Error>(())
 /// ```
+///
+/// **Degenerate cases** (not errors): one class: the class and background
+/// Gaussians coincide and every input scores 0 (useless: fit RMDS on
+/// several classes, or use Mahalanobis).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Rmds {
     options: FeatureOptions,

@@ -37,6 +37,10 @@ use serde_json::{Value, json};
 /// assert!((scores[0] + 1.5).abs() < 1e-6);
 /// # Ok::<(), oodkit::Error>(())
 /// ```
+///
+/// **Degenerate cases** (not errors): One class: −(x · mean) / D, a
+/// projection on the one mean. Identical fit features: their mean is that
+/// feature.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct She {
     options: FeatureOptions,

@@ -54,6 +54,11 @@ pub enum PrincipalDims {
 /// assert!((scores[1] - scores[0] - 15.0 * 3.0).abs() < 1e-3);
 /// # Ok::<(), oodkit::Error>(())
 /// ```
+///
+/// **Degenerate cases**: fit features with no residual off the principal
+/// subspace are an error at fit (α undefined); identical fit features have
+/// a residual of rounding size only, so α is enormous and the scores are
+/// rounding noise (useless: fit on varied data).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Vim {
     dims: PrincipalDims,

@@ -26,6 +26,9 @@ use crate::error::{Error, Result};
 /// assert!(Energy::new(0.0).is_err());
 /// # Ok::<(), oodkit::Error>(())
 /// ```
+///
+/// **Degenerate cases** (not errors): One class: −logit (the same order as
+/// MLS). Equal logits l: −l − T·ln K.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Energy {
     temperature: f32,

@@ -23,6 +23,9 @@ use crate::error::Result;
 /// assert_eq!(scores[1], 0.0);
 /// # Ok::<(), oodkit::Error>(())
 /// ```
+///
+/// **Degenerate cases** (not errors): One class: 0 for every input
+/// (useless). Equal logits: ln K, the largest.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Entropy;
 

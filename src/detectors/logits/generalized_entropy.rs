@@ -25,6 +25,9 @@ use crate::error::{Error, Result};
 /// assert!(Gen::new(0.0, 10).is_err() && Gen::new(0.1, 0).is_err());
 /// # Ok::<(), oodkit::Error>(())
 /// ```
+///
+/// **Degenerate cases** (not errors): One class: the same score for every
+/// input (useless): its only probability is 1.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Gen {
     gamma: f32,

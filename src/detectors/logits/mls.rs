@@ -35,6 +35,10 @@ pub enum OutputActivation {
 /// assert_eq!(Mls::msp().score_logits(logits.view())?[1], -0.5);
 /// # Ok::<(), oodkit::Error>(())
 /// ```
+///
+/// **Degenerate cases** (not errors): One class: MLS scores −logit, MSP −1
+/// for every input (useless: a one-class softmax is always sure). Equal
+/// logits: MSP scores −1/K.
 #[doc(alias = "MLS")]
 #[doc(alias = "MSP")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -40,6 +40,9 @@ use crate::model::{Model, check_logits};
 /// assert!(Odin::new(1000.0, -0.1).is_err());
 /// # Ok::<(), oodkit::Error>(())
 /// ```
+///
+/// **Degenerate cases** (not errors): One class: −1 for every input
+/// (useless), as MSP.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Odin {
     /// T = 1000 and ε = 0.0014 by default, the paper's and the Python
