@@ -296,3 +296,43 @@ fn pretrained_resnets_reproduce_the_reference_accuracies() {
         );
     }
 }
+
+/// Cut at 200 offsets across the header and 40 in the body, 150 bits
+/// flipped: an error or a network of finite weights, never a panic.
+#[test]
+fn cut_or_flipped_weight_files_are_errors_or_finite_networks() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let path = dir.path().join("resnet20.safetensors");
+    write(&path, &state_dict(20, &hand_worked), Dtype::F32);
+    let good = std::fs::read(&path).unwrap();
+    let header = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut below = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut mutants: Vec<Vec<u8>> = (0..200)
+        .map(|i| good[..i * header / 200].to_vec())
+        .collect();
+    for _ in 0..40 {
+        mutants.push(good[..header + below(good.len() - header)].to_vec());
+    }
+    for _ in 0..150 {
+        let mut flipped = good.clone();
+        let at = below(flipped.len());
+        flipped[at] ^= 1 << below(8);
+        mutants.push(flipped);
+    }
+    let zeros = Array4::zeros((1, 3, 32, 32));
+    for (i, bytes) in mutants.iter().enumerate() {
+        std::fs::write(&path, bytes).unwrap();
+        if let Ok(net) = CifarResNet::from_safetensors(&path, 20, &device) {
+            assert_eq!(bytes.len(), good.len(), "mutant {i}: a cut file loaded");
+            let logits = BurnModel::new(net, &device).forward(zeros.view()).unwrap();
+            assert!(logits.iter().all(|v| v.is_finite()), "mutant {i}");
+        }
+    }
+}

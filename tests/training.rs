@@ -244,3 +244,40 @@ fn the_networks_check_their_settings() {
     assert_eq!(out.features[1].shape(), &[2, 150]);
     assert_eq!(out.logits.shape(), &[2, 7]);
 }
+
+/// A checkpoint cut at 64 offsets or with 100 bits flipped: an error or a
+/// network that runs, never a panic.
+#[test]
+fn cut_or_flipped_checkpoints_are_errors_or_networks() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let network = ToyMlpConfig::new(1, 6, 3).init(&device).unwrap();
+    let stem = dir.path().join("mlp");
+    burn::module::Module::save_file(network.clone(), &stem).unwrap();
+    let path = stem.with_extension("bpk");
+    let good = std::fs::read(&path).unwrap();
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut below = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut mutants: Vec<Vec<u8>> = (0..64)
+        .map(|i| good[..i * good.len() / 64].to_vec())
+        .collect();
+    for _ in 0..100 {
+        let mut flipped = good.clone();
+        let at = below(flipped.len());
+        flipped[at] ^= 1 << below(8);
+        mutants.push(flipped);
+    }
+    for bytes in &mutants {
+        std::fs::write(&path, bytes).unwrap();
+        if let Ok(loaded) = load_checkpoint(network.clone(), &path) {
+            let model = oodkit::model::BurnModel::new(loaded, &device);
+            let _ =
+                oodkit::model::Model::forward(&model, ndarray::Array4::zeros((1, 1, 6, 6)).view());
+        }
+    }
+}

@@ -365,6 +365,16 @@ impl<'a> Weights<'a> {
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::corrupt(
+                self.path,
+                None,
+                format!(
+                    "tensor `{name}` holds {} at flat index {i}: the weights are damaged",
+                    values[i]
+                ),
+            ));
+        }
         Ok(Tensor::from_data(
             TensorData::new(values, shape),
             self.device,
