@@ -392,6 +392,41 @@ fn svhn_bad_files_are_errors() {
 
 // ---------- Mutations: every parser on cut and flipped files ----------
 
+/// Counts this thread's live and peak bytes, so a load's allocations can
+/// be held against the file's size while other tests run in parallel.
+struct PerThread;
+
+thread_local! {
+    static LIVE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static PEAK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+unsafe impl std::alloc::GlobalAlloc for PerThread {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let _ = LIVE.try_with(|live| {
+            live.set(live.get() + layout.size());
+            let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
+        });
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        let _ = LIVE.try_with(|live| live.set(live.get().saturating_sub(layout.size())));
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: PerThread = PerThread;
+
+/// `f`'s result and the peak of this thread's live bytes above the start.
+fn with_peak<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let start = LIVE.with(|l| l.get());
+    PEAK.with(|p| p.set(start));
+    let out = f();
+    (out, PEAK.with(|p| p.get()).saturating_sub(start))
+}
+
 /// A deterministic xorshift stream, so the mutations repeat.
 struct Xorshift(u64);
 
@@ -439,7 +474,16 @@ fn survives_mutation(
         .enumerate()
     {
         std::fs::write(path, &bytes).unwrap();
-        match load() {
+        let (result, peak) = with_peak(&load);
+        // The decoded f32 images are 4 bytes a pixel byte; the rest is
+        // small. A header that announces more than the file holds must not
+        // be believed.
+        assert!(
+            peak <= 16 * good.len() + (1 << 20),
+            "mutant {i}: {peak} bytes allocated for a file of {}",
+            bytes.len()
+        );
+        match result {
             Err(e) => assert!(!e.to_string().is_empty()),
             Ok(ds) => {
                 assert!(bytes.len() == good.len(), "mutant {i}: a cut file loaded");
