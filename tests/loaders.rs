@@ -549,3 +549,28 @@ fn svhn_mat_files_survive_every_cut_and_flip() {
     let message = svhn::load(dir.path(), Split::Test).unwrap_err().to_string();
     assert!(message.contains("truncated"), "{message}");
 }
+
+#[test]
+fn an_idx_header_announcing_absurd_sizes_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for (n, rows, cols) in [
+        (u32::MAX, u32::MAX, u32::MAX),
+        (3, u32::MAX, 2),
+        (u32::MAX, 1, 1),
+    ] {
+        std::fs::write(
+            dir.path().join("t10k-images-idx3-ubyte"),
+            idx_images(n, rows, cols, &[0; 12]),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("t10k-labels-idx1-ubyte"),
+            idx_labels(&[1, 2, 3]),
+        )
+        .unwrap();
+        let (result, peak) = with_peak(|| mnist::load(dir.path(), Split::Test));
+        let err = result.unwrap_err();
+        assert!(matches!(err, Error::CorruptFile { .. }), "{err}");
+        assert!(peak < 1 << 20, "{peak} bytes for a 28-byte file");
+    }
+}
