@@ -272,5 +272,29 @@ mod plots {
             });
             prop_assert!(receive.recv_timeout(Duration::from_secs(60)).is_ok(), "the plot did not return");
         }
+
+        /// 2-D feature maps (PCA) of any features return too.
+        #[test]
+        fn feature_plots_return(
+            (features_in, features_out) in (1_usize..4)
+                .prop_flat_map(|d| (matrices(1..10, d..d + 1), matrices(1..10, d..d + 1))),
+        ) {
+            let (send, receive) = mpsc::channel();
+            std::thread::spawn(move || {
+                let dir = tempfile::tempdir().unwrap();
+                let labels = Array1::<i64>::zeros(features_in.nrows());
+                let options = oodkit::plots::FeaturePlot::new()
+                    .method(oodkit::plots::Projection::Pca);
+                let result = oodkit::plots::plot_2d_features(
+                    features_in.view(),
+                    labels.view(),
+                    features_out.view(),
+                    &options,
+                    dir.path().join("f.png"),
+                );
+                let _ = send.send(result.is_ok());
+            });
+            prop_assert!(receive.recv_timeout(Duration::from_secs(60)).is_ok(), "the plot did not return");
+        }
     }
 }
