@@ -126,6 +126,7 @@ fn checkpoints_hold_the_last_and_best_epochs_and_load_back() {
 
 #[test]
 fn loading_a_missing_or_foreign_checkpoint_is_an_error() {
+    let _turn = exclusive();
     let dir = tempfile::tempdir().unwrap();
     let device = Device::flex();
     let network = ToyMlpConfig::new(1, 12, 4).init(&device).unwrap();
@@ -196,6 +197,7 @@ impl BatchSource for Nothing {
 
 #[test]
 fn no_batches_unlabelled_batches_and_bad_settings_are_errors() {
+    let _turn = exclusive();
     let device = Device::flex();
     let network = || ToyMlpConfig::new(1, 12, 4).init(&device).unwrap();
     let err = train(network(), &Nothing, None, &quiet(1)).unwrap_err();
@@ -229,6 +231,7 @@ fn no_batches_unlabelled_batches_and_bad_settings_are_errors() {
 
 #[test]
 fn the_networks_check_their_settings() {
+    let _turn = exclusive();
     let device = Device::flex();
     assert!(ToyConvnetConfig::new(1, 9, 10).init(&device).is_err());
     assert!(ToyConvnetConfig::new(1, 10, 10).init(&device).is_ok());
@@ -249,6 +252,7 @@ fn the_networks_check_their_settings() {
 /// network that runs, never a panic.
 #[test]
 fn cut_or_flipped_checkpoints_are_errors_or_networks() {
+    let _turn = exclusive();
     let dir = tempfile::tempdir().unwrap();
     let device = Device::flex();
     let network = ToyMlpConfig::new(1, 6, 3).init(&device).unwrap();
