@@ -8,6 +8,9 @@ use std::path::Path;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use oodkit::Error;
+
+mod common;
+use common::Xorshift;
 use oodkit::datasets::{Split, cifar10, mnist, svhn};
 
 /// The byte offset a `CorruptFile` error points at (`None` for other errors).
@@ -425,18 +428,6 @@ fn with_peak<T>(f: impl FnOnce() -> T) -> (T, usize) {
     PEAK.with(|p| p.set(start));
     let out = f();
     (out, PEAK.with(|p| p.get()).saturating_sub(start))
-}
-
-/// A deterministic xorshift stream, so the mutations repeat.
-struct Xorshift(u64);
-
-impl Xorshift {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
 }
 
 /// The mutants of `good`: cut at every offset of its first `header` bytes

@@ -17,6 +17,8 @@ use oodkit::nets::{CifarResNet, CifarResNetConfig, option_a_shortcut};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
+mod common;
+
 #[test]
 fn parameter_counts_are_pytorchs_and_shapes_follow_the_stages() {
     let device = Device::flex();
@@ -307,13 +309,8 @@ fn cut_or_flipped_weight_files_are_errors_or_finite_networks() {
     write(&path, &state_dict(20, &hand_worked), Dtype::F32);
     let good = std::fs::read(&path).unwrap();
     let header = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut below = |n: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n as u64) as usize
-    };
+    let mut rng = common::Xorshift(0x9e37_79b9_7f4a_7c15_u64);
+    let mut below = |n: usize| rng.below(n);
     let mut mutants: Vec<Vec<u8>> = (0..200)
         .map(|i| good[..i * header / 200].to_vec())
         .collect();

@@ -12,6 +12,8 @@ use oodkit::nets::{ToyConvnetConfig, ToyMlp, ToyMlpConfig};
 use oodkit::training::{Checkpoint, LrSchedule, TrainConfig, load_checkpoint, train};
 use oodkit::{Batch, Error};
 
+mod common;
+
 /// Burn's CPU random numbers are process-wide: runs that must repeat
 /// themselves take turns.
 fn exclusive() -> MutexGuard<'static, ()> {
@@ -260,13 +262,8 @@ fn cut_or_flipped_checkpoints_are_errors_or_networks() {
     burn::module::Module::save_file(network.clone(), &stem).unwrap();
     let path = stem.with_extension("bpk");
     let good = std::fs::read(&path).unwrap();
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut below = |n: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n as u64) as usize
-    };
+    let mut rng = common::Xorshift(0x2545_f491_4f6c_dd1d_u64);
+    let mut below = |n: usize| rng.below(n);
     let mut mutants: Vec<Vec<u8>> = (0..64)
         .map(|i| good[..i * good.len() / 64].to_vec())
         .collect();
