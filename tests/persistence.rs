@@ -12,10 +12,10 @@ use oodkit::calibration::Calibrated;
 use oodkit::datasets::{OodDataset, PrepareConfig};
 use oodkit::detectors::file::{FORMAT_VERSION, describe};
 use oodkit::detectors::{
-    Aggregation, ClassGaussians, Detector, Energy, Entropy, FeatureDetector, FittedDetector,
-    FittedFeatures, Gen, Gram, GramBounds, InputPerturbation, Knn, KnnIndex, Mahalanobis, Mls,
-    Odin, Persist, PrincipalDims, Rmds, ScoreFeatures, ScoreLogits, Shaped, She, SheMeans, Vim,
-    VimSubspace,
+    Aggregation, AnyDetector, ClassGaussians, Detector, Energy, Entropy, FeatureDetector,
+    FittedDetector, FittedFeatures, Gen, Gram, GramBounds, InputPerturbation, Knn, KnnIndex,
+    Mahalanobis, Mls, Odin, Persist, PrincipalDims, Rmds, ScoreFeatures, ScoreLogits, Shaped, She,
+    SheMeans, Vim, VimSubspace,
 };
 use oodkit::model::{FeatureModel, LayerId, Shaping, from_fn_with_features};
 use oodkit::{Batch, Error};
@@ -597,4 +597,77 @@ fn a_fit_through_a_model_records_the_input_shape_and_classes() {
     // refuses it here.
     let wrong = Batch::new(Array4::zeros((2, 1, 2, WIDTH)));
     assert!(fitted.score_batch(&model, wrong).is_err());
+}
+
+/// Fits `$detector` through the test network, saves it plain and
+/// calibrated, and checks that `AnyDetector` loads each file as its kind
+/// and scores (and decides) bit for bit as the typed detector does.
+macro_rules! any_detector_matches {
+    ($detector:expr, $fit:expr) => {{
+        let model = network();
+        let dir = tempfile::tempdir().unwrap();
+        let path = temp_path(&dir, "any.oodkit");
+        let (fit, test, held_out) = (data(90, 1), data(40, 99), data(60, 3));
+        let fit = batches(&fit);
+        let scorer = $detector.fit(&model, $fit.then_some(&fit as _)).unwrap();
+        let kind = scorer.fitted().kind();
+        scorer.fitted().save(&path).unwrap();
+        let any = AnyDetector::load(&path).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(any.kind(), kind);
+        assert!(
+            !any.is_calibrated() && any.calibration().is_none(),
+            "{kind}"
+        );
+        let expected = scorer.score(&batches(&test)).unwrap();
+        let got = any.score(&model, &batches(&test)).unwrap();
+        assert_eq!(bits(&got.scores), bits(&expected.scores), "{kind}");
+        assert!(
+            any.verdicts(&model, &batches(&test)).is_err(),
+            "{kind}: no verdicts"
+        );
+
+        let calibrated = scorer.calibrate(&batches(&held_out), 0.1).unwrap();
+        calibrated.fitted().save(&path).unwrap();
+        let any = AnyDetector::load(&path).unwrap();
+        assert_eq!(any.kind(), kind);
+        let (calibration, alpha) = any.calibration().expect("calibrated");
+        assert_eq!(alpha, 0.1, "{kind}");
+        assert_eq!(calibration, calibrated.fitted().calibration(), "{kind}");
+        assert_eq!(
+            any.verdicts(&model, &batches(&test)).unwrap(),
+            calibrated.verdicts(&batches(&test)).unwrap(),
+            "{kind}"
+        );
+    }};
+}
+
+#[test]
+fn any_detector_loads_every_kind_and_scores_as_the_typed_one() {
+    any_detector_matches!(Mls::new(), false);
+    any_detector_matches!(Mls::msp(), false);
+    any_detector_matches!(Energy::new(0.5).unwrap(), false);
+    any_detector_matches!(Entropy::new(), false);
+    any_detector_matches!(Gen::new(0.1, 2).unwrap(), false);
+    any_detector_matches!(
+        Shaped::new(Energy::default(), Shaping::ash(0.5).unwrap()).unwrap(),
+        false
+    );
+    any_detector_matches!(Mahalanobis::new(), true);
+    any_detector_matches!(Rmds::new(), true);
+    any_detector_matches!(Knn::new(3).unwrap(), true);
+    any_detector_matches!(Vim::new(PrincipalDims::Count(2)).unwrap(), true);
+    any_detector_matches!(She::new(), true);
+    any_detector_matches!(
+        Gram::default().with_layers(["input", "hidden"]).unwrap(),
+        true
+    );
+
+    // Files that hold no detector are errors naming them.
+    let dir = tempfile::tempdir().unwrap();
+    let junk = temp_path(&dir, "junk.oodkit");
+    std::fs::write(&junk, b"not a detector").unwrap();
+    let err = AnyDetector::load(&junk).unwrap_err();
+    assert!(err.to_string().contains("junk.oodkit"), "{err}");
+    let err = AnyDetector::load(temp_path(&dir, "absent.oodkit")).unwrap_err();
+    assert!(matches!(err, Error::MissingFile { .. }), "{err}");
 }

@@ -57,12 +57,14 @@ use ndarray::{Array1, Array2};
 
 use crate::metrics::argmax;
 
+mod any;
 mod detector;
 pub mod features;
 pub mod file;
 pub mod logits;
 mod perturbation;
 
+pub use any::{AnyDetector, AnyModel};
 pub use detector::{
     Detector, Family, Features, FittedDetector, IntoModel, Logits, ModelOf, ModelShape, Scorer,
 };
