@@ -3,141 +3,14 @@
 //! computed directly with ndarray.
 #![cfg(feature = "onnx")]
 
-use std::path::Path;
+#[path = "common/onnx_mlp.rs"]
+mod onnx_mlp;
 
-use ndarray::{Array1, Array2, Array4, Axis, array};
+use ndarray::{Array1, Array2, Array4, Axis};
+use onnx_mlp::{direct, write};
 use oodkit::Error;
 use oodkit::detectors::{Detector, FeatureDetector, Knn, Mls, ScoreFeatures};
 use oodkit::model::{FeatureModel, Model, OnnxModel};
-use prost::Message;
-use tract_onnx::pb::attribute_proto::AttributeType;
-use tract_onnx::pb::tensor_proto::DataType;
-use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension};
-use tract_onnx::pb::type_proto::{self, Value};
-use tract_onnx::pb::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
-};
-
-fn w1() -> Array2<f32> {
-    array![
-        [0.5, -1.0, 0.25, 2.0],
-        [1.0, 0.5, -0.5, 0.0],
-        [-0.3, 0.2, 0.9, -1.2]
-    ]
-}
-fn b1() -> Array1<f32> {
-    array![0.1, -0.2, 0.3]
-}
-fn w2() -> Array2<f32> {
-    array![[1.0, -1.0, 0.5], [0.2, 0.3, -0.4]]
-}
-fn b2() -> Array1<f32> {
-    array![0.05, -0.05]
-}
-
-/// The network directly: flatten (N, 1, 2, 2) to (N, 4), ReLU(x W1ᵀ + b1)
-/// (the "penultimate" features), then logits = h W2ᵀ + b2.
-fn direct(x: &Array4<f32>) -> (Array2<f32>, Array2<f32>) {
-    let flat = x.clone().into_shape_with_order((x.shape()[0], 4)).unwrap();
-    let hidden = (flat.dot(&w1().t()) + b1()).mapv(|v| v.max(0.0));
-    let logits = hidden.dot(&w2().t()) + b2();
-    (hidden, logits)
-}
-
-fn initializer(name: &str, a: &ndarray::ArrayD<f32>) -> TensorProto {
-    TensorProto {
-        name: name.into(),
-        dims: a.shape().iter().map(|&d| d as i64).collect(),
-        data_type: DataType::Float as i32,
-        float_data: a.iter().copied().collect(),
-        ..Default::default()
-    }
-}
-
-fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|d| Dimension {
-            value: Some(match d {
-                Some(v) => dimension::Value::DimValue(*v),
-                None => dimension::Value::DimParam("batch".into()),
-            }),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            value: Some(Value::TensorType(type_proto::Tensor {
-                elem_type: DataType::Float as i32,
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn node(op: &str, inputs: &[&str], output: &str, attributes: Vec<AttributeProto>) -> NodeProto {
-    NodeProto {
-        op_type: op.into(),
-        name: output.into(),
-        input: inputs.iter().map(|s| (*s).into()).collect(),
-        output: vec![output.into()],
-        attribute: attributes,
-        ..Default::default()
-    }
-}
-
-fn int_attribute(name: &str, value: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Int as i32,
-        i: value,
-        ..Default::default()
-    }
-}
-
-/// Writes the network as ONNX, with a dynamic batch axis or a fixed one.
-fn write(path: &Path, batch: Option<i64>) {
-    let gemm = |inputs: &[&str], output: &str| {
-        node("Gemm", inputs, output, vec![int_attribute("transB", 1)])
-    };
-    let graph = GraphProto {
-        name: "mlp".into(),
-        node: vec![
-            node(
-                "Flatten",
-                &["input"],
-                "flat",
-                vec![int_attribute("axis", 1)],
-            ),
-            gemm(&["flat", "w1", "b1"], "hidden"),
-            node("Relu", &["hidden"], "penultimate", vec![]),
-            gemm(&["penultimate", "w2", "b2"], "logits"),
-        ],
-        initializer: vec![
-            initializer("w1", &w1().into_dyn()),
-            initializer("b1", &b1().into_dyn()),
-            initializer("w2", &w2().into_dyn()),
-            initializer("b2", &b2().into_dyn()),
-        ],
-        input: vec![value_info("input", &[batch, Some(1), Some(2), Some(2)])],
-        output: vec![value_info("logits", &[batch, Some(2)])],
-        ..Default::default()
-    };
-    let model = ModelProto {
-        ir_version: 8,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        graph: Some(graph),
-        ..Default::default()
-    };
-    std::fs::write(path, model.encode_to_vec()).unwrap();
-}
 
 fn inputs(n: usize) -> Array4<f32> {
     Array4::from_shape_fn((n, 1, 2, 2), |(i, _, y, x)| {
