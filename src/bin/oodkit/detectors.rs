@@ -1,0 +1,138 @@
+//! Detectors by name: what `fit` and `eval` build from `--detector`.
+
+use oodkit::Result;
+use oodkit::calibration::Calibrated;
+use oodkit::detectors::Family;
+use oodkit::detectors::{
+    AnyModel, Detector, Energy, Entropy, FeatureDetector, Features, FittedDetector, Gen, Gram, Knn,
+    Logits, Mahalanobis, Mls, Odin, Persist, Rmds, She, Vim,
+};
+use oodkit::model::{LayerId, Model};
+
+/// A detector `fit` and `eval` know.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Name {
+    /// Maximum logit score (logits only).
+    Mls,
+    /// Maximum softmax probability (logits only).
+    Msp,
+    /// Energy, temperature --temperature (logits only).
+    Energy,
+    /// Softmax entropy (logits only).
+    Entropy,
+    /// Generalised entropy, GEN (logits only).
+    Gen,
+    /// ODIN: tempered softmax and an input step (needs the network's input
+    /// gradients: the crate's networks, not ONNX).
+    Odin,
+    /// Mahalanobis distance to class means (features; fit data labelled).
+    Mahalanobis,
+    /// Relative Mahalanobis distance, RMDS (features; fit data labelled).
+    Rmds,
+    /// k-th nearest neighbour distance, KNN (features).
+    Knn,
+    /// Virtual logit matching, ViM (features and the last layer's weights).
+    Vim,
+    /// Simplified Hopfield energy, SHE (features; fit data labelled).
+    She,
+    /// Gram matrices (features).
+    Gram,
+}
+
+impl Name {
+    /// Its lowercase name, as written on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Name::Mls => "mls",
+            Name::Msp => "msp",
+            Name::Energy => "energy",
+            Name::Entropy => "entropy",
+            Name::Gen => "gen",
+            Name::Odin => "odin",
+            Name::Mahalanobis => "mahalanobis",
+            Name::Rmds => "rmds",
+            Name::Knn => "knn",
+            Name::Vim => "vim",
+            Name::She => "she",
+            Name::Gram => "gram",
+        }
+    }
+
+    /// Whether it reads feature layers (and so needs fit data).
+    pub fn reads_features(self) -> bool {
+        matches!(
+            self,
+            Name::Mahalanobis | Name::Rmds | Name::Knn | Name::Vim | Name::She | Name::Gram
+        )
+    }
+}
+
+/// The detectors' parameters the command line sets.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Params {
+    /// KNN's k (the neighbour whose distance is the score).
+    #[arg(long, default_value_t = 50, value_name = "K")]
+    pub k: usize,
+    /// Energy's and ODIN's temperature [default: 1 for energy, 1000 for ODIN].
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f32>,
+}
+
+/// A model as the family of a detector sees it.
+pub trait FromAny: Family {
+    fn from_any<'a, 'm>(model: &'a AnyModel<'m>) -> &'a Self::Model<'m>;
+}
+
+impl FromAny for Logits {
+    fn from_any<'a, 'm>(model: &'a AnyModel<'m>) -> &'a (dyn Model + Send + Sync + 'm) {
+        model
+    }
+}
+
+impl FromAny for Features {
+    fn from_any<'a, 'm>(model: &'a AnyModel<'m>) -> &'a AnyModel<'m> {
+        model
+    }
+}
+
+/// Something done with a detector, whatever its type.
+pub trait Action {
+    type Out;
+    fn run<D>(self, detector: D) -> Result<Self::Out>
+    where
+        D: Detector,
+        D::Fitted: Persist + 'static,
+        Calibrated<D::Fitted>: Persist,
+        <D::Fitted as FittedDetector>::Family: FromAny;
+}
+
+/// Builds detector `name` with `params` (feature detectors on `layers`)
+/// and runs `action` on it.
+pub fn with_detector<A: Action>(
+    name: Name,
+    params: &Params,
+    layers: &[LayerId],
+    action: A,
+) -> Result<A::Out> {
+    let layers = layers.to_vec();
+    match name {
+        Name::Mls => action.run(Mls::new()),
+        Name::Msp => action.run(Mls::msp()),
+        Name::Energy => action.run(Energy::new(params.temperature.unwrap_or(1.0))?),
+        Name::Entropy => action.run(Entropy::new()),
+        Name::Gen => action.run(Gen::default()),
+        Name::Odin => {
+            let default = Odin::default();
+            match params.temperature {
+                Some(t) => action.run(Odin::new(t, default.epsilon())?),
+                None => action.run(default),
+            }
+        }
+        Name::Mahalanobis => action.run(Mahalanobis::new().with_layers(layers)?),
+        Name::Rmds => action.run(Rmds::new().with_layers(layers)?),
+        Name::Knn => action.run(Knn::new(params.k)?.with_layers(layers)?),
+        Name::Vim => action.run(Vim::default().with_layers(layers)?),
+        Name::She => action.run(She::new().with_layers(layers)?),
+        Name::Gram => action.run(Gram::default().with_layers(layers)?),
+    }
+}

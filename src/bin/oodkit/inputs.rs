@@ -1,0 +1,248 @@
+//! The options every command that runs a network shares: which network,
+//! and how the images of a folder become its inputs.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use oodkit::datasets::image_folder::{Channels, Fit, FolderBatches, ImageFolder};
+use oodkit::datasets::transforms::imagenet_preprocess;
+use oodkit::detectors::AnyModel;
+use oodkit::model::{BurnModel, LayerId, OnnxModel};
+use oodkit::nets::{CifarResNet, ToyConvnetConfig};
+use oodkit::{Batch, Error, PrepareConfig, Result};
+
+/// The network: exactly one of `--model`, `--resnet`, `--toy-convnet`.
+#[derive(clap::Args, Debug, Clone)]
+#[group(id = "network", required = true, multiple = false)]
+pub struct NetworkArgs {
+    /// An ONNX graph (its first output the logits; export with a dynamic
+    /// batch axis). Feature detectors read the node named by --layer.
+    #[arg(long, value_name = "FILE.onnx", group = "network")]
+    pub model: Option<PathBuf>,
+    /// A pretrained CIFAR ResNet: a PyTorch state dict saved as
+    /// safetensors (ImageNet normalisation by default).
+    #[arg(long, value_name = "FILE.safetensors", group = "network")]
+    pub resnet: Option<PathBuf>,
+    /// The toy convnet of oodkit's trainer: a checkpoint (.bpk) it saved
+    /// (grey images by default; the image size is read from the data).
+    #[arg(long, value_name = "FILE.bpk", group = "network")]
+    pub toy_convnet: Option<PathBuf>,
+}
+
+/// Options of the network and of the inputs it takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    /// Depth of the --resnet (20, 32, 44, 56, 110).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub depth: usize,
+    /// Number of classes of the --toy-convnet.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub classes: usize,
+    /// Channels each image is converted to [default: grey for
+    /// --toy-convnet, else rgb].
+    #[arg(long, value_enum)]
+    pub channels: Option<ChannelArg>,
+    /// Resize every image to HEIGHTxWIDTH (e.g. 32x32).
+    #[arg(long, value_name = "HxW", value_parser = parse_size)]
+    pub size: Option<(u32, u32)>,
+    /// With --size: keep the aspect ratio, resize the shorter side and cut
+    /// the centre (torchvision's Resize + CenterCrop).
+    #[arg(long, requires = "size")]
+    pub crop: bool,
+    /// Pixel normalisation [default: imagenet for --resnet, else unit].
+    #[arg(long, value_enum)]
+    pub normalize: Option<Normalize>,
+    /// Skip images that cannot be decoded (they are counted and listed)
+    /// instead of stopping at the first.
+    #[arg(long)]
+    pub skip_unreadable: bool,
+    /// Images per batch.
+    #[arg(long, default_value_t = 128, value_name = "N", value_parser = positive)]
+    pub batch_size: usize,
+}
+
+/// `--channels`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelArg {
+    /// One channel (luma).
+    Grey,
+    /// Red, green, blue.
+    Rgb,
+}
+
+/// `--normalize`: what is done to the pixels (0-255) before the network.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Normalize {
+    /// Pixels as they are, 0-255.
+    None,
+    /// Divided by 255, to [0, 1].
+    Unit,
+    /// Divided by 255, then the ImageNet channel mean and standard
+    /// deviation (what torchvision's pretrained networks expect).
+    Imagenet,
+}
+
+/// A positive integer.
+pub fn positive(value: &str) -> std::result::Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("expected a positive integer, not {value:?}")),
+    }
+}
+
+/// `HxW`, both positive.
+fn parse_size(value: &str) -> std::result::Result<(u32, u32), String> {
+    let parsed = value
+        .split_once(['x', 'X'])
+        .and_then(|(h, w)| Some((h.trim().parse::<u32>().ok()?, w.trim().parse::<u32>().ok()?)));
+    match parsed {
+        Some((h, w)) if h > 0 && w > 0 => Ok((h, w)),
+        _ => Err(format!(
+            "expected HEIGHTxWIDTH such as 32x32, not {value:?}"
+        )),
+    }
+}
+
+/// A network, ready to score through.
+pub type Network = Box<AnyModel<'static>>;
+
+impl ModelArgs {
+    fn channels(&self) -> Channels {
+        let default = if self.network.toy_convnet.is_some() {
+            ChannelArg::Grey
+        } else {
+            ChannelArg::Rgb
+        };
+        match self.channels.unwrap_or(default) {
+            ChannelArg::Grey => Channels::Grey,
+            ChannelArg::Rgb => Channels::Rgb,
+        }
+    }
+
+    fn normalize(&self) -> Normalize {
+        let default = if self.network.resnet.is_some() {
+            Normalize::Imagenet
+        } else {
+            Normalize::Unit
+        };
+        self.normalize.unwrap_or(default)
+    }
+
+    /// The folder at `dir` (ImageFolder layout or flat), with the channels
+    /// and size asked for.
+    pub fn open(&self, dir: &Path) -> Result<ImageFolder> {
+        let folder = ImageFolder::open(dir)?
+            .channels(self.channels())
+            .skip_unreadable(self.skip_unreadable);
+        match self.size {
+            Some((h, w)) if self.crop => folder.fit(Fit::ResizeCrop(h, w)),
+            Some((h, w)) => folder.fit(Fit::Resize(h, w)),
+            None => Ok(folder),
+        }
+    }
+
+    /// Batches of `--batch-size`, normalised as asked; labels kept when the
+    /// folder has them.
+    pub fn batches(&self) -> PrepareConfig {
+        let config = PrepareConfig::new(self.batch_size);
+        match self.normalize() {
+            Normalize::None => config,
+            Normalize::Unit => config.preprocess(|mut batch: Batch| {
+                batch.inputs /= 255.0;
+                Ok(batch)
+            }),
+            Normalize::Imagenet => config.preprocess(imagenet_preprocess),
+        }
+    }
+
+    /// Loads the network. `layers` are the feature layers a detector
+    /// reads: ONNX node names are exposed as outputs; the crate's networks
+    /// have theirs already. `sample` (a folder of the data) gives the toy
+    /// convnet its image size.
+    pub fn load(&self, layers: &[String], sample: Option<&ImageFolder>) -> Result<Network> {
+        let device = Device::flex();
+        if let Some(path) = &self.network.model {
+            let names: Vec<&str> = layers.iter().map(String::as_str).collect();
+            return Ok(Box::new(OnnxModel::load_with_features(path, &names)?));
+        }
+        if let Some(path) = &self.network.resnet {
+            let net = CifarResNet::from_safetensors(path, self.depth, &device)?;
+            return Ok(Box::new(BurnModel::new(net, &device)));
+        }
+        if let Some(path) = &self.network.toy_convnet {
+            let size = image_size(self.size, sample)?;
+            let channels = match self.channels() {
+                Channels::Grey => 1,
+                Channels::Rgb => 3,
+            };
+            let net = ToyConvnetConfig::new(channels, size, self.classes).init(&device)?;
+            let net = oodkit::training::load_checkpoint(net, path)?;
+            return Ok(Box::new(BurnModel::new(net, &device)));
+        }
+        Err(Error::MissingInput {
+            what: "the network".into(),
+            hint: "pass --model FILE.onnx, --resnet FILE.safetensors or --toy-convnet FILE.bpk"
+                .into(),
+        })
+    }
+}
+
+/// The layers a feature detector reads: `--layer` values (ONNX node names,
+/// or the crate's networks' layer names or positions, negative from the
+/// end), by default the penultimate layer.
+pub fn layer_ids(layers: &[String]) -> Vec<LayerId> {
+    if layers.is_empty() {
+        return vec![LayerId::Index(-2)];
+    }
+    layers
+        .iter()
+        .map(|l| match l.parse::<isize>() {
+            Ok(i) => LayerId::Index(i),
+            Err(_) => LayerId::Name(l.clone()),
+        })
+        .collect()
+}
+
+/// The side of the toy convnet's square inputs: `--size`, else the first
+/// image's.
+fn image_size(size: Option<(u32, u32)>, sample: Option<&ImageFolder>) -> Result<usize> {
+    let (h, w) = match (size, sample.and_then(|s| s.files().first())) {
+        (Some(hw), _) => hw,
+        (None, None) => {
+            return Err(Error::MissingInput {
+                what: "the image size of the toy convnet".into(),
+                hint: "pass --size NxN".into(),
+            });
+        }
+        (None, Some((first, _))) => {
+            let (w, h) = image::image_dimensions(first).map_err(|e| Error::CorruptFile {
+                path: first.clone(),
+                offset: None,
+                reason: format!("not a readable image: {e}"),
+            })?;
+            (h, w)
+        }
+    };
+    if h != w {
+        return Err(Error::Unsupported {
+            what: format!("{h}x{w} images for the toy convnet"),
+            hint: "it takes square images: pass --size NxN".into(),
+        });
+    }
+    Ok(h as usize)
+}
+
+/// Says on stderr which images of `batches` were skipped as unreadable
+/// (with --skip-unreadable), so that no image goes missing silently.
+pub fn report_skipped(batches: &FolderBatches<'_>) {
+    let skipped = batches.skipped();
+    if skipped.is_empty() {
+        return;
+    }
+    eprintln!("skipped {} unreadable images:", skipped.len());
+    for file in &skipped {
+        eprintln!("  {}", file.display());
+    }
+}

@@ -1,0 +1,722 @@
+//! The `oodkit` command line, run as a user runs it: its exit codes and
+//! messages, and its figures against the library's (and, on a tiny ONNX
+//! graph, against the network computed directly). The MNIST test (ignored
+//! without `OODKIT_DATA_DIR`) writes the 0-4 / 5-9 test images as PNG
+//! folders and checks `oodkit eval` through a trained toy convnet against
+//! the library path to 1e-6.
+
+#[path = "common/onnx_mlp.rs"]
+mod onnx_mlp;
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ndarray::{Array1, Array2, Array4};
+use oodkit::datasets::npy;
+use oodkit::detectors::{FeatureDetector, Knn, ScoreFeatures};
+use oodkit::metrics::{auroc, bench_metrics};
+use serde_json::Value;
+
+const METRICS: [&str; 4] = ["auroc", "fpr95tpr", "aupr_in", "aupr_out"];
+
+/// Command-line arguments from strings and paths alike.
+macro_rules! args {
+    ($($a:expr),* $(,)?) => {
+        vec![$(OsString::from(AsRef::<OsStr>::as_ref(&$a))),*]
+    };
+}
+
+fn oodkit(args: Vec<OsString>) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_oodkit"))
+        .args(args)
+        .output()
+        .expect("the oodkit binary runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts success, showing what the command said when it failed.
+fn ok(out: Output) -> Output {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    out
+}
+
+/// Asserts exit code 1 with one line of error that names `what`.
+fn fails_naming(out: Output, what: &str) -> String {
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout:\n{}\nstderr:\n{err}",
+        stdout(&out)
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line of error: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(what), "the error names {what:?}: {err}");
+    err
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn assert_metrics(json: &Value, id: &Array1<f32>, ood: &Array1<f32>, tolerance: f64) {
+    let expected = bench_metrics(id, ood, &METRICS).unwrap();
+    for metric in METRICS {
+        let got = json[metric]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{metric} in {json}"));
+        let want = expected.get(metric).unwrap();
+        assert!((got - want).abs() <= tolerance, "{metric}: {got} vs {want}");
+    }
+}
+
+#[test]
+fn help_shows_examples_and_usage_errors_exit_with_two() {
+    let help = ok(oodkit(args!["--help"]));
+    let text = stdout(&help);
+    assert!(
+        text.contains("Examples:") && text.contains("oodkit eval"),
+        "{text}"
+    );
+    for command in ["metrics", "fit", "score", "eval"] {
+        ok(oodkit(args![command, "--help"]));
+    }
+    let version = stdout(&ok(oodkit(args!["--version"])));
+    assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
+
+    let fit = args![
+        "fit",
+        "--model",
+        "m.onnx",
+        "--detector",
+        "mls",
+        "--out",
+        "d"
+    ];
+    for args in [
+        args![],
+        args!["no-such-command"],
+        args![
+            "fit",
+            "--model",
+            "m.onnx",
+            "--detector",
+            "nope",
+            "--out",
+            "d"
+        ],
+        // Two networks, then none.
+        [fit.clone(), args!["--resnet", "w.safetensors"]].concat(),
+        args!["fit", "--detector", "mls", "--out", "d"],
+        [fit.clone(), args!["--batch-size", "0"]].concat(),
+        [fit.clone(), args!["--size", "32"]].concat(),
+        [fit.clone(), args!["--crop"]].concat(),
+        [fit.clone(), args!["--normalize", "sometimes"]].concat(),
+        args!["metrics", "--id", "a.npy"],
+        args![
+            "eval",
+            "--model",
+            "m.onnx",
+            "--id",
+            "a",
+            "--ood",
+            "b",
+            "--detectors",
+            "mls,nope"
+        ],
+    ] {
+        let out = oodkit(args.clone());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("error:") || err.contains("Usage:"), "{err}");
+        assert!(err.contains("Usage:") || err.contains("--help"), "{err}");
+    }
+}
+
+#[test]
+fn metrics_of_npy_files_match_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = Array1::from_iter((0..300).map(|i| ((i * 37) % 101) as f32 / 10.0));
+    let ood = Array1::from_iter((0..200).map(|i| ((i * 53) % 97) as f32 / 8.0 + 2.0));
+    let (id_path, ood_path) = (dir.path().join("in.npy"), dir.path().join("out.npy"));
+    npy::write_vector(&id_path, id.view()).unwrap();
+    npy::write_vector(&ood_path, ood.view()).unwrap();
+    let json = dir.path().join("m.json");
+    let plots = dir.path().join("figures");
+    let out = ok(oodkit(args![
+        "metrics", "--id", id_path, "--ood", ood_path, "--json", json, "--plot", plots,
+    ]));
+    assert!(
+        stdout(&out).contains("300 ID and 200 OOD scores"),
+        "{}",
+        stdout(&out)
+    );
+    assert_metrics(&read_json(&json), &id, &ood, 0.0);
+    for figure in ["scores.png", "roc.png"] {
+        let (w, h) = image::image_dimensions(plots.join(figure)).unwrap();
+        assert!(w > 100 && h > 100);
+    }
+
+    // Missing, corrupt, of the wrong rank: exit 1 naming the file.
+    let metrics = |id: &Path| oodkit(args!["metrics", "--id", id, "--ood", ood_path]);
+    fails_naming(metrics(&dir.path().join("missing.npy")), "missing.npy");
+    let junk = dir.path().join("junk.npy");
+    std::fs::write(&junk, b"not numpy at all").unwrap();
+    fails_naming(metrics(&junk), "junk.npy");
+    let matrix = dir.path().join("matrix.npy");
+    npy::write_matrix(&matrix, Array2::<f32>::zeros((3, 2)).view()).unwrap();
+    fails_naming(metrics(&matrix), "matrix.npy");
+    let csv = dir.path().join("bad.csv");
+    std::fs::write(&csv, "value,file\n1.0,a.png\n").unwrap();
+    fails_naming(metrics(&csv), "bad.csv");
+    let nan = dir.path().join("nan.csv");
+    std::fs::write(&nan, "score,file\n1.0,a.png\nabc,b.png\n").unwrap();
+    fails_naming(metrics(&nan), "row 3");
+    let empty = dir.path().join("empty.npy");
+    npy::write_vector(&empty, Array1::<f32>::zeros(0).view()).unwrap();
+    let out = metrics(&empty);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+}
+
+/// The pixels (0-255) of image `i` of a set: 2x2, distinct across sets.
+fn pixels(set: u32, i: u32) -> [u8; 4] {
+    let seed = set * 1000 + i;
+    std::array::from_fn(|j| ((seed * 37 + j as u32 * 91 + seed * seed * 7) % 251) as u8)
+}
+
+/// Writes `n` 2x2 grey PNGs of `set` into `dir` (named 000.png, ...) and
+/// returns them as the network's inputs (pixels / 255, in file order).
+fn write_images(dir: &Path, set: u32, n: u32) -> Array4<f32> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut inputs = Array4::zeros((n as usize, 1, 2, 2));
+    for i in 0..n {
+        let p = pixels(set, i);
+        image::GrayImage::from_raw(2, 2, p.to_vec())
+            .unwrap()
+            .save(dir.join(format!("{i:03}.png")))
+            .unwrap();
+        for (j, v) in p.iter().enumerate() {
+            inputs[[i as usize, 0, j / 2, j % 2]] = f32::from(*v) / 255.0;
+        }
+    }
+    inputs
+}
+
+/// A row of a score CSV.
+struct Row {
+    score: f32,
+    p_value: Option<f64>,
+    is_ood: Option<bool>,
+    class: i64,
+    file: String,
+}
+
+/// A score CSV's rows.
+fn read_csv(path: &Path) -> Vec<Row> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("score,p_value,is_ood,class,file"));
+    lines
+        .map(|line| {
+            let f: Vec<&str> = line.splitn(5, ',').collect();
+            Row {
+                score: f[0].parse().unwrap(),
+                p_value: f[1].parse().ok(),
+                is_ood: f[2].parse::<u8>().ok().map(|v| v == 1),
+                class: f[3].parse().unwrap(),
+                file: f[4].to_owned(),
+            }
+        })
+        .collect()
+}
+
+fn argmax(row: ndarray::ArrayView1<f32>) -> i64 {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best as i64
+}
+
+struct OnnxSetup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    graph: PathBuf,
+    fit: Array4<f32>,
+    heldout: Array4<f32>,
+    incoming: Array4<f32>,
+}
+
+fn onnx_setup() -> OnnxSetup {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let graph = root.join("mlp.onnx");
+    onnx_mlp::write(&graph, None);
+    OnnxSetup {
+        fit: write_images(&root.join("train"), 1, 40),
+        heldout: write_images(&root.join("heldout"), 2, 25),
+        incoming: write_images(&root.join("incoming"), 3, 12),
+        graph,
+        root,
+        _dir: dir,
+    }
+}
+
+/// The network's options for the 2x2 grey test images.
+fn onnx_args(setup: &OnnxSetup) -> Vec<OsString> {
+    args![
+        "--model",
+        setup.graph,
+        "--channels",
+        "grey",
+        "--batch-size",
+        "7",
+        "--quiet",
+    ]
+}
+
+impl OnnxSetup {
+    fn dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// `oodkit <command>` through the graph, with `rest` (feature
+    /// detectors fitted on its "penultimate" node; `score` reads the layer
+    /// from the detector file).
+    fn run(&self, command: &str, rest: Vec<OsString>) -> Output {
+        let layer = match command {
+            "score" => args![],
+            _ => args!["--layer", "penultimate"],
+        };
+        oodkit([args![command], onnx_args(self), layer, rest].concat())
+    }
+}
+
+#[test]
+fn fit_and_score_through_onnx_give_the_directly_computed_knn_scores_and_verdicts() {
+    let s = onnx_setup();
+    let detector = s.dir("knn.oodkit");
+    let out = ok(s.run(
+        "fit",
+        args![
+            "--data",
+            s.dir("train"),
+            "--detector",
+            "knn",
+            "--k",
+            "2",
+            "--calibrate",
+            s.dir("heldout"),
+            "--alpha",
+            "0.2",
+            "--out",
+            detector,
+        ],
+    ));
+    assert!(stdout(&out).contains("calibrated KNN"), "{}", stdout(&out));
+
+    // The same detector on the features computed directly.
+    let knn = Knn::new(2)
+        .unwrap()
+        .fit_features(onnx_mlp::direct(&s.fit).0.view(), Array1::zeros(40).view())
+        .unwrap();
+    let calibration = knn
+        .score_features(onnx_mlp::direct(&s.heldout).0.view())
+        .unwrap();
+    let (features, logits) = onnx_mlp::direct(&s.incoming);
+    let expected = knn.score_features(features.view()).unwrap();
+
+    let score = |data: &str, out: &Path| {
+        ok(s.run(
+            "score",
+            args!["--detector", detector, "--data", s.dir(data), "--out", out],
+        ))
+    };
+    let (csv, npy_out) = (s.dir("scores.csv"), s.dir("scores.npy"));
+    let said = stdout(&score("incoming", &csv));
+    assert!(said.contains("12 images scored by KNN"), "{said}");
+    assert!(said.contains("false-alarm rate of 0.2"), "{said}");
+    let rows = read_csv(&csv);
+    assert_eq!(rows.len(), 12);
+    let mut flagged = 0;
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.file, format!("{i:03}.png"));
+        let score = row.score;
+        assert!(
+            (score - expected[i]).abs() < 1e-5,
+            "{score} vs {}",
+            expected[i]
+        );
+        // The conformal p-value: (1 + #{calibration scores >= s}) / (n + 1).
+        let at_least = calibration.iter().filter(|&&c| c >= score).count();
+        let p_expected = (1 + at_least) as f64 / 26.0;
+        let p = row.p_value.unwrap();
+        assert!((p - p_expected).abs() < 1e-12, "{p} vs {p_expected}");
+        assert_eq!(row.is_ood, Some(p_expected <= 0.2));
+        flagged += usize::from(p_expected <= 0.2);
+        assert_eq!(row.class, argmax(logits.row(i)));
+    }
+    assert!(said.contains(&format!("{flagged} flagged")), "{said}");
+    score("incoming", &npy_out);
+    let csv_scores: Array1<f32> = rows.iter().map(|r| r.score).collect();
+    assert_eq!(npy::read_vector(&npy_out).unwrap(), csv_scores);
+
+    // The metrics of two score files `oodkit score` wrote.
+    let (id_csv, json) = (s.dir("id.csv"), s.dir("m.json"));
+    score("heldout", &id_csv);
+    ok(oodkit(args![
+        "metrics", "--id", id_csv, "--ood", csv, "--json", json
+    ]));
+    let id_scores: Array1<f32> = read_csv(&id_csv).iter().map(|r| r.score).collect();
+    assert_metrics(&read_json(&json), &id_scores, &csv_scores, 0.0);
+}
+
+#[test]
+fn eval_through_onnx_reports_the_directly_computed_metrics() {
+    let s = onnx_setup();
+    let (report, figures) = (s.dir("report.json"), s.dir("figures"));
+    let out = ok(s.run(
+        "eval",
+        args![
+            "--fit-data",
+            s.dir("train"),
+            "--id",
+            s.dir("heldout"),
+            "--ood",
+            s.dir("incoming"),
+            "--detectors",
+            "mls,energy,knn",
+            "--k",
+            "3",
+            "--json",
+            report,
+            "--plots",
+            figures,
+        ],
+    ));
+    assert!(stdout(&out).contains("AUROC"), "{}", stdout(&out));
+    let report = read_json(&report);
+    assert_eq!(report["id"]["images"], 25);
+    assert_eq!(report["ood"]["images"], 12);
+    // Flat folders: no labels, no accuracy.
+    assert!(report.get("accuracy").is_none(), "{report}");
+
+    let (id_features, id_logits) = onnx_mlp::direct(&s.heldout);
+    let (ood_features, ood_logits) = onnx_mlp::direct(&s.incoming);
+    let mls = |l: &Array2<f32>| -> Array1<f32> {
+        l.rows()
+            .into_iter()
+            .map(|r| -r.fold(f32::NEG_INFINITY, |m, &v| m.max(v)))
+            .collect()
+    };
+    // Energy at T = 1: -log sum exp(logit).
+    let energy = |l: &Array2<f32>| -> Array1<f32> {
+        l.rows()
+            .into_iter()
+            .map(|r| -r.mapv(f32::exp).sum().ln())
+            .collect()
+    };
+    let knn = Knn::new(3)
+        .unwrap()
+        .fit_features(onnx_mlp::direct(&s.fit).0.view(), Array1::zeros(40).view())
+        .unwrap();
+    let expected = [
+        ("mls", mls(&id_logits), mls(&ood_logits)),
+        ("energy", energy(&id_logits), energy(&ood_logits)),
+        (
+            "knn",
+            knn.score_features(id_features.view()).unwrap(),
+            knn.score_features(ood_features.view()).unwrap(),
+        ),
+    ];
+    for (name, id, ood) in &expected {
+        let got = report["detectors"][name]["auroc"].as_f64().unwrap();
+        let want = auroc(id, ood).unwrap();
+        assert!((got - want).abs() < 1e-6, "{name}: {got} vs {want}");
+        assert_metrics(&report["detectors"][name], id, ood, 1e-6);
+        for figure in [format!("scores_{name}.png"), format!("roc_{name}.png")] {
+            assert!(figures.join(&figure).is_file(), "{figure}");
+        }
+    }
+
+    // ViM needs the last layer's weights, which an ONNX graph does not give.
+    let err = fails_naming(
+        s.run(
+            "eval",
+            args![
+                "--fit-data",
+                s.dir("train"),
+                "--id",
+                s.dir("heldout"),
+                "--ood",
+                s.dir("incoming"),
+                "--detectors",
+                "vim",
+            ],
+        ),
+        "vim",
+    );
+    assert!(err.contains("ONNX") || err.contains("weights"), "{err}");
+}
+
+#[test]
+fn bad_folders_and_files_are_errors_naming_the_path() {
+    let s = onnx_setup();
+    let detector = s.dir("knn.oodkit");
+    let fit = |data: &Path, extra: Vec<OsString>| {
+        let base = args![
+            "--data",
+            data,
+            "--detector",
+            "knn",
+            "--k",
+            "1",
+            "--out",
+            detector
+        ];
+        s.run("fit", [base, extra].concat())
+    };
+
+    // A corrupt image stops the run, named; --skip-unreadable skips it and says so.
+    let broken = s.dir("broken");
+    write_images(&broken, 4, 5);
+    std::fs::write(broken.join("002.png"), b"\x89PNG but not really").unwrap();
+    fails_naming(fit(&broken, args![]), "002.png");
+    let out = ok(fit(&broken, args!["--skip-unreadable"]));
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        said.contains("002.png") && said.contains("skipped 1"),
+        "{said}"
+    );
+
+    // An empty folder, a class folder without images, a missing folder.
+    let empty = s.dir("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    fails_naming(fit(&empty, args![]), "empty");
+    let classes = s.dir("classes");
+    write_images(&classes.join("cat"), 5, 3);
+    std::fs::create_dir_all(classes.join("dog")).unwrap();
+    fails_naming(fit(&classes, args![]), "dog");
+    fails_naming(fit(&s.dir("nowhere"), args![]), "nowhere");
+
+    // RGB images into a one-channel graph, a layer the graph lacks, no fit data.
+    let knn_on = |network: Vec<OsString>| {
+        let rest = args![
+            "--data",
+            s.dir("train"),
+            "--detector",
+            "knn",
+            "--out",
+            detector
+        ];
+        oodkit([args!["fit", "--quiet"], network, rest].concat())
+    };
+    let out = knn_on(args!["--model", s.graph, "--layer", "penultimate"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    fails_naming(
+        knn_on(args![
+            "--model",
+            s.graph,
+            "--layer",
+            "no_such_node",
+            "--channels",
+            "grey"
+        ]),
+        "no_such_node",
+    );
+    fails_naming(
+        s.run("fit", args!["--detector", "knn", "--out", detector]),
+        "--data",
+    );
+
+    // Missing and wrong detector files, a missing graph, an unknown output format.
+    let score = |detector: &Path, out: &Path| {
+        s.run(
+            "score",
+            args![
+                "--detector",
+                detector,
+                "--data",
+                s.dir("train"),
+                "--out",
+                out
+            ],
+        )
+    };
+    let csv = s.dir("s.csv");
+    fails_naming(score(&s.dir("absent.oodkit"), &csv), "absent.oodkit");
+    fails_naming(score(&s.graph, &csv), "mlp.onnx");
+    ok(fit(&s.dir("train"), args![]));
+    fails_naming(score(&detector, &s.dir("s.txt")), "s.txt");
+    fails_naming(
+        oodkit(args![
+            "score",
+            "--model",
+            s.dir("gone.onnx"),
+            "--channels",
+            "grey",
+            "--detector",
+            detector,
+            "--data",
+            s.dir("train"),
+            "--out",
+            csv,
+        ]),
+        "gone.onnx",
+    );
+    // An uncalibrated detector scores but gives no verdicts.
+    let out = ok(score(&detector, &csv));
+    assert!(stdout(&out).contains("uncalibrated"), "{}", stdout(&out));
+    assert!(
+        read_csv(&csv)
+            .iter()
+            .all(|r| r.p_value.is_none() && r.is_ood.is_none())
+    );
+}
+
+/// The MNIST test images of `classes` as PNGs: `root/<digit>/<index>.png`
+/// when `by_class`, else flat `root/<index>.png`.
+#[cfg(feature = "burn")]
+fn write_mnist(root: &Path, data: &oodkit::OodDataset, by_class: bool) {
+    for (i, (image, label)) in data.inputs().outer_iter().zip(data.labels()).enumerate() {
+        let dir = if by_class {
+            root.join(label.to_string())
+        } else {
+            root.to_path_buf()
+        };
+        std::fs::create_dir_all(&dir).unwrap();
+        let pixels: Vec<u8> = image.iter().map(|&v| v as u8).collect();
+        image::GrayImage::from_raw(28, 28, pixels)
+            .unwrap()
+            .save(dir.join(format!("{i:05}.png")))
+            .unwrap();
+    }
+}
+
+#[cfg(feature = "burn")]
+#[test]
+#[ignore = "needs OODKIT_DATA_DIR (MNIST); trains the toy convnet for one epoch on part of 0-4"]
+fn eval_on_mnist_png_folders_matches_the_library_to_1e_6() {
+    use oodkit::Batch;
+    use oodkit::datasets::{PrepareConfig, Split, mnist};
+    use oodkit::detectors::{Detector, Energy, Mls, Vim};
+    use oodkit::model::BurnModel;
+    use oodkit::nets::ToyConvnetConfig;
+    use oodkit::training::{Checkpoint, TrainConfig, train};
+
+    let data_dir = PathBuf::from(
+        std::env::var_os("OODKIT_DATA_DIR").expect("OODKIT_DATA_DIR names the data root"),
+    )
+    .join("mnist");
+    let classes = [0, 1, 2, 3, 4];
+    let (train_in, _) = mnist::load(&data_dir, Split::Train)
+        .unwrap()
+        .split_by_class(&classes)
+        .unwrap();
+    let train_in = train_in.subset(&(0..12000).collect::<Vec<_>>()).unwrap();
+    let (test_in, test_out) = mnist::load(&data_dir, Split::Test)
+        .unwrap()
+        .split_by_class(&classes)
+        .unwrap();
+    let batches = || {
+        PrepareConfig::new(128).preprocess(|mut b: Batch| {
+            b.inputs /= 255.0;
+            Ok(b)
+        })
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let device = burn::tensor::Device::flex();
+    device.seed(0);
+    let network = ToyConvnetConfig::new(1, 28, 10).init(&device).unwrap();
+    let trained = train(
+        network,
+        &train_in.prepare(&batches().shuffle(0)).unwrap(),
+        None,
+        &TrainConfig::new(1).with_seed(0).with_save_dir(dir.path()),
+    )
+    .unwrap();
+    let checkpoint = Checkpoint::Last.path(dir.path());
+    let model = BurnModel::new(trained.model, &device);
+
+    let (fit_dir, id_dir, ood_dir) = (
+        dir.path().join("fit"),
+        dir.path().join("id"),
+        dir.path().join("ood"),
+    );
+    write_mnist(&fit_dir, &train_in, false);
+    write_mnist(&id_dir, &test_in, true);
+    write_mnist(&ood_dir, &test_out, false);
+    let report = dir.path().join("report.json");
+    ok(oodkit(args![
+        "eval",
+        "--toy-convnet",
+        checkpoint,
+        "--fit-data",
+        fit_dir,
+        "--id",
+        id_dir,
+        "--ood",
+        ood_dir,
+        "--detectors",
+        "mls,energy,knn,vim",
+        "--json",
+        report,
+        "--quiet",
+    ]));
+    let report = read_json(&report);
+    assert_eq!(report["id"]["images"], test_in.len());
+    assert_eq!(report["ood"]["images"], test_out.len());
+
+    let fit = train_in.prepare(&batches()).unwrap();
+    let (id, ood) = (
+        test_in.prepare(&batches()).unwrap(),
+        test_out.prepare(&batches()).unwrap(),
+    );
+    let scores = |fitted: &dyn Fn(&dyn oodkit::datasets::BatchSource) -> Array1<f32>| {
+        (fitted(&id), fitted(&ood))
+    };
+    let knn = Knn::new(50).unwrap().fit(&model, Some(&fit)).unwrap();
+    let vim = Vim::default().fit(&model, Some(&fit)).unwrap();
+    let mls = Mls::new().fit(&model, None).unwrap();
+    let energy = Energy::new(1.0).unwrap().fit(&model, None).unwrap();
+    let expected = [
+        ("mls", scores(&|d| mls.score(d).unwrap().scores)),
+        ("energy", scores(&|d| energy.score(d).unwrap().scores)),
+        ("knn", scores(&|d| knn.score(d).unwrap().scores)),
+        ("vim", scores(&|d| vim.score(d).unwrap().scores)),
+    ];
+    for (name, (id, ood)) in &expected {
+        let got = report["detectors"][name]["auroc"].as_f64().unwrap();
+        let want = auroc(id, ood).unwrap();
+        println!("{name}: AUROC {got} (command line) vs {want} (library)");
+        assert!((got - want).abs() < 1e-6, "{name}: {got} vs {want}");
+        assert!(want > 0.7, "{name} detects 5-9 after an epoch: {want}");
+    }
+    // The ID folder's class folders are the digits: the accuracy is the network's.
+    let predictions = mls.score(&id).unwrap().predictions();
+    let right = predictions
+        .iter()
+        .zip(test_in.labels())
+        .filter(|(p, l)| p == l)
+        .count();
+    let accuracy = right as f64 / test_in.len() as f64;
+    let got = report["accuracy"].as_f64().unwrap();
+    assert!((got - accuracy).abs() < 1e-12, "{got} vs {accuracy}");
+}
