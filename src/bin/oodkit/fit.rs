@@ -135,8 +135,8 @@ impl Action for FitAndSave<'_> {
                 let calibrated = Calibrated::fit(fitted, model, data, self.alpha)?;
                 calibrated.save(self.out)?;
                 Ok(format!(
-                    "saved a calibrated {kind} detector to {} (flags scores >= {} : false-alarm \
-                     rate {} on {} calibration images)",
+                    "saved a calibrated {kind} detector to {} (it flags scores >= {}: a false-alarm \
+                     rate of {} on in-distribution inputs; calibrated on {} images)",
                     self.out.display(),
                     calibrated.threshold(),
                     self.alpha,
@@ -146,7 +146,7 @@ impl Action for FitAndSave<'_> {
             None => {
                 fitted.save(self.out)?;
                 Ok(format!(
-                    "saved a {kind} detector to {} (uncalibrated: it scores, it does not decide; \
+                    "saved the {kind} detector to {} (uncalibrated: it scores, it does not decide; \
                      pass --calibrate DIR for verdicts)",
                     self.out.display()
                 ))
