@@ -580,6 +580,20 @@ fn bad_folders_and_files_are_errors_naming_the_path() {
         ]),
         "gone.onnx",
     );
+    // Images prepared otherwise than at fit are refused, not scored.
+    let resized = args![
+        "--detector",
+        detector,
+        "--data",
+        s.dir("train"),
+        "--out",
+        csv
+    ];
+    let err = fails_naming(
+        s.run("score", [resized, args!["--size", "3x3"]].concat()),
+        "fitted on 1x2x2 inputs",
+    );
+    assert!(err.contains("1x3x3") && err.contains("--size"), "{err}");
     // An uncalibrated detector scores but gives no verdicts.
     let out = ok(score(&detector, &csv));
     assert!(stdout(&out).contains("uncalibrated"), "{}", stdout(&out));

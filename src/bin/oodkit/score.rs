@@ -2,12 +2,13 @@
 //! image and, when the detector was calibrated, a p-value and a verdict.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use oodkit::Result;
+use oodkit::datasets::BatchSource;
 use oodkit::datasets::image_folder::{FolderBatches, ImageFolder};
 use oodkit::detectors::AnyDetector;
 use oodkit::detectors::file::describe;
+use oodkit::{Error, Result};
 
 use crate::inputs::{ModelArgs, report_skipped};
 use crate::progress::Progress;
@@ -35,12 +36,15 @@ pub fn run(args: &ScoreArgs, quiet: bool) -> Result<()> {
     scores::format_of(&args.out)?;
     let detector = AnyDetector::load(&args.detector)?;
     let folder = args.model.open(&args.data)?;
+    let meta = describe(&args.detector)?.metadata;
     // An ONNX graph exposes the layers the detector was fitted on.
-    let layers = named_layers(&describe(&args.detector)?.metadata);
-    let model = args.model.load(&layers, Some(&folder))?;
+    let model = args.model.load(&named_layers(&meta), Some(&folder))?;
     detector.check_model(&*model)?;
     let config = args.model.batches();
     let batches = folder.prepare(&config)?;
+    if let Some(fitted) = recorded_input(&meta) {
+        same_inputs_as_fit(fitted, &batches, &args.data)?;
+    }
     let out = detector.score(&*model, &Progress::new(&batches, "scoring", quiet))?;
     let verdicts = if detector.is_calibrated() {
         detector.verdicts_of(&out)?
@@ -90,6 +94,41 @@ fn named_layers(meta: &serde_json::Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The input shape `(C, H, W)` a detector file records from its fit or
+/// calibration, wherever in its metadata.
+fn recorded_input(meta: &serde_json::Value) -> Option<[usize; 3]> {
+    match meta {
+        serde_json::Value::Object(map) => {
+            let input = map.get("expects").and_then(|e| e.get("input"));
+            let shape = input.and_then(|i| serde_json::from_value::<[usize; 3]>(i.clone()).ok());
+            shape.or_else(|| map.values().find_map(recorded_input))
+        }
+        _ => None,
+    }
+}
+
+/// Errors when the images become inputs of another shape than the fit's:
+/// a network that takes any size (a ResNet) would score them, but against
+/// statistics of differently prepared inputs.
+fn same_inputs_as_fit(fitted: [usize; 3], batches: &FolderBatches<'_>, dir: &Path) -> Result<()> {
+    let Some(first) = batches.batches()?.next() else {
+        return Ok(());
+    };
+    let first = first?;
+    let found = &first.inputs.shape()[1..];
+    if found == fitted {
+        return Ok(());
+    }
+    let show = |s: &[usize]| format!("{}x{}x{}", s[0], s[1], s[2]);
+    Err(Error::custom(format!(
+        "the detector was fitted on {} inputs (channels x height x width) but the images in {} \
+         give {}: pass the --channels and --size used at fit",
+        show(&fitted),
+        dir.display(),
+        show(found)
+    )))
 }
 
 /// The files that were scored, in order (those skipped as unreadable
