@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 
 use ndarray::{Array1, Array2, Array4};
 use oodkit::datasets::npy;
-use oodkit::detectors::{FeatureDetector, Knn, ScoreFeatures};
+use oodkit::detectors::{FeatureDetector, Knn, PrincipalDims, ScoreFeatures, Vim};
 use oodkit::metrics::{auroc, bench_metrics};
 use serde_json::Value;
 
@@ -401,9 +401,11 @@ fn eval_through_onnx_reports_the_directly_computed_metrics() {
             "--ood",
             s.dir("incoming"),
             "--detectors",
-            "mls,energy,knn",
+            "mls,energy,knn,vim",
             "--k",
             "3",
+            "--vim-dims",
+            "1",
             "--json",
             report,
             "--plots",
@@ -436,6 +438,13 @@ fn eval_through_onnx_reports_the_directly_computed_metrics() {
         .unwrap()
         .fit_features(onnx_mlp::direct(&s.fit).0.view(), Array1::zeros(40).view())
         .unwrap();
+    // ViM with the last layer the graph holds (its Gemm's constants).
+    let vim = Vim::new(PrincipalDims::Count(1))
+        .unwrap()
+        .with_head(onnx_mlp::w2(), onnx_mlp::b2())
+        .unwrap()
+        .fit_features(onnx_mlp::direct(&s.fit).0.view(), Array1::zeros(40).view())
+        .unwrap();
     let expected = [
         ("mls", mls(&id_logits), mls(&ood_logits)),
         ("energy", energy(&id_logits), energy(&ood_logits)),
@@ -443,6 +452,11 @@ fn eval_through_onnx_reports_the_directly_computed_metrics() {
             "knn",
             knn.score_features(id_features.view()).unwrap(),
             knn.score_features(ood_features.view()).unwrap(),
+        ),
+        (
+            "vim",
+            vim.score_features(id_features.view()).unwrap(),
+            vim.score_features(ood_features.view()).unwrap(),
         ),
     ];
     for (name, id, ood) in &expected {
@@ -455,24 +469,29 @@ fn eval_through_onnx_reports_the_directly_computed_metrics() {
         }
     }
 
-    // ViM needs the last layer's weights, which an ONNX graph does not give.
+    // ViM on a layer the last layer does not read: an error naming the node to use.
     let err = fails_naming(
-        s.run(
+        oodkit(args![
             "eval",
-            args![
-                "--fit-data",
-                s.dir("train"),
-                "--id",
-                s.dir("heldout"),
-                "--ood",
-                s.dir("incoming"),
-                "--detectors",
-                "vim",
-            ],
-        ),
+            "--model",
+            s.graph,
+            "--layer",
+            "hidden",
+            "--channels",
+            "grey",
+            "--quiet",
+            "--fit-data",
+            s.dir("train"),
+            "--id",
+            s.dir("heldout"),
+            "--ood",
+            s.dir("incoming"),
+            "--detectors",
+            "vim",
+        ]),
         "vim",
     );
-    assert!(err.contains("ONNX") || err.contains("weights"), "{err}");
+    assert!(err.contains("\"penultimate\""), "{err}");
 }
 
 #[test]
@@ -629,7 +648,7 @@ fn write_mnist(root: &Path, data: &oodkit::OodDataset, by_class: bool) {
 fn eval_on_mnist_png_folders_matches_the_library_to_1e_6() {
     use oodkit::Batch;
     use oodkit::datasets::{PrepareConfig, Split, mnist};
-    use oodkit::detectors::{Detector, Energy, Mls, Vim};
+    use oodkit::detectors::{Detector, Energy, Mls};
     use oodkit::model::BurnModel;
     use oodkit::nets::ToyConvnetConfig;
     use oodkit::training::{Checkpoint, TrainConfig, train};

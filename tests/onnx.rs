@@ -81,3 +81,56 @@ fn a_fixed_batch_size_is_explained_and_bad_files_are_errors() {
     let err = OnnxModel::load(dir.path().join("missing.onnx")).unwrap_err();
     assert!(matches!(err, Error::MissingFile { .. }), "{err}");
 }
+
+#[test]
+fn the_last_layer_is_read_from_the_graph_for_vim() {
+    use oodkit::detectors::{PrincipalDims, Vim};
+    let dir = tempfile::tempdir().unwrap();
+    let (gemm, matmul) = (dir.path().join("gemm.onnx"), dir.path().join("matmul.onnx"));
+    write(&gemm, None);
+    onnx_mlp::write_with_matmul_head(&matmul);
+    for path in [&gemm, &matmul] {
+        let model = OnnxModel::load_with_features(path, &["penultimate"]).unwrap();
+        let (weights, bias) = model.head_parameters().unwrap();
+        assert_eq!(weights, onnx_mlp::w2(), "{}", path.display());
+        assert_eq!(bias, onnx_mlp::b2(), "{}", path.display());
+        // Both graphs compute the same logits.
+        let x = inputs(6);
+        assert_close(&model.forward(x.view()).unwrap(), &direct(&x).1);
+    }
+    // ViM through the graph = ViM on the direct features with the head given.
+    let model = OnnxModel::load_with_features(&gemm, &["penultimate"]).unwrap();
+    let x = inputs(60);
+    let data = oodkit::OodDataset::from_arrays(x.clone(), Array1::zeros(60)).unwrap();
+    let vim = Vim::new(PrincipalDims::Count(1))
+        .unwrap()
+        .fit(&model, Some(&data))
+        .unwrap();
+    let (hidden, _) = direct(&x);
+    let direct_vim = Vim::new(PrincipalDims::Count(1))
+        .unwrap()
+        .with_head(onnx_mlp::w2(), onnx_mlp::b2())
+        .unwrap()
+        .fit_features(hidden.view(), Array1::zeros(60).view())
+        .unwrap();
+    let a = vim.score(&data).unwrap().scores;
+    let b = direct_vim.score_features(hidden.view()).unwrap();
+    for (p, q) in a.iter().zip(&b) {
+        assert!((p - q).abs() <= 1e-4 * q.abs().max(1.0), "{p} vs {q}");
+    }
+
+    // No feature layer named, or not the one the last layer reads: errors
+    // that say which node to name.
+    let err = OnnxModel::load(&gemm)
+        .unwrap()
+        .head_parameters()
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("no feature layer"), "{err}");
+    let model = OnnxModel::load_with_features(&gemm, &["hidden"]).unwrap();
+    let err = model.head_parameters().unwrap_err().to_string();
+    assert!(
+        err.contains("\"penultimate\"") && err.contains("\"hidden\""),
+        "{err}"
+    );
+}

@@ -44,6 +44,8 @@ mod closure;
 mod evaluate;
 #[cfg(feature = "onnx")]
 mod onnx;
+#[cfg(feature = "onnx")]
+mod onnx_head;
 mod shaping;
 
 #[cfg(feature = "burn")]

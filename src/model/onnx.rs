@@ -4,18 +4,24 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ndarray::{Array2, Array4, ArrayView4};
+use ndarray::{Array1, Array2, Array4, ArrayView4};
 use tract_onnx::prelude::{
     Framework, InferenceModelExt, IntoRunnable, TValue, Tensor, TypedRunnableModel, tvec,
 };
 
 use super::closure::LOGITS;
+use super::onnx_head::{Reason, affine_head};
 use super::{FeatureModel, LayerId, Model, ModelOutput, pick_layers, resolve_layers};
 use crate::error::{Error, Result};
 
 /// An ONNX graph as a [`Model`] and a [`FeatureModel`]: `(N, C, H, W)`
 /// `f32` batches in, its first output (the logits, `(N, classes)`) out,
 /// and any named intermediate outputs as features (flattened to `(N, D)`).
+///
+/// When the logits are a `Gemm` (or a `MatMul` then an `Add`) with constant
+/// weights on the last feature layer named, as PyTorch exports a final
+/// `Linear`, those weights are its
+/// [`head_parameters`](FeatureModel::head_parameters), so ViM runs on it.
 ///
 /// The batch size is whatever the graph declares: a dynamic first axis
 /// (`torch.onnx.export(..., dynamic_axes={"input": {0: "batch"}})`) takes
@@ -41,6 +47,8 @@ pub struct OnnxModel {
     layer_names: Vec<String>,
     /// The batch size the graph fixes, if it does.
     fixed_batch: Option<usize>,
+    /// The last layer read from the graph, or why it could not be.
+    head: std::result::Result<(Array2<f32>, Array1<f32>), Reason>,
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -75,9 +83,26 @@ impl OnnxModel {
                 hint: "give the path of an .onnx file".into(),
             });
         }
-        let mut model = tract_onnx::onnx()
-            .model_for_path(path)
-            .map_err(|e| Error::corrupt(path, None, format!("not a readable ONNX graph: {e:#}")))?;
+        let unreadable = |e: tract_onnx::prelude::TractError| {
+            Error::corrupt(path, None, format!("not a readable ONNX graph: {e:#}"))
+        };
+        let onnx = tract_onnx::onnx();
+        let proto = onnx.proto_model_for_path(path).map_err(unreadable)?;
+        // The folder resolves weights stored beside the graph.
+        let parsed = onnx
+            .parse(&proto, path.parent().and_then(Path::to_str))
+            .map_err(unreadable)?;
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(Error::corrupt(
+                path,
+                None,
+                format!(
+                    "its graph reads undefined values {:?}",
+                    parsed.unresolved_inputs
+                ),
+            ));
+        }
+        let mut model = parsed.model;
         let logits = model
             .output_outlets()
             .map_err(tract_error("reading its outputs", path))?
@@ -99,6 +124,15 @@ impl OnnxModel {
                 });
             }
         }
+        let head = match (
+            &proto.graph,
+            proto.graph.as_ref().and_then(|g| g.output.first()),
+        ) {
+            (Some(graph), Some(output)) => {
+                affine_head(graph, &output.name, features.last().copied())
+            }
+            _ => Err("the graph declares no output".to_owned()),
+        };
         let mut outputs = names.clone();
         outputs.push(logits_name);
         model
@@ -125,6 +159,7 @@ impl OnnxModel {
             plan,
             layer_names: names,
             fixed_batch,
+            head,
         })
     }
 
@@ -216,5 +251,15 @@ impl FeatureModel for OnnxModel {
             .ok_or_else(|| Error::backend("the ONNX graph returned nothing"))?;
         let features = pick_layers(&positions, &all, &logits);
         Ok(ModelOutput { features, logits })
+    }
+
+    /// The last layer, read from the graph's constants when the logits are
+    /// a `Gemm` (or a `MatMul` then an `Add`) of the last feature layer
+    /// named at load; else an [`Error::Unsupported`] saying why.
+    fn head_parameters(&self) -> Result<(Array2<f32>, Array1<f32>)> {
+        self.head.clone().map_err(|reason| Error::Unsupported {
+            what: "the last layer's weights of this ONNX graph".into(),
+            hint: format!("{reason} (or give the detector the weights: Vim::with_head)"),
+        })
     }
 }

@@ -96,30 +96,58 @@ fn int_attribute(name: &str, value: i64) -> AttributeProto {
     }
 }
 
-/// Writes the network as ONNX, with a dynamic batch axis or a fixed one.
+/// Writes the network as ONNX, with a dynamic batch axis or a fixed one;
+/// the last layer a `Gemm` with transB = 1 (as PyTorch exports `Linear`).
 pub fn write(path: &Path, batch: Option<i64>) {
+    write_graph(path, batch, false)
+}
+
+/// The same network with the last layer as `MatMul` (weights stored
+/// `(D, classes)`) then `Add` of the bias.
+pub fn write_with_matmul_head(path: &Path) {
+    write_graph(path, None, true)
+}
+
+fn write_graph(path: &Path, batch: Option<i64>, matmul_head: bool) {
     let gemm = |inputs: &[&str], output: &str| {
         node("Gemm", inputs, output, vec![int_attribute("transB", 1)])
     };
+    let mut nodes = vec![
+        node(
+            "Flatten",
+            &["input"],
+            "flat",
+            vec![int_attribute("axis", 1)],
+        ),
+        gemm(&["flat", "w1", "b1"], "hidden"),
+        node("Relu", &["hidden"], "penultimate", vec![]),
+    ];
+    let mut initializers = vec![
+        initializer("w1", &w1().into_dyn()),
+        initializer("b1", &b1().into_dyn()),
+        initializer("b2", &b2().into_dyn()),
+    ];
+    if matmul_head {
+        nodes.push(node("MatMul", &["penultimate", "w2t"], "product", vec![]));
+        nodes.push(node("Add", &["product", "b2"], "logits", vec![]));
+        // Stored as raw little-endian bytes, as PyTorch writes weights.
+        let w2t = w2().reversed_axes().as_standard_layout().into_owned();
+        let mut w2t = initializer("w2t", &w2t.into_dyn());
+        w2t.raw_data = w2t
+            .float_data
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        w2t.float_data.clear();
+        initializers.push(w2t);
+    } else {
+        nodes.push(gemm(&["penultimate", "w2", "b2"], "logits"));
+        initializers.push(initializer("w2", &w2().into_dyn()));
+    }
     let graph = GraphProto {
         name: "mlp".into(),
-        node: vec![
-            node(
-                "Flatten",
-                &["input"],
-                "flat",
-                vec![int_attribute("axis", 1)],
-            ),
-            gemm(&["flat", "w1", "b1"], "hidden"),
-            node("Relu", &["hidden"], "penultimate", vec![]),
-            gemm(&["penultimate", "w2", "b2"], "logits"),
-        ],
-        initializer: vec![
-            initializer("w1", &w1().into_dyn()),
-            initializer("b1", &b1().into_dyn()),
-            initializer("w2", &w2().into_dyn()),
-            initializer("b2", &b2().into_dyn()),
-        ],
+        node: nodes,
+        initializer: initializers,
         input: vec![value_info("input", &[batch, Some(1), Some(2), Some(2)])],
         output: vec![value_info("logits", &[batch, Some(2)])],
         ..Default::default()

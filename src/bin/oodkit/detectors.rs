@@ -5,7 +5,7 @@ use oodkit::calibration::Calibrated;
 use oodkit::detectors::Family;
 use oodkit::detectors::{
     AnyModel, Detector, Energy, Entropy, FeatureDetector, Features, FittedDetector, Gen, Gram, Knn,
-    Logits, Mahalanobis, Mls, Odin, Persist, Rmds, She, Vim,
+    Logits, Mahalanobis, Mls, Odin, Persist, PrincipalDims, Rmds, She, Vim,
 };
 use oodkit::model::{LayerId, Model};
 
@@ -31,7 +31,9 @@ pub enum Name {
     Rmds,
     /// k-th nearest neighbour distance, KNN (features).
     Knn,
-    /// Virtual logit matching, ViM (features and the last layer's weights).
+    /// Virtual logit matching, ViM (features and the last layer's weights:
+    /// through ONNX, the logits must be a Gemm, or MatMul then Add, of the
+    /// --layer node).
     Vim,
     /// Simplified Hopfield energy, SHE (features; fit data labelled).
     She,
@@ -76,6 +78,25 @@ pub struct Params {
     /// Energy's and ODIN's temperature [default: 1 for energy, 1000 for ODIN].
     #[arg(long, value_name = "T")]
     pub temperature: Option<f32>,
+    /// ViM's principal subspace: a number of dimensions (e.g. 64, below
+    /// the feature width) or the fraction of variance it explains (e.g.
+    /// 0.99) [default: 0.99].
+    #[arg(long, value_name = "N|FRACTION", value_parser = parse_dims)]
+    pub vim_dims: Option<PrincipalDims>,
+}
+
+/// `--vim-dims`: an integer is a count, a number in (0, 1) a fraction.
+fn parse_dims(value: &str) -> std::result::Result<PrincipalDims, String> {
+    if let Ok(n) = value.parse::<usize>() {
+        return Ok(PrincipalDims::Count(n));
+    }
+    match value.parse::<f64>() {
+        Ok(f) if f > 0.0 && f < 1.0 => Ok(PrincipalDims::Explained(f)),
+        _ => Err(format!(
+            "expected a number of dimensions (64) or a fraction of variance in (0, 1) (0.99), \
+             not {value:?}"
+        )),
+    }
 }
 
 /// A model as the family of a detector sees it.
@@ -131,7 +152,13 @@ pub fn with_detector<A: Action>(
         Name::Mahalanobis => action.run(Mahalanobis::new().with_layers(layers)?),
         Name::Rmds => action.run(Rmds::new().with_layers(layers)?),
         Name::Knn => action.run(Knn::new(params.k)?.with_layers(layers)?),
-        Name::Vim => action.run(Vim::default().with_layers(layers)?),
+        Name::Vim => {
+            let vim = match params.vim_dims {
+                Some(dims) => Vim::new(dims)?,
+                None => Vim::default(),
+            };
+            action.run(vim.with_layers(layers)?)
+        }
         Name::She => action.run(She::new().with_layers(layers)?),
         Name::Gram => action.run(Gram::default().with_layers(layers)?),
     }
