@@ -238,44 +238,31 @@ where
     }
 }
 
-impl<F: FittedDetector<Family = Logits> + MaybeCalibrated> Erased for ViaLogits<F> {
-    fn kind(&self) -> &'static str {
-        self.0.kind()
-    }
-    fn check_model(&self, model: &AnyModel<'_>) -> Result<()> {
-        self.0.check_model(model)
-    }
-    fn score_batch(&self, model: &AnyModel<'_>, batch: Batch) -> Result<ScoreOutput> {
-        self.0.score_batch(model, batch)
-    }
-    fn score(&self, model: &AnyModel<'_>, data: &dyn BatchSource) -> Result<ScoreOutput> {
-        self.0.score(model, data)
-    }
-    fn calibration(&self) -> Option<(&Calibration, f64)> {
-        self.0.calibration()
-    }
-    fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("AnyDetector").field(&self.0).finish()
-    }
+/// The same forwarding for both families: only the model's view differs,
+/// and the coercion of `&AnyModel` to it is implicit.
+macro_rules! erased_via {
+    ($($via:ident: $family:ty),*) => {$(
+        impl<F: FittedDetector<Family = $family> + MaybeCalibrated> Erased for $via<F> {
+            fn kind(&self) -> &'static str {
+                self.0.kind()
+            }
+            fn check_model(&self, model: &AnyModel<'_>) -> Result<()> {
+                self.0.check_model(model)
+            }
+            fn score_batch(&self, model: &AnyModel<'_>, batch: Batch) -> Result<ScoreOutput> {
+                self.0.score_batch(model, batch)
+            }
+            fn score(&self, model: &AnyModel<'_>, data: &dyn BatchSource) -> Result<ScoreOutput> {
+                self.0.score(model, data)
+            }
+            fn calibration(&self) -> Option<(&Calibration, f64)> {
+                self.0.calibration()
+            }
+            fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_tuple("AnyDetector").field(&self.0).finish()
+            }
+        }
+    )*};
 }
 
-impl<F: FittedDetector<Family = Features> + MaybeCalibrated> Erased for ViaFeatures<F> {
-    fn kind(&self) -> &'static str {
-        self.0.kind()
-    }
-    fn check_model(&self, model: &AnyModel<'_>) -> Result<()> {
-        self.0.check_model(model)
-    }
-    fn score_batch(&self, model: &AnyModel<'_>, batch: Batch) -> Result<ScoreOutput> {
-        self.0.score_batch(model, batch)
-    }
-    fn score(&self, model: &AnyModel<'_>, data: &dyn BatchSource) -> Result<ScoreOutput> {
-        self.0.score(model, data)
-    }
-    fn calibration(&self) -> Option<(&Calibration, f64)> {
-        self.0.calibration()
-    }
-    fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("AnyDetector").field(&self.0).finish()
-    }
-}
+erased_via!(ViaLogits: Logits, ViaFeatures: Features);
