@@ -618,6 +618,10 @@ macro_rules! any_detector_matches {
             !any.is_calibrated() && any.calibration().is_none(),
             "{kind}"
         );
+        assert_eq!(any.info().kind, kind);
+        // Fitted through the model on data: the input shape it saw.
+        let shape = any.expects().map(|e| (e.input, e.classes));
+        assert_eq!(shape, $fit.then_some(([1, 1, WIDTH], CLASSES)), "{kind}");
         let expected = scorer.score(&batches(&test)).unwrap();
         let got = any.score(&model, &batches(&test)).unwrap();
         assert_eq!(bits(&got.scores), bits(&expected.scores), "{kind}");
@@ -632,6 +636,9 @@ macro_rules! any_detector_matches {
         assert_eq!(any.kind(), kind);
         let (calibration, alpha) = any.calibration().expect("calibrated");
         assert_eq!(alpha, 0.1, "{kind}");
+        // Calibrated through the model: the shape is always recorded.
+        let shape = any.expects().map(|e| (e.input, e.classes));
+        assert_eq!(shape, Some(([1, 1, WIDTH], CLASSES)), "{kind}");
         assert_eq!(calibration, calibrated.fitted().calibration(), "{kind}");
         assert_eq!(
             any.verdicts(&model, &batches(&test)).unwrap(),

@@ -5,10 +5,11 @@
 use std::fmt;
 use std::path::Path;
 
-use super::file::{Persist, describe};
+use super::file::{FileInfo, Persist, describe};
 use super::{
     ClassGaussians, Energy, Entropy, Features, FittedDetector, FittedFeatures, Gen, GramBounds,
-    KnnIndex, Logits, Mls, Odin, ScoreOutput, Shaped, SheMeans, VimSubspace,
+    KnnIndex, Logits, Mls, ModelShape, Odin, ScoreFeatures, ScoreOutput, Shaped, SheMeans,
+    VimSubspace,
 };
 use crate::batch::Batch;
 use crate::calibration::{Calibrated, Calibration, Verdict};
@@ -51,6 +52,7 @@ pub type AnyModel<'m> = dyn FeatureModel + Send + Sync + 'm;
 /// ```
 pub struct AnyDetector {
     inner: Box<dyn Erased>,
+    info: FileInfo,
 }
 
 impl fmt::Debug for AnyDetector {
@@ -100,7 +102,20 @@ impl AnyDetector {
                 ),
             }),
         }?;
-        Ok(AnyDetector { inner })
+        Ok(AnyDetector { inner, info })
+    }
+
+    /// What the file's header says (kind, versions, metadata), as
+    /// [`describe`] read it.
+    pub fn info(&self) -> &FileInfo {
+        &self.info
+    }
+
+    /// The input shape and class count the fit (or the calibration) saw
+    /// through a model, when it recorded them: inputs of another shape
+    /// were prepared otherwise than the statistics the detector holds.
+    pub fn expects(&self) -> Option<ModelShape> {
+        self.inner.expects()
     }
 
     /// The detector's kind, e.g. `"KNN"` (as [`FittedDetector::kind`]).
@@ -185,6 +200,7 @@ trait Erased: Send + Sync {
     fn score_batch(&self, model: &AnyModel<'_>, batch: Batch) -> Result<ScoreOutput>;
     fn score(&self, model: &AnyModel<'_>, data: &dyn BatchSource) -> Result<ScoreOutput>;
     fn calibration(&self) -> Option<(&Calibration, f64)>;
+    fn expects(&self) -> Option<ModelShape>;
     fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
 }
 
@@ -193,23 +209,34 @@ trait Wrap<F> {
     fn wrap(fitted: F) -> Box<dyn Erased>;
 }
 
-/// The calibration a fitted detector carries, if any.
-trait MaybeCalibrated {
+/// What a fitted detector recorded beside its state: a calibration, the
+/// model shape it saw.
+trait Recorded {
     fn calibration(&self) -> Option<(&Calibration, f64)> {
+        None
+    }
+    fn expects(&self) -> Option<ModelShape> {
         None
     }
 }
 
-impl MaybeCalibrated for Mls {}
-impl MaybeCalibrated for Energy {}
-impl MaybeCalibrated for Entropy {}
-impl MaybeCalibrated for Gen {}
-impl MaybeCalibrated for Odin {}
-impl<D> MaybeCalibrated for Shaped<D> {}
-impl<S> MaybeCalibrated for FittedFeatures<S> {}
-impl<F: FittedDetector> MaybeCalibrated for Calibrated<F> {
+impl Recorded for Mls {}
+impl Recorded for Energy {}
+impl Recorded for Entropy {}
+impl Recorded for Gen {}
+impl Recorded for Odin {}
+impl<D> Recorded for Shaped<D> {}
+impl<S: ScoreFeatures> Recorded for FittedFeatures<S> {
+    fn expects(&self) -> Option<ModelShape> {
+        FittedFeatures::expects(self)
+    }
+}
+impl<F: FittedDetector + Recorded> Recorded for Calibrated<F> {
     fn calibration(&self) -> Option<(&Calibration, f64)> {
         Some((Calibrated::calibration(self), self.alpha()))
+    }
+    fn expects(&self) -> Option<ModelShape> {
+        Calibrated::expects(self).or_else(|| self.fitted().expects())
     }
 }
 
@@ -222,7 +249,7 @@ struct ViaFeatures<F>(F);
 
 impl<F> Wrap<F> for ViaLogits<()>
 where
-    F: FittedDetector<Family = Logits> + MaybeCalibrated + 'static,
+    F: FittedDetector<Family = Logits> + Recorded + 'static,
 {
     fn wrap(fitted: F) -> Box<dyn Erased> {
         Box::new(ViaLogits(fitted))
@@ -231,7 +258,7 @@ where
 
 impl<F> Wrap<F> for ViaFeatures<()>
 where
-    F: FittedDetector<Family = Features> + MaybeCalibrated + 'static,
+    F: FittedDetector<Family = Features> + Recorded + 'static,
 {
     fn wrap(fitted: F) -> Box<dyn Erased> {
         Box::new(ViaFeatures(fitted))
@@ -242,7 +269,7 @@ where
 /// and the coercion of `&AnyModel` to it is implicit.
 macro_rules! erased_via {
     ($($via:ident: $family:ty),*) => {$(
-        impl<F: FittedDetector<Family = $family> + MaybeCalibrated> Erased for $via<F> {
+        impl<F: FittedDetector<Family = $family> + Recorded> Erased for $via<F> {
             fn kind(&self) -> &'static str {
                 self.0.kind()
             }
@@ -257,6 +284,9 @@ macro_rules! erased_via {
             }
             fn calibration(&self) -> Option<(&Calibration, f64)> {
                 self.0.calibration()
+            }
+            fn expects(&self) -> Option<ModelShape> {
+                self.0.expects()
             }
             fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_tuple("AnyDetector").field(&self.0).finish()

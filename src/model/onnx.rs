@@ -124,14 +124,13 @@ impl OnnxModel {
                 });
             }
         }
-        let head = match (
-            &proto.graph,
-            proto.graph.as_ref().and_then(|g| g.output.first()),
-        ) {
-            (Some(graph), Some(output)) => {
-                affine_head(graph, &output.name, features.last().copied())
-            }
-            _ => Err("the graph declares no output".to_owned()),
+        let head = match proto
+            .graph
+            .as_ref()
+            .and_then(|g| Some((g, g.output.first()?)))
+        {
+            Some((graph, output)) => affine_head(graph, &output.name, features.last().copied()),
+            None => Err("the graph declares no output".to_owned()),
         };
         let mut outputs = names.clone();
         outputs.push(logits_name);

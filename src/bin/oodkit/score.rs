@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use oodkit::datasets::BatchSource;
 use oodkit::datasets::image_folder::{FolderBatches, ImageFolder};
 use oodkit::detectors::AnyDetector;
-use oodkit::detectors::file::describe;
 use oodkit::{Error, Result};
 
 use crate::inputs::{ModelArgs, report_skipped};
@@ -36,14 +35,14 @@ pub fn run(args: &ScoreArgs, quiet: bool) -> Result<()> {
     scores::format_of(&args.out)?;
     let detector = AnyDetector::load(&args.detector)?;
     let folder = args.model.open(&args.data)?;
-    let meta = describe(&args.detector)?.metadata;
     // An ONNX graph exposes the layers the detector was fitted on.
-    let model = args.model.load(&named_layers(&meta), Some(&folder))?;
+    let layers = named_layers(&detector.info().metadata);
+    let model = args.model.load(&layers, Some(&folder))?;
     detector.check_model(&*model)?;
     let config = args.model.batches();
     let batches = folder.prepare(&config)?;
-    if let Some(fitted) = recorded_input(&meta) {
-        same_inputs_as_fit(fitted, &batches, &args.data)?;
+    if let Some(fitted) = detector.expects() {
+        same_inputs_as_fit(fitted.input, &batches, &args.data)?;
     }
     let out = detector.score(&*model, &Progress::new(&batches, "scoring", quiet))?;
     let verdicts = if detector.is_calibrated() {
@@ -94,19 +93,6 @@ fn named_layers(meta: &serde_json::Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The input shape `(C, H, W)` a detector file records from its fit or
-/// calibration, wherever in its metadata.
-fn recorded_input(meta: &serde_json::Value) -> Option<[usize; 3]> {
-    match meta {
-        serde_json::Value::Object(map) => {
-            let input = map.get("expects").and_then(|e| e.get("input"));
-            let shape = input.and_then(|i| serde_json::from_value::<[usize; 3]>(i.clone()).ok());
-            shape.or_else(|| map.values().find_map(recorded_input))
-        }
-        _ => None,
-    }
 }
 
 /// Errors when the images become inputs of another shape than the fit's:
