@@ -3,9 +3,9 @@
 pub use crate::batch::Batch;
 pub use crate::datasets::{BatchSource, OodDataset, PrepareConfig, Split};
 pub use crate::detectors::{
-    Aggregation, Detector, Energy, Entropy, FeatureDetector, FittedDetector, Gen, Gram,
-    InputPerturbation, Knn, Mahalanobis, Mls, Odin, OutputActivation, PrincipalDims, Rmds,
-    ScoreFeatures, ScoreLogits, ScoreOutput, Scorer, She, Vim,
+    Aggregation, Detector, Dice, Energy, Entropy, Fdbd, FeatureDetector, FittedDetector, Gen, Gmm,
+    GradNorm, Gram, InputPerturbation, Knn, Mahalanobis, Mls, Nci, NnGuide, Odin, OutputActivation,
+    PrincipalDims, Residual, Rmds, ScoreFeatures, ScoreLogits, ScoreOutput, Scorer, She, Vim, Vra,
 };
 pub use crate::error::{Error, Result};
 pub use crate::metrics::bench_metrics;

@@ -7,9 +7,10 @@ use std::path::Path;
 
 use super::file::{FileInfo, Persist, describe};
 use super::{
-    ClassGaussians, Energy, Entropy, Features, FittedDetector, FittedFeatures, Gen, GramBounds,
-    KnnIndex, Logits, Mls, ModelShape, Odin, ScoreFeatures, ScoreOutput, Shaped, SheMeans,
-    VimSubspace,
+    ClassGaussians, ClassMixture, DiceHead, Energy, Entropy, FdbdBoundaries, Features,
+    FittedDetector, FittedFeatures, Gen, GradNormHead, GramBounds, GuideBank, KnnIndex, Logits,
+    Mls, ModelShape, NciCentre, Odin, ResidualSpace, ScoreFeatures, ScoreOutput, Shaped, SheMeans,
+    VimSubspace, VraThresholds,
 };
 use crate::batch::Batch;
 use crate::calibration::{Calibrated, Calibration, Verdict};
@@ -91,6 +92,26 @@ impl AnyDetector {
             ("SHE", _) => load::<FittedFeatures<SheMeans>, ViaFeatures<()>>(path, info.calibrated),
             ("Gram", _) => {
                 load::<FittedFeatures<GramBounds>, ViaFeatures<()>>(path, info.calibrated)
+            }
+            ("DICE", _) => load::<FittedFeatures<DiceHead>, ViaFeatures<()>>(path, info.calibrated),
+            ("VRA", _) => {
+                load::<FittedFeatures<VraThresholds>, ViaFeatures<()>>(path, info.calibrated)
+            }
+            ("fDBD", _) => {
+                load::<FittedFeatures<FdbdBoundaries>, ViaFeatures<()>>(path, info.calibrated)
+            }
+            ("NCI", _) => load::<FittedFeatures<NciCentre>, ViaFeatures<()>>(path, info.calibrated),
+            ("GradNorm", _) => {
+                load::<FittedFeatures<GradNormHead>, ViaFeatures<()>>(path, info.calibrated)
+            }
+            ("Residual", _) => {
+                load::<FittedFeatures<ResidualSpace>, ViaFeatures<()>>(path, info.calibrated)
+            }
+            ("NNGuide", _) => {
+                load::<FittedFeatures<GuideBank>, ViaFeatures<()>>(path, info.calibrated)
+            }
+            ("GMM", _) => {
+                load::<FittedFeatures<ClassMixture>, ViaFeatures<()>>(path, info.calibrated)
             }
             (other, _) => Err(Error::WrongFile {
                 path: path.to_path_buf(),

@@ -5,7 +5,9 @@
 //! [`Odin`]; each also scores precomputed logits ([`ScoreLogits`]). On
 //! internal features (a [`FeatureModel`](crate::model::FeatureModel),
 //! fitted on in-distribution data), in [`features`]: [`Mahalanobis`],
-//! [`Rmds`], [`Knn`], [`Vim`], [`She`], [`Gram`]; each also fits and scores
+//! [`Rmds`], [`Knn`], [`Vim`], [`She`], [`Gram`], and the OpenOOD post-hoc
+//! methods [`Dice`], [`Vra`], [`Fdbd`], [`Nci`], [`NnGuide`], [`GradNorm`],
+//! [`Residual`], [`Gmm`]; each also fits and scores
 //! precomputed features ([`FeatureDetector::fit_features`],
 //! [`ScoreFeatures::score_features`]), and one fitted on several layers
 //! combines them by an [`Aggregation`].
@@ -70,9 +72,11 @@ pub use detector::{
 };
 pub use features::aggregation::{Aggregation, Aggregator};
 pub use features::{
-    ClassGaussians, FeatureDetector, FeatureOptions, FittedFeatures, Gram, GramBounds, Knn,
-    KnnIndex, LayerBatch, LayerFitter, Mahalanobis, PrincipalDims, Rmds, ScoreFeatures, She,
-    SheMeans, Vim, VimSubspace,
+    ClassGaussians, ClassMixture, Dice, DiceHead, Fdbd, FdbdBoundaries, FdbdNormalizer,
+    FeatureDetector, FeatureOptions, FittedFeatures, Gmm, GradNorm, GradNormHead, Gram, GramBounds,
+    GuideBank, Knn, KnnIndex, LayerBatch, LayerFitter, Mahalanobis, Nci, NciCentre, NnGuide,
+    PrincipalDims, Rectification, Residual, ResidualSpace, Rmds, ScoreFeatures, She, SheMeans, Vim,
+    VimSubspace, Vra, VraThresholds,
 };
 pub use file::Persist;
 pub use logits::{Energy, Entropy, Gen, Mls, Odin, OutputActivation, ScoreLogits, Shaped};

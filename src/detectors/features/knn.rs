@@ -12,10 +12,10 @@ use crate::model::FeatureModel;
 use serde_json::{Value, json};
 
 /// Queries per block of the search.
-const QUERY_BLOCK: usize = 256;
+pub(super) const QUERY_BLOCK: usize = 256;
 /// Stored features per block of the search: a block of distances is
 /// `QUERY_BLOCK × INDEX_BLOCK` floats (8 MiB), whatever the data's size.
-const INDEX_BLOCK: usize = 8192;
+pub(super) const INDEX_BLOCK: usize = 8192;
 
 /// Deep KNN: each feature vector is L2-normalised (a zero vector stays
 /// zero); the score is the **squared** Euclidean distance from the
@@ -119,7 +119,7 @@ pub struct KnnFitter {
 }
 
 /// `features` with each row scaled to unit L2 norm (zero rows stay zero).
-fn normalised(features: ArrayView2<f32>) -> Array2<f32> {
+pub(super) fn normalised(features: ArrayView2<f32>) -> Array2<f32> {
     let mut out = features.to_owned();
     for mut row in out.rows_mut() {
         let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -228,14 +228,14 @@ impl ScoreFeatures for KnnIndex {
 
 /// The k smallest values offered so far (unordered), with a bound that
 /// skips most candidates once k have been seen.
-struct KBest {
+pub(super) struct KBest {
     k: usize,
     values: Vec<f32>,
     bound: f32,
 }
 
 impl KBest {
-    fn new(k: usize) -> Self {
+    pub(super) fn new(k: usize) -> Self {
         KBest {
             k,
             values: Vec::with_capacity(2 * k),
@@ -243,7 +243,7 @@ impl KBest {
         }
     }
 
-    fn offer(&mut self, value: f32) {
+    pub(super) fn offer(&mut self, value: f32) {
         if value >= self.bound {
             return;
         }
@@ -269,8 +269,15 @@ impl KBest {
         }
     }
 
+    /// The mean of the k smallest values offered (of all, with fewer).
+    pub(super) fn mean(mut self) -> f64 {
+        self.compact();
+        let n = self.values.len().max(1) as f64;
+        self.values.iter().map(|&v| f64::from(v)).sum::<f64>() / n
+    }
+
     /// The k-th smallest value offered.
-    fn kth(mut self) -> f32 {
+    pub(super) fn kth(mut self) -> f32 {
         self.compact();
         self.values
             .iter()

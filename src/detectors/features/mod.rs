@@ -29,19 +29,37 @@ use crate::error::{Error, Result};
 use crate::model::{CheckedFeatures, FeatureModel, LayerId, check_finite, check_logits};
 
 pub(crate) mod aggregation;
+mod dice;
+mod fdbd;
+mod gmm;
+mod gradnorm;
 mod gram;
+mod head;
 mod knn;
 mod mahalanobis;
 pub(crate) mod moments;
+mod nci;
+mod nnguide;
+mod quantile;
+mod residual;
 mod she;
 mod stored;
 mod vim;
+mod vra;
 
+pub use dice::{Dice, DiceFitter, DiceHead};
+pub use fdbd::{Fdbd, FdbdBoundaries, FdbdFitter, FdbdNormalizer};
+pub use gmm::{ClassMixture, Gmm, GmmFitter};
+pub use gradnorm::{GradNorm, GradNormFitter, GradNormHead};
 pub use gram::{Gram, GramBounds, GramFitter};
 pub use knn::{Knn, KnnFitter, KnnIndex};
 pub use mahalanobis::{ClassGaussians, GaussianFitter, Mahalanobis, Rmds};
+pub use nci::{Nci, NciCentre, NciFitter};
+pub use nnguide::{GuideBank, NnGuide, NnGuideFitter};
+pub use residual::{Residual, ResidualFitter, ResidualSpace};
 pub use she::{She, SheFitter, SheMeans};
 pub use vim::{PrincipalDims, Vim, VimFitter, VimSubspace};
+pub use vra::{Rectification, Vra, VraFitter, VraThresholds};
 
 /// Rows per chunk when fitting on, or scoring, precomputed features: the
 /// working memory stays O(chunk · D) however many rows there are.
@@ -184,6 +202,14 @@ pub trait FeatureDetector: Clone + fmt::Debug {
     /// A fitter for one layer's features, `width` wide; `model` is the
     /// network when fitting through one (ViM reads its last layer).
     fn fitter(&self, width: usize, model: Option<&dyn FeatureModel>) -> Result<Self::Fitter>;
+
+    /// What fitting through `model` learns when no fit data is given, for
+    /// a detector that needs only the model (GradNorm reads its last
+    /// layer); `None`, the default, when fit data is required.
+    fn fit_without_data(&self, model: &dyn FeatureModel) -> Option<Result<Self::Fitted>> {
+        let _ = model;
+        None
+    }
 
     /// The shared options.
     fn options(&self) -> &FeatureOptions;
@@ -474,11 +500,26 @@ fn fit_layers<D: FeatureDetector>(
     fit_data: Option<&dyn BatchSource>,
 ) -> Result<FittedFeatures<D::Fitted>> {
     let name = detector.name();
+    let layers = detector.layers();
+    if fit_data.is_none()
+        && layers.len() == 1
+        && let Some(state) = detector.fit_without_data(model)
+    {
+        let state = state?;
+        CheckedFeatures::new(model, layers)?;
+        return FittedFeatures::from_parts(
+            name,
+            layers.to_vec(),
+            vec![state],
+            None,
+            detector.options().perturbation,
+            None,
+        );
+    }
     let data = require_fit_data(
         fit_data,
         &format!("{name} fits statistics of in-distribution features"),
     )?;
-    let layers = detector.layers();
     let mut fitters: Vec<Option<D::Fitter>> = layers.iter().map(|_| None).collect();
     let mut pass = Pass::new(model, layers, name)?;
     pass.run(data, 0, detector.needs_labels(), |l, batch| {

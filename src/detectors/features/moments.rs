@@ -175,6 +175,42 @@ fn add_rank_updates(scatter: &mut Array2<f64>, updates: &[(f64, Array1<f64>)]) {
     add_gram_lower(scatter, stacked.view());
 }
 
+/// The mean of feature rows, streamed in `f64` (the plain sum: fit features
+/// are finite and their count is far below 2⁵³).
+#[derive(Debug, Clone)]
+pub(crate) struct RunningMean {
+    sum: Array1<f64>,
+    count: u64,
+}
+
+impl RunningMean {
+    pub(crate) fn new(dim: usize) -> Self {
+        RunningMean {
+            sum: Array1::zeros(dim),
+            count: 0,
+        }
+    }
+
+    /// Adds rows `(n, dim)`.
+    pub(crate) fn update(&mut self, features: ArrayView2<f32>) {
+        for row in features.rows() {
+            self.sum.zip_mut_with(&row, |s, &v| *s += f64::from(v));
+        }
+        self.count += features.nrows() as u64;
+    }
+
+    /// The mean, or an error naming `detector` when nothing was added.
+    pub(crate) fn finish(self, detector: &str) -> Result<Array1<f64>> {
+        if self.count == 0 {
+            return Err(Error::Empty {
+                what: format!("the fit data of {detector}"),
+                hint: "fit on at least one sample".into(),
+            });
+        }
+        Ok(self.sum / self.count as f64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -253,5 +253,13 @@ stored_state!(
     super::KnnIndex,
     super::VimSubspace,
     super::SheMeans,
-    super::GramBounds
+    super::GramBounds,
+    super::DiceHead,
+    super::VraThresholds,
+    super::FdbdBoundaries,
+    super::NciCentre,
+    super::GradNormHead,
+    super::ResidualSpace,
+    super::GuideBank,
+    super::ClassMixture
 );

@@ -189,53 +189,7 @@ impl LayerFitter for VimFitter {
     }
 
     fn finish(self) -> Result<VimSubspace> {
-        let m = &self.moments;
-        let dim = m.dim();
-        let n = m.count() as f64;
-        let mean = m
-            .classes()
-            .values()
-            .next()
-            .map(|c| c.mean.clone())
-            .ok_or_else(|| Error::Empty {
-                what: "the fit data of ViM".into(),
-                hint: "fit on at least one sample".into(),
-            })?;
-        if m.count() < 2 {
-            return Err(Error::Empty {
-                what: format!("the fit data of ViM ({} sample)", m.count()),
-                hint: "ViM's subspace needs at least 2 samples (in practice thousands)".into(),
-            });
-        }
-        // Second moment about the origin: scatter + N (m − u)(m − u)ᵀ.
-        let shift = (&mean - &self.origin).insert_axis(Axis(1));
-        let moment = (m.within() + &(shift.dot(&shift.t()) * n)) / n;
-        let (values, vectors) = symmetric_eigen(&moment, "ViM's feature covariance")?;
-        let principal = match self.dims {
-            PrincipalDims::Count(k) => k,
-            PrincipalDims::Explained(fraction) => {
-                let total: f64 = values.iter().map(|v| v.max(0.0)).sum();
-                let mut explained = 0.0;
-                let mut k = 0;
-                for v in values.iter().rev() {
-                    if total > 0.0 && explained / total >= fraction {
-                        break;
-                    }
-                    explained += v.max(0.0);
-                    k += 1;
-                }
-                k
-            }
-        };
-        if principal >= dim {
-            return Err(Error::invalid(
-                "principal_dims",
-                format!("{:?} (= {principal} of {dim} dimensions)", self.dims),
-                "no residual dimension would be left: keep fewer principal dimensions",
-            ));
-        }
-        // Eigenvalues ascend: the residual space is spanned by the first ones.
-        let residual = vectors.slice(s![.., ..dim - principal]).to_owned();
+        let residual = residual_basis(&self.moments, &self.origin, self.dims, "ViM")?;
         Ok(VimSubspace {
             origin: self.origin,
             residual,
@@ -245,6 +199,63 @@ impl LayerFitter for VimFitter {
             sums: (0.0, 0.0),
         })
     }
+}
+
+/// A basis `(D, D − k)` of the residual space: the complement of the top
+/// `dims` eigenvectors of the second moment (1/N) Σ (f − u)(f − u)ᵀ of the
+/// features streamed into `moments` (one class) about `origin`.
+pub(super) fn residual_basis(
+    m: &ClassMoments,
+    origin: &Array1<f64>,
+    dims: PrincipalDims,
+    detector: &str,
+) -> Result<Array2<f64>> {
+    let dim = m.dim();
+    let n = m.count() as f64;
+    let mean = m
+        .classes()
+        .values()
+        .next()
+        .map(|c| c.mean.clone())
+        .ok_or_else(|| Error::Empty {
+            what: format!("the fit data of {detector}"),
+            hint: "fit on at least one sample".into(),
+        })?;
+    if m.count() < 2 {
+        return Err(Error::Empty {
+            what: format!("the fit data of {detector} ({} sample)", m.count()),
+            hint: format!("{detector}'s subspace needs at least 2 samples (in practice thousands)"),
+        });
+    }
+    // Second moment about the origin: scatter + N (m − u)(m − u)ᵀ.
+    let shift = (&mean - origin).insert_axis(Axis(1));
+    let moment = (m.within() + &(shift.dot(&shift.t()) * n)) / n;
+    let (values, vectors) = symmetric_eigen(&moment, &format!("{detector}'s feature covariance"))?;
+    let principal = match dims {
+        PrincipalDims::Count(k) => k,
+        PrincipalDims::Explained(fraction) => {
+            let total: f64 = values.iter().map(|v| v.max(0.0)).sum();
+            let mut explained = 0.0;
+            let mut k = 0;
+            for v in values.iter().rev() {
+                if total > 0.0 && explained / total >= fraction {
+                    break;
+                }
+                explained += v.max(0.0);
+                k += 1;
+            }
+            k
+        }
+    };
+    if principal >= dim {
+        return Err(Error::invalid(
+            "principal_dims",
+            format!("{dims:?} (= {principal} of {dim} dimensions)"),
+            "no residual dimension would be left: keep fewer principal dimensions",
+        ));
+    }
+    // Eigenvalues ascend: the residual space is spanned by the first ones.
+    Ok(vectors.slice(s![.., ..dim - principal]).to_owned())
 }
 
 /// What ViM learns of a layer: the origin u = −W⁺b, a basis of the

@@ -1,0 +1,122 @@
+//! The last layer — weights W `(classes, D)` and bias b — that the
+//! detectors working between the penultimate features and the logits read
+//! (DICE, VRA, fDBD, NCI, GradNorm, Residual): taken from the model
+//! ([`FeatureModel::head_parameters`]) or given by the caller, checked once,
+//! saved with the fitted state.
+
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, CowArray, Ix2};
+
+use super::LayerBatch;
+use crate::detectors::file::{Reader, Writer};
+use crate::error::{Error, Result};
+use crate::linalg::gemm;
+use crate::model::{FeatureModel, check_finite, check_head};
+
+/// A checked last layer: W `(classes, D)`, b `(classes,)`, finite.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Head {
+    pub(crate) weights: Array2<f32>,
+    pub(crate) bias: Array1<f32>,
+}
+
+impl Head {
+    /// Checks shapes (one bias per row of W, neither empty) and values.
+    pub(crate) fn new(weights: Array2<f32>, bias: Array1<f32>, detector: &str) -> Result<Self> {
+        let what = format!("{detector} head weights and bias");
+        check_head(&weights, &bias, &what)?;
+        check_finite(weights.view(), &what)?;
+        check_finite(bias.view().insert_axis(ndarray::Axis(0)), &what)?;
+        Ok(Head { weights, bias })
+    }
+
+    /// The head given to the detector, else the model's, checked against
+    /// the feature width `width`. Without either (precomputed features and
+    /// no head given) it says how to give one.
+    pub(crate) fn resolve(
+        given: Option<&Head>,
+        model: Option<&dyn FeatureModel>,
+        width: usize,
+        detector: &str,
+        constructor: &str,
+    ) -> Result<Head> {
+        let head = match (given, model) {
+            (Some(head), _) => head.clone(),
+            (None, Some(model)) => {
+                let (weights, bias) = model.head_parameters()?;
+                Head::new(weights, bias, detector)?
+            }
+            (None, None) => {
+                return Err(Error::Unsupported {
+                    what: format!("{detector} on precomputed features without the last layer"),
+                    hint: format!("give it the head: {constructor}.with_head(weights, bias)"),
+                });
+            }
+        };
+        if head.width() != width {
+            return Err(Error::ShapeMismatch {
+                what: format!("{detector} head weights vs the features"),
+                expected: format!("(num_classes, {width}): the layer fitted must feed the head"),
+                found: format!("{:?}", head.weights.shape()),
+            });
+        }
+        Ok(head)
+    }
+
+    /// The feature width D.
+    pub(crate) fn width(&self) -> usize {
+        self.weights.ncols()
+    }
+
+    /// The number of classes.
+    pub(crate) fn classes(&self) -> usize {
+        self.weights.nrows()
+    }
+
+    /// The logits f·Wᵀ + b of features `(N, D)`.
+    pub(crate) fn logits(&self, features: ArrayView2<f32>) -> Array2<f32> {
+        gemm(features, self.weights.view(), true) + &self.bias
+    }
+
+    /// The batch's logits through the model, else the head's on its
+    /// features (precomputed features).
+    pub(crate) fn logits_of<'a>(&self, batch: &LayerBatch<'a>) -> CowArray<'a, f32, Ix2> {
+        match batch.logits {
+            Some(logits) => logits.into(),
+            None => self.logits(batch.features).into(),
+        }
+    }
+
+    /// Writes W and b under `prefix`.
+    pub(crate) fn write(&self, file: &mut Writer, prefix: &str) {
+        file.array(&format!("{prefix}head_weights"), self.weights.view());
+        file.array(&format!("{prefix}head_bias"), self.bias.view());
+    }
+
+    /// Reads W and b written under `prefix` for features `width` wide.
+    pub(crate) fn read(file: &Reader, prefix: &str, width: usize) -> Result<Head> {
+        let weights: Array2<f32> =
+            file.array(&format!("{prefix}head_weights"), &[None, Some(width)])?;
+        let bias: Array1<f32> =
+            file.array(&format!("{prefix}head_bias"), &[Some(weights.nrows())])?;
+        Head::new(weights, bias, file.kind()).map_err(|e| file.corrupt(e.to_string()))
+    }
+}
+
+/// ln Σ exp(row), stably in f64 (the energy of a row of logits).
+pub(crate) fn logsumexp(row: ArrayView1<f32>) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return f64::from(max);
+    }
+    f64::from(max)
+        + row
+            .iter()
+            .map(|&v| f64::from(v - max).exp())
+            .sum::<f64>()
+            .ln()
+}
+
+/// The index of a row's largest entry (the first of ties).
+pub(crate) fn argmax_row(row: ArrayView1<f32>) -> usize {
+    crate::metrics::argmax(row.iter().copied())
+}

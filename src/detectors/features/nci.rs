@@ -1,0 +1,222 @@
+//! NCI, neural collapse inspired detection (Liu & Qin, CVPR 2025).
+
+use ndarray::{Array1, Array2};
+use serde_json::{Value, json};
+
+use super::fdbd::distance;
+use super::head::{Head, argmax_row};
+use super::moments::RunningMean;
+use super::stored::StoredState;
+use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
+use crate::detectors::file::{Reader, Writer};
+use crate::error::{Error, Result};
+use crate::model::FeatureModel;
+
+/// NCI: in-distribution features, centred on the mean fit feature μ, point
+/// along the weight vector w_p of their predicted class p (neural
+/// collapse); the score adds an L1 norm term and is negated so that
+/// higher = more OOD:
+/// score = −( w_p · (f − μ) / ‖f − μ‖ + α ‖f‖₁ ).
+///
+/// As OpenOOD v1.5's postprocessor (`nci_postprocessor.py`), default
+/// α = 10⁻⁴ (`configs/postprocessors/nci.yml`). Through a model the
+/// prediction is the model's; on precomputed features the head's. The head
+/// comes from the model or from [`with_head`](Self::with_head), which
+/// [`fit_features`](FeatureDetector::fit_features) needs. Fitting streams
+/// once (μ); labels are not used.
+///
+/// ```
+/// use ndarray::{Array1, array};
+/// use oodkit::detectors::{FeatureDetector, Nci, ScoreFeatures};
+///
+/// let fit = array![[1.0_f32, 1.0], [-1.0, -1.0]]; // mean (0, 0)
+/// let nci = Nci::new(0.5)?
+///     .with_head(array![[2.0_f32, 0.0], [0.0, 2.0]], Array1::zeros(2))?
+///     .fit_features(fit.view(), Array1::zeros(2).view())?;
+/// // (3, 4) is predicted class 1: w₁·f/‖f‖ = 8/5, plus 0.5 · 7.
+/// let s = nci.score_features(array![[3.0_f32, 4.0]].view())?;
+/// assert!((s[0] + (1.6 + 3.5)).abs() < 1e-5);
+/// # Ok::<(), oodkit::Error>(())
+/// ```
+///
+/// **Degenerate case**: a feature exactly at μ has no direction; its
+/// alignment counts as 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nci {
+    alpha: f64,
+    head: Option<Head>,
+    options: FeatureOptions,
+}
+
+impl Default for Nci {
+    /// α = 10⁻⁴ (OpenOOD's default), on the penultimate layer.
+    fn default() -> Self {
+        Nci {
+            alpha: 1e-4,
+            head: None,
+            options: FeatureOptions::default(),
+        }
+    }
+}
+
+impl Nci {
+    /// NCI with weight `alpha` (finite, ≥ 0) on the L1 norm.
+    pub fn new(alpha: f64) -> Result<Self> {
+        if !(alpha >= 0.0 && alpha.is_finite()) {
+            return Err(Error::invalid(
+                "alpha",
+                alpha,
+                "the weight of the L1 norm must be finite and ≥ 0 (OpenOOD uses 1e-4)",
+            ));
+        }
+        Ok(Nci {
+            alpha,
+            ..Nci::default()
+        })
+    }
+
+    /// The last layer's weights `(classes, D)` and bias `(classes,)`, used
+    /// instead of the model's.
+    pub fn with_head(mut self, weights: Array2<f32>, bias: Array1<f32>) -> Result<Self> {
+        self.head = Some(Head::new(weights, bias, "NCI")?);
+        Ok(self)
+    }
+
+    /// The weight of the L1 norm term.
+    pub fn alpha(&self) -> f64 {
+        self.alpha
+    }
+}
+
+impl FeatureDetector for Nci {
+    type Fitter = NciFitter;
+    type Fitted = NciCentre;
+
+    fn name(&self) -> &'static str {
+        "NCI"
+    }
+
+    fn needs_labels(&self) -> bool {
+        false
+    }
+
+    fn fitter(&self, width: usize, model: Option<&dyn FeatureModel>) -> Result<NciFitter> {
+        let head = Head::resolve(self.head.as_ref(), model, width, "NCI", "Nci::new(..)?")?;
+        Ok(NciFitter {
+            alpha: self.alpha,
+            head,
+            mean: RunningMean::new(width),
+        })
+    }
+
+    fn options(&self) -> &FeatureOptions {
+        &self.options
+    }
+
+    fn options_mut(&mut self) -> &mut FeatureOptions {
+        &mut self.options
+    }
+}
+
+/// Streams the mean feature of one layer.
+#[derive(Debug)]
+pub struct NciFitter {
+    alpha: f64,
+    head: Head,
+    mean: RunningMean,
+}
+
+impl LayerFitter for NciFitter {
+    type Fitted = NciCentre;
+
+    fn update(&mut self, batch: &LayerBatch) -> Result<()> {
+        self.mean.update(batch.features);
+        Ok(())
+    }
+
+    fn finish(self) -> Result<NciCentre> {
+        Ok(NciCentre {
+            alpha: self.alpha,
+            mean: self.mean.finish("NCI")?,
+            head: self.head,
+        })
+    }
+}
+
+/// What NCI learns of a layer: the mean fit feature, the last layer, α.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NciCentre {
+    alpha: f64,
+    mean: Array1<f64>,
+    head: Head,
+}
+
+impl NciCentre {
+    /// The mean fit feature μ.
+    pub fn mean(&self) -> &Array1<f64> {
+        &self.mean
+    }
+}
+
+impl ScoreFeatures for NciCentre {
+    fn width(&self) -> usize {
+        self.mean.len()
+    }
+
+    fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>> {
+        let logits = self.head.logits_of(batch);
+        Ok(logits
+            .rows()
+            .into_iter()
+            .zip(batch.features.rows())
+            .map(|(l, f)| {
+                let w = self.head.weights.row(argmax_row(l));
+                let norm = distance(f, Some(&self.mean));
+                let alignment = if norm > 0.0 {
+                    f.iter()
+                        .zip(&self.mean)
+                        .zip(w)
+                        .map(|((&v, &m), &w)| (f64::from(v) - m) * f64::from(w))
+                        .sum::<f64>()
+                        / norm
+                } else {
+                    0.0
+                };
+                let l1: f64 = f.iter().map(|&v| f64::from(v).abs()).sum();
+                (-(alignment + self.alpha * l1)) as f32
+            })
+            .collect())
+    }
+}
+
+impl StoredState for NciCentre {
+    const KINDS: &'static [&'static str] = &["NCI"];
+
+    fn state_kind(&self) -> &'static str {
+        "NCI"
+    }
+
+    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
+        self.head.write(file, prefix);
+        file.array(&format!("{prefix}mean"), self.mean.view());
+        Ok(json!({ "alpha": self.alpha }))
+    }
+
+    fn read_state(
+        file: &Reader,
+        prefix: &str,
+        params: &Value,
+        width: usize,
+        _kind: &str,
+    ) -> Result<Self> {
+        let alpha = file.number(params, "alpha")?;
+        if alpha < 0.0 {
+            return Err(file.corrupt(format!("NCI's alpha {alpha} is negative")));
+        }
+        Ok(NciCentre {
+            alpha,
+            mean: file.array(&format!("{prefix}mean"), &[Some(width)])?,
+            head: Head::read(file, prefix, width)?,
+        })
+    }
+}

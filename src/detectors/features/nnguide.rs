@@ -1,0 +1,325 @@
+//! NNGuide, nearest-neighbour guidance of the energy (Park et al., ICCV 2023).
+
+use ndarray::{Array1, Array2, Axis, s};
+use serde_json::{Value, json};
+
+use super::head::{Head, logsumexp};
+use super::knn::{INDEX_BLOCK, KBest, QUERY_BLOCK, normalised};
+use super::stored::StoredState;
+use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
+use crate::detectors::file::{Reader, Writer};
+use crate::error::{Error, Result};
+use crate::linalg::gemm_into;
+use crate::model::FeatureModel;
+
+/// NNGuide: a guide bank of in-distribution features, each L2-normalised
+/// and scaled by its confidence (its energy, logsumexp of its logits);
+/// an input's guidance is the mean inner product of its normalised
+/// feature with its k most similar bank entries, and
+/// score = −guidance × logsumexp(logits) (higher = more OOD).
+///
+/// Defaults as OpenOOD v1.5 (`configs/postprocessors/nnguide.yml`):
+/// k = 100, a bank of 1% of the fit data. OpenOOD takes the first 1% of
+/// its shuffled training loader; here the bank is every 100th fit sample
+/// (evenly spaced, ⌊N·fraction⌋ of them), so a dataset sorted by class
+/// still gives every class a place in the bank. A bank smaller than k is
+/// an error (raise the fraction or lower k). The search is exact and
+/// blocked, as [`Knn`](super::Knn)'s. Through a model the logits are the
+/// model's; on precomputed features they are the head's, which
+/// [`with_head`](Self::with_head) gives (fitting through a model keeps the
+/// model's head when it has one, so the fitted state can also score
+/// precomputed features). Labels are not used.
+///
+/// ```
+/// use ndarray::{Array1, array};
+/// use oodkit::detectors::{FeatureDetector, NnGuide, ScoreFeatures};
+///
+/// let head = (array![[1.0_f32, 0.0], [0.0, 1.0]], Array1::zeros(2));
+/// let fit = array![[2.0_f32, 0.0], [0.0, 2.0]];
+/// let guide = NnGuide::new(1, 1.0)?
+///     .with_head(head.0, head.1)?
+///     .fit_features(fit.view(), Array1::zeros(2).view())?;
+/// // Bank: (1, 0)·E and (0, 1)·E, E = ln(e² + 1). The query (3, 0) is most
+/// // like the first: guidance E, times its own energy ln(e³ + 1).
+/// let s = guide.score_features(array![[3.0_f32, 0.0]].view())?;
+/// let e = |x: f64| (x.exp() + 1.0).ln();
+/// assert!((f64::from(s[0]) + e(2.0) * e(3.0)).abs() < 1e-4);
+/// # Ok::<(), oodkit::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct NnGuide {
+    k: usize,
+    fraction: f64,
+    head: Option<Head>,
+    options: FeatureOptions,
+}
+
+impl Default for NnGuide {
+    /// k = 100, a bank of 1% of the fit data (OpenOOD's defaults).
+    fn default() -> Self {
+        NnGuide {
+            k: 100,
+            fraction: 0.01,
+            head: None,
+            options: FeatureOptions::default(),
+        }
+    }
+}
+
+impl NnGuide {
+    /// NNGuide over the `k` most similar bank entries (k ≥ 1), the bank
+    /// being this `fraction` of the fit data, in (0, 1].
+    pub fn new(k: usize, fraction: f64) -> Result<Self> {
+        if k == 0 {
+            return Err(Error::invalid("k", k, "use at least one neighbour"));
+        }
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            return Err(Error::invalid(
+                "bank_fraction",
+                fraction,
+                "the fraction of fit samples in the guide bank must be in (0, 1]",
+            ));
+        }
+        Ok(NnGuide {
+            k,
+            fraction,
+            ..NnGuide::default()
+        })
+    }
+
+    /// The last layer's weights `(classes, D)` and bias `(classes,)`: the
+    /// logits of precomputed features.
+    pub fn with_head(mut self, weights: Array2<f32>, bias: Array1<f32>) -> Result<Self> {
+        self.head = Some(Head::new(weights, bias, "NNGuide")?);
+        Ok(self)
+    }
+
+    /// The number of neighbours k.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The fraction of the fit data in the bank.
+    pub fn bank_fraction(&self) -> f64 {
+        self.fraction
+    }
+}
+
+impl FeatureDetector for NnGuide {
+    type Fitter = NnGuideFitter;
+    type Fitted = GuideBank;
+
+    fn name(&self) -> &'static str {
+        "NNGuide"
+    }
+
+    fn needs_labels(&self) -> bool {
+        false
+    }
+
+    fn fitter(&self, width: usize, model: Option<&dyn FeatureModel>) -> Result<NnGuideFitter> {
+        let head = match (&self.head, model) {
+            (Some(_), _) | (None, None) => Some(Head::resolve(
+                self.head.as_ref(),
+                None,
+                width,
+                "NNGuide",
+                "NnGuide::new(..)?",
+            )?),
+            // The model's logits serve; its head only lets the state score
+            // precomputed features later.
+            (None, Some(model)) => model
+                .head_parameters()
+                .and_then(|(w, b)| Head::new(w, b, "NNGuide"))
+                .ok()
+                .filter(|h| h.width() == width),
+        };
+        Ok(NnGuideFitter {
+            k: self.k,
+            fraction: self.fraction,
+            width,
+            head,
+            seen: 0,
+            bank: Vec::new(),
+        })
+    }
+
+    fn options(&self) -> &FeatureOptions {
+        &self.options
+    }
+
+    fn options_mut(&mut self) -> &mut FeatureOptions {
+        &mut self.options
+    }
+}
+
+/// Keeps every (1/fraction)-th fit feature, normalised and scaled by its
+/// energy.
+#[derive(Debug)]
+pub struct NnGuideFitter {
+    k: usize,
+    fraction: f64,
+    width: usize,
+    head: Option<Head>,
+    seen: u64,
+    bank: Vec<f32>,
+}
+
+impl LayerFitter for NnGuideFitter {
+    type Fitted = GuideBank;
+
+    fn update(&mut self, batch: &LayerBatch) -> Result<()> {
+        let logits = energies(self.head.as_ref(), batch)?;
+        let unit = normalised(batch.features);
+        for (row, energy) in unit.rows().into_iter().zip(logits) {
+            // Sample i is kept when ⌊(i + 1)·fraction⌋ passes an integer.
+            let i = self.seen as f64;
+            self.seen += 1;
+            if ((i + 1.0) * self.fraction).floor() > (i * self.fraction).floor() {
+                self.bank.extend(row.iter().map(|&v| v * energy as f32));
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<GuideBank> {
+        let n = self.bank.len() / self.width.max(1);
+        if n < self.k {
+            return Err(Error::invalid(
+                "k",
+                self.k,
+                format!(
+                    "exceeds the guide bank of {n} samples ({} of {} fit samples): raise the \
+                     bank fraction or lower k",
+                    self.fraction, self.seen
+                ),
+            ));
+        }
+        Ok(GuideBank {
+            k: self.k,
+            bank: Array2::from_shape_vec((n, self.width), self.bank)?,
+            head: self.head,
+        })
+    }
+}
+
+/// Each row's energy, logsumexp of its logits: the model's, else the head's.
+fn energies(head: Option<&Head>, batch: &LayerBatch) -> Result<Vec<f64>> {
+    let logits = match (batch.logits, head) {
+        (Some(logits), _) => logits.into(),
+        (None, Some(head)) => head.logits_of(batch),
+        (None, None) => {
+            return Err(Error::Unsupported {
+                what: "NNGuide on precomputed features without the last layer".into(),
+                hint: "give it the head: NnGuide::new(..)?.with_head(weights, bias), or score \
+                       through the model"
+                    .into(),
+            });
+        }
+    };
+    Ok(logits.rows().into_iter().map(logsumexp).collect())
+}
+
+/// What NNGuide learns of a layer: the guide bank (normalised fit features
+/// scaled by their energy), k, and the head when known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuideBank {
+    k: usize,
+    bank: Array2<f32>,
+    head: Option<Head>,
+}
+
+impl GuideBank {
+    /// The number of neighbours k.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The number of bank entries.
+    pub fn len(&self) -> usize {
+        self.bank.nrows()
+    }
+
+    /// Whether the bank is empty (never, once fitted).
+    pub fn is_empty(&self) -> bool {
+        self.bank.nrows() == 0
+    }
+}
+
+impl ScoreFeatures for GuideBank {
+    fn width(&self) -> usize {
+        self.bank.ncols()
+    }
+
+    fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>> {
+        let energy = energies(self.head.as_ref(), batch)?;
+        let queries = normalised(batch.features);
+        let mut scores = Array1::zeros(queries.nrows());
+        let mut products = Array2::<f32>::zeros((
+            queries.nrows().min(QUERY_BLOCK),
+            self.bank.nrows().min(INDEX_BLOCK),
+        ));
+        for (b, (q_block, mut out)) in queries
+            .axis_chunks_iter(Axis(0), QUERY_BLOCK)
+            .zip(scores.axis_chunks_iter_mut(Axis(0), QUERY_BLOCK))
+            .enumerate()
+        {
+            // The k largest products are the k smallest of their negations.
+            let mut best: Vec<KBest> = (0..q_block.nrows()).map(|_| KBest::new(self.k)).collect();
+            for x_block in self.bank.axis_chunks_iter(Axis(0), INDEX_BLOCK) {
+                let mut dots = products.slice_mut(s![..q_block.nrows(), ..x_block.nrows()]);
+                gemm_into(dots.view_mut(), false, q_block, x_block, true);
+                for (row, kbest) in dots.rows().into_iter().zip(&mut best) {
+                    for &dot in row {
+                        kbest.offer(-dot);
+                    }
+                }
+            }
+            let start = b * QUERY_BLOCK;
+            for ((o, kbest), e) in out.iter_mut().zip(best).zip(&energy[start..]) {
+                let guidance = -kbest.mean();
+                *o = (-guidance * e) as f32;
+            }
+        }
+        Ok(scores)
+    }
+}
+
+impl StoredState for GuideBank {
+    const KINDS: &'static [&'static str] = &["NNGuide"];
+
+    fn state_kind(&self) -> &'static str {
+        "NNGuide"
+    }
+
+    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
+        file.array(&format!("{prefix}bank"), self.bank.view());
+        if let Some(head) = &self.head {
+            head.write(file, prefix);
+        }
+        Ok(json!({ "k": self.k, "has_head": self.head.is_some() }))
+    }
+
+    fn read_state(
+        file: &Reader,
+        prefix: &str,
+        params: &Value,
+        width: usize,
+        _kind: &str,
+    ) -> Result<Self> {
+        let bank: Array2<f32> = file.array(&format!("{prefix}bank"), &[None, Some(width)])?;
+        let k = file.count(params, "k")?;
+        if k == 0 || k > bank.nrows() {
+            return Err(file.corrupt(format!(
+                "NNGuide's k = {k} with {} bank entries",
+                bank.nrows()
+            )));
+        }
+        let head = match file.field(params, "has_head")?.as_bool() {
+            Some(true) => Some(Head::read(file, prefix, width)?),
+            Some(false) => None,
+            None => return Err(file.corrupt("NNGuide's \"has_head\" is not a boolean")),
+        };
+        Ok(GuideBank { k, bank, head })
+    }
+}

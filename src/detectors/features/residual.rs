@@ -1,0 +1,217 @@
+//! Residual: the norm of a feature off the in-distribution principal
+//! subspace (the residual part of ViM, Wang et al., CVPR 2022).
+
+use ndarray::{Array1, Array2, ArrayView2, Axis};
+use serde_json::{Value, json};
+
+use super::head::Head;
+use super::moments::ClassMoments;
+use super::stored::StoredState;
+use super::vim::residual_basis;
+use super::{
+    FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, PrincipalDims, ScoreFeatures,
+};
+use crate::detectors::file::{Reader, Writer};
+use crate::error::Result;
+use crate::linalg::{gemm, pinv};
+use crate::model::FeatureModel;
+
+/// Residual: features f of the penultimate layer, seen from the origin
+/// u = −W⁺b of the last layer, have a principal subspace (the top
+/// eigenvectors of (1/N) Σ (f − u)(f − u)ᵀ over the fit data); the score is
+/// the norm of f − u projected off it, ‖(f − u)·R‖ (higher = more OOD). It is
+/// [`Vim`](super::Vim) without the scaled energy term.
+///
+/// OpenOOD v1.5 (`configs/postprocessors/residual.yml`) keeps a fixed 512
+/// principal dimensions, which needs features wider than 512 (its ImageNet
+/// ResNet-50 has 2048; CIFAR ResNets have 64 to 512). The default here is
+/// this crate's ViM default instead, the dimensions explaining 99% of the
+/// variance; `Residual::new(PrincipalDims::Count(512))` is OpenOOD's. The
+/// head (for u) comes from the model or from [`with_head`](Self::with_head),
+/// which [`fit_features`](FeatureDetector::fit_features) needs. Fitting
+/// streams once; memory O(D²). Labels are not used.
+///
+/// ```
+/// use ndarray::{Array1, array};
+/// use oodkit::detectors::{FeatureDetector, PrincipalDims, Residual, ScoreFeatures};
+///
+/// // Fit features along x (the head's origin is 0): the residual space is y.
+/// let fit = array![[-2.0_f32, 0.0], [-1.0, 0.0], [1.0, 0.0], [2.0, 0.0]];
+/// let residual = Residual::new(PrincipalDims::Count(1))?
+///     .with_head(array![[1.0_f32, 0.0], [-1.0, 0.0]], Array1::zeros(2))?
+///     .fit_features(fit.view(), Array1::zeros(4).view())?;
+/// let s = residual.score_features(array![[5.0_f32, 0.0], [1.0, -3.0]].view())?;
+/// assert!(s[0].abs() < 1e-6 && (s[1] - 3.0).abs() < 1e-6);
+/// # Ok::<(), oodkit::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Residual {
+    dims: PrincipalDims,
+    head: Option<Head>,
+    options: FeatureOptions,
+}
+
+impl Default for Residual {
+    /// The dimensions explaining 99% of the variance (see above for
+    /// OpenOOD's 512), on the penultimate layer.
+    fn default() -> Self {
+        Residual {
+            dims: PrincipalDims::Explained(0.99),
+            head: None,
+            options: FeatureOptions::default(),
+        }
+    }
+}
+
+impl Residual {
+    /// Residual keeping `dims` principal dimensions (as [`Vim::new`](super::Vim::new)).
+    pub fn new(dims: PrincipalDims) -> Result<Self> {
+        super::Vim::new(dims)?;
+        Ok(Residual {
+            dims,
+            ..Residual::default()
+        })
+    }
+
+    /// The last layer's weights `(classes, D)` and bias `(classes,)`, used
+    /// instead of the model's.
+    pub fn with_head(mut self, weights: Array2<f32>, bias: Array1<f32>) -> Result<Self> {
+        self.head = Some(Head::new(weights, bias, "Residual")?);
+        Ok(self)
+    }
+
+    /// The principal dimensions asked for.
+    pub fn principal_dims(&self) -> PrincipalDims {
+        self.dims
+    }
+}
+
+impl FeatureDetector for Residual {
+    type Fitter = ResidualFitter;
+    type Fitted = ResidualSpace;
+
+    fn name(&self) -> &'static str {
+        "Residual"
+    }
+
+    fn needs_labels(&self) -> bool {
+        false
+    }
+
+    fn fitter(&self, width: usize, model: Option<&dyn FeatureModel>) -> Result<ResidualFitter> {
+        let head = Head::resolve(
+            self.head.as_ref(),
+            model,
+            width,
+            "Residual",
+            "Residual::new(..)?",
+        )?;
+        let origin = -pinv(&head.weights.mapv(f64::from), "Residual head weights")?
+            .dot(&head.bias.mapv(f64::from));
+        Ok(ResidualFitter {
+            dims: self.dims,
+            moments: ClassMoments::new(width, false),
+            origin,
+        })
+    }
+
+    fn options(&self) -> &FeatureOptions {
+        &self.options
+    }
+
+    fn options_mut(&mut self) -> &mut FeatureOptions {
+        &mut self.options
+    }
+}
+
+/// Streams the second moment of one layer about the head's origin.
+#[derive(Debug)]
+pub struct ResidualFitter {
+    dims: PrincipalDims,
+    moments: ClassMoments,
+    origin: Array1<f64>,
+}
+
+impl LayerFitter for ResidualFitter {
+    type Fitted = ResidualSpace;
+
+    fn update(&mut self, batch: &LayerBatch) -> Result<()> {
+        let all = Array1::zeros(batch.features.nrows());
+        self.moments.update(batch.features, all.view());
+        Ok(())
+    }
+
+    fn finish(self) -> Result<ResidualSpace> {
+        let residual = residual_basis(&self.moments, &self.origin, self.dims, "Residual")?;
+        Ok(ResidualSpace {
+            origin: self.origin,
+            residual,
+        })
+    }
+}
+
+/// What Residual learns of a layer: the origin u and a basis of the
+/// residual space.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResidualSpace {
+    origin: Array1<f64>,
+    residual: Array2<f64>,
+}
+
+impl ResidualSpace {
+    /// The number of principal dimensions kept.
+    pub fn principal_dims(&self) -> usize {
+        self.origin.len() - self.residual.ncols()
+    }
+
+    fn norms(&self, features: ArrayView2<f32>) -> Array1<f64> {
+        let centred = features.mapv(f64::from) - &self.origin;
+        let coordinates = gemm(centred.view(), self.residual.view(), false);
+        coordinates.map_axis(Axis(1), |r| r.dot(&r).sqrt())
+    }
+}
+
+impl ScoreFeatures for ResidualSpace {
+    fn width(&self) -> usize {
+        self.origin.len()
+    }
+
+    fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>> {
+        Ok(self.norms(batch.features).mapv(|r| r as f32))
+    }
+}
+
+impl StoredState for ResidualSpace {
+    const KINDS: &'static [&'static str] = &["Residual"];
+
+    fn state_kind(&self) -> &'static str {
+        "Residual"
+    }
+
+    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
+        file.array(&format!("{prefix}origin"), self.origin.view());
+        file.array(&format!("{prefix}residual"), self.residual.view());
+        Ok(json!({}))
+    }
+
+    fn read_state(
+        file: &Reader,
+        prefix: &str,
+        _params: &Value,
+        width: usize,
+        _kind: &str,
+    ) -> Result<Self> {
+        let residual: Array2<f64> =
+            file.array(&format!("{prefix}residual"), &[Some(width), None])?;
+        if residual.ncols() == 0 || residual.ncols() >= width {
+            return Err(file.corrupt(format!(
+                "Residual's space has {} of {width} dimensions",
+                residual.ncols()
+            )));
+        }
+        Ok(ResidualSpace {
+            origin: file.array(&format!("{prefix}origin"), &[Some(width)])?,
+            residual,
+        })
+    }
+}

@@ -1,0 +1,291 @@
+//! VRA, variational rectified activation (Xu et al., NeurIPS 2023).
+
+use ndarray::{Array1, Array2};
+use serde_json::{Value, json};
+
+use super::head::{Head, logsumexp};
+use super::quantile::quantile;
+use super::stored::StoredState;
+use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
+use crate::detectors::file::{Reader, Writer};
+use crate::error::{Error, Result};
+use crate::model::FeatureModel;
+
+/// How VRA rectifies each activation z between the thresholds α < β.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rectification {
+    /// min(max(z, α), β): OpenOOD v1.5's VRA (what its leaderboard
+    /// measures), the default.
+    Clip,
+    /// The paper's piecewise VRA-P: 0 below α, z + γ between α and β, β
+    /// above β.
+    Piecewise {
+        /// The shift γ of the activations kept.
+        gamma: f32,
+    },
+}
+
+impl Rectification {
+    fn apply(self, z: f32, low: f32, high: f32) -> f32 {
+        match self {
+            Rectification::Clip => z.clamp(low, high),
+            Rectification::Piecewise { gamma } => {
+                if z < low {
+                    0.0
+                } else if z > high {
+                    high
+                } else {
+                    z + gamma
+                }
+            }
+        }
+    }
+}
+
+/// VRA: the thresholds α and β are the `low` and `high` quantiles of every
+/// activation of the fit data (all samples and units together); each
+/// activation is rectified between them ([`Rectification`]), the last layer
+/// is applied to the result, and score = −logsumexp(logits) (the energy,
+/// higher = more OOD).
+///
+/// Defaults as OpenOOD v1.5 (`configs/postprocessors/vra.yml`): quantiles
+/// 0.1 and 0.9 (its percentiles 10 and 90), [`Rectification::Clip`]. The
+/// paper's VRA-P is [`with_rectification`](Self::with_rectification)`(Rectification::Piecewise { gamma })`.
+/// The quantiles are exact (linear interpolation, NumPy's default), so the
+/// fit keeps every fit activation until it ends: memory O(N · D) during the
+/// fit, O(classes · D) after. The head comes from the model or from
+/// [`with_head`](Self::with_head), which
+/// [`fit_features`](FeatureDetector::fit_features) needs. Labels are not
+/// used.
+///
+/// ```
+/// use ndarray::{Array1, array};
+/// use oodkit::detectors::{FeatureDetector, ScoreFeatures, Vra};
+///
+/// // Activations 0, 1, ..., 9: the 0.1 and 0.9 quantiles are 0.9 and 8.1.
+/// let fit = Array1::range(0.0_f32, 10.0, 1.0).into_shape_with_order((5, 2))?;
+/// let vra = Vra::default()
+///     .with_head(array![[1.0_f32, 0.0], [0.0, 1.0]], Array1::zeros(2))?
+///     .fit_features(fit.view(), Array1::zeros(5).view())?;
+/// assert!((vra.thresholds().0 - 0.9).abs() < 1e-6 && (vra.thresholds().1 - 8.1).abs() < 1e-6);
+/// // (100, 0) is clipped to (8.1, 0.9) before the head.
+/// let s = vra.score_features(array![[100.0_f32, 0.0]].view())?;
+/// let expected = -(8.1_f64.exp() + 0.9_f64.exp()).ln();
+/// assert!((f64::from(s[0]) - expected).abs() < 1e-4);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vra {
+    low: f64,
+    high: f64,
+    rectification: Rectification,
+    head: Option<Head>,
+    options: FeatureOptions,
+}
+
+impl Default for Vra {
+    /// Quantiles 0.1 and 0.9, clipping (OpenOOD's defaults).
+    fn default() -> Self {
+        Vra {
+            low: 0.1,
+            high: 0.9,
+            rectification: Rectification::Clip,
+            head: None,
+            options: FeatureOptions::default(),
+        }
+    }
+}
+
+impl Vra {
+    /// VRA with thresholds at the `low` and `high` quantiles of the fit
+    /// activations, 0 ≤ low < high ≤ 1.
+    pub fn new(low: f64, high: f64) -> Result<Self> {
+        if !(0.0 <= low && low < high && high <= 1.0) {
+            return Err(Error::invalid(
+                "quantiles",
+                format!("({low}, {high})"),
+                "need 0 ≤ low < high ≤ 1 (OpenOOD uses 0.1 and 0.9)",
+            ));
+        }
+        Ok(Vra {
+            low,
+            high,
+            ..Vra::default()
+        })
+    }
+
+    /// How activations are rectified between the thresholds. Errors on a
+    /// non-finite γ.
+    pub fn with_rectification(mut self, rectification: Rectification) -> Result<Self> {
+        if let Rectification::Piecewise { gamma } = rectification
+            && !gamma.is_finite()
+        {
+            return Err(Error::invalid("gamma", gamma, "must be finite"));
+        }
+        self.rectification = rectification;
+        Ok(self)
+    }
+
+    /// The last layer's weights `(classes, D)` and bias `(classes,)`, used
+    /// instead of the model's.
+    pub fn with_head(mut self, weights: Array2<f32>, bias: Array1<f32>) -> Result<Self> {
+        self.head = Some(Head::new(weights, bias, "VRA")?);
+        Ok(self)
+    }
+
+    /// The quantiles of the thresholds.
+    pub fn quantiles(&self) -> (f64, f64) {
+        (self.low, self.high)
+    }
+}
+
+impl FeatureDetector for Vra {
+    type Fitter = VraFitter;
+    type Fitted = VraThresholds;
+
+    fn name(&self) -> &'static str {
+        "VRA"
+    }
+
+    fn needs_labels(&self) -> bool {
+        false
+    }
+
+    fn fitter(&self, width: usize, model: Option<&dyn FeatureModel>) -> Result<VraFitter> {
+        let head = Head::resolve(self.head.as_ref(), model, width, "VRA", "Vra::new(..)?")?;
+        Ok(VraFitter {
+            detector: self.clone(),
+            head,
+            values: Vec::new(),
+        })
+    }
+
+    fn options(&self) -> &FeatureOptions {
+        &self.options
+    }
+
+    fn options_mut(&mut self) -> &mut FeatureOptions {
+        &mut self.options
+    }
+}
+
+/// Keeps one layer's fit activations for the exact quantiles.
+#[derive(Debug)]
+pub struct VraFitter {
+    detector: Vra,
+    head: Head,
+    values: Vec<f32>,
+}
+
+impl LayerFitter for VraFitter {
+    type Fitted = VraThresholds;
+
+    fn update(&mut self, batch: &LayerBatch) -> Result<()> {
+        self.values.extend(batch.features.iter());
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<VraThresholds> {
+        if self.values.is_empty() {
+            return Err(Error::Empty {
+                what: "the fit data of VRA".into(),
+                hint: "fit on at least one sample".into(),
+            });
+        }
+        let low = quantile(&mut self.values, self.detector.low) as f32;
+        let high = quantile(&mut self.values, self.detector.high) as f32;
+        Ok(VraThresholds {
+            low,
+            high,
+            rectification: self.detector.rectification,
+            head: self.head,
+        })
+    }
+}
+
+/// What VRA learns of a layer: the thresholds α ≤ β, the rectification,
+/// and the last layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VraThresholds {
+    low: f32,
+    high: f32,
+    rectification: Rectification,
+    head: Head,
+}
+
+impl VraThresholds {
+    /// The thresholds (α, β).
+    pub fn thresholds(&self) -> (f32, f32) {
+        (self.low, self.high)
+    }
+
+    /// How activations are rectified.
+    pub fn rectification(&self) -> Rectification {
+        self.rectification
+    }
+}
+
+impl ScoreFeatures for VraThresholds {
+    fn width(&self) -> usize {
+        self.head.width()
+    }
+
+    fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>> {
+        let rectified = batch
+            .features
+            .mapv(|z| self.rectification.apply(z, self.low, self.high));
+        let logits = self.head.logits(rectified.view());
+        Ok(logits
+            .rows()
+            .into_iter()
+            .map(|row| -logsumexp(row) as f32)
+            .collect())
+    }
+}
+
+impl StoredState for VraThresholds {
+    const KINDS: &'static [&'static str] = &["VRA"];
+
+    fn state_kind(&self) -> &'static str {
+        "VRA"
+    }
+
+    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
+        self.head.write(file, prefix);
+        let gamma = match self.rectification {
+            Rectification::Clip => None,
+            Rectification::Piecewise { gamma } => Some(f64::from(gamma)),
+        };
+        Ok(json!({
+            "low": f64::from(self.low),
+            "high": f64::from(self.high),
+            "piecewise_gamma": gamma,
+        }))
+    }
+
+    fn read_state(
+        file: &Reader,
+        prefix: &str,
+        params: &Value,
+        width: usize,
+        _kind: &str,
+    ) -> Result<Self> {
+        let low = file.number(params, "low")? as f32;
+        let high = file.number(params, "high")? as f32;
+        if low > high {
+            return Err(file.corrupt(format!("VRA's thresholds ({low}, {high}) are not ordered")));
+        }
+        let rectification = match file.field(params, "piecewise_gamma")? {
+            Value::Null => Rectification::Clip,
+            _ => Rectification::Piecewise {
+                gamma: file.number(params, "piecewise_gamma")? as f32,
+            },
+        };
+        Ok(VraThresholds {
+            low,
+            high,
+            rectification,
+            head: Head::read(file, prefix, width)?,
+        })
+    }
+}
