@@ -12,10 +12,11 @@ use oodkit::calibration::Calibrated;
 use oodkit::datasets::{OodDataset, PrepareConfig};
 use oodkit::detectors::file::{FORMAT_VERSION, describe};
 use oodkit::detectors::{
-    Aggregation, AnyDetector, ClassGaussians, Detector, Energy, Entropy, FeatureDetector,
-    FittedDetector, FittedFeatures, Gen, Gram, GramBounds, InputPerturbation, Knn, KnnIndex,
-    Mahalanobis, Mls, Odin, Persist, PrincipalDims, Rmds, ScoreFeatures, ScoreLogits, Shaped, She,
-    SheMeans, Vim, VimSubspace,
+    Aggregation, AnyDetector, ClassGaussians, Detector, Dice, Energy, Entropy, Fdbd,
+    FdbdNormalizer, FeatureDetector, FittedDetector, FittedFeatures, Gen, Gmm, GradNorm, Gram,
+    GramBounds, InputPerturbation, Knn, KnnIndex, Mahalanobis, Mls, Nci, NnGuide, Odin, Persist,
+    PrincipalDims, Rectification, Residual, Rmds, ScoreFeatures, ScoreLogits, Shaped, She,
+    SheMeans, Vim, VimSubspace, Vra,
 };
 use oodkit::model::{FeatureModel, LayerId, Shaping, from_fn_with_features};
 use oodkit::{Batch, Error};
@@ -210,6 +211,74 @@ fn she_round_trips() {
 #[test]
 fn gram_round_trips() {
     feature_round_trip(Gram::new(1..=4, 0.05).unwrap(), "Gram");
+}
+
+/// Fits a detector that reads the last layer through the network (on the
+/// layer feeding the head) and round-trips it; then its state fitted on
+/// precomputed features with the head given.
+fn head_round_trip<D>(detector: D, with_head: D, name: &str)
+where
+    D: FeatureDetector,
+    D::Fitted: Persist + Clone + PartialEq,
+    FittedFeatures<D::Fitted>: Persist,
+{
+    let model = network();
+    let fitted = detector
+        .fit(&model, Some(&batches(&data(90, 1))))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .into_fitted();
+    round_trip_through_model(fitted, &model, name);
+    let features = Array2::from_shape_fn((80, HIDDEN), |(i, j)| {
+        ((i * 7 + j * 5) % 13) as f32 / 3.0 + if j == i % CLASSES { 2.0 } else { 0.0 }
+    });
+    let labels: Array1<i64> = (0..80).map(|i| (i % CLASSES) as i64).collect();
+    let state = with_head
+        .fit_features(features.view(), labels.view())
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = temp_path(&dir, "state.oodkit");
+    state.save(&path).unwrap();
+    let loaded = D::Fitted::load(&path).unwrap_or_else(|e| panic!("{name} state: {e}"));
+    assert!(loaded == state, "{name}: the loaded state differs");
+    let queries = features.mapv(|v| v * 1.1 - 0.3);
+    assert_eq!(
+        bits(&state.score_features(queries.view()).unwrap()),
+        bits(&loaded.score_features(queries.view()).unwrap()),
+        "{name}"
+    );
+}
+
+#[test]
+fn openood_detectors_round_trip() {
+    let (w, b) = head();
+    macro_rules! both {
+        ($detector:expr, $name:expr) => {
+            head_round_trip(
+                $detector,
+                $detector.with_head(w.clone(), b.clone()).unwrap(),
+                $name,
+            )
+        };
+    }
+    both!(Dice::new(0.7).unwrap(), "DICE");
+    both!(Vra::default(), "VRA");
+    both!(
+        Vra::new(0.2, 0.8)
+            .unwrap()
+            .with_rectification(Rectification::Piecewise { gamma: 0.3 })
+            .unwrap(),
+        "VRA-P"
+    );
+    both!(Fdbd::default(), "fDBD");
+    both!(
+        Fdbd::new(FdbdNormalizer::FeatureNorm),
+        "fDBD (feature norm)"
+    );
+    both!(Nci::new(0.01).unwrap(), "NCI");
+    both!(NnGuide::new(3, 0.5).unwrap(), "NNGuide");
+    both!(GradNorm::new(), "GradNorm");
+    both!(Residual::new(PrincipalDims::Count(2)).unwrap(), "Residual");
+    feature_round_trip(Gmm::new(1e-3).unwrap(), "GMM");
 }
 
 #[test]
@@ -668,6 +737,15 @@ fn any_detector_loads_every_kind_and_scores_as_the_typed_one() {
         Gram::default().with_layers(["input", "hidden"]).unwrap(),
         true
     );
+    any_detector_matches!(Dice::default(), true);
+    any_detector_matches!(Vra::default(), true);
+    any_detector_matches!(Fdbd::default(), true);
+    any_detector_matches!(Nci::default(), true);
+    any_detector_matches!(NnGuide::new(3, 0.5).unwrap(), true);
+    any_detector_matches!(GradNorm::new(), false);
+    any_detector_matches!(GradNorm::new(), true);
+    any_detector_matches!(Residual::new(PrincipalDims::Count(2)).unwrap(), true);
+    any_detector_matches!(Gmm::new(1e-3).unwrap(), true);
 
     // Files that hold no detector are errors naming them.
     let dir = tempfile::tempdir().unwrap();

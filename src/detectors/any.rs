@@ -12,6 +12,7 @@ use super::{
     Mls, ModelShape, NciCentre, Odin, ResidualSpace, ScoreFeatures, ScoreOutput, Shaped, SheMeans,
     VimSubspace, VraThresholds,
 };
+use super::{KlMatching, OpenMaxModel, TemperedSoftmax};
 use crate::batch::Batch;
 use crate::calibration::{Calibrated, Calibration, Verdict};
 use crate::datasets::BatchSource;
@@ -77,6 +78,14 @@ impl AnyDetector {
             ("Entropy", false) => load::<Entropy, ViaLogits<()>>(path, info.calibrated),
             ("GEN", false) => load::<Gen, ViaLogits<()>>(path, info.calibrated),
             ("ODIN", false) => load::<Odin, ViaLogits<()>>(path, info.calibrated),
+            ("TemperatureScaling", false) => {
+                load::<TemperedSoftmax, ViaLogits<()>>(path, info.calibrated)
+            }
+            ("KLM", false) => load::<KlMatching, ViaLogits<()>>(path, info.calibrated),
+            ("OpenMax", false) => load::<OpenMaxModel, ViaLogits<()>>(path, info.calibrated),
+            ("TemperatureScaling", true) => {
+                load::<Shaped<TemperedSoftmax>, ViaFeatures<()>>(path, info.calibrated)
+            }
             ("MLS" | "MSP", true) => load::<Shaped<Mls>, ViaFeatures<()>>(path, info.calibrated),
             ("Energy", true) => load::<Shaped<Energy>, ViaFeatures<()>>(path, info.calibrated),
             ("Entropy", true) => load::<Shaped<Entropy>, ViaFeatures<()>>(path, info.calibrated),
@@ -246,6 +255,9 @@ impl Recorded for Energy {}
 impl Recorded for Entropy {}
 impl Recorded for Gen {}
 impl Recorded for Odin {}
+impl Recorded for TemperedSoftmax {}
+impl Recorded for KlMatching {}
+impl Recorded for OpenMaxModel {}
 impl<D> Recorded for Shaped<D> {}
 impl<S: ScoreFeatures> Recorded for FittedFeatures<S> {
     fn expects(&self) -> Option<ModelShape> {

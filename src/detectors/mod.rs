@@ -2,7 +2,9 @@
 //!
 //! Two families. On logits (any [`Model`](crate::model::Model)), in
 //! [`logits`]: [`Mls`] (and MSP), [`Energy`], [`Entropy`], [`Gen`],
-//! [`Odin`]; each also scores precomputed logits ([`ScoreLogits`]). On
+//! [`Odin`], and three that learn from in-distribution logits,
+//! [`TemperatureScaling`], [`Klm`] and [`OpenMax`]; each scores precomputed
+//! logits ([`ScoreLogits`]). On
 //! internal features (a [`FeatureModel`](crate::model::FeatureModel),
 //! fitted on in-distribution data), in [`features`]: [`Mahalanobis`],
 //! [`Rmds`], [`Knn`], [`Vim`], [`She`], [`Gram`], and the OpenOOD post-hoc
@@ -79,7 +81,10 @@ pub use features::{
     VimSubspace, Vra, VraThresholds,
 };
 pub use file::Persist;
-pub use logits::{Energy, Entropy, Gen, Mls, Odin, OutputActivation, ScoreLogits, Shaped};
+pub use logits::{
+    Energy, Entropy, Gen, KlMatching, Klm, Mls, Odin, OpenMax, OpenMaxModel, OutputActivation,
+    ScoreLogits, Shaped, TemperatureScaling, TemperedSoftmax, Weibull,
+};
 pub use perturbation::InputPerturbation;
 
 /// What scoring returns: one score per input, in input order, and what the

@@ -4,8 +4,9 @@ use oodkit::Result;
 use oodkit::calibration::Calibrated;
 use oodkit::detectors::Family;
 use oodkit::detectors::{
-    AnyModel, Detector, Energy, Entropy, FeatureDetector, Features, FittedDetector, Gen, Gram, Knn,
-    Logits, Mahalanobis, Mls, Odin, Persist, PrincipalDims, Rmds, She, Vim,
+    AnyModel, Detector, Dice, Energy, Entropy, Fdbd, FeatureDetector, Features, FittedDetector,
+    Gen, Gmm, GradNorm, Gram, Knn, Logits, Mahalanobis, Mls, Nci, NnGuide, Odin, Persist,
+    PrincipalDims, Residual, Rmds, She, Vim, Vra,
 };
 use oodkit::model::{LayerId, Model};
 
@@ -39,6 +40,30 @@ pub enum Name {
     She,
     /// Gram matrices (features).
     Gram,
+    /// DICE: the energy of the last layer sparsified by its contributions
+    /// (features and the last layer's weights, as ViM).
+    Dice,
+    /// VRA: the energy of features clipped between two fit percentiles
+    /// (features and the last layer).
+    Vra,
+    /// fDBD: distance to the decision boundaries over distance to the
+    /// mean feature (features and the last layer).
+    Fdbd,
+    /// NCI: alignment with the predicted class's weights plus an L1 norm
+    /// (features and the last layer).
+    Nci,
+    /// NNGuide: energy guided by the --k most similar of a bank of 1% of
+    /// the fit features (features).
+    Nnguide,
+    /// GradNorm: the norm of the last layer's gradient (features and the
+    /// last layer; needs no fit data).
+    Gradnorm,
+    /// Residual: the norm off the principal subspace of the fit features
+    /// (features and the last layer; --vim-dims sets the subspace).
+    Residual,
+    /// Class-conditional Gaussians, one covariance per class, GMM
+    /// (features; fit data labelled).
+    Gmm,
 }
 
 impl Name {
@@ -57,14 +82,29 @@ impl Name {
             Name::Vim => "vim",
             Name::She => "she",
             Name::Gram => "gram",
+            Name::Dice => "dice",
+            Name::Vra => "vra",
+            Name::Fdbd => "fdbd",
+            Name::Nci => "nci",
+            Name::Nnguide => "nnguide",
+            Name::Gradnorm => "gradnorm",
+            Name::Residual => "residual",
+            Name::Gmm => "gmm",
         }
     }
 
-    /// Whether it reads feature layers (and so needs fit data).
-    pub fn reads_features(self) -> bool {
-        matches!(
+    /// Whether it learns statistics of in-distribution features (and so
+    /// needs fit data).
+    pub fn needs_fit_data(self) -> bool {
+        !matches!(
             self,
-            Name::Mahalanobis | Name::Rmds | Name::Knn | Name::Vim | Name::She | Name::Gram
+            Name::Mls
+                | Name::Msp
+                | Name::Energy
+                | Name::Entropy
+                | Name::Gen
+                | Name::Odin
+                | Name::Gradnorm
         )
     }
 }
@@ -72,13 +112,14 @@ impl Name {
 /// The detectors' parameters the command line sets.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Params {
-    /// KNN's k (the neighbour whose distance is the score).
-    #[arg(long, default_value_t = 50, value_name = "K")]
-    pub k: usize,
+    /// KNN's k (the neighbour whose distance is the score) [default: 50]
+    /// and NNGuide's (the neighbours it averages) [default: 100].
+    #[arg(long, value_name = "K")]
+    pub k: Option<usize>,
     /// Energy's and ODIN's temperature [default: 1 for energy, 1000 for ODIN].
     #[arg(long, value_name = "T")]
     pub temperature: Option<f32>,
-    /// ViM's principal subspace: a number of dimensions (e.g. 64, below
+    /// ViM's and Residual's principal subspace: a number of dimensions (e.g. 64, below
     /// the feature width) or the fraction of variance it explains (e.g.
     /// 0.99) [default: 0.99].
     #[arg(long, value_name = "N|FRACTION", value_parser = parse_dims)]
@@ -151,7 +192,7 @@ pub fn with_detector<A: Action>(
         }
         Name::Mahalanobis => action.run(Mahalanobis::new().with_layers(layers)?),
         Name::Rmds => action.run(Rmds::new().with_layers(layers)?),
-        Name::Knn => action.run(Knn::new(params.k)?.with_layers(layers)?),
+        Name::Knn => action.run(Knn::new(params.k.unwrap_or(50))?.with_layers(layers)?),
         Name::Vim => {
             let vim = match params.vim_dims {
                 Some(dims) => Vim::new(dims)?,
@@ -161,5 +202,23 @@ pub fn with_detector<A: Action>(
         }
         Name::She => action.run(She::new().with_layers(layers)?),
         Name::Gram => action.run(Gram::default().with_layers(layers)?),
+        Name::Dice => action.run(Dice::default().with_layers(layers)?),
+        Name::Vra => action.run(Vra::default().with_layers(layers)?),
+        Name::Fdbd => action.run(Fdbd::default().with_layers(layers)?),
+        Name::Nci => action.run(Nci::default().with_layers(layers)?),
+        Name::Nnguide => {
+            let default = NnGuide::default();
+            let k = params.k.unwrap_or(default.k());
+            action.run(NnGuide::new(k, default.bank_fraction())?.with_layers(layers)?)
+        }
+        Name::Gradnorm => action.run(GradNorm::new().with_layers(layers)?),
+        Name::Residual => {
+            let residual = match params.vim_dims {
+                Some(dims) => Residual::new(dims)?,
+                None => Residual::default(),
+            };
+            action.run(residual.with_layers(layers)?)
+        }
+        Name::Gmm => action.run(Gmm::default().with_layers(layers)?),
     }
 }

@@ -58,7 +58,7 @@ pub struct EvalArgs {
 
 /// Runs `oodkit eval`.
 pub fn run(args: &EvalArgs, quiet: bool) -> Result<()> {
-    let needs_fit = args.detectors.iter().find(|d| d.reads_features());
+    let needs_fit = args.detectors.iter().find(|d| d.needs_fit_data());
     let fit_folder = match (&args.fit_data, needs_fit) {
         (Some(dir), _) => Some(args.model.open(dir)?),
         (None, None) => None,

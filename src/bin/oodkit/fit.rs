@@ -52,7 +52,7 @@ pub fn run(args: &FitArgs, quiet: bool) -> Result<()> {
         .as_deref()
         .map(|d| args.model.open(d))
         .transpose()?;
-    if fit_folder.is_none() && args.detector.reads_features() {
+    if fit_folder.is_none() && args.detector.needs_fit_data() {
         return Err(Error::MissingInput {
             what: format!("fit data for {}", args.detector.as_str()),
             hint: "it learns in-distribution statistics: pass --data DIR".into(),

@@ -16,17 +16,23 @@ use crate::model::{Model, check_logits};
 mod energy;
 mod entropy;
 mod generalized_entropy;
+mod klm;
 mod mls;
 mod odin;
+mod openmax;
 mod shaped;
 mod stored;
+mod temperature;
 
 pub use energy::Energy;
 pub use entropy::Entropy;
 pub use generalized_entropy::Gen;
+pub use klm::{KlMatching, Klm};
 pub use mls::{Mls, OutputActivation};
 pub use odin::Odin;
+pub use openmax::{OpenMax, OpenMaxModel, Weibull};
 pub use shaped::Shaped;
+pub use temperature::{TemperatureScaling, TemperedSoftmax};
 
 /// A detector that scores from the logits alone: logits computed once (or
 /// by another program) can be scored by each of them without running the
@@ -202,6 +208,109 @@ impl<D: ScoreLogits> FittedDetector for D {
 
     fn score_batch(&self, model: &ModelOf<'_, D>, batch: Batch) -> Result<ScoreOutput> {
         self.score_logit_batch(model, batch)
+    }
+}
+
+/// The logits (and labels, which `labels` requires) of every fit batch
+/// through `model`, for the logit detectors that learn from in-distribution
+/// data (KLM, temperature scaling, OpenMax). Errors without fit data, on a
+/// batch without labels when they are required, and on NaN logits.
+pub(crate) fn fit_logits(
+    model: &dyn Model,
+    fit_data: Option<&dyn BatchSource>,
+    detector: &str,
+    labels: bool,
+) -> Result<(ndarray::Array2<f32>, Option<Array1<i64>>)> {
+    let data = crate::datasets::require_fit_data(
+        fit_data,
+        &format!("{detector} fits statistics of in-distribution logits"),
+    )?;
+    let mut rows: Vec<f32> = Vec::new();
+    let mut classes = None;
+    let mut all_labels: Vec<i64> = Vec::new();
+    let mut offset = 0;
+    for batch in data.batches()? {
+        let Batch {
+            inputs,
+            labels: batch_labels,
+            ..
+        } = batch?;
+        let n = inputs.shape()[0];
+        let step = || -> Result<ndarray::Array2<f32>> {
+            let logits = model.forward_owned(inputs)?;
+            check_logits(&logits, n)?;
+            if *classes.get_or_insert(logits.ncols()) != logits.ncols() {
+                return Err(Error::ShapeMismatch {
+                    what: "logits of a fit batch".into(),
+                    expected: format!("(N, {}), as the first batch", classes.unwrap_or(0)),
+                    found: format!("{:?}", logits.shape()),
+                });
+            }
+            if labels {
+                match &batch_labels {
+                    Some(l) if l.len() == n => all_labels.extend(l.iter()),
+                    Some(l) => {
+                        return Err(Error::LengthMismatch {
+                            what: "inputs vs labels of a fit batch".into(),
+                            left: n,
+                            right: l.len(),
+                        });
+                    }
+                    None => {
+                        return Err(Error::missing(
+                            "class labels of the fit batches",
+                            format!("{detector} fits on labelled in-distribution data"),
+                        ));
+                    }
+                }
+            }
+            Ok(logits)
+        };
+        let logits = step().map_err(|e| e.in_batch_at(offset))?;
+        rows.extend(logits.iter());
+        offset += n;
+    }
+    let classes = classes.ok_or_else(|| Error::Empty {
+        what: format!("the fit data of {detector}"),
+        hint: "it gave no batch".into(),
+    })?;
+    let logits = ndarray::Array2::from_shape_vec((offset, classes), rows)?;
+    check_fit_logits(logits.view(), None, detector)?;
+    Ok((logits, labels.then(|| Array1::from(all_labels))))
+}
+
+/// Errors on empty or NaN fit logits, and on labels of another length.
+pub(crate) fn check_fit_logits(
+    logits: ArrayView2<f32>,
+    labels: Option<ArrayView1<i64>>,
+    detector: &str,
+) -> Result<()> {
+    if logits.nrows() == 0 || logits.ncols() == 0 {
+        return Err(Error::Empty {
+            what: format!("the fit logits of {detector} {:?}", logits.shape()),
+            hint: "fit on at least one sample of at least one class".into(),
+        });
+    }
+    if let Some(labels) = labels
+        && labels.len() != logits.nrows()
+    {
+        return Err(Error::LengthMismatch {
+            what: format!("rows of the fit logits of {detector} vs labels"),
+            left: logits.nrows(),
+            right: labels.len(),
+        });
+    }
+    crate::model::check_finite(logits, &format!("the fit logits of {detector}"))
+}
+
+/// Errors unless every label is a class of logits `classes` wide.
+pub(crate) fn check_label_range(labels: ArrayView1<i64>, classes: usize) -> Result<()> {
+    match labels.iter().find(|&&l| l < 0 || l as usize >= classes) {
+        Some(&label) => Err(Error::InvalidLabel {
+            label,
+            reason: format!("the logits have {classes} classes: labels must be in 0..{classes}"),
+        }),
+        None => Ok(()),
     }
 }
 

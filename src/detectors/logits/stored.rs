@@ -3,7 +3,12 @@
 
 use serde_json::{Value, json};
 
-use super::{Energy, Entropy, Gen, Mls, Odin, OutputActivation, ScoreLogits, Shaped};
+use ndarray::Array2;
+
+use super::{
+    Energy, Entropy, Gen, KlMatching, Mls, Odin, OpenMaxModel, OutputActivation, ScoreLogits,
+    Shaped, TemperedSoftmax, Weibull,
+};
 use crate::detectors::file::{Reader, Stored, Writer};
 use crate::error::{Error, Result};
 use crate::model::Shaping;
@@ -100,6 +105,19 @@ impl StoredLogits for Odin {
     }
 }
 
+impl StoredLogits for TemperedSoftmax {
+    const KINDS: &'static [&'static str] = &["TemperatureScaling"];
+
+    fn params(&self) -> Value {
+        json!({ "temperature": num(self.temperature()) })
+    }
+
+    fn from_params(file: &Reader, _kind: &str, params: &Value) -> Result<Self> {
+        TemperedSoftmax::new(file.number(params, "temperature")? as f32)
+            .map_err(|e| invalid(file, e))
+    }
+}
+
 /// Reads the detector of a file's `detector` entry.
 fn read_logits<D: StoredLogits>(file: &Reader) -> Result<D> {
     D::from_params(file, file.kind(), file.required("detector")?)
@@ -142,7 +160,76 @@ macro_rules! stored_logits {
     )*};
 }
 
-stored_logits!(Mls, Energy, Entropy, Gen, Odin);
+stored_logits!(Mls, Energy, Entropy, Gen, Odin, TemperedSoftmax);
+
+/// A fitted logit detector with arrays (KLM's templates, OpenMax's means
+/// and Weibull models): `write_arrays` / `read_arrays` beside its header.
+macro_rules! stored_fitted_logits {
+    ($detector:ty, $kind:literal, $write:expr, $read:expr) => {
+        impl Stored for $detector {
+            fn kind_name(&self) -> &'static str {
+                $kind
+            }
+
+            fn accepts(kind: &str) -> bool {
+                kind == $kind
+            }
+
+            fn expected_kind() -> String {
+                $kind.into()
+            }
+
+            fn write(&self, file: &mut Writer) -> Result<()> {
+                let write: fn(&$detector, &mut Writer) -> Value = $write;
+                let params = write(self, file);
+                file.set("detector", params);
+                Ok(())
+            }
+
+            fn read(file: &Reader) -> Result<Self> {
+                let read: fn(&Reader, &Value) -> Result<$detector> = $read;
+                read(file, file.required("detector")?).map_err(|e| match e {
+                    e @ (Error::CorruptFile { .. } | Error::WrongFile { .. }) => e,
+                    e => invalid(file, e),
+                })
+            }
+        }
+    };
+}
+
+stored_fitted_logits!(
+    KlMatching,
+    "KLM",
+    |klm, file| {
+        file.array("templates", klm.templates().view());
+        json!({})
+    },
+    |file, _params| KlMatching::new(file.array("templates", &[None, None])?)
+);
+
+stored_fitted_logits!(
+    OpenMaxModel,
+    "OpenMax",
+    |openmax, file| {
+        file.array("means", openmax.means().view());
+        let weibulls = Array2::from_shape_fn((openmax.weibulls().len(), 3), |(k, p)| {
+            let w = openmax.weibulls()[k];
+            [w.shape(), w.scale(), w.shift()][p]
+        });
+        file.array("weibulls", weibulls.view());
+        json!({ "alpha": openmax.alpha() })
+    },
+    |file, params| {
+        let means: Array2<f64> = file.array("means", &[None, None])?;
+        let weibulls: Array2<f64> = file.array("weibulls", &[Some(means.nrows()), Some(3)])?;
+        let weibulls = weibulls
+            .rows()
+            .into_iter()
+            .map(|r| Weibull::new(r[0], r[1], r[2]))
+            .collect::<Result<Vec<_>>>()?;
+        OpenMaxModel::new(means, weibulls, file.count(params, "alpha")?)
+    }
+);
 
 fn shaping_json(shaping: Shaping) -> Value {
     match shaping {
