@@ -14,7 +14,10 @@ use std::process::{Command, Output};
 
 use ndarray::{Array1, Array2, Array4};
 use oodkit::datasets::npy;
-use oodkit::detectors::{FeatureDetector, Knn, PrincipalDims, ScoreFeatures, Vim};
+use oodkit::detectors::{
+    Dice, Fdbd, FeatureDetector, GradNorm, Klm, Knn, Nci, NnGuide, PrincipalDims, Residual,
+    ScoreFeatures, ScoreLogits, Vim, Vra,
+};
 use oodkit::metrics::{auroc, bench_metrics};
 use serde_json::Value;
 
@@ -492,6 +495,77 @@ fn eval_through_onnx_reports_the_directly_computed_metrics() {
         "vim",
     );
     assert!(err.contains("\"penultimate\""), "{err}");
+}
+
+/// The OpenOOD detectors that need no labels, through ONNX (the last layer
+/// read from the graph), against the library on the same features.
+#[test]
+fn eval_runs_the_openood_detectors_through_onnx() {
+    let s = onnx_setup();
+    let report = s.dir("openood.json");
+    ok(s.run(
+        "eval",
+        args![
+            "--fit-data",
+            s.dir("train"),
+            "--id",
+            s.dir("heldout"),
+            "--ood",
+            s.dir("incoming"),
+            "--detectors",
+            "dice,vra,fdbd,nci,nnguide,gradnorm,residual,klm",
+            "--k",
+            "3",
+            "--bank-fraction",
+            "0.5",
+            "--vim-dims",
+            "1",
+            "--json",
+            report,
+        ],
+    ));
+    let report = read_json(&report);
+    let (fit, _) = onnx_mlp::direct(&s.fit);
+    let (id_features, id_logits) = onnx_mlp::direct(&s.heldout);
+    let (ood_features, ood_logits) = onnx_mlp::direct(&s.incoming);
+    let labels = Array1::zeros(fit.nrows());
+    let (w, b) = (onnx_mlp::w2(), onnx_mlp::b2());
+    macro_rules! on_features {
+        ($name:expr, $detector:expr) => {{
+            let fitted = $detector
+                .with_head(w.clone(), b.clone())
+                .unwrap()
+                .fit_features(fit.view(), labels.view())
+                .unwrap();
+            (
+                $name,
+                fitted.score_features(id_features.view()).unwrap(),
+                fitted.score_features(ood_features.view()).unwrap(),
+            )
+        }};
+    }
+    let klm = Klm::new()
+        .fit_logits(onnx_mlp::direct(&s.fit).1.view())
+        .unwrap();
+    let expected = [
+        on_features!("dice", Dice::default()),
+        on_features!("vra", Vra::default()),
+        on_features!("fdbd", Fdbd::default()),
+        on_features!("nci", Nci::default()),
+        on_features!("nnguide", NnGuide::new(3, 0.5).unwrap()),
+        on_features!("gradnorm", GradNorm::new()),
+        on_features!("residual", Residual::new(PrincipalDims::Count(1)).unwrap()),
+        (
+            "klm",
+            klm.score_logits(id_logits.view()).unwrap(),
+            klm.score_logits(ood_logits.view()).unwrap(),
+        ),
+    ];
+    for (name, id, ood) in &expected {
+        let got = report["detectors"][name]["auroc"].as_f64().unwrap();
+        let want = auroc(id, ood).unwrap();
+        assert!((got - want).abs() < 1e-6, "{name}: {got} vs {want}");
+    }
 }
 
 #[test]

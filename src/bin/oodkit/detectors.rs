@@ -5,8 +5,8 @@ use oodkit::calibration::Calibrated;
 use oodkit::detectors::Family;
 use oodkit::detectors::{
     AnyModel, Detector, Dice, Energy, Entropy, Fdbd, FeatureDetector, Features, FittedDetector,
-    Gen, Gmm, GradNorm, Gram, Knn, Logits, Mahalanobis, Mls, Nci, NnGuide, Odin, Persist,
-    PrincipalDims, Residual, Rmds, She, Vim, Vra,
+    Gen, Gmm, GradNorm, Gram, Klm, Knn, Logits, Mahalanobis, Mls, Nci, NnGuide, Odin, OpenMax,
+    Persist, PrincipalDims, Residual, Rmds, She, TemperatureScaling, Vim, Vra,
 };
 use oodkit::model::{LayerId, Model};
 
@@ -23,6 +23,15 @@ pub enum Name {
     Entropy,
     /// Generalised entropy, GEN (logits only).
     Gen,
+    /// MSP at the temperature fitted on the fit data by likelihood
+    /// (logits; fit data labelled).
+    TempScaling,
+    /// KL matching to the mean softmax of each predicted class (logits;
+    /// fit data).
+    Klm,
+    /// OpenMax: Weibull models of the distance to each class's mean
+    /// logits, an unknown class (logits; fit data labelled).
+    Openmax,
     /// ODIN: tempered softmax and an input step (needs the network's input
     /// gradients: the crate's networks, not ONNX).
     Odin,
@@ -52,8 +61,8 @@ pub enum Name {
     /// NCI: alignment with the predicted class's weights plus an L1 norm
     /// (features and the last layer).
     Nci,
-    /// NNGuide: energy guided by the --k most similar of a bank of 1% of
-    /// the fit features (features).
+    /// NNGuide: energy guided by the --k most similar of a bank of
+    /// --bank-fraction of the fit features (features).
     Nnguide,
     /// GradNorm: the norm of the last layer's gradient (features and the
     /// last layer; needs no fit data).
@@ -76,6 +85,9 @@ impl Name {
             Name::Entropy => "entropy",
             Name::Gen => "gen",
             Name::Odin => "odin",
+            Name::TempScaling => "temp-scaling",
+            Name::Klm => "klm",
+            Name::Openmax => "openmax",
             Name::Mahalanobis => "mahalanobis",
             Name::Rmds => "rmds",
             Name::Knn => "knn",
@@ -119,6 +131,10 @@ pub struct Params {
     /// Energy's and ODIN's temperature [default: 1 for energy, 1000 for ODIN].
     #[arg(long, value_name = "T")]
     pub temperature: Option<f32>,
+    /// NNGuide's guide bank: this fraction of the fit images, in (0, 1]
+    /// [default: 0.01].
+    #[arg(long, value_name = "FRACTION")]
+    pub bank_fraction: Option<f64>,
     /// ViM's and Residual's principal subspace: a number of dimensions (e.g. 64, below
     /// the feature width) or the fraction of variance it explains (e.g.
     /// 0.99) [default: 0.99].
@@ -190,6 +206,9 @@ pub fn with_detector<A: Action>(
                 None => action.run(default),
             }
         }
+        Name::TempScaling => action.run(TemperatureScaling::new()),
+        Name::Klm => action.run(Klm::new()),
+        Name::Openmax => action.run(OpenMax::default()),
         Name::Mahalanobis => action.run(Mahalanobis::new().with_layers(layers)?),
         Name::Rmds => action.run(Rmds::new().with_layers(layers)?),
         Name::Knn => action.run(Knn::new(params.k.unwrap_or(50))?.with_layers(layers)?),
@@ -209,7 +228,8 @@ pub fn with_detector<A: Action>(
         Name::Nnguide => {
             let default = NnGuide::default();
             let k = params.k.unwrap_or(default.k());
-            action.run(NnGuide::new(k, default.bank_fraction())?.with_layers(layers)?)
+            let fraction = params.bank_fraction.unwrap_or(default.bank_fraction());
+            action.run(NnGuide::new(k, fraction)?.with_layers(layers)?)
         }
         Name::Gradnorm => action.run(GradNorm::new().with_layers(layers)?),
         Name::Residual => {

@@ -3,7 +3,7 @@
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
-use super::{ScoreLogits, check_fit_logits, fit_logits, score_rows, shifted_exps};
+use super::{ScoreLogits, check_fit_logits, fit_logits, score_rows};
 use crate::datasets::BatchSource;
 use crate::detectors::{Detector, ModelOf};
 use crate::error::{Error, Result};
@@ -64,11 +64,19 @@ impl Klm {
     }
 }
 
-/// The softmax of a row, in f64.
+/// The softmax of a row, in f64 (an infinite logit takes all the mass,
+/// shared among ties).
 fn softmax(row: ArrayView1<f32>) -> Array1<f64> {
-    let (_, exps) = shifted_exps(row);
-    let total: f64 = exps.iter().map(|&e| f64::from(e)).sum();
-    exps.iter().map(|&e| f64::from(e) / total).collect()
+    let max = f64::from(row.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+    let exps: Array1<f64> = row
+        .iter()
+        .map(|&v| {
+            let v = f64::from(v);
+            if v == max { 1.0 } else { (v - max).exp() }
+        })
+        .collect();
+    let total = exps.sum();
+    exps / total
 }
 
 impl Detector for Klm {
