@@ -143,6 +143,22 @@ pub(crate) fn pinv(a: &Array2<f64>, what: &str) -> Result<Array2<f64>> {
     Ok(from_faer(svd.pseudoinverse().as_ref()))
 }
 
+/// `a` minus its best rank-1 approximation σ₁ u₁ v₁ᵀ (thin SVD in f64).
+pub(crate) fn without_top_rank(a: ArrayView2<f32>, what: &str) -> Result<Array2<f32>> {
+    let m = Mat::from_fn(a.nrows(), a.ncols(), |i, j| f64::from(a[[i, j]]));
+    let svd = m
+        .thin_svd()
+        .map_err(|e| Error::numerical(what, format!("the SVD failed ({e:?})")))?;
+    let values: Vec<f64> = svd.S().column_vector().iter().copied().collect();
+    let Some(top) = (0..values.len()).max_by(|&x, &y| values[x].total_cmp(&values[y])) else {
+        return Ok(a.to_owned());
+    };
+    let (u, v, sigma) = (svd.U(), svd.V(), values[top]);
+    Ok(Array2::from_shape_fn(a.dim(), |(i, j)| {
+        (f64::from(a[[i, j]]) - sigma * u[(i, top)] * v[(j, top)]) as f32
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +179,17 @@ mod tests {
         add_gram_lower(&mut g, a.view());
         assert_eq!(symmetrized(&g), a.t().dot(&a) + Array2::<f64>::eye(3));
         assert_eq!(g[[0, 2]], 0.0); // the upper triangle is left alone
+    }
+
+    #[test]
+    fn removing_the_top_rank_leaves_the_rest() {
+        // diag(3, 1) rotated: the residual is the rank-1 part of σ = 1.
+        let (c, s) = (0.6_f32, 0.8_f32);
+        let u = array![[c, -s], [s, c]];
+        let a = u.dot(&array![[3.0_f32, 0.0], [0.0, 1.0]]).dot(&u.t());
+        let rest = without_top_rank(a.view(), "test").unwrap();
+        let expected = array![[s * s, -s * c], [-s * c, c * c]];
+        assert!((&rest - &expected).iter().all(|d| d.abs() < 1e-6), "{rest}");
     }
 
     #[test]

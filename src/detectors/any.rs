@@ -12,7 +12,7 @@ use super::{
     Mls, ModelShape, NciCentre, Odin, ResidualSpace, ScoreFeatures, ScoreOutput, Shaped, SheMeans,
     VimSubspace, VraThresholds,
 };
-use super::{KlMatching, OpenMaxModel, TemperedSoftmax};
+use super::{KlMatching, McDropout, OpenMaxModel, RankFeat, TemperedSoftmax};
 use crate::batch::Batch;
 use crate::calibration::{Calibrated, Calibration, Verdict};
 use crate::datasets::BatchSource;
@@ -83,6 +83,8 @@ impl AnyDetector {
             }
             ("KLM", false) => load::<KlMatching, ViaLogits<()>>(path, info.calibrated),
             ("OpenMax", false) => load::<OpenMaxModel, ViaLogits<()>>(path, info.calibrated),
+            ("RankFeat", false) => load::<RankFeat, ViaLogits<()>>(path, info.calibrated),
+            ("MCDropout", false) => load::<McDropout, ViaLogits<()>>(path, info.calibrated),
             ("TemperatureScaling", true) => {
                 load::<Shaped<TemperedSoftmax>, ViaFeatures<()>>(path, info.calibrated)
             }
@@ -258,6 +260,8 @@ impl Recorded for Odin {}
 impl Recorded for TemperedSoftmax {}
 impl Recorded for KlMatching {}
 impl Recorded for OpenMaxModel {}
+impl Recorded for RankFeat {}
+impl Recorded for McDropout {}
 impl<D> Recorded for Shaped<D> {}
 impl<S: ScoreFeatures> Recorded for FittedFeatures<S> {
     fn expects(&self) -> Option<ModelShape> {

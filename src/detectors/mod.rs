@@ -3,8 +3,9 @@
 //! Two families. On logits (any [`Model`](crate::model::Model)), in
 //! [`logits`]: [`Mls`] (and MSP), [`Energy`], [`Entropy`], [`Gen`],
 //! [`Odin`], and three that learn from in-distribution logits,
-//! [`TemperatureScaling`], [`Klm`] and [`OpenMax`]; each scores precomputed
-//! logits ([`ScoreLogits`]). On
+//! [`TemperatureScaling`], [`Klm`] and [`OpenMax`], each of which scores
+//! precomputed logits ([`ScoreLogits`]); and two that need the network
+//! itself, [`RankFeat`] and [`McDropout`]. On
 //! internal features (a [`FeatureModel`](crate::model::FeatureModel),
 //! fitted on in-distribution data), in [`features`]: [`Mahalanobis`],
 //! [`Rmds`], [`Knn`], [`Vim`], [`She`], [`Gram`], and the OpenOOD post-hoc
@@ -82,8 +83,9 @@ pub use features::{
 };
 pub use file::Persist;
 pub use logits::{
-    Energy, Entropy, Gen, KlMatching, Klm, Mls, Odin, OpenMax, OpenMaxModel, OutputActivation,
-    ScoreLogits, Shaped, TemperatureScaling, TemperedSoftmax, Weibull,
+    Energy, Entropy, Gen, KlMatching, Klm, McDropout, McStatistic, Mls, Odin, OpenMax,
+    OpenMaxModel, OutputActivation, RankFeat, ScoreLogits, Shaped, TemperatureScaling,
+    TemperedSoftmax, Weibull,
 };
 pub use perturbation::InputPerturbation;
 

@@ -51,6 +51,30 @@ pub trait BurnClassifier: Module {
     fn head_linear(&self) -> Option<&Linear> {
         None
     }
+
+    /// The last convolutional feature map `(N, C, H, W)` of a batch, which
+    /// [`logits_from_map`](Self::logits_from_map) finishes into logits:
+    /// what RankFeat edits. The default (`None`) makes RankFeat an error.
+    fn last_feature_map(&self, inputs: Tensor<4>) -> Option<Tensor<4>> {
+        let _ = inputs;
+        None
+    }
+
+    /// The rest of the network after
+    /// [`last_feature_map`](Self::last_feature_map): the logits of a map.
+    fn logits_from_map(&self, map: Tensor<4>) -> Option<Tensor<2>> {
+        let _ = map;
+        None
+    }
+
+    /// One forward pass with the module's dropout active, as Monte Carlo
+    /// dropout needs, its masks drawn from `seed` (the same seed, the same
+    /// masks: [`dropout_mask`] draws them so). The default (`None`: the
+    /// module has no dropout) makes it an error.
+    fn stochastic_logits(&self, inputs: Tensor<4>, seed: u64) -> Option<Tensor<2>> {
+        let _ = (inputs, seed);
+        None
+    }
 }
 
 /// A burn module run as a [`Model`]: batches move into burn and the logits
@@ -256,6 +280,103 @@ impl<M: BurnClassifier> Model for BurnModel<M> {
             values,
         )?)
     }
+
+    fn forward_editing_map(
+        &self,
+        inputs: ArrayView4<f32>,
+        edit: &dyn Fn(Array4<f32>) -> Result<Array4<f32>>,
+    ) -> Result<Array2<f32>> {
+        self.editing_map(inputs, edit)
+    }
+
+    fn forward_stochastic(
+        &self,
+        inputs: ArrayView4<f32>,
+        passes: usize,
+        seed: u64,
+    ) -> Result<Vec<Array2<f32>>> {
+        self.stochastic(inputs, passes, seed)
+    }
+}
+
+impl<M: BurnClassifier> BurnModel<M> {
+    /// [`Model::forward_editing_map`] for burn modules.
+    fn editing_map(
+        &self,
+        inputs: ArrayView4<f32>,
+        edit: &dyn Fn(Array4<f32>) -> Result<Array4<f32>>,
+    ) -> Result<Array2<f32>> {
+        let unsupported = || Error::Unsupported {
+            what: "editing the last convolutional feature map (RankFeat)".into(),
+            hint: "implement BurnClassifier::last_feature_map and logits_from_map for this \
+                   module (CifarResNet and ToyConvnet do)"
+                .into(),
+        };
+        if self.shaping.is_some() {
+            return Err(Error::Unsupported {
+                what: "editing the feature map of an activation-shaped model".into(),
+                hint: "use the model without shaping".into(),
+            });
+        }
+        let shape = inputs.shape().to_vec();
+        let x = array_to_tensor(inputs.to_owned(), &self.device);
+        let map = self
+            .guarded("last_feature_map", &shape, |m| m.last_feature_map(x))?
+            .ok_or_else(unsupported)?;
+        let dims = map.dims();
+        let values = map
+            .try_into_vec_as::<f32>()
+            .map_err(|e| Error::backend_with("reading the feature map back", e))?;
+        let map = Array4::from_shape_vec((dims[0], dims[1], dims[2], dims[3]), values)?;
+        let edited = edit(map)?;
+        if edited.shape() != dims {
+            return Err(Error::ShapeMismatch {
+                what: "the edited feature map".into(),
+                expected: format!("{dims:?}, the map's shape"),
+                found: format!("{:?}", edited.shape()),
+            });
+        }
+        let map = array_to_tensor(edited, &self.device);
+        let logits = self
+            .guarded("logits_from_map", &shape, |m| m.logits_from_map(map))?
+            .ok_or_else(unsupported)?;
+        tensor_to_array(logits)
+    }
+
+    /// [`Model::forward_stochastic`] for burn modules.
+    fn stochastic(
+        &self,
+        inputs: ArrayView4<f32>,
+        passes: usize,
+        seed: u64,
+    ) -> Result<Vec<Array2<f32>>> {
+        if self.shaping.is_some() {
+            return Err(Error::Unsupported {
+                what: "dropout passes through an activation-shaped model".into(),
+                hint: "use the model without shaping".into(),
+            });
+        }
+        let shape = inputs.shape().to_vec();
+        (0..passes as u64)
+            .map(|pass| {
+                let x = array_to_tensor(inputs.to_owned(), &self.device);
+                // Each pass its own stream, all fixed by `seed`.
+                let seed = seed ^ pass.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let logits = self
+                    .guarded("stochastic_logits", &shape, |m| {
+                        m.stochastic_logits(x, seed)
+                    })?
+                    .ok_or_else(|| Error::Unsupported {
+                        what: "forward passes with dropout active (Monte Carlo dropout)".into(),
+                        hint: "the module has no dropout: implement \
+                               BurnClassifier::stochastic_logits (ToyConvnet does; the CIFAR \
+                               ResNets have no dropout layer)"
+                            .into(),
+                    })?;
+                tensor_to_array(logits)
+            })
+            .collect()
+    }
 }
 
 impl<M: BurnClassifier> FeatureModel for BurnModel<M> {
@@ -321,6 +442,34 @@ impl<M: BurnClassifier> FeatureModel for BurnModel<M> {
         };
         Ok((weights.as_standard_layout().into_owned(), bias))
     }
+}
+
+/// An inverted-dropout mask of `shape` on `device`: each entry 0 with
+/// probability `prob`, else 1/(1 − prob), drawn from a generator seeded by
+/// `seed` (not the device's, which other threads may draw from), so the
+/// same seed gives the same mask. `prob` is clamped to [0, 1).
+pub fn dropout_mask<const D: usize>(
+    shape: [usize; D],
+    prob: f64,
+    seed: u64,
+    device: &Device,
+) -> Tensor<D> {
+    use rand::{RngExt, SeedableRng};
+    let prob = prob.clamp(0.0, 1.0 - f64::EPSILON);
+    let keep = 1.0 - prob;
+    let scale = (1.0 / keep) as f32;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let len = shape.iter().product();
+    let values: Vec<f32> = (0..len)
+        .map(|_| {
+            if rng.random::<f64>() < keep {
+                scale
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(values, shape), device)
 }
 
 /// An `(N, C, H, W)` array as a burn tensor on `device`. A standard-layout

@@ -51,7 +51,7 @@ mod shaping;
 #[cfg(feature = "burn")]
 pub(crate) use self::burn::guarded;
 #[cfg(feature = "burn")]
-pub use self::burn::{BurnClassifier, BurnModel, array_to_tensor, tensor_to_array};
+pub use self::burn::{BurnClassifier, BurnModel, array_to_tensor, dropout_mask, tensor_to_array};
 pub(crate) use checked::{CheckedFeatures, check_finite};
 pub use closure::{
     FnFeatureModel, FnGradientModel, FnModel, from_fn, from_fn_with_features, from_fn_with_gradient,
@@ -89,6 +89,48 @@ pub trait Model {
             what: "input_gradient".into(),
             hint: "use a burn module through BurnModel, or give the gradient of a closure \
                    model with model::from_fn_with_gradient"
+                .into(),
+        })
+    }
+
+    /// The logits when the network's last convolutional feature map
+    /// `(N, C, H, W)` is replaced by `edit(map)` (same shape) before the
+    /// rest of the network runs: what RankFeat needs. [`BurnModel`] runs it
+    /// for modules implementing
+    /// [`BurnClassifier::last_feature_map`](crate::model::BurnClassifier::last_feature_map);
+    /// the default is an [`Error::Unsupported`] (a closure or an ONNX graph
+    /// cannot be split at a feature map).
+    fn forward_editing_map(
+        &self,
+        inputs: ArrayView4<f32>,
+        edit: &dyn Fn(Array4<f32>) -> Result<Array4<f32>>,
+    ) -> Result<Array2<f32>> {
+        let _ = (inputs, edit);
+        Err(Error::Unsupported {
+            what: "editing the last convolutional feature map (RankFeat)".into(),
+            hint: "it needs the network itself: a BurnModel of a module implementing \
+                   BurnClassifier::last_feature_map and logits_from_map"
+                .into(),
+        })
+    }
+
+    /// The logits of `passes` forward passes with the network's dropout
+    /// active, the random masks seeded by `seed`: what Monte Carlo dropout
+    /// needs. [`BurnModel`] runs it for modules implementing
+    /// [`BurnClassifier::stochastic_logits`](crate::model::BurnClassifier::stochastic_logits);
+    /// the default is an [`Error::Unsupported`] (a closure or an ONNX graph
+    /// runs in inference mode).
+    fn forward_stochastic(
+        &self,
+        inputs: ArrayView4<f32>,
+        passes: usize,
+        seed: u64,
+    ) -> Result<Vec<Array2<f32>>> {
+        let _ = (inputs, passes, seed);
+        Err(Error::Unsupported {
+            what: "forward passes with dropout active (Monte Carlo dropout)".into(),
+            hint: "it needs the network itself: a BurnModel of a module with dropout \
+                   implementing BurnClassifier::stochastic_logits"
                 .into(),
         })
     }
@@ -241,6 +283,21 @@ macro_rules! forward_model_impls {
                 logits_grad: ArrayView2<f32>,
             ) -> Result<Array4<f32>> {
                 (**self).input_gradient(inputs, logits_grad)
+            }
+            fn forward_editing_map(
+                &self,
+                inputs: ArrayView4<f32>,
+                edit: &dyn Fn(Array4<f32>) -> Result<Array4<f32>>,
+            ) -> Result<Array2<f32>> {
+                (**self).forward_editing_map(inputs, edit)
+            }
+            fn forward_stochastic(
+                &self,
+                inputs: ArrayView4<f32>,
+                passes: usize,
+                seed: u64,
+            ) -> Result<Vec<Array2<f32>>> {
+                (**self).forward_stochastic(inputs, passes, seed)
             }
         }
 

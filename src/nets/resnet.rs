@@ -426,4 +426,14 @@ impl BurnClassifier for CifarResNet {
     fn head_linear(&self) -> Option<&Linear> {
         Some(&self.linear)
     }
+
+    /// The output of the last stage, `(N, 64, 8, 8)` on 32x32 inputs.
+    fn last_feature_map(&self, inputs: Tensor<4>) -> Option<Tensor<4>> {
+        let [_, _, last] = self.stages(inputs);
+        Some(last)
+    }
+
+    fn logits_from_map(&self, map: Tensor<4>) -> Option<Tensor<2>> {
+        Some(self.linear.forward(channel_means(map)))
+    }
 }

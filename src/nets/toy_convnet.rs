@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor};
 use super::init::{dense, glorot, zero_bias};
 use crate::error::{Error, Result};
 use crate::kernels::{conv2d, max_pool_2x2};
-use crate::model::BurnClassifier;
+use crate::model::{BurnClassifier, dropout_mask};
 
 /// How to build a [`ToyConvnet`]: input channels and side, number of
 /// classes, dropout rate.
@@ -165,6 +165,27 @@ impl BurnClassifier for ToyConvnet {
     /// Dropout is the identity in inference, so the head is this layer.
     fn head_linear(&self) -> Option<&Linear> {
         Some(&self.linear)
+    }
+
+    /// The output of the second conv-ReLU-pool stage.
+    fn last_feature_map(&self, inputs: Tensor<4>) -> Option<Tensor<4>> {
+        Some(self.convolutions(inputs).1)
+    }
+
+    fn logits_from_map(&self, map: Tensor<4>) -> Option<Tensor<2>> {
+        Some(self.head(map.flatten(1, 3)))
+    }
+
+    /// Dropout of the flattened features at the training rate, whatever the
+    /// module's mode and device (burn's own dropout runs only while
+    /// training under autodiff).
+    fn stochastic_logits(&self, inputs: Tensor<4>, seed: u64) -> Option<Tensor<2>> {
+        let flat: Tensor<2> = self.convolutions(inputs).1.flatten(1, 3);
+        if self.dropout.prob == 0.0 {
+            return Some(self.linear.forward(flat));
+        }
+        let mask = dropout_mask(flat.dims(), self.dropout.prob, seed, &flat.device());
+        Some(self.linear.forward(flat * mask))
     }
 }
 

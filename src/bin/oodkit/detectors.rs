@@ -5,8 +5,8 @@ use oodkit::calibration::Calibrated;
 use oodkit::detectors::Family;
 use oodkit::detectors::{
     AnyModel, Detector, Dice, Energy, Entropy, Fdbd, FeatureDetector, Features, FittedDetector,
-    Gen, Gmm, GradNorm, Gram, Klm, Knn, Logits, Mahalanobis, Mls, Nci, NnGuide, Odin, OpenMax,
-    Persist, PrincipalDims, Residual, Rmds, She, TemperatureScaling, Vim, Vra,
+    Gen, Gmm, GradNorm, Gram, Klm, Knn, Logits, Mahalanobis, McDropout, Mls, Nci, NnGuide, Odin,
+    OpenMax, Persist, PrincipalDims, RankFeat, Residual, Rmds, She, TemperatureScaling, Vim, Vra,
 };
 use oodkit::model::{LayerId, Model};
 
@@ -32,6 +32,13 @@ pub enum Name {
     /// OpenMax: Weibull models of the distance to each class's mean
     /// logits, an unknown class (logits; fit data labelled).
     Openmax,
+    /// RankFeat: the energy once the top rank-1 part of the last feature
+    /// map is removed (needs the network itself: the crate's networks, not
+    /// ONNX).
+    Rankfeat,
+    /// Monte Carlo dropout: the entropy of the mean softmax of 30 passes
+    /// with dropout active (needs the network itself, with dropout).
+    Mcdropout,
     /// ODIN: tempered softmax and an input step (needs the network's input
     /// gradients: the crate's networks, not ONNX).
     Odin,
@@ -88,6 +95,8 @@ impl Name {
             Name::TempScaling => "temp-scaling",
             Name::Klm => "klm",
             Name::Openmax => "openmax",
+            Name::Rankfeat => "rankfeat",
+            Name::Mcdropout => "mcdropout",
             Name::Mahalanobis => "mahalanobis",
             Name::Rmds => "rmds",
             Name::Knn => "knn",
@@ -116,6 +125,8 @@ impl Name {
                 | Name::Entropy
                 | Name::Gen
                 | Name::Odin
+                | Name::Rankfeat
+                | Name::Mcdropout
                 | Name::Gradnorm
         )
     }
@@ -209,6 +220,8 @@ pub fn with_detector<A: Action>(
         Name::TempScaling => action.run(TemperatureScaling::new()),
         Name::Klm => action.run(Klm::new()),
         Name::Openmax => action.run(OpenMax::default()),
+        Name::Rankfeat => action.run(RankFeat::default()),
+        Name::Mcdropout => action.run(McDropout::default()),
         Name::Mahalanobis => action.run(Mahalanobis::new().with_layers(layers)?),
         Name::Rmds => action.run(Rmds::new().with_layers(layers)?),
         Name::Knn => action.run(Knn::new(params.k.unwrap_or(50))?.with_layers(layers)?),

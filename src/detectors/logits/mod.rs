@@ -17,9 +17,11 @@ mod energy;
 mod entropy;
 mod generalized_entropy;
 mod klm;
+mod mc_dropout;
 mod mls;
 mod odin;
 mod openmax;
+mod rankfeat;
 mod shaped;
 mod stored;
 mod temperature;
@@ -28,9 +30,11 @@ pub use energy::Energy;
 pub use entropy::Entropy;
 pub use generalized_entropy::Gen;
 pub use klm::{KlMatching, Klm};
+pub use mc_dropout::{McDropout, McStatistic};
 pub use mls::{Mls, OutputActivation};
 pub use odin::Odin;
 pub use openmax::{OpenMax, OpenMaxModel, Weibull};
+pub use rankfeat::RankFeat;
 pub use shaped::Shaped;
 pub use temperature::{TemperatureScaling, TemperedSoftmax};
 
@@ -301,6 +305,18 @@ pub(crate) fn check_fit_logits(
         });
     }
     crate::model::check_finite(logits, &format!("the fit logits of {detector}"))
+}
+
+/// Errors unless `logits` are `width` classes wide (as the first pass).
+pub(crate) fn check_logits_width(logits: &ndarray::Array2<f32>, width: usize) -> Result<()> {
+    if logits.ncols() != width {
+        return Err(Error::ShapeMismatch {
+            what: "logits of a pass".into(),
+            expected: format!("(N, {width}), as the first pass"),
+            found: format!("{:?}", logits.shape()),
+        });
+    }
+    Ok(())
 }
 
 /// Errors unless every label is a class of logits `classes` wide.

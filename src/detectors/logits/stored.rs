@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 use ndarray::Array2;
 
 use super::{
-    Energy, Entropy, Gen, KlMatching, Mls, Odin, OpenMaxModel, OutputActivation, ScoreLogits,
-    Shaped, TemperedSoftmax, Weibull,
+    Energy, Entropy, Gen, KlMatching, McDropout, McStatistic, Mls, Odin, OpenMaxModel,
+    OutputActivation, RankFeat, ScoreLogits, Shaped, TemperedSoftmax, Weibull,
 };
 use crate::detectors::file::{Reader, Stored, Writer};
 use crate::error::{Error, Result};
@@ -118,6 +118,45 @@ impl StoredLogits for TemperedSoftmax {
     }
 }
 
+impl StoredLogits for RankFeat {
+    const KINDS: &'static [&'static str] = &["RankFeat"];
+
+    fn params(&self) -> Value {
+        json!({ "temperature": num(self.temperature()) })
+    }
+
+    fn from_params(file: &Reader, _kind: &str, params: &Value) -> Result<Self> {
+        RankFeat::new(file.number(params, "temperature")? as f32).map_err(|e| invalid(file, e))
+    }
+}
+
+impl StoredLogits for McDropout {
+    const KINDS: &'static [&'static str] = &["MCDropout"];
+
+    fn params(&self) -> Value {
+        let statistic = match self.statistic() {
+            McStatistic::Entropy => "entropy",
+            McStatistic::Msp => "msp",
+        };
+        json!({ "passes": self.passes(), "statistic": statistic, "seed": self.seed() })
+    }
+
+    fn from_params(file: &Reader, _kind: &str, params: &Value) -> Result<Self> {
+        let statistic = match file.text(params, "statistic")? {
+            "entropy" => McStatistic::Entropy,
+            "msp" => McStatistic::Msp,
+            other => return Err(file.corrupt(format!("unknown McDropout statistic \"{other}\""))),
+        };
+        let seed = file
+            .field(params, "seed")?
+            .as_u64()
+            .ok_or_else(|| file.corrupt("McDropout's seed is not a non-negative integer"))?;
+        McDropout::new(file.count(params, "passes")?, statistic)
+            .map(|d| d.with_seed(seed))
+            .map_err(|e| invalid(file, e))
+    }
+}
+
 /// Reads the detector of a file's `detector` entry.
 fn read_logits<D: StoredLogits>(file: &Reader) -> Result<D> {
     D::from_params(file, file.kind(), file.required("detector")?)
@@ -160,7 +199,16 @@ macro_rules! stored_logits {
     )*};
 }
 
-stored_logits!(Mls, Energy, Entropy, Gen, Odin, TemperedSoftmax);
+stored_logits!(
+    Mls,
+    Energy,
+    Entropy,
+    Gen,
+    Odin,
+    TemperedSoftmax,
+    RankFeat,
+    McDropout
+);
 
 /// A fitted logit detector with arrays (KLM's templates, OpenMax's means
 /// and Weibull models): `write_arrays` / `read_arrays` beside its header.
