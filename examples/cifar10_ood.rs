@@ -22,15 +22,14 @@
 #[allow(dead_code)] // the MNIST helpers serve the other examples
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use burn::tensor::Device;
 use clap::{Parser, ValueEnum};
-use ndarray::{Array4, s};
 use oodkit::datasets::transforms::imagenet_preprocess;
-use oodkit::datasets::{OodDataset, PrepareConfig, Split, cifar10, data_root, mnist, svhn};
+use oodkit::datasets::{PrepareConfig, Split, cifar10, data_root, mnist, svhn};
 use oodkit::detectors::{Detector, Mls, ScoreLogits};
 use oodkit::metrics::{accuracy, bench_metrics};
 use oodkit::model::BurnModel;
@@ -100,7 +99,7 @@ fn run(args: &Cli) -> Result<()> {
     let ds_in = cifar10::load(root.join("cifar10"), Split::Test)?;
     let ds_out = match args.ood {
         OodSet::Svhn => svhn::load(root.join("svhn"), Split::Test)?,
-        OodSet::Mnist => mnist_as_cifar(&mnist::load(root.join("mnist"), Split::Test)?)?,
+        OodSet::Mnist => common::mnist_as_cifar(&mnist::load(root.join("mnist"), Split::Test)?)?,
     };
     println!(
         "ID: CIFAR-10 test, {} images; OOD: {} test, {} images",
@@ -110,7 +109,7 @@ fn run(args: &Cli) -> Result<()> {
     );
 
     let device = Device::flex();
-    let weights = weights_file(&root, args.depth)?;
+    let weights = common::weights_file(&root, args.depth)?;
     let network = CifarResNet::from_safetensors(&weights, args.depth, &device)?;
     println!("ResNet-{} from {}", args.depth, weights.display());
     let model = BurnModel::new(network, &device);
@@ -172,40 +171,4 @@ fn run(args: &Cli) -> Result<()> {
         println!("report written to {}", path.display());
     }
     Ok(())
-}
-
-/// `weights/akamaster_resnet_cifar10/resnet<depth>-*.safetensors` under the
-/// data root.
-fn weights_file(root: &Path, depth: usize) -> Result<PathBuf> {
-    let dir = root.join("weights/akamaster_resnet_cifar10");
-    let prefix = format!("resnet{depth}-");
-    let found = std::fs::read_dir(&dir)
-        .ok()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".safetensors"))
-        });
-    found.ok_or_else(|| Error::MissingFile {
-        path: dir.join(format!("{prefix}*.safetensors")),
-        hint: "the pretrained CIFAR ResNets (github.com/akamaster/pytorch_resnet_cifar10) \
-               converted to safetensors; depths 20, 32, 44, 56"
-            .into(),
-    })
-}
-
-/// MNIST digits as CIFAR-shaped images: 28x28 zero-padded to 32x32 (2
-/// pixels each side), the grey level repeated over R, G and B.
-fn mnist_as_cifar(digits: &OodDataset) -> Result<OodDataset> {
-    let n = digits.len();
-    let mut images = Array4::<f32>::zeros((n, 3, 32, 32));
-    for c in 0..3 {
-        images
-            .slice_mut(s![.., c..c + 1, 2..30, 2..30])
-            .assign(digits.inputs());
-    }
-    OodDataset::from_arrays(images, digits.labels().clone())
 }

@@ -1,16 +1,27 @@
-//! Every detector of the crate on the reference experiment (the toy convnet
-//! trained on MNIST digits 0-4; ID = test digits 0-4, OOD = 5-9): AUROC,
-//! FPR@95%TPR, fit and scoring time, as a Markdown table (BENCHMARKS.md
-//! holds one). The detectors on features fit on the training images of
-//! digits 0-4.
+//! Every detector of the crate on two experiments, as one Markdown table
+//! (BENCHMARKS.md holds it): AUROC, FPR@95%TPR, fit and scoring time.
+//!
+//! - **MNIST 0-4 vs 5-9** (the reference experiment): the toy convnet
+//!   trained on MNIST digits 0-4; ID = test digits 0-4, OOD = test digits
+//!   5-9; the feature detectors fit on the training images of 0-4.
+//! - **CIFAR-10 vs MNIST**: the pretrained ResNet-20 (the shared
+//!   weights). There is no CIFAR-10 training split here and the shared
+//!   test set is sorted by class, so the detectors fit on its even-indexed
+//!   records (5 000) and score its odd-indexed ones (ID, 5 000) against the
+//!   MNIST test set (OOD, 10 000 images zero-padded to 32x32 over three
+//!   channels). The penultimate features and logits are computed once;
+//!   the detectors that need more of the network (ODIN's input step, Gram
+//!   and multi-layer Mahalanobis on inner layers, RankFeat) run it.
 //!
 //! ```sh
 //! cargo run --release --example detector_table -- \
-//!     [--data-dir DIR] [--model-dir DIR] [--seed N] [--epochs N]
+//!     [--data-dir DIR] [--model-dir DIR] [--seed N] [--epochs N] [--experiments mnist,cifar]
 //! ```
 //!
-//! The options are `mnist_mls_msp`'s: with the same `--model-dir`, both
-//! examples score the same trained network.
+//! The MNIST options are `mnist_mls_msp`'s: with the same `--model-dir`,
+//! both examples score the same trained network. The data root must hold
+//! `mnist/` and, for the CIFAR experiment, `cifar10/` and
+//! `weights/akamaster_resnet_cifar10/`.
 
 #[allow(dead_code)] // the JSON report serves the other examples
 mod common;
@@ -19,18 +30,23 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use burn::tensor::Device;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use common::{Args, Mnist04, trained_or_loaded};
-use oodkit::datasets::BatchSource;
+use ndarray::{Array1, Array2, ArrayView4, Axis, concatenate};
+use oodkit::datasets::transforms::imagenet_preprocess;
+use oodkit::datasets::{BatchSource, OodDataset, PrepareConfig, Split, cifar10, data_root, mnist};
 use oodkit::detectors::{
-    Detector, Energy, Entropy, FeatureDetector, FittedDetector, Gen, Gram, IntoModel, Knn,
-    Mahalanobis, Mls, Odin, Rmds, She, Vim,
+    Detector, Dice, Energy, Entropy, Fdbd, FeatureDetector, FittedDetector, Gen, Gmm, GradNorm,
+    Gram, IntoModel, Klm, Knn, Mahalanobis, McDropout, Mls, Nci, NnGuide, Odin, OpenMax, RankFeat,
+    Rectification, Residual, Rmds, She, TemperatureScaling, Vim, Vra,
 };
-use oodkit::metrics::bench_metrics;
-use oodkit::model::{BurnModel, Shaping, evaluate};
+use oodkit::metrics::{accuracy, bench_metrics};
+use oodkit::model::{BurnModel, FeatureModel, LayerId, Shaping, evaluate, from_fn_with_features};
+use oodkit::nets::CifarResNet;
 use oodkit::{Error, Result};
 
-/// Every detector on the MNIST 0-4 vs 5-9 experiment, as a Markdown table.
+/// Every detector on MNIST 0-4 vs 5-9 and CIFAR-10 vs MNIST, as one
+/// Markdown table.
 #[derive(Parser, Debug)]
 #[command(
     after_help = "Example: detector_table --data-dir ../shared/datasets --model-dir models/mnist"
@@ -38,107 +54,373 @@ use oodkit::{Error, Result};
 struct Cli {
     #[command(flatten)]
     mnist: Args,
+    /// The experiments to run (their columns of the table).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "mnist,cifar")]
+    experiments: Vec<Experiment>,
+}
+
+/// An experiment: a column set of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Experiment {
+    /// The toy convnet on MNIST 0-4 vs 5-9.
+    Mnist,
+    /// The pretrained ResNet-20 on CIFAR-10 vs MNIST.
+    Cifar,
 }
 
 fn main() -> ExitCode {
-    common::main(|cli: &Cli| run(&cli.mnist))
+    common::main(run)
 }
 
-fn run(args: &Args) -> Result<()> {
+/// One row's figures in one experiment.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    auroc: f64,
+    fpr: f64,
+    fit_seconds: f64,
+    score_seconds: f64,
+}
+
+/// The table: rows in first-seen order, one cell per experiment.
+#[derive(Default)]
+struct Results {
+    rows: Vec<(String, [Option<Figures>; 2])>,
+}
+
+impl Results {
+    fn put(&mut self, name: &str, column: usize, figures: Figures) {
+        eprintln!(
+            "  {name}: AUROC {:.4}, FPR@95 {:.4} ({:.1} s + {:.1} s)",
+            figures.auroc, figures.fpr, figures.fit_seconds, figures.score_seconds
+        );
+        match self.rows.iter_mut().find(|(n, _)| n == name) {
+            Some((_, cells)) => cells[column] = Some(figures),
+            None => {
+                let mut cells = [None, None];
+                cells[column] = Some(figures);
+                self.rows.push((name.to_owned(), cells));
+            }
+        }
+    }
+
+    fn print(&self) {
+        println!(
+            "| detector | MNIST AUROC | MNIST FPR@95 | MNIST fit | MNIST scoring | CIFAR AUROC | \
+             CIFAR FPR@95 | CIFAR fit | CIFAR scoring |"
+        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        for (name, cells) in &self.rows {
+            let cell = |f: &Option<Figures>| match f {
+                Some(f) => format!(
+                    "{:.4} | {:.4} | {:.2} s | {:.2} s",
+                    f.auroc, f.fpr, f.fit_seconds, f.score_seconds
+                ),
+                None => "— | — | — | —".into(),
+            };
+            println!("| {name} | {} | {} |", cell(&cells[0]), cell(&cells[1]));
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    let mut results = Results::default();
+    if cli.experiments.contains(&Experiment::Mnist) {
+        mnist_rows(&cli.mnist, &mut results)?;
+    }
+    if cli.experiments.contains(&Experiment::Cifar) {
+        cifar_rows(&cli.mnist, &mut results)?;
+    }
+    results.print();
+    Ok(())
+}
+
+/// The rows both experiments share, on the penultimate layer: `model`
+/// runs the network (or its cached penultimate features), `fit` is the fit
+/// data, `bank` NNGuide's bank fraction.
+fn shared_rows<M>(
+    table: &Table,
+    results: &mut Results,
+    model: &M,
+    fit: &dyn BatchSource,
+    bank: f64,
+) -> Result<()>
+where
+    M: FeatureModel + Send + Sync,
+{
+    let c = table.column;
+    let fit = Some(fit);
+    results.put("MLS", c, table.row(Mls::new(), model, None)?);
+    results.put("MSP", c, table.row(Mls::msp(), model, None)?);
+    results.put(
+        "Energy (T = 1)",
+        c,
+        table.row(Energy::default(), model, None)?,
+    );
+    results.put("Entropy", c, table.row(Entropy::new(), model, None)?);
+    let name = "GEN (γ = 0.1, top 100)";
+    results.put(name, c, table.row(Gen::default(), model, None)?);
+    let name = "ODIN (T = 1000, ε = 0)";
+    results.put(name, c, table.row(Odin::new(1000.0, 0.0)?, model, None)?);
+    let name = "Temperature scaling (T fitted by NLL)";
+    results.put(name, c, table.row(TemperatureScaling::new(), model, fit)?);
+    results.put("KLM", c, table.row(Klm::new(), model, fit)?);
+    let name = "OpenMax (tail 20, α = 3)";
+    results.put(name, c, table.row(OpenMax::default(), model, fit)?);
+    results.put("Mahalanobis", c, table.row(Mahalanobis::new(), model, fit)?);
+    results.put("RMDS", c, table.row(Rmds::new(), model, fit)?);
+    results.put("KNN (k = 50)", c, table.row(Knn::new(50)?, model, fit)?);
+    let name = "ViM (99% variance)";
+    results.put(name, c, table.row(Vim::default(), model, fit)?);
+    results.put("SHE", c, table.row(She::new(), model, fit)?);
+    let name = "DICE (sparsity 0.9)";
+    results.put(name, c, table.row(Dice::default(), model, fit)?);
+    let name = "VRA (clip at 10% / 90%)";
+    results.put(name, c, table.row(Vra::default(), model, fit)?);
+    let vra_p = Vra::default().with_rectification(Rectification::Piecewise { gamma: 0.5 })?;
+    let name = "VRA-P (10% / 90%, γ = 0.5)";
+    results.put(name, c, table.row(vra_p, model, fit)?);
+    let name = "fDBD (distance to mean)";
+    results.put(name, c, table.row(Fdbd::default(), model, fit)?);
+    let name = "NCI (α = 1e-4)";
+    results.put(name, c, table.row(Nci::default(), model, fit)?);
+    let name = "NNGuide (k = 100; bank 1%, CIFAR 10%)";
+    results.put(name, c, table.row(NnGuide::new(100, bank)?, model, fit)?);
+    results.put("GradNorm", c, table.row(GradNorm::new(), model, None)?);
+    let name = "Residual (99% variance)";
+    results.put(name, c, table.row(Residual::default(), model, fit)?);
+    let name = "GMM (class covariances, ε = 1e-6)";
+    results.put(name, c, table.row(Gmm::default(), model, fit)?);
+    Ok(())
+}
+
+/// The MNIST column: the toy convnet, trained or loaded.
+fn mnist_rows(args: &Args, results: &mut Results) -> Result<()> {
     let mnist = Mnist04::load(args.data_dir.clone())?;
     let train_batches = mnist.train_batches(args.seed)?;
     let (ds_in, ds_out) = mnist.test_batches()?;
     let device = Device::flex();
     let (network, _) = trained_or_loaded(args, &device, &train_batches, &ds_in)?;
     let model = BurnModel::new(network, &device);
-    println!("Test accuracy:\t{:.4}\n", evaluate(&model, &ds_in)?);
+    eprintln!("MNIST: test accuracy {:.4}", evaluate(&model, &ds_in)?);
+    let table = Table {
+        column: 0,
+        ds_in: &ds_in,
+        ds_out: &ds_out,
+    };
+    let fit_all = mnist.train_in.prepare(&common::batches())?;
+    shared_rows(&table, results, &model, &fit_all, 0.01)?;
+    network_rows(
+        &table,
+        results,
+        &model,
+        &fit_all,
+        ["pool1", "pool2", "flatten"],
+    )?;
+    let name = "MC dropout (30 passes, entropy)";
+    results.put(name, 0, table.row(McDropout::default(), &model, None)?);
 
     // Activation shaping of the penultimate layer, ReAct's threshold fitted
     // on 5 000 training images.
     let fit_indices: Vec<usize> = (0..5_000.min(mnist.train_in.len())).collect();
     let fit_set = mnist.train_in.subset(&fit_indices)?;
     let fit_batches = fit_set.prepare(&common::batches())?;
-    let mut shaped_models = Vec::new();
-    for (name, shaping) in [
-        (
-            "ReAct (90%)",
-            Shaping::react(&model, Some(&fit_batches), 0.9)?,
-        ),
-        ("ASH-S (90%)", Shaping::ash(0.9)?),
-        ("SCALE (85%)", Shaping::scale(0.85)?),
-    ] {
-        shaped_models.push((name, model.clone().with_shaping(shaping)?));
+    for (name, shaping) in shapings(&model, &fit_batches)? {
+        let shaped = model.clone().with_shaping(shaping)?;
+        results.put(
+            &format!("MLS + {name}"),
+            0,
+            table.row(Mls::new(), &shaped, None)?,
+        );
+        let energy = format!("Energy + {name}");
+        results.put(&energy, 0, table.row(Energy::default(), &shaped, None)?);
     }
-
-    let fit_all = mnist.train_in.prepare(&common::batches())?;
-    let table = Table {
-        ds_in: &ds_in,
-        ds_out: &ds_out,
-    };
-    println!(
-        "| detector | AUROC | FPR@95%TPR | fit ({} training images) | scoring (10 000 images) |",
-        mnist.train_in.len()
-    );
-    println!("| --- | ---: | ---: | ---: | ---: |");
-    table.row("MLS", Mls::new(), &model, None)?;
-    table.row("MSP", Mls::msp(), &model, None)?;
-    table.row("Energy (T = 1)", Energy::default(), &model, None)?;
-    table.row("Entropy", Entropy::new(), &model, None)?;
-    table.row("GEN (γ = 0.1, top 100)", Gen::default(), &model, None)?;
-    table.row(
-        "ODIN (T = 1000, ε = 0)",
-        Odin::new(1000.0, 0.0)?,
-        &model,
-        None,
-    )?;
-    table.row("ODIN (T = 1000, ε = 0.0014)", Odin::default(), &model, None)?;
-    for (shaping, shaped) in &shaped_models {
-        table.row(&format!("MLS + {shaping}"), Mls::new(), shaped, None)?;
-        table.row(
-            &format!("Energy + {shaping}"),
-            Energy::default(),
-            shaped,
-            None,
-        )?;
-    }
-
-    // Layers of the toy convnet: 0 = pool1 and 1 = pool2 (channel means),
-    // 2 = the flattened last map (penultimate, 1 600 wide).
-    let fit = Some(&fit_all as &dyn BatchSource);
-    table.row("Mahalanobis", Mahalanobis::new(), &model, fit)?;
-    table.row("RMDS", Rmds::new(), &model, fit)?;
-    table.row("KNN (k = 50)", Knn::new(50)?, &model, fit)?;
-    table.row("ViM (99% variance)", Vim::default(), &model, fit)?;
-    table.row("SHE", She::new(), &model, fit)?;
-    let gram = Gram::default().with_layers([0, 1])?;
-    table.row(
-        "Gram (orders 1-5, q = 0.01; pool1 + pool2)",
-        gram,
-        &model,
-        fit,
-    )?;
-    let mahalanobis = Mahalanobis::new().with_layers([0, 1, 2])?;
-    let name = "Mahalanobis (pool1 + pool2 + flatten, std-normalised)";
-    table.row(name, mahalanobis, &model, fit)?;
     Ok(())
 }
 
-/// The two test sets every row scores.
+/// ReAct (90%, fitted on `fit`), ASH-S (90%), SCALE (85%).
+fn shapings(
+    model: &dyn FeatureModel,
+    fit: &dyn BatchSource,
+) -> Result<Vec<(&'static str, Shaping)>> {
+    Ok(vec![
+        ("ReAct (90%)", Shaping::react(model, Some(fit), 0.9)?),
+        ("ASH-S (90%)", Shaping::ash(0.9)?),
+        ("SCALE (85%)", Shaping::scale(0.85)?),
+    ])
+}
+
+/// The rows that run the network itself: ODIN's input step, Gram on the
+/// two inner layers, Mahalanobis on all three, RankFeat.
+fn network_rows<M>(
+    table: &Table,
+    results: &mut Results,
+    model: &M,
+    fit: &dyn BatchSource,
+    layers: [&str; 3],
+) -> Result<()>
+where
+    M: FeatureModel + Send + Sync,
+{
+    let c = table.column;
+    let name = "ODIN (T = 1000, ε = 0.0014)";
+    results.put(name, c, table.row(Odin::default(), model, None)?);
+    let gram = Gram::default().with_layers([layers[0], layers[1]])?;
+    let name = "Gram (orders 1-5, q = 0.01; the two inner layers)";
+    results.put(name, c, table.row(gram, model, Some(fit))?);
+    let mahalanobis = Mahalanobis::new().with_layers(layers)?;
+    let name = "Mahalanobis (three layers, std-normalised)";
+    results.put(name, c, table.row(mahalanobis, model, Some(fit))?);
+    let name = "RankFeat (last feature map, T = 1)";
+    results.put(name, c, table.row(RankFeat::default(), model, None)?);
+    Ok(())
+}
+
+/// The CIFAR column: ResNet-20 fitted on the even-indexed test records.
+fn cifar_rows(args: &Args, results: &mut Results) -> Result<()> {
+    let root = data_root(args.data_dir.clone())?;
+    let cifar = cifar10::load(root.join("cifar10"), Split::Test)?;
+    let even: Vec<usize> = (0..cifar.len()).step_by(2).collect();
+    let odd: Vec<usize> = (1..cifar.len()).step_by(2).collect();
+    let (fit_set, id_set) = (cifar.subset(&even)?, cifar.subset(&odd)?);
+    let ood_set = common::mnist_as_cifar(&mnist::load(root.join("mnist"), Split::Test)?)?;
+    let device = Device::flex();
+    let network = CifarResNet::from_safetensors(common::weights_file(&root, 20)?, 20, &device)?;
+    let resnet = BurnModel::new(network, &device);
+    let config = PrepareConfig::new(500).preprocess(imagenet_preprocess);
+    let (fit_images, id_images, ood_images) = (
+        fit_set.prepare(&config)?,
+        id_set.prepare(&config)?,
+        ood_set.prepare(&config)?,
+    );
+
+    // The penultimate features and logits, once.
+    let started = Instant::now();
+    let fit = Penultimate::of(&resnet, &fit_images)?;
+    let id = Penultimate::of(&resnet, &id_images)?;
+    let ood = Penultimate::of(&resnet, &ood_images)?;
+    eprintln!(
+        "CIFAR: features of {} images in {:.1} s; ID accuracy {:.4} (fit half {:.4})",
+        fit_set.len() + id_set.len() + ood_set.len(),
+        started.elapsed().as_secs_f64(),
+        accuracy(id.logits.view(), id_set.labels().view())?,
+        accuracy(fit.logits.view(), fit_set.labels().view())?,
+    );
+    let (weights, bias) = resnet.head_parameters()?;
+    let cached = |shaping: Option<Shaping>| cached_model(weights.clone(), bias.clone(), shaping);
+    let plain = cached(None)?;
+    let as_batches = |p: &Penultimate, labels: &Array1<i64>| -> Result<OodDataset> {
+        let n = p.features.nrows();
+        let images = p
+            .features
+            .clone()
+            .into_shape_with_order((n, 1, 1, p.features.ncols()))?;
+        OodDataset::from_arrays(images, labels.clone())
+    };
+    let fit_features = as_batches(&fit, fit_set.labels())?;
+    let id_features = as_batches(&id, id_set.labels())?;
+    let ood_features = as_batches(&ood, ood_set.labels())?;
+    let batches = PrepareConfig::new(500);
+    let (fit_cached, id_cached, ood_cached) = (
+        fit_features.prepare(&batches)?,
+        id_features.prepare(&batches)?,
+        ood_features.prepare(&batches)?,
+    );
+    let table = Table {
+        column: 1,
+        ds_in: &id_cached,
+        ds_out: &ood_cached,
+    };
+    shared_rows(&table, results, &plain, &fit_cached, 0.1)?;
+    let through_network = Table {
+        column: 1,
+        ds_in: &id_images,
+        ds_out: &ood_images,
+    };
+    network_rows(
+        &through_network,
+        results,
+        &resnet,
+        &fit_images,
+        ["layer1", "layer2", "pool"],
+    )?;
+    for (name, shaping) in shapings(&plain, &fit_cached)? {
+        let shaped = cached(Some(shaping))?;
+        results.put(
+            &format!("MLS + {name}"),
+            1,
+            table.row(Mls::new(), &shaped, None)?,
+        );
+        let energy = format!("Energy + {name}");
+        results.put(&energy, 1, table.row(Energy::default(), &shaped, None)?);
+    }
+    Ok(())
+}
+
+/// A network's penultimate features and logits of a dataset.
+struct Penultimate {
+    features: Array2<f32>,
+    logits: Array2<f32>,
+}
+
+impl Penultimate {
+    fn of(model: &dyn FeatureModel, data: &dyn BatchSource) -> Result<Self> {
+        let (mut features, mut logits) = (Vec::new(), Vec::new());
+        for batch in data.batches()? {
+            let out = model.forward_features_owned(batch?.inputs, &[LayerId::Index(-2)])?;
+            features.extend(out.features);
+            logits.push(out.logits);
+        }
+        let join = |parts: &[Array2<f32>]| -> Result<Array2<f32>> {
+            let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+            Ok(concatenate(Axis(0), &views)?)
+        };
+        Ok(Penultimate {
+            features: join(&features)?,
+            logits: join(&logits)?,
+        })
+    }
+}
+
+type Forward =
+    Box<dyn Fn(ArrayView4<f32>) -> Result<(Vec<Array2<f32>>, Array2<f32>)> + Send + Sync>;
+
+/// A model over cached penultimate features `(N, 1, 1, D)`: its one
+/// feature layer is them, its logits the last layer on them (shaped
+/// first, when asked), exactly what the network computes from there.
+fn cached_model(
+    weights: Array2<f32>,
+    bias: Array1<f32>,
+    shaping: Option<Shaping>,
+) -> Result<oodkit::model::FnFeatureModel<Forward>> {
+    let (w, b) = (weights.clone(), bias.clone());
+    let forward: Forward = Box::new(move |x: ArrayView4<f32>| {
+        let (n, d) = (x.shape()[0], x.shape()[3]);
+        let features = x.to_shape((n, d))?.to_owned();
+        let logits = match &shaping {
+            Some(s) => s.logits(features.view(), w.t(), b.view())?,
+            None => features.dot(&w.t()) + &b,
+        };
+        Ok((vec![features], logits))
+    });
+    from_fn_with_features(["pool"], forward).with_head(weights, bias)
+}
+
+/// The test sets every row of one experiment scores.
 struct Table<'a> {
+    column: usize,
     ds_in: &'a dyn BatchSource,
     ds_out: &'a dyn BatchSource,
 }
 
 impl Table<'_> {
     /// Fits `detector` on `model` (and `fit_data`), scores both sets and
-    /// prints the row: code generic over every detector of either family.
+    /// returns the figures: generic over every detector of either family.
     fn row<'m, D, M>(
         &self,
-        name: &str,
         detector: D,
         model: M,
         fit_data: Option<&dyn BatchSource>,
-    ) -> Result<()>
+    ) -> Result<Figures>
     where
         D: Detector,
         M: IntoModel<'m, <D::Fitted as FittedDetector>::Family>,
@@ -149,18 +431,18 @@ impl Table<'_> {
         let started = Instant::now();
         let scores_in = scorer.score(self.ds_in)?.scores;
         let scores_out = scorer.score(self.ds_out)?.scores;
-        let seconds = started.elapsed().as_secs_f64();
+        let score_seconds = started.elapsed().as_secs_f64();
         let report = bench_metrics(&scores_in, &scores_out, &["auroc", "fpr95tpr"])?;
         let figure = |metric: &str| {
             report
                 .get(metric)
                 .ok_or_else(|| Error::custom(format!("{metric} missing from the report")))
         };
-        println!(
-            "| {name} | {:.4} | {:.4} | {fit_seconds:.2} s | {seconds:.2} s |",
-            figure("auroc")?,
-            figure("fpr95tpr")?
-        );
-        Ok(())
+        Ok(Figures {
+            auroc: figure("auroc")?,
+            fpr: figure("fpr95tpr")?,
+            fit_seconds,
+            score_seconds,
+        })
     }
 }

@@ -236,7 +236,7 @@ fn openmax_matches_its_formula() {
                     .map(|c| (f64::from(r[c]) - openmax.means()[[k, c]]).powi(2))
                     .sum::<f64>()
                     .sqrt();
-                let w = openmax.weibulls()[k].cdf(d);
+                let w = openmax.weibulls()[k].unwrap().cdf(d);
                 revised[k] = f64::from(r[k]) * (1.0 - w * omega);
                 unknown += f64::from(r[k]) - revised[k];
             }
@@ -397,6 +397,12 @@ fn bad_input_is_an_error() {
         .fit_logits(x.view(), lonely.view())
         .unwrap_err();
     assert!(matches!(err, Error::InvalidLabel { label: 1, .. }), "{err}");
+    // A class absent from the fit labels has no model: w = 1.
+    let absent = labels.mapv(|l| if l == 3 { 0 } else { l });
+    let fitted = OpenMax::default()
+        .fit_logits(x.view(), absent.view())
+        .unwrap();
+    assert!(fitted.weibulls()[3].is_none() && fitted.weibulls()[0].is_some());
     // Scoring logits of another width.
     let klm = Klm::new().fit_logits(x.view()).unwrap();
     assert!(matches!(
@@ -447,6 +453,12 @@ fn fitted_logit_detectors_round_trip_and_load_as_any() {
         "TemperatureScaling"
     );
     round_trip!(Klm::new().fit_logits(x.view()).unwrap(), KlMatching, "KLM");
+    let absent = labels.mapv(|l| if l == 2 { 1 } else { l });
+    round_trip!(
+        OpenMax::default().fit_logits(x.view(), absent.view()).unwrap(),
+        OpenMaxModel,
+        "OpenMax"
+    );
     round_trip!(
         OpenMax::default()
             .fit_logits(x.view(), labels.view())

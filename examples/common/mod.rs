@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use burn::tensor::Device;
+use ndarray::{Array4, s};
 use oodkit::datasets::{OodDataset, PrepareConfig, Prepared, Split, data_root, mnist};
 use oodkit::nets::{ToyConvnet, ToyConvnetConfig};
 use oodkit::training::{Checkpoint, TrainConfig, load_checkpoint, train};
@@ -193,4 +194,42 @@ pub fn plot_scores(
         &roc,
         dir.join(format!("roc_{files}.png")),
     )
+}
+
+#[allow(dead_code)] // the CIFAR examples
+/// `weights/akamaster_resnet_cifar10/resnet<depth>-*.safetensors` under the
+/// data root.
+pub fn weights_file(root: &Path, depth: usize) -> Result<PathBuf> {
+    let dir = root.join("weights/akamaster_resnet_cifar10");
+    let prefix = format!("resnet{depth}-");
+    let found = std::fs::read_dir(&dir)
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".safetensors"))
+        });
+    found.ok_or_else(|| Error::MissingFile {
+        path: dir.join(format!("{prefix}*.safetensors")),
+        hint: "the pretrained CIFAR ResNets (github.com/akamaster/pytorch_resnet_cifar10) \
+               converted to safetensors; depths 20, 32, 44, 56"
+            .into(),
+    })
+}
+
+#[allow(dead_code)] // the CIFAR examples
+/// MNIST digits as CIFAR-shaped images: 28x28 zero-padded to 32x32 (2
+/// pixels each side), the grey level repeated over R, G and B.
+pub fn mnist_as_cifar(digits: &OodDataset) -> Result<OodDataset> {
+    let n = digits.len();
+    let mut images = Array4::<f32>::zeros((n, 3, 32, 32));
+    for c in 0..3 {
+        images
+            .slice_mut(s![.., c..c + 1, 2..30, 2..30])
+            .assign(digits.inputs());
+    }
+    OodDataset::from_arrays(images, digits.labels().clone())
 }

@@ -137,10 +137,13 @@ fn weibull_mle(x: &[f64]) -> (f64, f64) {
 ///
 /// As OpenOOD v1.5's `openmax` postprocessor, which runs libMR: Euclidean
 /// distances, a tail of 20, alpha 3, and libMR's `FitHigh` (see
-/// [`Weibull`]), written here. Fit data must be labelled; every class
-/// needs at least 2 correctly classified fit samples at distinct distances
-/// (the error names the class). Fitting keeps the fit logits until it ends
-/// (memory O(N · C)).
+/// [`Weibull`]), written here. Fit data must be labelled; every class it
+/// holds needs at least 2 correctly classified fit samples at distinct
+/// distances (the error names the class). A class of the network absent
+/// from the fit labels (a network with more outputs than the classes it
+/// was trained on) has no mean to be near: every input counts as beyond
+/// its tail (w = 1). Fitting keeps the fit logits until it ends (memory
+/// O(N · C)).
 ///
 /// ```
 /// use ndarray::{Array2, array};
@@ -212,7 +215,9 @@ impl OpenMax {
             ));
         }
         let mut members: Vec<Vec<usize>> = vec![Vec::new(); c];
+        let mut present = vec![false; c];
         for (i, (row, &y)) in logits.rows().into_iter().zip(labels).enumerate() {
+            present[y as usize] = true;
             if crate::metrics::argmax(row.iter().copied()) == y as usize {
                 members[y as usize].push(i);
             }
@@ -220,6 +225,10 @@ impl OpenMax {
         let mut means = Array2::<f64>::zeros((c, c));
         let mut weibulls = Vec::with_capacity(c);
         for (k, rows) in members.iter().enumerate() {
+            if !present[k] {
+                weibulls.push(None);
+                continue;
+            }
             if rows.len() < 2 {
                 return Err(Error::InvalidLabel {
                     label: k as i64,
@@ -245,7 +254,7 @@ impl OpenMax {
                     reason: format!("class {k}: {e}"),
                 })?;
             means.row_mut(k).assign(&mean);
-            weibulls.push(weibull);
+            weibulls.push(Some(weibull));
         }
         OpenMaxModel::new(means, weibulls, self.alpha)
     }
@@ -277,18 +286,18 @@ impl Detector for OpenMax {
 }
 
 /// What OpenMax learns: each class's mean logit vector `(C, C)` and
-/// Weibull model, and alpha.
+/// Weibull model (none for a class absent from the fit data), and alpha.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpenMaxModel {
     means: Array2<f64>,
-    weibulls: Vec<Weibull>,
+    weibulls: Vec<Option<Weibull>>,
     alpha: usize,
 }
 
 impl OpenMaxModel {
-    /// The parts, checked: means `(C, C)`, one Weibull per class,
-    /// 1 ≤ alpha ≤ C.
-    pub fn new(means: Array2<f64>, weibulls: Vec<Weibull>, alpha: usize) -> Result<Self> {
+    /// The parts, checked: means `(C, C)`, one Weibull model per class
+    /// (`None`: the class was absent from the fit data), 1 ≤ alpha ≤ C.
+    pub fn new(means: Array2<f64>, weibulls: Vec<Option<Weibull>>, alpha: usize) -> Result<Self> {
         let c = means.nrows();
         if c == 0 || means.ncols() != c || weibulls.len() != c {
             return Err(Error::ShapeMismatch {
@@ -320,8 +329,9 @@ impl OpenMaxModel {
         &self.means
     }
 
-    /// Each class's Weibull model.
-    pub fn weibulls(&self) -> &[Weibull] {
+    /// Each class's Weibull model (`None` for a class absent from the fit
+    /// data).
+    pub fn weibulls(&self) -> &[Option<Weibull>] {
         &self.weibulls
     }
 
@@ -343,7 +353,10 @@ impl OpenMaxModel {
         let mut removed = 0.0;
         for k in 0..c {
             let l = f64::from(row[k]);
-            let w = self.weibulls[k].cdf(distance(row, self.means.row(k)));
+            let w = match &self.weibulls[k] {
+                Some(weibull) => weibull.cdf(distance(row, self.means.row(k))),
+                None => 1.0,
+            };
             let kept = l * (1.0 - w * omega[k]);
             removed += l - kept;
             revised.push(kept);

@@ -260,20 +260,32 @@ stored_fitted_logits!(
     "OpenMax",
     |openmax, file| {
         file.array("means", openmax.means().view());
+        // A class without a model: a row of zeros, flagged 0 in "fitted".
         let weibulls = Array2::from_shape_fn((openmax.weibulls().len(), 3), |(k, p)| {
-            let w = openmax.weibulls()[k];
-            [w.shape(), w.scale(), w.shift()][p]
+            openmax.weibulls()[k].map_or(0.0, |w| [w.shape(), w.scale(), w.shift()][p])
         });
+        let fitted: ndarray::Array1<i64> = openmax
+            .weibulls()
+            .iter()
+            .map(|w| i64::from(w.is_some()))
+            .collect();
         file.array("weibulls", weibulls.view());
+        file.array("fitted", fitted.view());
         json!({ "alpha": openmax.alpha() })
     },
     |file, params| {
         let means: Array2<f64> = file.array("means", &[None, None])?;
         let weibulls: Array2<f64> = file.array("weibulls", &[Some(means.nrows()), Some(3)])?;
+        let fitted: ndarray::Array1<i64> = file.array("fitted", &[Some(means.nrows())])?;
         let weibulls = weibulls
             .rows()
             .into_iter()
-            .map(|r| Weibull::new(r[0], r[1], r[2]))
+            .zip(&fitted)
+            .map(|(r, &f)| match f {
+                0 => Ok(None),
+                1 => Weibull::new(r[0], r[1], r[2]).map(Some),
+                _ => Err(file.corrupt("OpenMax's \"fitted\" flags are not 0 or 1")),
+            })
             .collect::<Result<Vec<_>>>()?;
         OpenMaxModel::new(means, weibulls, file.count(params, "alpha")?)
     }
