@@ -54,8 +54,10 @@
 //! (the [`Model`](model::Model) trait, closures, the burn and ONNX
 //! adapters, activation shaping, [`evaluate`](model::evaluate)),
 //! [`detectors`] (the [`Detector`] trait and its two families:
-//! [`detectors::logits`] — [`Mls`] and MSP, energy, entropy, GEN, ODIN —
-//! and [`detectors::features`] — Mahalanobis, RMDS, KNN, ViM, SHE, Gram),
+//! [`detectors::logits`] — [`Mls`] and MSP, energy, entropy, GEN, ODIN,
+//! temperature scaling, KLM, OpenMax, RankFeat, MC dropout — and
+//! [`detectors::features`] — Mahalanobis, RMDS, KNN, ViM, SHE, Gram, DICE,
+//! VRA, fDBD, NCI, NNGuide, GradNorm, Residual, GMM),
 //! [`metrics`] (exact AUROC, FPR@TPR, AUPR, accuracy), [`calibration`]
 //! (conformal p-values and verdicts with a known false-alarm rate;
 //! fitted detectors save to files with [`detectors::file`]) and, with the `burn`

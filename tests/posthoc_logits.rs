@@ -455,7 +455,9 @@ fn fitted_logit_detectors_round_trip_and_load_as_any() {
     round_trip!(Klm::new().fit_logits(x.view()).unwrap(), KlMatching, "KLM");
     let absent = labels.mapv(|l| if l == 2 { 1 } else { l });
     round_trip!(
-        OpenMax::default().fit_logits(x.view(), absent.view()).unwrap(),
+        OpenMax::default()
+            .fit_logits(x.view(), absent.view())
+            .unwrap(),
         OpenMaxModel,
         "OpenMax"
     );

@@ -97,7 +97,7 @@ pub trait Model {
     /// `(N, C, H, W)` is replaced by `edit(map)` (same shape) before the
     /// rest of the network runs: what RankFeat needs. [`BurnModel`] runs it
     /// for modules implementing
-    /// [`BurnClassifier::last_feature_map`](crate::model::BurnClassifier::last_feature_map);
+    /// [`BurnClassifier::last_feature_map`];
     /// the default is an [`Error::Unsupported`] (a closure or an ONNX graph
     /// cannot be split at a feature map).
     fn forward_editing_map(
@@ -117,7 +117,7 @@ pub trait Model {
     /// The logits of `passes` forward passes with the network's dropout
     /// active, the random masks seeded by `seed`: what Monte Carlo dropout
     /// needs. [`BurnModel`] runs it for modules implementing
-    /// [`BurnClassifier::stochastic_logits`](crate::model::BurnClassifier::stochastic_logits);
+    /// [`BurnClassifier::stochastic_logits`];
     /// the default is an [`Error::Unsupported`] (a closure or an ONNX graph
     /// runs in inference mode).
     fn forward_stochastic(

@@ -1,5 +1,7 @@
 //! The detectors on internal features — Mahalanobis, RMDS, KNN, ViM, SHE,
-//! Gram — and what they share: fitting layer by layer in a stream of
+//! Gram, and the OpenOOD post-hoc methods DICE, VRA, fDBD, NCI, NNGuide,
+//! GradNorm, Residual, GMM (those that read the last layer share a checked
+//! `Head`) — and what they share: fitting layer by layer in a stream of
 //! batches (through a [`FeatureModel`]) or on precomputed features, the
 //! calibration pass some need, multi-layer aggregation, and scoring.
 //!

@@ -1,7 +1,12 @@
 //! The detectors on logits: MLS / MSP, Energy, Entropy, GEN and ODIN, and
-//! what they share. A detector on logits learns nothing from the training
-//! data, so its parameters are its whole fitted state: each implements
+//! what they share. Most learn nothing from the training data, so their
+//! parameters are their whole fitted state: each implements
 //! [`ScoreLogits`], and with it [`Detector`] and [`FittedDetector`].
+//! Temperature scaling, KLM and OpenMax learn from in-distribution logits:
+//! their [`Detector`] returns another type ([`TemperedSoftmax`],
+//! [`KlMatching`], [`OpenMaxModel`]) that implements [`ScoreLogits`].
+//! RankFeat and MC dropout score through the network itself
+//! ([`Model::forward_editing_map`], [`Model::forward_stochastic`]).
 
 use std::fmt;
 
