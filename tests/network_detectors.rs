@@ -8,7 +8,7 @@ use ndarray::{Array1, Array2, Array4, ArrayView1, ArrayView4, Axis};
 use oodkit::detectors::{
     AnyDetector, Detector, Entropy, McDropout, McStatistic, Mls, Persist, RankFeat, ScoreLogits,
 };
-use oodkit::model::{BurnModel, Model, from_fn};
+use oodkit::model::{BurnClassifier, BurnModel, Model, from_fn};
 use oodkit::nets::{CifarResNetConfig, ToyConvnetConfig};
 use oodkit::{Batch, Error};
 use rand::rngs::StdRng;
@@ -148,6 +148,17 @@ fn mc_dropout_averages_real_stochastic_passes() {
     assert!(passes[0] != passes[1], "dropout is active");
     // The same seed, the same masks.
     assert_eq!(passes, model.forward_stochastic(x.view(), 12, 7).unwrap());
+    // The network's shared-trunk passes are its single passes, seed by seed.
+    let tensor = || oodkit::model::array_to_tensor(x.clone(), &device);
+    let shared = model.module().stochastic_passes(tensor(), &[3, 4]).unwrap();
+    for (pass, seed) in shared.into_iter().zip([3, 4]) {
+        let single = model.module().stochastic_logits(tensor(), seed).unwrap();
+        let (a, b) = (
+            oodkit::model::tensor_to_array(pass).unwrap(),
+            oodkit::model::tensor_to_array(single).unwrap(),
+        );
+        assert!((&a - &b).iter().all(|d| d.abs() < 1e-5), "seed {seed}");
+    }
     // The detector's score is the entropy of the passes' mean softmax.
     let mut mean = Array2::<f64>::zeros((4, 5));
     for p in &passes {

@@ -75,6 +75,16 @@ pub trait BurnClassifier: Module {
         let _ = (inputs, seed);
         None
     }
+
+    /// One [`stochastic_logits`](Self::stochastic_logits) pass per seed.
+    /// Override it when the passes can share work (a network whose only
+    /// dropout is near the end runs the layers before it once).
+    fn stochastic_passes(&self, inputs: Tensor<4>, seeds: &[u64]) -> Option<Vec<Tensor<2>>> {
+        seeds
+            .iter()
+            .map(|&seed| self.stochastic_logits(inputs.clone(), seed))
+            .collect()
+    }
 }
 
 /// A burn module run as a [`Model`]: batches move into burn and the logits
@@ -357,25 +367,23 @@ impl<M: BurnClassifier> BurnModel<M> {
             });
         }
         let shape = inputs.shape().to_vec();
-        (0..passes as u64)
-            .map(|pass| {
-                let x = array_to_tensor(inputs.to_owned(), &self.device);
-                // Each pass its own stream, all fixed by `seed`.
-                let seed = seed ^ pass.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                let logits = self
-                    .guarded("stochastic_logits", &shape, |m| {
-                        m.stochastic_logits(x, seed)
-                    })?
-                    .ok_or_else(|| Error::Unsupported {
-                        what: "forward passes with dropout active (Monte Carlo dropout)".into(),
-                        hint: "the module has no dropout: implement \
-                               BurnClassifier::stochastic_logits (ToyConvnet does; the CIFAR \
-                               ResNets have no dropout layer)"
-                            .into(),
-                    })?;
-                tensor_to_array(logits)
-            })
-            .collect()
+        // Each pass its own stream, all fixed by `seed`.
+        let seeds: Vec<u64> = (0..passes as u64)
+            .map(|pass| seed ^ pass.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .collect();
+        let x = array_to_tensor(inputs.to_owned(), &self.device);
+        self.guarded("stochastic_passes", &shape, |m| {
+            m.stochastic_passes(x, &seeds)
+        })?
+        .ok_or_else(|| Error::Unsupported {
+            what: "forward passes with dropout active (Monte Carlo dropout)".into(),
+            hint: "the module has no dropout: implement BurnClassifier::stochastic_logits \
+                       (ToyConvnet does; the CIFAR ResNets have no dropout layer)"
+                .into(),
+        })?
+        .into_iter()
+        .map(tensor_to_array)
+        .collect()
     }
 }
 

@@ -187,6 +187,19 @@ impl BurnClassifier for ToyConvnet {
         let mask = dropout_mask(flat.dims(), self.dropout.prob, seed, &flat.device());
         Some(self.linear.forward(flat * mask))
     }
+
+    /// The convolutions once, then one mask and the last layer per pass.
+    fn stochastic_passes(&self, inputs: Tensor<4>, seeds: &[u64]) -> Option<Vec<Tensor<2>>> {
+        let flat: Tensor<2> = self.convolutions(inputs).1.flatten(1, 3);
+        let passes = seeds.iter().map(|&seed| {
+            if self.dropout.prob == 0.0 {
+                return self.linear.forward(flat.clone());
+            }
+            let mask = dropout_mask(flat.dims(), self.dropout.prob, seed, &flat.device());
+            self.linear.forward(flat.clone() * mask)
+        });
+        Some(passes.collect())
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Class-conditional Gaussians, one covariance per class: the features'
-//! density under the mixture of the classes.
+//! Class-conditional Gaussians, one covariance per class (quadratic
+//! discriminant analysis; Lee et al., NeurIPS 2018, share one covariance):
+//! the features' density under the mixture of the classes.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +16,9 @@ use crate::linalg::{gemm, symmetric_eigen};
 use crate::model::FeatureModel;
 
 /// GMM: each class c of the fit data is a Gaussian N(μ_c, Σ_c) with its own
-/// covariance (where [`Mahalanobis`](super::Mahalanobis) shares one), and
+/// covariance (where [`Mahalanobis`](super::Mahalanobis), after Lee et al.,
+/// NeurIPS 2018, shares one; with one per class it is quadratic
+/// discriminant analysis's generative model), and
 /// weight π_c, its share of the fit samples; the score is the negative log
 /// density of the feature under the mixture (higher = more OOD):
 /// score = −ln Σ_c π_c N(f; μ_c, Σ_c + εI).
