@@ -1,0 +1,88 @@
+"""Helpers of scripts/bench_peers.sh: reading each side's measurements into
+rows, and the table (medians over rounds, ratios).
+
+  bench_peers_table.py criterion ESTIMATES.json BATCH   images/s of a criterion bench
+  bench_peers_table.py torch < JSON                      rows of resnet20_torch_bench.py
+  bench_peers_table.py tf < JSON                         rows of tf_throughput.py's RESULT
+  bench_peers_table.py time FILE                         wall seconds, peak RSS MB of time -v
+  bench_peers_table.py table ROWS CPU                    the Markdown table
+
+A row is "<side> <work> <batch> <value> [<value2>]".
+"""
+import json
+import re
+import statistics
+import sys
+from collections import defaultdict
+
+
+def criterion(path, batch):
+    ns = json.load(open(path))["median"]["point_estimate"]
+    print(round(int(batch) / (ns * 1e-9), 1))
+
+
+def torch():
+    r = json.loads(sys.stdin.read())
+    for b in (128, 500):
+        print(f"torch{r['threads']} resnet20 {b} {r['img_s_batch%d' % b]}")
+
+
+def tf():
+    r = json.loads(sys.stdin.read())
+    # Epoch 1 fills tf.data's cache and retraces: the best of the later ones.
+    print(f"tf train_step 128 {max(r['train_imgs_per_s'][1:]):.1f}")
+    print(f"tf inference 128 {max(r['infer_imgs_per_s']):.1f}")
+
+
+def time_v(path):
+    text = open(path).read()
+    wall = re.search(r"Elapsed \(wall clock\) time.*: (.+)", text).group(1).strip()
+    parts = [float(p) for p in wall.split(":")]
+    seconds = sum(p * 60**i for i, p in enumerate(reversed(parts)))
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1)) / 1024
+    print(f"{seconds:.1f} {rss:.0f}")
+
+
+def table(rows_path, cpu_path):
+    rows = defaultdict(list)
+    for line in open(rows_path):
+        side, work, batch, *values = line.split()
+        rows[(side, work, batch)].append([float(v) for v in values])
+    cpu = open(cpu_path).read().strip()
+
+    def median(key, i=0):
+        values = [v[i] for v in rows.get(key, [])]
+        return statistics.median(values) if values else float("nan")
+
+    print(f"{cpu}; medians of {max(len(v) for v in rows.values())} rounds\n")
+    print("| work | oodkit | peer | oodkit / peer (> 1: oodkit faster) |")
+    print("| --- | ---: | ---: | ---: |")
+    for batch in ("128", "500"):
+        ours = median(("oodkit", "resnet20", batch))
+        t1, t2 = (median((f"torch{t}", "resnet20", batch)) for t in (1, 2))
+        best = max(t1, t2)
+        print(
+            f"| ResNet-20 inference, batch {batch} | {ours:.0f} img/s | PyTorch {best:.0f} img/s "
+            f"(1 thread {t1:.0f}, 2 threads {t2:.0f}) | {ours / best:.2f}x |"
+        )
+    for work, label in (("train_step", "toy convnet training step"),
+                        ("inference", "toy convnet inference")):
+        ours, theirs = median(("oodkit", work, "128")), median(("tf", work, "128"))
+        print(f"| {label}, batch 128 | {ours:.0f} img/s | TensorFlow {theirs:.0f} img/s | "
+              f"{ours / theirs:.2f}x |")
+    wall, rss = median(("oodkit", "e2e", "0")), median(("oodkit", "e2e", "0"), 1)
+    peer_wall, peer_rss = median(("oodeel", "e2e", "0")), median(("oodeel", "e2e", "0"), 1)
+    print(f"| MNIST example end to end, wall | {wall:.1f} s | oodeel + TF {peer_wall:.1f} s | "
+          f"{peer_wall / wall:.2f}x |")
+    print(f"| peak RSS of the same runs | {rss:.0f} MB | {peer_rss:.0f} MB | "
+          f"{rss / peer_rss:.2f} of theirs |")
+
+
+commands = {
+    "criterion": criterion,
+    "torch": torch,
+    "tf": tf,
+    "time": time_v,
+    "table": table,
+}
+commands[sys.argv[1]](*sys.argv[2:])
