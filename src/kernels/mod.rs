@@ -1,6 +1,7 @@
 //! The crate's own burn kernels on the Flex CPU backend: a valid
 //! convolution and a 2x2 max-pool, each with a handwritten backward, as
-//! burn backend extensions. The networks (`nets`) and the trainer use them;
+//! burn backend extensions, and an inference-only convolution with its
+//! batch norm folded in, on plain slices (the CIFAR ResNet's fast path). The networks (`nets`) and the trainer use them;
 //! on any other backend or dtype they fall back to burn's layers, so every
 //! device keeps working.
 
@@ -9,14 +10,16 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor};
 
 mod conv;
+mod folded_conv;
 mod max_pool;
 
 pub(crate) use conv::conv2d;
+pub(crate) use folded_conv::{BatchNormStats, FoldedConv};
 pub(crate) use max_pool::max_pool_2x2;
 
 /// Whether the crate's kernels can take `x`: an `f32` tensor on Flex (with
 /// or without autodiff).
-fn flex_f32<const D: usize>(x: &Tensor<D>) -> bool {
+pub(crate) fn flex_f32<const D: usize>(x: &Tensor<D>) -> bool {
     x.dtype() == DType::F32
         && matches!(
             x.device().without_autodiff().as_dispatch(),

@@ -10,6 +10,7 @@
 
 mod init;
 mod resnet;
+mod resnet_inference;
 mod toy_convnet;
 mod toy_mlp;
 

@@ -10,6 +10,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
+use super::resnet_inference::FoldedResNet;
 use crate::error::{Error, Result};
 use crate::model::BurnClassifier;
 
@@ -87,14 +88,14 @@ fn conv3x3(input: usize, output: usize, stride: usize, device: &Device) -> Conv2
 /// conv3x3-BN-ReLU-conv3x3-BN plus the option-A shortcut, then ReLU.
 #[derive(Module, Debug)]
 pub struct BasicBlock {
-    conv1: Conv2d,
-    bn1: BatchNorm,
-    conv2: Conv2d,
-    bn2: BatchNorm,
+    pub(super) conv1: Conv2d,
+    pub(super) bn1: BatchNorm,
+    pub(super) conv2: Conv2d,
+    pub(super) bn2: BatchNorm,
     activation: Relu,
-    in_planes: usize,
-    planes: usize,
-    stride: usize,
+    pub(super) in_planes: usize,
+    pub(super) planes: usize,
+    pub(super) stride: usize,
 }
 
 impl BasicBlock {
@@ -175,11 +176,11 @@ pub fn option_a_shortcut(x: Tensor<4>, planes: usize) -> Tensor<4> {
 /// ```
 #[derive(Module, Debug)]
 pub struct CifarResNet {
-    conv1: Conv2d,
-    bn1: BatchNorm,
-    layer1: Vec<BasicBlock>,
-    layer2: Vec<BasicBlock>,
-    layer3: Vec<BasicBlock>,
+    pub(super) conv1: Conv2d,
+    pub(super) bn1: BatchNorm,
+    pub(super) layer1: Vec<BasicBlock>,
+    pub(super) layer2: Vec<BasicBlock>,
+    pub(super) layer3: Vec<BasicBlock>,
     linear: Linear,
     activation: Relu,
     depth: usize,
@@ -214,8 +215,17 @@ impl CifarResNet {
             + d_out
     }
 
-    /// The three stages' outputs.
+    /// The three stages' outputs: at inference on Flex through the folded
+    /// convolutions (`resnet_inference`), else through burn's layers.
     fn stages(&self, x: Tensor<4>) -> [Tensor<4>; 3] {
+        if let Some(stages) = FoldedResNet::new(self).and_then(|net| net.stages(&x)) {
+            return stages;
+        }
+        self.layer_stages(x)
+    }
+
+    /// The three stages' outputs through burn's layers.
+    pub(super) fn layer_stages(&self, x: Tensor<4>) -> [Tensor<4>; 3] {
         let stem = self
             .activation
             .forward(self.bn1.forward(self.conv1.forward(x)));
