@@ -272,14 +272,10 @@ mod tests {
     fn the_epilogue_sees_each_channel_plane_once_after_the_bias() {
         let bn = BatchNormStats {
             gamma: &[1.0, 1.0],
-            beta: &[0.0, 0.0],
+            beta: &[2.0, -3.0],
             mean: &[0.0, 0.0],
             var: &[1.0, 1.0],
             epsilon: 0.0,
-        };
-        let bn = BatchNormStats {
-            beta: &[2.0, -3.0],
-            ..bn
         };
         let conv = FoldedConv::fold(&[0.0; 18], [2, 1, 3, 3], 1, 1, &bn).unwrap();
         let mut out = vec![0.0; 2 * 16];

@@ -1,9 +1,9 @@
 //! The crate's own burn kernels on the Flex CPU backend: a valid
 //! convolution and a 2x2 max-pool, each with a handwritten backward, as
 //! burn backend extensions, and an inference-only convolution with its
-//! batch norm folded in, on plain slices (the CIFAR ResNet's fast path). The networks (`nets`) and the trainer use them;
-//! on any other backend or dtype they fall back to burn's layers, so every
-//! device keeps working.
+//! batch norm folded in, on plain slices (the CIFAR ResNet's fast path).
+//! The networks (`nets`) and the trainer use them; on any other backend or
+//! dtype they fall back to burn's layers, so every device keeps working.
 
 use burn::backend::DispatchDevice;
 use burn::backend::flex::FlexTensor;

@@ -112,13 +112,19 @@ impl BasicBlock {
         }
     }
 
+    /// Whether the block changes the resolution or the channel count, so
+    /// its shortcut is option A rather than the identity.
+    pub(super) fn changes_shape(&self) -> bool {
+        self.stride != 1 || self.in_planes != self.planes
+    }
+
     /// The block's output.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let out = self
             .activation
             .forward(self.bn1.forward(self.conv1.forward(x.clone())));
         let out = self.bn2.forward(self.conv2.forward(out));
-        let shortcut = if self.stride != 1 || self.in_planes != self.planes {
+        let shortcut = if self.changes_shape() {
             option_a_shortcut(x, self.planes)
         } else {
             x
@@ -218,7 +224,7 @@ impl CifarResNet {
     /// The three stages' outputs: at inference on Flex through the folded
     /// convolutions (`resnet_inference`), else through burn's layers.
     fn stages(&self, x: Tensor<4>) -> [Tensor<4>; 3] {
-        if let Some(stages) = FoldedResNet::new(self).and_then(|net| net.stages(&x)) {
+        if let Some(stages) = FoldedResNet::stages_of(self, &x) {
             return stages;
         }
         self.layer_stages(x)

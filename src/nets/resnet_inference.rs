@@ -73,7 +73,7 @@ fn fold(conv: &Conv2d, bn: &BatchNorm) -> Option<FoldedConv> {
 fn fold_block(block: &BasicBlock) -> Option<FoldedBlock> {
     let conv1 = fold(&block.conv1, &block.bn1)?;
     let conv2 = fold(&block.conv2, &block.bn2)?;
-    let shortcut_pad = if block.stride != 1 || block.in_planes != block.planes {
+    let shortcut_pad = if block.changes_shape() {
         // Option A subsamples by two: the block must too, and the padding
         // must bring the channels to `planes`.
         let pad = block.planes / 4;
@@ -103,7 +103,7 @@ struct Workspace {
 impl FoldedResNet {
     /// The folded network, or `None` if a layer is not one this path knows
     /// (then burn's layers run).
-    pub(super) fn new(net: &CifarResNet) -> Option<Self> {
+    fn new(net: &CifarResNet) -> Option<Self> {
         let stage =
             |blocks: &[BasicBlock]| blocks.iter().map(fold_block).collect::<Option<Vec<_>>>();
         Some(FoldedResNet {
@@ -116,20 +116,29 @@ impl FoldedResNet {
         })
     }
 
-    /// The three stages' outputs for `x`, or `None` if `x` is not an `f32`
-    /// tensor on Flex without autodiff, or does not fit the network.
-    pub(super) fn stages(&self, x: &Tensor<4>) -> Option<[Tensor<4>; 3]> {
+    /// `net`'s three stages' outputs for `x` through the folded
+    /// convolutions, or `None` (before any folding) if `x` is not an `f32`
+    /// tensor on Flex without autodiff, or if `net` or `x` does not fit.
+    pub(super) fn stages_of(net: &CifarResNet, x: &Tensor<4>) -> Option<[Tensor<4>; 3]> {
         if !flex_f32(x) || x.device().is_autodiff() {
             return None;
         }
+        FoldedResNet::new(net)?.stages(x)
+    }
+
+    /// The three stages' outputs for `x` (an `f32` tensor on Flex), or
+    /// `None` if it does not fit the network.
+    fn stages(&self, x: &Tensor<4>) -> Option<[Tensor<4>; 3]> {
         let [n, channels, h, w] = x.dims();
         if channels != self.stem.in_channels() || n == 0 || h == 0 || w == 0 {
             return None;
         }
-        // The (channels, side) after each stage.
+        // The (channels, side) after each stage, and the largest activation
+        // of one image (the size of each thread's buffers).
         let mut sides = [[0usize; 3]; 3];
         let mut side = [self.stem.output_side(h), self.stem.output_side(w)];
         let mut planes = self.stem.out_channels();
+        let mut largest = planes * side[0] * side[1];
         for (s, blocks) in self.stages.iter().enumerate() {
             for block in blocks {
                 if block.conv1.in_channels() != planes {
@@ -140,6 +149,7 @@ impl FoldedResNet {
                     block.conv1.output_side(side[1]),
                 ];
                 planes = block.conv2.out_channels();
+                largest = largest.max(planes * side[0] * side[1]);
             }
             sides[s] = [planes, side[0], side[1]];
         }
@@ -153,7 +163,7 @@ impl FoldedResNet {
             .zip(o2.par_chunks_mut(sizes[1]))
             .zip(o3.par_chunks_mut(sizes[2]))
             .for_each_init(Workspace::default, |ws, (((image, o1), o2), o3)| {
-                self.image(image, [h, w], ws, [o1, o2, o3]);
+                self.image(image, [h, w], largest, ws, [o1, o2, o3]);
             });
         let device = x.device();
         let mut tensors = outputs.into_iter().zip(sides).map(|(values, [c, h, w])| {
@@ -162,10 +172,17 @@ impl FoldedResNet {
         Some([tensors.next()?, tensors.next()?, tensors.next()?])
     }
 
-    /// One image through the network, each stage's output into its slot.
-    fn image(&self, image: &[f32], [h, w]: [usize; 2], ws: &mut Workspace, outs: [&mut [f32]; 3]) {
+    /// One image through the network, each stage's output into its slot;
+    /// `largest` is the largest activation's size.
+    fn image(
+        &self,
+        image: &[f32],
+        [h, w]: [usize; 2],
+        largest: usize,
+        ws: &mut Workspace,
+        outs: [&mut [f32]; 3],
+    ) {
         let Workspace { cols, a, b, hidden } = ws;
-        let largest = self.largest_activation([h, w]);
         for buffer in [&mut *a, &mut *b, &mut *hidden] {
             buffer.resize(largest, 0.0);
         }
@@ -209,20 +226,6 @@ impl FoldedResNet {
             }
             out.copy_from_slice(&a[..out.len()]);
         }
-    }
-
-    /// The largest activation of one image, in values.
-    fn largest_activation(&self, [h, w]: [usize; 2]) -> usize {
-        let mut side = [self.stem.output_side(h), self.stem.output_side(w)];
-        let mut largest = self.stem.out_channels() * side[0] * side[1];
-        for block in self.stages.iter().flatten() {
-            side = [
-                block.conv1.output_side(side[0]),
-                block.conv1.output_side(side[1]),
-            ];
-            largest = largest.max(block.conv2.out_channels() * side[0] * side[1]);
-        }
-        largest
     }
 }
 
@@ -306,7 +309,7 @@ mod tests {
         let folded = FoldedResNet::new(&net).unwrap();
         // Input gradients need burn's graph.
         let on_autodiff = Tensor::<4>::zeros([1, 3, 8, 8], &device.clone().autodiff());
-        assert!(folded.stages(&on_autodiff).is_none());
+        assert!(FoldedResNet::stages_of(&net, &on_autodiff).is_none());
         // A grey image does not fit the stem: burn's layer reports it.
         assert!(
             folded
