@@ -86,6 +86,27 @@ impl FoldedConv {
         self.out_channels
     }
 
+    pub(crate) fn kernel(&self) -> usize {
+        self.kernel
+    }
+
+    pub(crate) fn stride(&self) -> usize {
+        self.stride
+    }
+
+    pub(crate) fn padding(&self) -> usize {
+        self.padding
+    }
+
+    /// `(out_channels, in_channels · kernel²)`, row-major.
+    pub(crate) fn weight(&self) -> &[f32] {
+        &self.weight
+    }
+
+    pub(crate) fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+
     /// The output's side for an input side.
     pub(crate) fn output_side(&self, side: usize) -> usize {
         (side + 2 * self.padding - self.kernel) / self.stride + 1

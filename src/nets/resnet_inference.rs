@@ -3,9 +3,12 @@
 //!
 //! Each batch norm is folded into its convolution once per call; then every
 //! image runs the whole network on one thread, in buffers that thread
-//! reuses: the patches, products and activations of one image stay in cache
-//! and nothing is allocated per layer. The shortcut and the ReLU are added
-//! while each output plane is in cache. Images are spread over rayon's
+//! reuses: the activations of one image stay in cache and nothing is
+//! allocated per layer. Activations stay in zero-padded planes, where the
+//! stride-1 3x3 convolutions (all but three layers) run directly, with the
+//! bias, the shortcut and the ReLU added as each output leaves the
+//! registers; the stem and the two stride-2 convolutions go through a patch
+//! matrix and a matrix product. Images are spread over rayon's
 //! threads. Under autodiff (input gradients, training) or on another
 //! backend the network runs burn's layers as before; both give the same
 //! values to float rounding, which the tests check.
@@ -16,15 +19,23 @@ use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::resnet::{BasicBlock, CifarResNet};
-use crate::kernels::{BatchNormStats, FoldedConv, flex_f32};
+use crate::kernels::{BatchNormStats, FoldedConv, PaddedConv3x3, PaddedPlanes, flex_f32};
 
 /// A basic block with its batch norms folded.
 struct FoldedBlock {
-    conv1: FoldedConv,
-    conv2: FoldedConv,
+    conv1: FirstConv,
+    /// Always stride 1, padding 1 in a basic block.
+    conv2: PaddedConv3x3,
     /// The option-A shortcut's zero channels on each side, if the block
     /// halves the resolution; `None` for the identity.
     shortcut_pad: Option<usize>,
+}
+
+/// A block's first convolution: direct on padded planes when it keeps the
+/// resolution, through the patch matrix when it has stride 2.
+enum FirstConv {
+    Direct(PaddedConv3x3),
+    Patches(FoldedConv),
 }
 
 /// The network's convolutions folded, ready for [`FoldedResNet::stages`].
@@ -72,7 +83,11 @@ fn fold(conv: &Conv2d, bn: &BatchNorm) -> Option<FoldedConv> {
 
 fn fold_block(block: &BasicBlock) -> Option<FoldedBlock> {
     let conv1 = fold(&block.conv1, &block.bn1)?;
-    let conv2 = fold(&block.conv2, &block.bn2)?;
+    let conv1 = match PaddedConv3x3::new(&conv1) {
+        Some(direct) => FirstConv::Direct(direct),
+        None => FirstConv::Patches(conv1),
+    };
+    let conv2 = PaddedConv3x3::new(&fold(&block.conv2, &block.bn2)?)?;
     let shortcut_pad = if block.changes_shape() {
         // Option A subsamples by two: the block must too, and the padding
         // must bring the channels to `planes`.
@@ -91,13 +106,34 @@ fn fold_block(block: &BasicBlock) -> Option<FoldedBlock> {
     })
 }
 
-/// One thread's buffers, reused from image to image.
+impl FoldedBlock {
+    fn in_channels(&self) -> usize {
+        match &self.conv1 {
+            FirstConv::Direct(conv) => conv.in_channels(),
+            FirstConv::Patches(conv) => conv.in_channels(),
+        }
+    }
+
+    fn output_side(&self, [h, w]: [usize; 2]) -> [usize; 2] {
+        match &self.conv1 {
+            FirstConv::Direct(_) => [h, w],
+            FirstConv::Patches(conv) => [conv.output_side(h), conv.output_side(w)],
+        }
+    }
+}
+
+/// One thread's buffers, reused from image to image: the patch matrix and
+/// compact planes for the patch-matrix convolutions, padded planes for the
+/// rest.
 #[derive(Default)]
 struct Workspace {
     cols: Vec<f32>,
+    compact_in: Vec<f32>,
+    compact_out: Vec<f32>,
     a: Vec<f32>,
     b: Vec<f32>,
     hidden: Vec<f32>,
+    shortcut: Vec<f32>,
 }
 
 impl FoldedResNet {
@@ -133,27 +169,32 @@ impl FoldedResNet {
         if channels != self.stem.in_channels() || n == 0 || h == 0 || w == 0 {
             return None;
         }
-        // The (channels, side) after each stage, and the largest activation
-        // of one image (the size of each thread's buffers).
-        let mut sides = [[0usize; 3]; 3];
-        let mut side = [self.stem.output_side(h), self.stem.output_side(w)];
-        let mut planes = self.stem.out_channels();
-        let mut largest = planes * side[0] * side[1];
+        // The planes after each stage, and the largest activation of one
+        // image (the size of each thread's buffers).
+        let mut planes = PaddedPlanes {
+            channels: self.stem.out_channels(),
+            h: self.stem.output_side(h),
+            w: self.stem.output_side(w),
+        };
+        let mut largest = Largest::default();
+        largest.grow(planes);
+        let mut stage_planes = [planes; 3];
         for (s, blocks) in self.stages.iter().enumerate() {
             for block in blocks {
-                if block.conv1.in_channels() != planes {
+                if block.in_channels() != planes.channels {
                     return None;
                 }
-                side = [
-                    block.conv1.output_side(side[0]),
-                    block.conv1.output_side(side[1]),
-                ];
-                planes = block.conv2.out_channels();
-                largest = largest.max(planes * side[0] * side[1]);
+                let [h, w] = block.output_side([planes.h, planes.w]);
+                planes = PaddedPlanes {
+                    channels: block.conv2.out_channels(),
+                    h,
+                    w,
+                };
+                largest.grow(planes);
             }
-            sides[s] = [planes, side[0], side[1]];
+            stage_planes[s] = planes;
         }
-        let sizes = sides.map(|[c, h, w]| c * h * w);
+        let sizes = stage_planes.map(|p| p.channels * p.h * p.w);
         let input: Vec<f32> = x.clone().into_data().try_into_vec::<f32>().ok()?;
         let mut outputs = sizes.map(|size| vec![0.0_f32; n * size]);
         let [o1, o2, o3] = &mut outputs;
@@ -162,71 +203,130 @@ impl FoldedResNet {
             .zip(o1.par_chunks_mut(sizes[0]))
             .zip(o2.par_chunks_mut(sizes[1]))
             .zip(o3.par_chunks_mut(sizes[2]))
-            .for_each_init(Workspace::default, |ws, (((image, o1), o2), o3)| {
-                self.image(image, [h, w], largest, ws, [o1, o2, o3]);
-            });
+            .try_for_each_init(Workspace::default, |ws, (((image, o1), o2), o3)| {
+                self.image(image, [h, w], largest, ws, [o1, o2, o3])
+            })?;
         let device = x.device();
-        let mut tensors = outputs.into_iter().zip(sides).map(|(values, [c, h, w])| {
-            Tensor::<4>::from_data(TensorData::new(values, [n, c, h, w]), &device)
+        let mut tensors = outputs.into_iter().zip(stage_planes).map(|(values, p)| {
+            Tensor::<4>::from_data(TensorData::new(values, [n, p.channels, p.h, p.w]), &device)
         });
         Some([tensors.next()?, tensors.next()?, tensors.next()?])
     }
 
     /// One image through the network, each stage's output into its slot;
-    /// `largest` is the largest activation's size.
+    /// `None` if a buffer is short (the sizes disagree with the layers).
     fn image(
         &self,
         image: &[f32],
         [h, w]: [usize; 2],
-        largest: usize,
+        largest: Largest,
         ws: &mut Workspace,
         outs: [&mut [f32]; 3],
-    ) {
-        let Workspace { cols, a, b, hidden } = ws;
-        for buffer in [&mut *a, &mut *b, &mut *hidden] {
-            buffer.resize(largest, 0.0);
+    ) -> Option<()> {
+        let Workspace {
+            cols,
+            compact_in,
+            compact_out,
+            a,
+            b,
+            hidden,
+            shortcut,
+        } = ws;
+        for buffer in [&mut *a, &mut *b, &mut *hidden, &mut *shortcut] {
+            buffer.resize(largest.padded, 0.0);
         }
-        self.stem.run(image, [h, w], cols, a, relu);
-        let mut side = [self.stem.output_side(h), self.stem.output_side(w)];
+        for buffer in [&mut *compact_in, &mut *compact_out] {
+            buffer.resize(largest.compact, 0.0);
+        }
+        self.stem.run(image, [h, w], cols, compact_out, relu);
+        let mut planes = PaddedPlanes {
+            channels: self.stem.out_channels(),
+            h: self.stem.output_side(h),
+            w: self.stem.output_side(w),
+        };
+        planes.pad(compact_out, a)?;
         for (blocks, out) in self.stages.iter().zip(outs) {
             for block in blocks {
-                let input_side = side;
-                side = [
-                    block.conv1.output_side(side[0]),
-                    block.conv1.output_side(side[1]),
-                ];
-                block.conv1.run(a, input_side, cols, hidden, relu);
-                let x = &a[..];
-                let positions = side[0] * side[1];
-                block.conv2.run(hidden, side, cols, b, |o, plane| {
-                    match block.shortcut_pad {
-                        None => {
-                            let source = &x[o * positions..][..positions];
-                            for (v, s) in plane.iter_mut().zip(source) {
-                                *v += s;
-                            }
-                        }
-                        Some(pad) => {
-                            let in_planes = block.conv1.in_channels();
-                            if let Some(c) = o.checked_sub(pad).filter(|&c| c < in_planes) {
-                                let [ih, iw] = input_side;
-                                let source = &x[c * ih * iw..][..ih * iw];
-                                for (row, line) in plane.chunks_mut(side[1]).enumerate() {
-                                    let source = &source[2 * row * iw..][..iw];
-                                    for (v, s) in line.iter_mut().zip(source.iter().step_by(2)) {
-                                        *v += s;
-                                    }
-                                }
-                            }
-                        }
+                let [oh, ow] = block.output_side([planes.h, planes.w]);
+                let next = PaddedPlanes {
+                    channels: block.conv2.out_channels(),
+                    h: oh,
+                    w: ow,
+                };
+                match &block.conv1 {
+                    FirstConv::Direct(conv) => conv.run(a, [planes.h, planes.w], hidden, None)?,
+                    FirstConv::Patches(conv) => {
+                        planes.unpad(a, compact_in)?;
+                        conv.run(compact_in, [planes.h, planes.w], cols, compact_out, relu);
+                        let hidden_planes = PaddedPlanes {
+                            channels: conv.out_channels(),
+                            ..next
+                        };
+                        hidden_planes.pad(compact_out, hidden)?;
                     }
-                    relu(o, plane);
-                });
+                }
+                let residual = match block.shortcut_pad {
+                    None if planes == next => &a[..],
+                    None => return None,
+                    Some(pad) => {
+                        subsampled_shortcut(a, planes, pad, shortcut, next)?;
+                        &shortcut[..]
+                    }
+                };
+                block.conv2.run(hidden, [oh, ow], b, Some(residual))?;
                 std::mem::swap(a, b);
+                planes = next;
             }
-            out.copy_from_slice(&a[..out.len()]);
+            planes.unpad(a, out)?;
+        }
+        Some(())
+    }
+}
+
+/// The largest activation of one image, padded and compact.
+#[derive(Debug, Clone, Copy, Default)]
+struct Largest {
+    padded: usize,
+    compact: usize,
+}
+
+impl Largest {
+    fn grow(&mut self, planes: PaddedPlanes) {
+        self.padded = self.padded.max(planes.len());
+        self.compact = self.compact.max(planes.channels * planes.h * planes.w);
+    }
+}
+
+/// The option-A shortcut: `x[:, ::2, ::2]` with `pad` zero channels on
+/// each side, from `x` laid out as `from` into `out` laid out as `to`.
+fn subsampled_shortcut(
+    x: &[f32],
+    from: PaddedPlanes,
+    pad: usize,
+    out: &mut [f32],
+    to: PaddedPlanes,
+) -> Option<()> {
+    if from.channels + 2 * pad != to.channels
+        || to.h != from.h.div_ceil(2)
+        || to.w != from.w.div_ceil(2)
+    {
+        return None;
+    }
+    let out = out.get_mut(..to.len())?;
+    out.fill(0.0);
+    for c in 0..from.channels {
+        for y in 0..to.h {
+            let (target, source) = (to.at(c + pad, y, 0), from.at(c, 2 * y, 0));
+            let line = x.get(source..source + from.w)?;
+            for (o, v) in out[target..target + to.w]
+                .iter_mut()
+                .zip(line.iter().step_by(2))
+            {
+                *o = *v;
+            }
         }
     }
+    Some(())
 }
 
 /// ReLU in place; a NaN stays NaN, as burn's does, so bad input shows.
