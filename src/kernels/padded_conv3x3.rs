@@ -201,7 +201,9 @@ impl PaddedConv3x3 {
     /// A convolution of `weight` (`(out_channels, in_channels, 3, 3)`,
     /// row-major) and `bias`; `None` if their lengths disagree.
     pub(crate) fn from_parts(weight: &[f32], bias: &[f32], out_channels: usize) -> Option<Self> {
-        if out_channels == 0 || bias.len() != out_channels || weight.len() % (out_channels * 9) != 0
+        if out_channels == 0
+            || bias.len() != out_channels
+            || !weight.len().is_multiple_of(out_channels * 9)
         {
             return None;
         }

@@ -12,6 +12,7 @@ mod init;
 mod resnet;
 mod resnet_inference;
 mod toy_convnet;
+mod toy_convnet_inference;
 mod toy_mlp;
 
 pub use resnet::{

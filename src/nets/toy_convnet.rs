@@ -113,8 +113,15 @@ impl ToyConvnet {
         self.head(pool2.flatten(1, 3))
     }
 
-    /// The two conv-ReLU-pool stages: their outputs.
+    /// The two conv-ReLU-pool stages: their outputs. At inference on Flex
+    /// they run through the crate's direct convolution
+    /// ([`toy_convnet_inference`](super::toy_convnet_inference)).
     fn convolutions(&self, inputs: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        if let Some(stages) =
+            super::toy_convnet_inference::convolutions(&self.conv1, &self.conv2, &inputs)
+        {
+            return stages;
+        }
         let pool1 = self.stage(&self.conv1, inputs);
         let pool2 = self.stage(&self.conv2, pool1.clone());
         (pool1, pool2)
@@ -239,6 +246,46 @@ mod tests {
         for (g, e) in got.iter().zip(&expected) {
             assert!((g - e).abs() <= 1e-5 * e.abs().max(1.0), "{g} vs {e}");
         }
+    }
+
+    #[test]
+    fn inference_on_odd_sides_and_colour_gives_the_plain_layers_values() {
+        let device = Device::flex();
+        let net = ToyConvnetConfig::new(3, 17, 4).init(&device).unwrap();
+        // 17 and 19: odd maps before both poolings, a non-square input.
+        let x = Tensor::<4>::random([3, 3, 17, 19], Distribution::Default, &device);
+        let (pool1, pool2) =
+            crate::nets::toy_convnet_inference::convolutions(&net.conv1, &net.conv2, &x)
+                .expect("Flex f32 without autodiff takes the direct path");
+        assert_eq!((pool1.dims(), pool2.dims()), ([3, 32, 7, 8], [3, 64, 2, 3]));
+        let reference = |conv: &burn::nn::conv::Conv2d, x| {
+            net.pool.forward(net.activation.forward(conv.forward(x)))
+        };
+        let plain1 = reference(&net.conv1, x);
+        let plain2 = reference(&net.conv2, plain1.clone());
+        for (got, want) in [(pool1, plain1), (pool2, plain2)] {
+            let (got, want) = (
+                got.try_into_vec_as::<f32>().unwrap(),
+                want.try_into_vec_as::<f32>().unwrap(),
+            );
+            for (g, e) in got.iter().zip(&want) {
+                assert!((g - e).abs() <= 1e-5 * e.abs().max(1.0), "{g} vs {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_nan_pixel_reaches_the_logits_at_inference() {
+        let device = Device::flex();
+        let net = ToyConvnetConfig::new(1, 28, 10).init(&device).unwrap();
+        let mut values = vec![0.25_f32; 28 * 28];
+        values[300] = f32::NAN;
+        let x = Tensor::<4>::from_data(
+            burn::tensor::TensorData::new(values, [1, 1, 28, 28]),
+            &device,
+        );
+        let logits = net.forward(x).try_into_vec_as::<f32>().unwrap();
+        assert!(logits.iter().all(|v| v.is_nan()), "{logits:?}");
     }
 
     #[test]

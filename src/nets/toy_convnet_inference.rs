@@ -1,0 +1,179 @@
+//! The toy convnet's two conv-ReLU-pool stages at inference on Flex
+//! without autodiff, through the crate's direct 3x3 convolution instead of
+//! burn's layers.
+//!
+//! A valid 3x3 convolution of an `(h, w)` plane is the padded convolution
+//! of an `(h − 2, w − 2)` image whose border ring is the plane's outer
+//! ring, so each image's planes are loaded whole into the padded layout
+//! and run through [`PaddedConv3x3`] with the bias and ReLU fused (ReLU
+//! before the pool gives the same values as after it). Every image runs
+//! both stages on one thread in buffers that thread reuses. Under autodiff
+//! (training, input gradients) or on another backend the stages are
+//! burn's layers and the crate's autodiff kernels, as before; both give
+//! the same values to float rounding, which the tests check.
+
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
+
+use crate::kernels::{PaddedConv3x3, PaddedPlanes, flex_f32};
+
+/// The two stages' outputs `(pool1, pool2)` for `x`, or `None` (then the
+/// caller runs burn's layers) unless `x` is an `f32` tensor on Flex
+/// without autodiff that fits the convolutions.
+pub(super) fn convolutions(
+    conv1: &Conv2d,
+    conv2: &Conv2d,
+    x: &Tensor<4>,
+) -> Option<(Tensor<4>, Tensor<4>)> {
+    if !flex_f32(x) || x.device().is_autodiff() {
+        return None;
+    }
+    let [n, channels, h, w] = x.dims();
+    let (first, second) = (direct(conv1)?, direct(conv2)?);
+    if n == 0 || channels != first.in_channels() || second.in_channels() != first.out_channels() {
+        return None;
+    }
+    // conv1 on (h, w) → (h − 2, w − 2), pooled to half; conv2 the same.
+    let stage = |[h, w]: [usize; 2]| -> Option<[usize; 2]> {
+        let side = |s: usize| s.checked_sub(2).map(|s| s / 2).filter(|&s| s > 0);
+        Some([side(h)?, side(w)?])
+    };
+    let pooled1 = stage([h, w])?;
+    let pooled2 = stage(pooled1)?;
+    let sizes = [
+        first.out_channels() * pooled1[0] * pooled1[1],
+        second.out_channels() * pooled2[0] * pooled2[1],
+    ];
+    let input: Vec<f32> = x.clone().into_data().try_into_vec::<f32>().ok()?;
+    let mut outputs = sizes.map(|size| vec![0.0_f32; n * size]);
+    let [o1, o2] = &mut outputs;
+    input
+        .par_chunks(channels * h * w)
+        .zip(o1.par_chunks_mut(sizes[0]))
+        .zip(o2.par_chunks_mut(sizes[1]))
+        .try_for_each_init(Workspace::default, |ws, ((image, o1), o2)| {
+            let planes = stages(&first, &second, image, [h, w], ws, o1)?;
+            o2.copy_from_slice(planes.get(..sizes[1])?);
+            Some(())
+        })?;
+    let device = x.device();
+    let [o1, o2] = outputs;
+    let tensor = |values, c: usize, [h, w]: [usize; 2]| {
+        Tensor::<4>::from_data(TensorData::new(values, [n, c, h, w]), &device)
+    };
+    Some((
+        tensor(o1, first.out_channels(), pooled1),
+        tensor(o2, second.out_channels(), pooled2),
+    ))
+}
+
+/// `conv` repacked for the direct kernel, or `None` unless it is a 3x3
+/// convolution without padding, stride, dilation or groups, with a bias.
+fn direct(conv: &Conv2d) -> Option<PaddedConv3x3> {
+    let weight = conv.weight.val();
+    let [out_channels, _, kh, kw] = weight.dims();
+    if conv.stride != [1, 1]
+        || conv.dilation != [1, 1]
+        || conv.groups != 1
+        || [kh, kw] != [3, 3]
+        || !matches!(conv.padding, PaddingConfig2d::Valid)
+    {
+        return None;
+    }
+    let bias = conv
+        .bias
+        .as_ref()?
+        .val()
+        .into_data()
+        .try_into_vec::<f32>()
+        .ok()?;
+    let weight = weight.into_data().try_into_vec::<f32>().ok()?;
+    PaddedConv3x3::from_parts(&weight, &bias, out_channels)
+}
+
+/// One thread's buffers, reused from image to image.
+#[derive(Default)]
+struct Workspace {
+    input: Vec<f32>,
+    maps: Vec<f32>,
+    pooled: Vec<f32>,
+}
+
+/// One image's two stages: the first pooling into `pool1`, the second's
+/// compact planes returned (in the workspace).
+fn stages<'a>(
+    first: &PaddedConv3x3,
+    second: &PaddedConv3x3,
+    image: &[f32],
+    [h, w]: [usize; 2],
+    ws: &'a mut Workspace,
+    pool1: &mut [f32],
+) -> Option<&'a [f32]> {
+    let Workspace {
+        input,
+        maps,
+        pooled,
+    } = ws;
+    let planes = PaddedPlanes {
+        channels: first.in_channels(),
+        h: h - 2,
+        w: w - 2,
+    };
+    let maps1 = PaddedPlanes {
+        channels: first.out_channels(),
+        ..planes
+    };
+    input.resize(planes.len(), 0.0);
+    maps.resize(maps1.len(), 0.0);
+    planes.load_bordered(image, input)?;
+    first.run(input, [planes.h, planes.w], maps, None)?;
+    let [ph, pw] = [maps1.h / 2, maps1.w / 2];
+    max_pool(maps, maps1, pool1)?;
+
+    let planes = PaddedPlanes {
+        channels: second.in_channels(),
+        h: ph - 2,
+        w: pw - 2,
+    };
+    let maps2 = PaddedPlanes {
+        channels: second.out_channels(),
+        ..planes
+    };
+    input.resize(planes.len(), 0.0);
+    maps.resize(maps2.len(), 0.0);
+    planes.load_bordered(pool1, input)?;
+    second.run(input, [planes.h, planes.w], maps, None)?;
+    pooled.resize(maps2.channels * (maps2.h / 2) * (maps2.w / 2), 0.0);
+    max_pool(maps, maps2, pooled)?;
+    Some(pooled)
+}
+
+/// 2x2 max-pool with stride 2 of the pixels of `x` (laid out as `from`;
+/// an odd last row or column dropped) into compact planes `out`. A NaN
+/// wins, as in burn's pooling.
+fn max_pool(x: &[f32], from: PaddedPlanes, out: &mut [f32]) -> Option<()> {
+    let (oh, ow) = (from.h / 2, from.w / 2);
+    let out = out.get_mut(..from.channels * oh * ow)?;
+    for (c, plane) in out.chunks_exact_mut(oh * ow).enumerate() {
+        for (y, line) in plane.chunks_exact_mut(ow).enumerate() {
+            let top = x.get(from.at(c, 2 * y, 0)..)?.get(..2 * ow)?;
+            let bottom = x.get(from.at(c, 2 * y + 1, 0)..)?.get(..2 * ow)?;
+            for ((o, t), b) in line
+                .iter_mut()
+                .zip(top.chunks_exact(2))
+                .zip(bottom.chunks_exact(2))
+            {
+                let mut m = t[0];
+                for v in [t[1], b[0], b[1]] {
+                    if v > m || v.is_nan() {
+                        m = v;
+                    }
+                }
+                *o = m;
+            }
+        }
+    }
+    Some(())
+}
