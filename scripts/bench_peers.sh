@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The network path of oodkit against the programs users would pick instead,
 # measured side by side: ResNet-20 inference (oodkit's `resnet` bench vs
-# PyTorch at 1 and 2 threads), the toy convnet's training step and inference
+# PyTorch at 1 and 2 threads, and the same network exported to ONNX through
+# `OnnxModel`), the toy convnet's training step and inference
 # (oodkit's `training` bench vs TensorFlow's `tf_throughput.py`), and the
 # MNIST 0-4 vs 5-9 example end to end (wall time and peak RSS of
 # `mnist_mls_msp` vs oodeel + TensorFlow's `run_mls_msp.py`). The two sides
@@ -29,6 +30,11 @@ echo "results in $out"
 grep -m1 "model name" /proc/cpuinfo | sed 's/.*: /cpu: /' | tee "$out/cpu.txt"
 
 cargo bench --no-run --bench resnet --bench training
+cargo bench --no-run --features onnx --bench onnx_resnet
+# The same ResNet-20 exported to ONNX by the PyTorch peer, for tract.
+onnx="$out/resnet20.onnx"
+"$peer_dir/venv_torch/bin/python" "$shared/peer/resnet20_torch_bench.py" "$weights" 1 "$onnx" \
+    > /dev/null 2> "$out/onnx_export.err"
 cargo build --example mnist_mls_msp
 example="$target/debug/examples/mnist_mls_msp"
 
@@ -43,6 +49,12 @@ for round in $(seq "$rounds"); do
     cargo bench --bench resnet -- --noplot > "$out/resnet_$round.log" 2>&1
     for batch in 128 500; do
         echo "oodkit resnet20 $batch $(images_per_s resnet20_inference "batch_$batch" "$batch")" \
+            >> "$out/rows.txt"
+    done
+    OODKIT_RESNET20_ONNX="$onnx" cargo bench --features onnx --bench onnx_resnet -- --noplot \
+        > "$out/onnx_$round.log" 2>&1
+    for batch in 128 500; do
+        echo "oodkit_onnx resnet20 $batch $(images_per_s resnet20_onnx_inference "batch_$batch" "$batch")" \
             >> "$out/rows.txt"
     done
     for threads in 1 2; do

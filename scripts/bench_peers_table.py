@@ -65,6 +65,13 @@ def table(rows_path, cpu_path):
             f"| ResNet-20 inference, batch {batch} | {ours:.0f} img/s | PyTorch {best:.0f} img/s "
             f"(1 thread {t1:.0f}, 2 threads {t2:.0f}) | {ours / best:.2f}x |"
         )
+    for batch in ("128", "500"):
+        ours = median(("oodkit_onnx", "resnet20", batch))
+        best = max(median((f"torch{t}", "resnet20", batch)) for t in (1, 2))
+        print(
+            f"| ResNet-20 through `OnnxModel` (tract), batch {batch} | {ours:.0f} img/s | "
+            f"PyTorch {best:.0f} img/s | {ours / best:.2f}x |"
+        )
     for work, label in (("train_step", "toy convnet training step"),
                         ("inference", "toy convnet inference")):
         ours, theirs = median(("oodkit", work, "128")), median(("tf", work, "128"))
