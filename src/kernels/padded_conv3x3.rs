@@ -188,6 +188,13 @@ struct Tile {
     valid: usize,
 }
 
+impl Tile {
+    /// Each tap's input offset from its output, `ky·row + kx`.
+    fn taps(&self) -> [usize; 9] {
+        std::array::from_fn(|tap| tap / 3 * self.row + tap % 3)
+    }
+}
+
 impl PaddedConv3x3 {
     /// `conv` repacked, or `None` unless it is 3x3 with stride 1 and
     /// padding 1.
@@ -396,25 +403,27 @@ mod avx512 {
             for (r, lane) in acc.iter_mut().enumerate() {
                 *lane = [_mm512_set1_ps(*t.bias.add(r)); V];
             }
-            for c in 0..t.channels {
-                let x = t.input.add(c * t.plane);
-                let w = t.weights.add(c * 9 * BLOCK);
-                for ky in 0..3 {
-                    for kx in 0..3 {
-                        let p = x.add(ky * t.row + kx);
-                        let mut xs = [_mm512_setzero_ps(); V];
-                        for (v, x) in xs.iter_mut().enumerate() {
-                            *x = _mm512_loadu_ps(p.add(v * LANES));
-                        }
-                        let wt = w.add((ky * 3 + kx) * BLOCK);
-                        for (r, lane) in acc.iter_mut().enumerate() {
-                            let wv = _mm512_set1_ps(*wt.add(r));
-                            for (a, &x) in lane.iter_mut().zip(&xs) {
-                                *a = _mm512_fmadd_ps(wv, x, *a);
-                            }
+            let taps = t.taps();
+            let (mut x, mut w) = (t.input, t.weights);
+            for _ in 0..t.channels {
+                for (tap, &offset) in taps.iter().enumerate() {
+                    let p = x.add(offset);
+                    let mut xs = [_mm512_setzero_ps(); V];
+                    for (v, x) in xs.iter_mut().enumerate() {
+                        *x = _mm512_loadu_ps(p.add(v * LANES));
+                    }
+                    let wt = w.add(tap * BLOCK);
+                    for (r, lane) in acc.iter_mut().enumerate() {
+                        let wv = _mm512_set1_ps(*wt.add(r));
+                        for (a, &x) in lane.iter_mut().zip(&xs) {
+                            *a = _mm512_fmadd_ps(wv, x, *a);
                         }
                     }
                 }
+                // Pointer steps, not index products: no overflow checks
+                // in the loop when the crate is built with them.
+                x = x.add(t.plane);
+                w = w.add(9 * BLOCK);
             }
             let zero = _mm512_setzero_ps();
             for (r, lane) in acc.iter().enumerate() {
@@ -459,21 +468,21 @@ mod avx2 {
             for (r, lane) in acc.iter_mut().enumerate() {
                 *lane = [_mm256_set1_ps(*t.bias.add(first + r)); 2];
             }
-            for c in 0..t.channels {
-                let x = t.input.add(c * t.plane + offset);
-                let w = t.weights.add(c * 9 * BLOCK + first);
-                for ky in 0..3 {
-                    for kx in 0..3 {
-                        let p = x.add(ky * t.row + kx);
-                        let xs = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
-                        let wt = w.add((ky * 3 + kx) * BLOCK);
-                        for (r, lane) in acc.iter_mut().enumerate() {
-                            let wv = _mm256_set1_ps(*wt.add(r));
-                            lane[0] = _mm256_fmadd_ps(wv, xs[0], lane[0]);
-                            lane[1] = _mm256_fmadd_ps(wv, xs[1], lane[1]);
-                        }
+            let taps = t.taps();
+            let (mut x, mut w) = (t.input.add(offset), t.weights.add(first));
+            for _ in 0..t.channels {
+                for (tap, &offset) in taps.iter().enumerate() {
+                    let p = x.add(offset);
+                    let xs = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
+                    let wt = w.add(tap * BLOCK);
+                    for (r, lane) in acc.iter_mut().enumerate() {
+                        let wv = _mm256_set1_ps(*wt.add(r));
+                        lane[0] = _mm256_fmadd_ps(wv, xs[0], lane[0]);
+                        lane[1] = _mm256_fmadd_ps(wv, xs[1], lane[1]);
                     }
                 }
+                x = x.add(t.plane);
+                w = w.add(9 * BLOCK);
             }
             let zero = _mm256_setzero_ps();
             for (r, lane) in acc.iter().enumerate() {
