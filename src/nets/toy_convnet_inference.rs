@@ -36,12 +36,12 @@ pub(super) fn convolutions(
         return None;
     }
     // conv1 on (h, w) → (h − 2, w − 2), pooled to half; conv2 the same.
-    let stage = |[h, w]: [usize; 2]| -> Option<[usize; 2]> {
+    let pooled_side = |[h, w]: [usize; 2]| -> Option<[usize; 2]> {
         let side = |s: usize| s.checked_sub(2).map(|s| s / 2).filter(|&s| s > 0);
         Some([side(h)?, side(w)?])
     };
-    let pooled1 = stage([h, w])?;
-    let pooled2 = stage(pooled1)?;
+    let pooled1 = pooled_side([h, w])?;
+    let pooled2 = pooled_side(pooled1)?;
     let sizes = [
         first.out_channels() * pooled1[0] * pooled1[1],
         second.out_channels() * pooled2[0] * pooled2[1],
@@ -54,9 +54,8 @@ pub(super) fn convolutions(
         .zip(o1.par_chunks_mut(sizes[0]))
         .zip(o2.par_chunks_mut(sizes[1]))
         .try_for_each_init(Workspace::default, |ws, ((image, o1), o2)| {
-            let planes = stages(&first, &second, image, [h, w], ws, o1)?;
-            o2.copy_from_slice(planes.get(..sizes[1])?);
-            Some(())
+            let pooled = stage(&first, image, [h, w], ws, o1)?;
+            stage(&second, o1, pooled, ws, o2).map(|_| ())
         })?;
     let device = x.device();
     let [o1, o2] = outputs;
@@ -98,56 +97,33 @@ fn direct(conv: &Conv2d) -> Option<PaddedConv3x3> {
 struct Workspace {
     input: Vec<f32>,
     maps: Vec<f32>,
-    pooled: Vec<f32>,
 }
 
-/// One image's two stages: the first pooling into `pool1`, the second's
-/// compact planes returned (in the workspace).
-fn stages<'a>(
-    first: &PaddedConv3x3,
-    second: &PaddedConv3x3,
+/// One conv-ReLU-pool stage of one image: `image`'s compact `(h, w)`
+/// planes convolved and pooled into compact planes `out`; the pooled
+/// side.
+fn stage(
+    conv: &PaddedConv3x3,
     image: &[f32],
     [h, w]: [usize; 2],
-    ws: &'a mut Workspace,
-    pool1: &mut [f32],
-) -> Option<&'a [f32]> {
-    let Workspace {
-        input,
-        maps,
-        pooled,
-    } = ws;
+    ws: &mut Workspace,
+    out: &mut [f32],
+) -> Option<[usize; 2]> {
     let planes = PaddedPlanes {
-        channels: first.in_channels(),
-        h: h - 2,
-        w: w - 2,
+        channels: conv.in_channels(),
+        h: h.checked_sub(2)?,
+        w: w.checked_sub(2)?,
     };
-    let maps1 = PaddedPlanes {
-        channels: first.out_channels(),
+    let maps = PaddedPlanes {
+        channels: conv.out_channels(),
         ..planes
     };
-    input.resize(planes.len(), 0.0);
-    maps.resize(maps1.len(), 0.0);
-    planes.load_bordered(image, input)?;
-    first.run(input, [planes.h, planes.w], maps, None)?;
-    let [ph, pw] = [maps1.h / 2, maps1.w / 2];
-    max_pool(maps, maps1, pool1)?;
-
-    let planes = PaddedPlanes {
-        channels: second.in_channels(),
-        h: ph - 2,
-        w: pw - 2,
-    };
-    let maps2 = PaddedPlanes {
-        channels: second.out_channels(),
-        ..planes
-    };
-    input.resize(planes.len(), 0.0);
-    maps.resize(maps2.len(), 0.0);
-    planes.load_bordered(pool1, input)?;
-    second.run(input, [planes.h, planes.w], maps, None)?;
-    pooled.resize(maps2.channels * (maps2.h / 2) * (maps2.w / 2), 0.0);
-    max_pool(maps, maps2, pooled)?;
-    Some(pooled)
+    ws.input.resize(planes.len(), 0.0);
+    ws.maps.resize(maps.len(), 0.0);
+    planes.load_bordered(image, &mut ws.input)?;
+    conv.run(&ws.input, [planes.h, planes.w], &mut ws.maps, None)?;
+    max_pool(&ws.maps, maps, out)?;
+    Some([maps.h / 2, maps.w / 2])
 }
 
 /// 2x2 max-pool with stride 2 of the pixels of `x` (laid out as `from`;
