@@ -189,6 +189,7 @@ impl FoldedConv {
 #[cfg(test)]
 mod tests {
     use super::{BatchNormStats, FoldedConv};
+    use crate::kernels::test_values::values;
 
     /// The convolution and batch norm computed the direct way, in f64.
     #[allow(clippy::too_many_arguments)]
@@ -231,16 +232,6 @@ mod tests {
             }
         }
         out
-    }
-
-    /// Deterministic values in [-1, 1).
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len as u32)
-            .map(|i| {
-                let v = (i.wrapping_mul(2_654_435_761).wrapping_add(seed * 40_503)) % 2000;
-                v as f32 / 1000.0 - 1.0
-            })
-            .collect()
     }
 
     #[test]

@@ -15,6 +15,8 @@ mod conv;
 mod folded_conv;
 mod max_pool;
 mod padded_conv3x3;
+#[cfg(test)]
+mod test_values;
 
 pub(crate) use conv::conv2d;
 pub(crate) use folded_conv::{BatchNormStats, FoldedConv};

@@ -505,17 +505,8 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::{Isa, PaddedConv3x3, PaddedPlanes};
+    use crate::kernels::test_values::values;
     use crate::kernels::{BatchNormStats, FoldedConv};
-
-    /// Deterministic values in [-1, 1).
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len as u32)
-            .map(|i| {
-                let v = (i.wrapping_mul(2_654_435_761).wrapping_add(seed * 40_503)) % 2000;
-                v as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
 
     fn folded(o: usize, c: usize, k: usize, stride: usize, padding: usize) -> FoldedConv {
         let (gamma, beta, mean) = (values(o, 3), values(o, 4), values(o, 5));
