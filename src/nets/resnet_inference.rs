@@ -114,10 +114,16 @@ impl FoldedBlock {
         }
     }
 
-    fn output_side(&self, [h, w]: [usize; 2]) -> [usize; 2] {
+    /// The block's output planes for input planes `x`.
+    fn output_planes(&self, x: PaddedPlanes) -> PaddedPlanes {
+        let channels = self.conv2.out_channels();
         match &self.conv1 {
-            FirstConv::Direct(_) => [h, w],
-            FirstConv::Patches(conv) => [conv.output_side(h), conv.output_side(w)],
+            FirstConv::Direct(_) => PaddedPlanes { channels, ..x },
+            FirstConv::Patches(conv) => PaddedPlanes {
+                channels,
+                h: conv.output_side(x.h),
+                w: conv.output_side(x.w),
+            },
         }
     }
 }
@@ -152,6 +158,15 @@ impl FoldedResNet {
         })
     }
 
+    /// The stem's output planes for an `(h, w)` input.
+    fn stem_planes(&self, [h, w]: [usize; 2]) -> PaddedPlanes {
+        PaddedPlanes {
+            channels: self.stem.out_channels(),
+            h: self.stem.output_side(h),
+            w: self.stem.output_side(w),
+        }
+    }
+
     /// `net`'s three stages' outputs for `x` through the folded
     /// convolutions, or `None` (before any folding) if `x` is not an `f32`
     /// tensor on Flex without autodiff, or if `net` or `x` does not fit.
@@ -171,11 +186,7 @@ impl FoldedResNet {
         }
         // The planes after each stage, and the largest activation of one
         // image (the size of each thread's buffers).
-        let mut planes = PaddedPlanes {
-            channels: self.stem.out_channels(),
-            h: self.stem.output_side(h),
-            w: self.stem.output_side(w),
-        };
+        let mut planes = self.stem_planes([h, w]);
         let mut largest = Largest::default();
         largest.grow(planes);
         let mut stage_planes = [planes; 3];
@@ -184,12 +195,7 @@ impl FoldedResNet {
                 if block.in_channels() != planes.channels {
                     return None;
                 }
-                let [h, w] = block.output_side([planes.h, planes.w]);
-                planes = PaddedPlanes {
-                    channels: block.conv2.out_channels(),
-                    h,
-                    w,
-                };
+                planes = block.output_planes(planes);
                 largest.grow(planes);
             }
             stage_planes[s] = planes;
@@ -239,20 +245,11 @@ impl FoldedResNet {
             buffer.resize(largest.compact, 0.0);
         }
         self.stem.run(image, [h, w], cols, compact_out, relu);
-        let mut planes = PaddedPlanes {
-            channels: self.stem.out_channels(),
-            h: self.stem.output_side(h),
-            w: self.stem.output_side(w),
-        };
+        let mut planes = self.stem_planes([h, w]);
         planes.pad(compact_out, a)?;
         for (blocks, out) in self.stages.iter().zip(outs) {
             for block in blocks {
-                let [oh, ow] = block.output_side([planes.h, planes.w]);
-                let next = PaddedPlanes {
-                    channels: block.conv2.out_channels(),
-                    h: oh,
-                    w: ow,
-                };
+                let next = block.output_planes(planes);
                 match &block.conv1 {
                     FirstConv::Direct(conv) => conv.run(a, [planes.h, planes.w], hidden, None)?,
                     FirstConv::Patches(conv) => {
@@ -273,7 +270,9 @@ impl FoldedResNet {
                         &shortcut[..]
                     }
                 };
-                block.conv2.run(hidden, [oh, ow], b, Some(residual))?;
+                block
+                    .conv2
+                    .run(hidden, [next.h, next.w], b, Some(residual))?;
                 std::mem::swap(a, b);
                 planes = next;
             }
