@@ -189,7 +189,7 @@ impl FoldedConv {
 #[cfg(test)]
 mod tests {
     use super::{BatchNormStats, FoldedConv};
-    use crate::kernels::test_values::values;
+    use crate::kernels::test_values::{TestBatchNorm, values};
 
     /// The convolution and batch norm computed the direct way, in f64.
     #[allow(clippy::too_many_arguments)]
@@ -246,16 +246,8 @@ mod tests {
         ] {
             let x = values(c * h * w, 1);
             let weight = values(o * c * k * k, 2);
-            let (gamma, beta) = (values(o, 3), values(o, 4));
-            let mean = values(o, 5);
-            let var: Vec<f32> = values(o, 6).iter().map(|v| v.abs() + 0.5).collect();
-            let bn = BatchNormStats {
-                gamma: &gamma,
-                beta: &beta,
-                mean: &mean,
-                var: &var,
-                epsilon: 1e-5,
-            };
+            let stats = TestBatchNorm::new(o);
+            let bn = stats.stats();
             let conv = FoldedConv::fold(&weight, [o, c, k, k], stride, padding, &bn).unwrap();
             let (oh, ow) = (conv.output_side(h), conv.output_side(w));
             assert_eq!(

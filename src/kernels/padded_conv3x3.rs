@@ -505,25 +505,17 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::{Isa, PaddedConv3x3, PaddedPlanes};
-    use crate::kernels::test_values::values;
-    use crate::kernels::{BatchNormStats, FoldedConv};
+    use crate::kernels::FoldedConv;
+    use crate::kernels::test_values::{TestBatchNorm, values};
 
     fn folded(o: usize, c: usize, k: usize, stride: usize, padding: usize) -> FoldedConv {
-        let (gamma, beta, mean) = (values(o, 3), values(o, 4), values(o, 5));
-        let var: Vec<f32> = values(o, 6).iter().map(|v| v.abs() + 0.5).collect();
-        let bn = BatchNormStats {
-            gamma: &gamma,
-            beta: &beta,
-            mean: &mean,
-            var: &var,
-            epsilon: 1e-5,
-        };
+        let bn = TestBatchNorm::new(o);
         FoldedConv::fold(
             &values(o * c * k * k, 2),
             [o, c, k, k],
             stride,
             padding,
-            &bn,
+            &bn.stats(),
         )
         .unwrap()
     }

@@ -1,5 +1,7 @@
 //! Test inputs shared by the kernels' tests.
 
+use super::BatchNormStats;
+
 /// Deterministic values in [-1, 1), different for each seed.
 pub(crate) fn values(len: usize, seed: u32) -> Vec<f32> {
     (0..len as u32)
@@ -8,4 +10,34 @@ pub(crate) fn values(len: usize, seed: u32) -> Vec<f32> {
             v as f32 / 1000.0 - 1.0
         })
         .collect()
+}
+
+/// Batch-norm statistics for `channels` channels, far from the identity
+/// (variances in [0.5, 1.5)), owned so that tests can borrow them.
+pub(crate) struct TestBatchNorm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    mean: Vec<f32>,
+    var: Vec<f32>,
+}
+
+impl TestBatchNorm {
+    pub(crate) fn new(channels: usize) -> Self {
+        TestBatchNorm {
+            gamma: values(channels, 3),
+            beta: values(channels, 4),
+            mean: values(channels, 5),
+            var: values(channels, 6).iter().map(|v| v.abs() + 0.5).collect(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> BatchNormStats<'_> {
+        BatchNormStats {
+            gamma: &self.gamma,
+            beta: &self.beta,
+            mean: &self.mean,
+            var: &self.var,
+            epsilon: 1e-5,
+        }
+    }
 }
