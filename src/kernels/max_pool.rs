@@ -137,7 +137,12 @@ impl MaxPool2x2Kernels for Flex {
 /// `bottom`, and its position. burn's rule: a strictly larger value takes
 /// over, and so does NaN when `NAN` (the inputs may hold one). Written
 /// without branches: on random data every comparison would mispredict.
-fn pool_row<const NAN: bool>(top: &[f32], bottom: &[f32], out: &mut [f32], positions: &mut [u8]) {
+pub(super) fn pool_row<const NAN: bool>(
+    top: &[f32],
+    bottom: &[f32],
+    out: &mut [f32],
+    positions: &mut [u8],
+) {
     for (j, (out, at)) in out.iter_mut().zip(positions.iter_mut()).enumerate() {
         let mut best = top[2 * j];
         let mut position = 0_u8;

@@ -12,6 +12,8 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor};
 
 mod conv;
+mod conv3x3_weight_grad;
+mod conv_relu_pool;
 mod folded_conv;
 mod max_pool;
 mod padded_conv3x3;
@@ -19,6 +21,7 @@ mod padded_conv3x3;
 mod test_values;
 
 pub(crate) use conv::conv2d;
+pub(crate) use conv_relu_pool::{StageBuffers, conv_relu_pool, stage_forward};
 pub(crate) use folded_conv::{BatchNormStats, FoldedConv};
 pub(crate) use max_pool::max_pool_2x2;
 pub(crate) use padded_conv3x3::{PaddedConv3x3, PaddedPlanes};

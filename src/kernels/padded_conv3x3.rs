@@ -155,12 +155,13 @@ impl Isa {
     }
 }
 
-/// A folded stride-1, padding-1 3x3 convolution followed by a ReLU, with
-/// its weights laid out for the tiles.
+/// A folded stride-1, padding-1 3x3 convolution followed by a ReLU (or
+/// not: [`Self::without_relu`]), with its weights laid out for the tiles.
 #[derive(Debug, Clone)]
 pub(crate) struct PaddedConv3x3 {
     in_channels: usize,
     out_channels: usize,
+    relu: bool,
     /// `(out_channels / BLOCK, in_channels, 9, BLOCK)`, zero past
     /// `out_channels`: a tile's weights for one tap are adjacent.
     packed: Vec<f32>,
@@ -186,6 +187,7 @@ struct Tile {
     row: usize,
     /// The block's output channels that exist (the rest are padding).
     valid: usize,
+    relu: bool,
 }
 
 impl Tile {
@@ -229,9 +231,17 @@ impl PaddedConv3x3 {
         Some(PaddedConv3x3 {
             in_channels,
             out_channels,
+            relu: true,
             packed,
             bias,
         })
+    }
+
+    /// The same convolution with its output stored as is (a gradient's
+    /// convolution in the backward pass).
+    pub(crate) fn without_relu(mut self) -> Self {
+        self.relu = false;
+        self
     }
 
     pub(crate) fn in_channels(&self) -> usize {
@@ -309,6 +319,7 @@ impl PaddedConv3x3 {
                         plane,
                         row,
                         valid: (self.out_channels - first).min(BLOCK),
+                        relu: self.relu,
                     }
                 };
                 // SAFETY: the features were detected (or the caller asked
@@ -381,7 +392,7 @@ unsafe fn portable<const N: usize>(t: &Tile) {
         for (i, (o, &a)) in out.iter_mut().zip(lane).enumerate() {
             let v = a + residual.map_or(0.0, |r| r[i]);
             // A NaN stays NaN, as burn's ReLU keeps it.
-            *o = if v < 0.0 { 0.0 } else { v };
+            *o = if t.relu && v < 0.0 { 0.0 } else { v };
         }
     }
 }
@@ -439,7 +450,8 @@ mod avx512 {
                         None => a,
                     };
                     // max(0, a) returns a when a is NaN, as burn's ReLU.
-                    _mm512_storeu_ps(out.add(v * LANES), _mm512_max_ps(zero, a));
+                    let a = if t.relu { _mm512_max_ps(zero, a) } else { a };
+                    _mm512_storeu_ps(out.add(v * LANES), a);
                 }
             }
         }
@@ -495,7 +507,8 @@ mod avx2 {
                         Some(res) => _mm256_add_ps(a, _mm256_loadu_ps(res.add(at + v * 8))),
                         None => a,
                     };
-                    _mm256_storeu_ps(t.out.add(at + v * 8), _mm256_max_ps(zero, a));
+                    let a = if t.relu { _mm256_max_ps(zero, a) } else { a };
+                    _mm256_storeu_ps(t.out.add(at + v * 8), a);
                 }
             }
         }
@@ -504,9 +517,9 @@ mod avx2 {
 
 #[cfg(test)]
 mod tests {
-    use super::{Isa, PaddedConv3x3, PaddedPlanes};
+    use super::{PaddedConv3x3, PaddedPlanes};
     use crate::kernels::FoldedConv;
-    use crate::kernels::test_values::{TestBatchNorm, values};
+    use crate::kernels::test_values::{TestBatchNorm, isas, values};
 
     fn folded(o: usize, c: usize, k: usize, stride: usize, padding: usize) -> FoldedConv {
         let bn = TestBatchNorm::new(o);
@@ -520,24 +533,8 @@ mod tests {
         .unwrap()
     }
 
-    fn isas() -> Vec<Isa> {
-        let mut isas = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                isas.push(Isa::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                isas.push(Isa::Avx512);
-            }
-        }
-        isas
-    }
-
     #[test]
-    fn equals_the_patch_matrix_convolution_with_residual_and_relu() {
+    fn equals_the_patch_matrix_convolution_with_residual_with_and_without_relu() {
         // Odd sides, a single pixel, channel counts off the 8-channel
         // block, runs ending on a half tile and on a whole one.
         for [c, o, h, w] in [
@@ -562,7 +559,9 @@ mod tests {
             source.pad(&x, &mut input).unwrap();
             let mut residual = vec![f32::NAN; target.len()];
             target.pad(&extra, &mut residual).unwrap();
-            for isa in isas() {
+            let linear = padded.clone().without_relu();
+            for (isa, relu) in isas().into_iter().flat_map(|i| [(i, true), (i, false)]) {
+                let padded = if relu { &padded } else { &linear };
                 for with_residual in [false, true] {
                     // Stale values everywhere, as a reused buffer has.
                     let mut output = vec![7.0; target.len()];
@@ -572,14 +571,19 @@ mod tests {
                         .unwrap();
                     let mut got = vec![0.0; o * h * w];
                     target.unpad(&output, &mut got).unwrap();
+                    let mut negatives = 0;
                     for (i, g) in got.iter().enumerate() {
                         let mut want = expected[i] + if with_residual { extra[i] } else { 0.0 };
-                        want = want.max(0.0);
+                        negatives += usize::from(want < 0.0);
+                        if relu {
+                            want = want.max(0.0);
+                        }
                         assert!(
                             (g - want).abs() < 1e-4 * (1.0 + want.abs()),
-                            "{isa:?} {c}->{o} {h}x{w} residual {with_residual} at {i}: {g} vs {want}"
+                            "{isa:?} relu {relu} {c}->{o} {h}x{w} residual {with_residual} at {i}: {g} vs {want}"
                         );
                     }
+                    assert!(negatives > 0, "the ReLU had nothing to clip");
                     // The borders are zero, ready for the next layer.
                     for ch in 0..o {
                         for y in -1..=h as isize {

@@ -1,6 +1,7 @@
 //! Test inputs shared by the kernels' tests.
 
 use super::BatchNormStats;
+use super::padded_conv3x3::Isa;
 
 /// Deterministic values in [-1, 1), different for each seed.
 pub(crate) fn values(len: usize, seed: u32) -> Vec<f32> {
@@ -40,4 +41,20 @@ impl TestBatchNorm {
             epsilon: 1e-5,
         }
     }
+}
+
+/// Every instruction set this CPU can run the kernels with.
+pub(crate) fn isas() -> Vec<Isa> {
+    let mut isas = vec![Isa::Portable];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            isas.push(Isa::Avx2);
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            isas.push(Isa::Avx512);
+        }
+    }
+    isas
 }

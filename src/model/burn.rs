@@ -456,28 +456,45 @@ impl<M: BurnClassifier> FeatureModel for BurnModel<M> {
 /// probability `prob`, else 1/(1 − prob), drawn from a generator seeded by
 /// `seed` (not the device's, which other threads may draw from), so the
 /// same seed gives the same mask. `prob` is clamped to [0, 1).
+///
+/// Entry `i` keeps its value when the SplitMix64 hash of `(seed, i)` falls
+/// below `(1 − prob)·2⁶⁴`: a counter-based generator, so the mask is
+/// filled in parallel and is the same whatever the thread count.
 pub fn dropout_mask<const D: usize>(
     shape: [usize; D],
     prob: f64,
     seed: u64,
     device: &Device,
 ) -> Tensor<D> {
-    use rand::{RngExt, SeedableRng};
+    use rayon::prelude::*;
     let prob = prob.clamp(0.0, 1.0 - f64::EPSILON);
     let keep = 1.0 - prob;
     let scale = (1.0 / keep) as f32;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // `as` saturates: a keep of 1 − ε maps to just under 2⁶⁴.
+    let threshold = (keep * 2f64.powi(64)) as u64;
     let len = shape.iter().product();
-    let values: Vec<f32> = (0..len)
-        .map(|_| {
-            if rng.random::<f64>() < keep {
-                scale
-            } else {
-                0.0
+    let mut values = vec![0.0_f32; len];
+    const CHUNK: usize = 1 << 14;
+    values
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(chunk, values)| {
+            for (i, v) in values.iter_mut().enumerate() {
+                let index = (chunk * CHUNK + i) as u64;
+                if splitmix64(seed, index) < threshold {
+                    *v = scale;
+                }
             }
-        })
-        .collect();
+        });
     Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// SplitMix64's output for element `index` of the stream seeded by `seed`.
+fn splitmix64(seed: u64, index: u64) -> u64 {
+    let mut z = seed.wrapping_add(index.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// An `(N, C, H, W)` array as a burn tensor on `device`. A standard-layout
@@ -514,4 +531,42 @@ pub fn tensor_to_array(tensor: Tensor<2>) -> Result<Array2<f32>> {
     Array2::from_shape_vec((rows, cols), values).map_err(|e| {
         Error::backend_with(format!("a ({rows}, {cols}) tensor came back malformed"), e)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Device;
+
+    use super::dropout_mask;
+
+    fn mask(len: usize, prob: f64, seed: u64) -> Vec<f32> {
+        dropout_mask([len], prob, seed, &Device::flex())
+            .try_into_vec_as::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn dropout_masks_keep_the_expected_share_independently_and_repeat_by_seed() {
+        let len = 200_000;
+        for prob in [0.5, 0.2, 0.9] {
+            let keep = 1.0 - prob;
+            let values = mask(len, prob, 7);
+            let scale = (1.0 / keep) as f32;
+            assert!(values.iter().all(|&v| v == 0.0 || v == scale));
+            let kept: Vec<bool> = values.iter().map(|&v| v != 0.0).collect();
+            // Binomial share within 5 standard deviations.
+            let share = kept.iter().filter(|&&k| k).count() as f64 / len as f64;
+            let sd = (keep * prob / len as f64).sqrt();
+            assert!((share - keep).abs() < 5.0 * sd, "{prob}: kept {share}");
+            // Neighbours independent: both kept with probability keep².
+            let pairs = kept.windows(2).filter(|w| w[0] && w[1]).count() as f64;
+            let both = pairs / (len - 1) as f64;
+            assert!((both - keep * keep).abs() < 5.0 * (keep * keep / len as f64).sqrt() + 1e-3);
+        }
+        assert_eq!(mask(1000, 0.5, 3), mask(1000, 0.5, 3));
+        assert_ne!(mask(1000, 0.5, 3), mask(1000, 0.5, 4));
+        // The edges of the clamp: nothing dropped, or (almost) everything.
+        assert!(mask(1000, 0.0, 1).iter().all(|&v| v == 1.0));
+        assert!(mask(1000, 1.0, 1).iter().all(|&v| v == 0.0));
+    }
 }

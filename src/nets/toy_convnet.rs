@@ -4,11 +4,11 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, Relu};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Distribution, Tensor};
 
 use super::init::{dense, glorot, zero_bias};
 use crate::error::{Error, Result};
-use crate::kernels::{conv2d, max_pool_2x2};
+use crate::kernels::{conv_relu_pool, conv2d, max_pool_2x2};
 use crate::model::{BurnClassifier, dropout_mask};
 
 /// How to build a [`ToyConvnet`]: input channels and side, number of
@@ -133,14 +133,38 @@ impl ToyConvnet {
     /// through the crate's Flex kernels ([`conv`](super::conv),
     /// [`max_pool`](super::max_pool)).
     fn stage(&self, conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+        if let Some(pooled) = conv_relu_pool(conv, &x) {
+            return pooled;
+        }
         let maps = conv2d(conv, x);
         self.activation.forward(max_pool_2x2(&self.pool, maps))
     }
 
-    /// Dropout and the last layer, on the flattened features.
+    /// Dropout and the last layer, on the flattened features. Dropout acts
+    /// as burn's `Dropout` does (only while training under autodiff), with
+    /// the crate's counter-based mask ([`dropout_mask`]): burn draws every
+    /// entry from a ChaCha generator, a tenth of a training step. The mask's
+    /// seed comes from the device's generator, so a seeded run repeats.
     fn head(&self, flat: Tensor<2>) -> Tensor<2> {
-        self.linear.forward(self.dropout.forward(flat))
+        let device = flat.device();
+        let dropout = &self.dropout;
+        if !dropout.training.is_enabled() || !device.is_autodiff() || dropout.prob == 0.0 {
+            return self.linear.forward(flat);
+        }
+        let mask = dropout_mask(flat.dims(), dropout.prob, step_seed(&device), &device);
+        self.linear.forward(flat * mask)
     }
+}
+
+/// A seed drawn from `device`'s generator (two uniform draws' bits).
+fn step_seed(device: &Device) -> u64 {
+    // Converted to f32 whatever the device's float type, which cannot fail.
+    let draws = Tensor::<1>::random([2], Distribution::Default, device)
+        .try_into_vec_as::<f32>()
+        .unwrap_or_default();
+    draws
+        .iter()
+        .fold(0_u64, |seed, v| (seed << 32) | u64::from(v.to_bits()))
 }
 
 /// Averages each channel of `(N, C, H, W)` maps to `(N, C)`.
@@ -327,5 +351,34 @@ mod tests {
                 "layer {layer}: {worst} vs {scale}"
             );
         }
+    }
+
+    #[test]
+    fn training_drops_half_the_features_with_a_fresh_mask_each_step() {
+        let device = Device::flex().autodiff();
+        let net = ToyConvnetConfig::new(1, 28, 10)
+            .init(&device)
+            .unwrap()
+            .train();
+        // The gradient of the logits' sum reaches a feature only if the
+        // mask kept it (and then scaled by 2).
+        let kept = || {
+            let flat = Tensor::<2>::ones([64, 1600], &device).require_grad();
+            let grads = net.head(flat.clone()).sum().backward();
+            let grad = flat.grad(&grads).unwrap().try_into_vec_as::<f32>().unwrap();
+            grad.iter().map(|&g| g != 0.0).collect::<Vec<bool>>()
+        };
+        let (first, second) = (kept(), kept());
+        let share = first.iter().filter(|&&k| k).count() as f64 / first.len() as f64;
+        // 102 400 draws: 5 standard deviations are 0.008.
+        assert!((share - 0.5).abs() < 0.008, "kept {share}");
+        assert_ne!(first, second, "the same mask twice");
+        // At inference the head is the last layer alone.
+        let net = net.valid();
+        let flat = Tensor::<2>::ones([2, 1600], &Device::flex());
+        assert_eq!(
+            values(net.head(flat.clone())),
+            values(net.linear.forward(flat))
+        );
     }
 }

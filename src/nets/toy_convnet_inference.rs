@@ -17,7 +17,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::kernels::{PaddedConv3x3, PaddedPlanes, flex_f32};
+use crate::kernels::{PaddedConv3x3, StageBuffers, flex_f32, stage_forward};
 
 /// The two stages' outputs `(pool1, pool2)` for `x`, or `None` (then the
 /// caller runs burn's layers) unless `x` is an `f32` tensor on Flex
@@ -53,9 +53,9 @@ pub(super) fn convolutions(
         .par_chunks(channels * h * w)
         .zip(o1.par_chunks_mut(sizes[0]))
         .zip(o2.par_chunks_mut(sizes[1]))
-        .try_for_each_init(Workspace::default, |ws, ((image, o1), o2)| {
-            let pooled = stage(&first, image, [h, w], ws, o1)?;
-            stage(&second, o1, pooled, ws, o2).map(|_| ())
+        .try_for_each_init(StageBuffers::default, |ws, ((image, o1), o2)| {
+            let pooled = stage_forward(&first, image, [h, w], ws, o1, None)?;
+            stage_forward(&second, o1, pooled, ws, o2, None).map(|_| ())
         })?;
     let device = x.device();
     let [o1, o2] = outputs;
@@ -90,66 +90,4 @@ fn direct(conv: &Conv2d) -> Option<PaddedConv3x3> {
         .ok()?;
     let weight = weight.into_data().try_into_vec::<f32>().ok()?;
     PaddedConv3x3::from_parts(&weight, &bias, out_channels)
-}
-
-/// One thread's buffers, reused from image to image.
-#[derive(Default)]
-struct Workspace {
-    input: Vec<f32>,
-    maps: Vec<f32>,
-}
-
-/// One conv-ReLU-pool stage of one image: `image`'s compact `(h, w)`
-/// planes convolved and pooled into compact planes `out`; the pooled
-/// side.
-fn stage(
-    conv: &PaddedConv3x3,
-    image: &[f32],
-    [h, w]: [usize; 2],
-    ws: &mut Workspace,
-    out: &mut [f32],
-) -> Option<[usize; 2]> {
-    let planes = PaddedPlanes {
-        channels: conv.in_channels(),
-        h: h.checked_sub(2)?,
-        w: w.checked_sub(2)?,
-    };
-    let maps = PaddedPlanes {
-        channels: conv.out_channels(),
-        ..planes
-    };
-    ws.input.resize(planes.len(), 0.0);
-    ws.maps.resize(maps.len(), 0.0);
-    planes.load_bordered(image, &mut ws.input)?;
-    conv.run(&ws.input, [planes.h, planes.w], &mut ws.maps, None)?;
-    max_pool(&ws.maps, maps, out)?;
-    Some([maps.h / 2, maps.w / 2])
-}
-
-/// 2x2 max-pool with stride 2 of the pixels of `x` (laid out as `from`;
-/// an odd last row or column dropped) into compact planes `out`. A NaN
-/// wins, as in burn's pooling.
-fn max_pool(x: &[f32], from: PaddedPlanes, out: &mut [f32]) -> Option<()> {
-    let (oh, ow) = (from.h / 2, from.w / 2);
-    let out = out.get_mut(..from.channels * oh * ow)?;
-    for (c, plane) in out.chunks_exact_mut(oh * ow).enumerate() {
-        for (y, line) in plane.chunks_exact_mut(ow).enumerate() {
-            let top = x.get(from.at(c, 2 * y, 0)..)?.get(..2 * ow)?;
-            let bottom = x.get(from.at(c, 2 * y + 1, 0)..)?.get(..2 * ow)?;
-            for ((o, t), b) in line
-                .iter_mut()
-                .zip(top.chunks_exact(2))
-                .zip(bottom.chunks_exact(2))
-            {
-                let mut m = t[0];
-                for v in [t[1], b[0], b[1]] {
-                    if v > m || v.is_nan() {
-                        m = v;
-                    }
-                }
-                *o = m;
-            }
-        }
-    }
-    Some(())
 }
