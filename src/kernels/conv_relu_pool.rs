@@ -31,7 +31,6 @@ use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::conv3x3_weight_grad::WeightGradShape;
-use super::max_pool::pool_row;
 use super::padded_conv3x3::{PaddedConv3x3, PaddedPlanes};
 use super::{contiguous, flex_f32};
 
@@ -515,6 +514,32 @@ fn pool_2x2(
         }
     }
     Some(())
+}
+
+/// One row of windows: the maximum of each 2x2 window of rows `top` and
+/// `bottom`, and its position. burn's rule: a strictly larger value takes
+/// over, and so does NaN when `NAN` (the inputs may hold one). Written
+/// without branches: on random data every comparison would mispredict.
+fn pool_row<const NAN: bool>(top: &[f32], bottom: &[f32], out: &mut [f32], positions: &mut [u8]) {
+    for (j, (out, at)) in out.iter_mut().zip(positions.iter_mut()).enumerate() {
+        let mut best = top[2 * j];
+        let mut position = 0_u8;
+        for (k, v) in [
+            (1, top[2 * j + 1]),
+            (2, bottom[2 * j]),
+            (3, bottom[2 * j + 1]),
+        ] {
+            let take = if NAN {
+                v > best || v.is_nan()
+            } else {
+                v > best
+            };
+            best = if take { v } else { best };
+            position = if take { k } else { position };
+        }
+        *out = best;
+        *at = position;
+    }
 }
 
 /// The two rows of plane `c` that pooled row `y` reads, `2·(w / 2)` long.

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 
 use super::init::{dense, glorot, zero_bias};
 use crate::error::{Error, Result};
-use crate::kernels::{conv_relu_pool, conv2d, max_pool_2x2};
+use crate::kernels::conv_relu_pool;
 use crate::model::{BurnClassifier, dropout_mask};
 
 /// How to build a [`ToyConvnet`]: input channels and side, number of
@@ -127,17 +127,16 @@ impl ToyConvnet {
         (pool1, pool2)
     }
 
-    /// Convolution, max-pool, ReLU: the same values and gradients as ReLU
-    /// then max-pool (the two commute, ReLU being monotonic), with the ReLU
-    /// on a quarter of the elements, and the convolution and pooling
-    /// through the crate's Flex kernels ([`conv`](super::conv),
-    /// [`max_pool`](super::max_pool)).
+    /// Convolution, ReLU, max-pool. On Flex (f32, with or without
+    /// autodiff) one fused operation on the crate's direct kernels with
+    /// its own backward ([`conv_relu_pool`](crate::kernels)); elsewhere
+    /// burn's layers, pooling before the ReLU (the same values and
+    /// gradients, ReLU being monotonic, on a quarter of the elements).
     fn stage(&self, conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         if let Some(pooled) = conv_relu_pool(conv, &x) {
             return pooled;
         }
-        let maps = conv2d(conv, x);
-        self.activation.forward(max_pool_2x2(&self.pool, maps))
+        self.activation.forward(self.pool.forward(conv.forward(x)))
     }
 
     /// Dropout and the last layer, on the flattened features. Dropout acts

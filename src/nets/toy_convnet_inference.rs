@@ -1,16 +1,11 @@
 //! The toy convnet's two conv-ReLU-pool stages at inference on Flex
-//! without autodiff, through the crate's direct 3x3 convolution instead of
-//! burn's layers.
-//!
-//! A valid 3x3 convolution of an `(h, w)` plane is the padded convolution
-//! of an `(h − 2, w − 2)` image whose border ring is the plane's outer
-//! ring, so each image's planes are loaded whole into the padded layout
-//! and run through [`PaddedConv3x3`] with the bias and ReLU fused (ReLU
-//! before the pool gives the same values as after it). Every image runs
-//! both stages on one thread in buffers that thread reuses. Under autodiff
-//! (training, input gradients) or on another backend the stages are
-//! burn's layers and the crate's autodiff kernels, as before; both give
-//! the same values to float rounding, which the tests check.
+//! without autodiff: each image runs both stages on one thread
+//! ([`stage_forward`], the direct 3x3 convolution with bias and ReLU fused,
+//! then the pool) in buffers that thread reuses, and no gradient state is
+//! kept. Under autodiff (training, input gradients) the stages are the
+//! fused autodiff operation on the same kernels, and on another backend
+//! burn's layers; all give the same values to float rounding, which the
+//! tests check.
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
