@@ -43,14 +43,10 @@ const CLIPPED: u8 = u8::MAX;
 /// and `conv` is a 3x3 convolution without padding, stride, dilation or
 /// groups, with a bias.
 pub(crate) fn conv_relu_pool(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
-    let [out_channels, in_channels, kh, kw] = conv.weight.dims();
+    let [out_channels, in_channels, _, _] = conv.weight.dims();
     let [n, channels, h, w] = x.dims();
     let fits = flex_f32(x)
-        && conv.stride == [1, 1]
-        && conv.dilation == [1, 1]
-        && conv.groups == 1
-        && [kh, kw] == [3, 3]
-        && matches!(conv.padding, PaddingConfig2d::Valid)
+        && is_valid_3x3(conv)
         && channels == in_channels
         && n > 0
         && out_channels > 0
@@ -63,6 +59,28 @@ pub(crate) fn conv_relu_pool(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> 
         bias.val().into_dispatch(),
     );
     Some(Tensor::from_dispatch(out))
+}
+
+/// Whether `conv` is a 3x3 convolution without padding, stride, dilation
+/// or groups: the one the direct kernels compute (bias not checked).
+pub(crate) fn is_valid_3x3(conv: &Conv2d) -> bool {
+    let [_, _, kh, kw] = conv.weight.dims();
+    conv.stride == [1, 1]
+        && conv.dilation == [1, 1]
+        && conv.groups == 1
+        && [kh, kw] == [3, 3]
+        && matches!(conv.padding, PaddingConfig2d::Valid)
+}
+
+/// `buffer` cut into `n` per-image chunks of `size` if `wanted`, else `n`
+/// `None`s (the buffer is then empty): what a parallel loop over images
+/// zips with for an output only some calls need.
+fn per_image<T>(buffer: &mut [T], size: usize, n: usize, wanted: bool) -> Vec<Option<&mut [T]>> {
+    if wanted {
+        buffer.chunks_mut(size.max(1)).map(Some).collect()
+    } else {
+        (0..n).map(|_| None).collect()
+    }
 }
 
 /// The differentiable operation, routed by burn to the backend a tensor
@@ -244,17 +262,13 @@ impl ConvReluPoolKernels for Flex {
                     .map(PaddedConv3x3::without_relu)
             });
         let mut input_grad = vec![0.0_f32; if input { n * c * h * w } else { 0 }];
-        let input_grads: Vec<Option<&mut [f32]>> = if input {
-            input_grad.chunks_mut(c * h * w).map(Some).collect()
-        } else {
-            (0..n).map(|_| None).collect()
-        };
-        let pooled = stage.pooled_len();
-        let (ph, pw) = (stage.inner.h / 2, stage.inner.w / 2);
+        let input_grads = per_image(&mut input_grad, stage.input_len(), n, input);
+        let pooled_len = stage.pooled_len();
+        let pooled_side = [stage.inner.h / 2, stage.inner.w / 2];
         let sums = grad
-            .par_chunks(pooled)
-            .zip(images.par_chunks(c * h * w))
-            .zip(saved.winners.par_chunks(pooled))
+            .par_chunks(pooled_len)
+            .zip(images.par_chunks(stage.input_len()))
+            .zip(saved.winners.par_chunks(pooled_len))
             .zip(input_grads)
             .try_fold(
                 || Sums::new(&products),
@@ -267,11 +281,10 @@ impl ConvReluPoolKernels for Flex {
                         ws.spread.resize(spread.len(), 0.0);
                     }
                     let spread = input_grad.is_some().then_some((spread, &mut ws.spread[..]));
-                    let pooled = [ph, pw];
                     scatter(
                         grad,
                         winners,
-                        pooled,
+                        pooled_side,
                         &products,
                         &mut ws.wide,
                         spread,
@@ -324,12 +337,7 @@ fn flex_forward(
     let mut out = vec![0.0_f32; n * stage.pooled_len()];
     let mut winners = vec![0_u8; if keep { out.len() } else { 0 }];
     let done = conv.and_then(|conv| {
-        let winners = winners.chunks_mut(stage.pooled_len().max(1));
-        let winners: Vec<Option<&mut [u8]>> = if keep {
-            winners.map(Some).collect()
-        } else {
-            (0..n).map(|_| None).collect()
-        };
+        let winners = per_image(&mut winners, stage.pooled_len(), n, keep);
         out.par_chunks_mut(stage.pooled_len())
             .zip(images.par_chunks(stage.input_len()))
             .zip(winners)

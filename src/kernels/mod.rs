@@ -19,7 +19,7 @@ mod padded_conv3x3;
 #[cfg(test)]
 mod test_values;
 
-pub(crate) use conv_relu_pool::{StageBuffers, conv_relu_pool, stage_forward};
+pub(crate) use conv_relu_pool::{StageBuffers, conv_relu_pool, is_valid_3x3, stage_forward};
 pub(crate) use folded_conv::{BatchNormStats, FoldedConv};
 pub(crate) use padded_conv3x3::{PaddedConv3x3, PaddedPlanes};
 

@@ -150,7 +150,16 @@ impl ToyConvnet {
         if !dropout.training.is_enabled() || !device.is_autodiff() || dropout.prob == 0.0 {
             return self.linear.forward(flat);
         }
-        let mask = dropout_mask(flat.dims(), dropout.prob, step_seed(&device), &device);
+        self.dropped_head(flat, step_seed(&device))
+    }
+
+    /// The last layer on `flat` with dropout at the module's rate, the
+    /// mask drawn from `seed` (none at rate 0).
+    fn dropped_head(&self, flat: Tensor<2>, seed: u64) -> Tensor<2> {
+        if self.dropout.prob == 0.0 {
+            return self.linear.forward(flat);
+        }
+        let mask = dropout_mask(flat.dims(), self.dropout.prob, seed, &flat.device());
         self.linear.forward(flat * mask)
     }
 }
@@ -211,23 +220,15 @@ impl BurnClassifier for ToyConvnet {
     /// training under autodiff).
     fn stochastic_logits(&self, inputs: Tensor<4>, seed: u64) -> Option<Tensor<2>> {
         let flat: Tensor<2> = self.convolutions(inputs).1.flatten(1, 3);
-        if self.dropout.prob == 0.0 {
-            return Some(self.linear.forward(flat));
-        }
-        let mask = dropout_mask(flat.dims(), self.dropout.prob, seed, &flat.device());
-        Some(self.linear.forward(flat * mask))
+        Some(self.dropped_head(flat, seed))
     }
 
     /// The convolutions once, then one mask and the last layer per pass.
     fn stochastic_passes(&self, inputs: Tensor<4>, seeds: &[u64]) -> Option<Vec<Tensor<2>>> {
         let flat: Tensor<2> = self.convolutions(inputs).1.flatten(1, 3);
-        let passes = seeds.iter().map(|&seed| {
-            if self.dropout.prob == 0.0 {
-                return self.linear.forward(flat.clone());
-            }
-            let mask = dropout_mask(flat.dims(), self.dropout.prob, seed, &flat.device());
-            self.linear.forward(flat.clone() * mask)
-        });
+        let passes = seeds
+            .iter()
+            .map(|&seed| self.dropped_head(flat.clone(), seed));
         Some(passes.collect())
     }
 }

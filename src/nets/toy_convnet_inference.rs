@@ -7,12 +7,11 @@
 //! burn's layers; all give the same values to float rounding, which the
 //! tests check.
 
-use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::kernels::{PaddedConv3x3, StageBuffers, flex_f32, stage_forward};
+use crate::kernels::{PaddedConv3x3, StageBuffers, flex_f32, is_valid_3x3, stage_forward};
 
 /// The two stages' outputs `(pool1, pool2)` for `x`, or `None` (then the
 /// caller runs burn's layers) unless `x` is an `f32` tensor on Flex
@@ -66,16 +65,11 @@ pub(super) fn convolutions(
 /// `conv` repacked for the direct kernel, or `None` unless it is a 3x3
 /// convolution without padding, stride, dilation or groups, with a bias.
 fn direct(conv: &Conv2d) -> Option<PaddedConv3x3> {
-    let weight = conv.weight.val();
-    let [out_channels, _, kh, kw] = weight.dims();
-    if conv.stride != [1, 1]
-        || conv.dilation != [1, 1]
-        || conv.groups != 1
-        || [kh, kw] != [3, 3]
-        || !matches!(conv.padding, PaddingConfig2d::Valid)
-    {
+    if !is_valid_3x3(conv) {
         return None;
     }
+    let weight = conv.weight.val();
+    let [out_channels, _, _, _] = weight.dims();
     let bias = conv
         .bias
         .as_ref()?
