@@ -4,6 +4,7 @@ rows, and the table (medians over rounds, ratios).
   bench_peers_table.py criterion ESTIMATES.json BATCH   images/s of a criterion bench
   bench_peers_table.py torch < JSON                      rows of resnet20_torch_bench.py
   bench_peers_table.py tf < JSON                         rows of tf_throughput.py's RESULT
+  bench_peers_table.py loop SIDE < LOG                    training-loop images/s of an example's output
   bench_peers_table.py time FILE                         wall seconds, peak RSS MB of time -v
   bench_peers_table.py table ROWS CPU                    the Markdown table
 
@@ -32,6 +33,17 @@ def tf():
     # Epoch 1 fills tf.data's cache and retraces: the best of the later ones.
     print(f"tf train_step 128 {max(r['train_imgs_per_s'][1:]):.1f}")
     print(f"tf inference 128 {max(r['infer_imgs_per_s']):.1f}")
+
+
+def loop(side):
+    text = sys.stdin.read()
+    if side == "oodeel":
+        # run_mls_msp.py times model.fit, its validation passes included.
+        line = next(l for l in text.splitlines() if l.startswith("RESULT "))
+        value = json.loads(line[len("RESULT "):])["train_imgs_per_s_incl_val"]
+    else:
+        value = float(re.search(r"trained \d+ epochs in [\d.]+ s \((\d+) images/s\)", text).group(1))
+    print(f"{side} train_loop 128 {value:.1f}")
 
 
 def time_v(path):
@@ -77,6 +89,15 @@ def table(rows_path, cpu_path):
         ours, theirs = median(("oodkit", work, "128")), median(("tf", work, "128"))
         print(f"| {label}, batch 128 | {ours:.0f} img/s | TensorFlow {theirs:.0f} img/s | "
               f"{ours / theirs:.2f}x |")
+    loop_ours, loop_theirs = median(("oodkit", "train_loop", "128")), median(("oodeel", "train_loop", "128"))
+    print(f"| MNIST example's training loop (5 epochs) | {loop_ours:.0f} img/s | oodeel + TF "
+          f"{loop_theirs:.0f} img/s (its validation passes included; oodkit's excluded) | {loop_ours / loop_theirs:.2f}x |")
+    step = median(("oodkit", "train_step", "128"))
+    print(f"| the same loop against oodkit's bare step (target: within 15%) | {loop_ours:.0f} img/s | "
+          f"step {step:.0f} img/s | {loop_ours / step:.2f} of the step |")
+    loop_dev = median(("oodkit_dev", "train_loop", "128"))
+    print(f"| the same loop, dev profile (debug assertions on; informational) | {loop_dev:.0f} img/s | "
+          f"release {loop_ours:.0f} img/s | {loop_dev / loop_ours:.2f} of release |")
     wall, rss = median(("oodkit", "e2e", "0")), median(("oodkit", "e2e", "0"), 1)
     peer_wall, peer_rss = median(("oodeel", "e2e", "0")), median(("oodeel", "e2e", "0"), 1)
     print(f"| MNIST example end to end, wall | {wall:.1f} s | oodeel + TF {peer_wall:.1f} s | "
@@ -89,6 +110,7 @@ commands = {
     "criterion": criterion,
     "torch": torch,
     "tf": tf,
+    "loop": loop,
     "time": time_v,
     "table": table,
 }

@@ -262,44 +262,42 @@ impl ConvReluPoolKernels for Flex {
                     .map(PaddedConv3x3::without_relu)
             });
         let mut input_grad = vec![0.0_f32; if input { n * c * h * w } else { 0 }];
-        let input_grads = per_image(&mut input_grad, stage.input_len(), n, input);
+        let mut input_grads = per_image(&mut input_grad, stage.input_len(), n, input);
         let pooled_len = stage.pooled_len();
         let pooled_side = [stage.inner.h / 2, stage.inner.w / 2];
+        let image = ImageBackward {
+            products: &products,
+            pooled_side,
+            spread,
+            gathered,
+            transposed: transposed.as_ref(),
+            grid: [h, w],
+        };
+        // Fixed groups of images, each summed alone, then the groups added
+        // in order: the same gradients whatever the thread count or the
+        // way rayon splits the work (seeded training repeats exactly).
         let sums = grad
-            .par_chunks(pooled_len)
-            .zip(images.par_chunks(stage.input_len()))
-            .zip(saved.winners.par_chunks(pooled_len))
-            .zip(input_grads)
-            .try_fold(
-                || Sums::new(&products),
-                |mut sums, (((grad, image), winners), input_grad)| {
-                    let ws = &mut sums.workspace;
-                    ws.wide.clear();
-                    ws.wide.resize(products.grad_len(), 0.0);
-                    if input_grad.is_some() {
-                        ws.spread.clear();
-                        ws.spread.resize(spread.len(), 0.0);
-                    }
-                    let spread = input_grad.is_some().then_some((spread, &mut ws.spread[..]));
-                    scatter(
-                        grad,
-                        winners,
-                        pooled_side,
-                        &products,
-                        &mut ws.wide,
-                        spread,
-                        &mut sums.bias,
-                    )?;
-                    products.accumulate(image, &ws.wide, &mut sums.weight)?;
-                    if let (Some(input_grad), Some(conv)) = (input_grad, &transposed) {
-                        ws.gathered.resize(gathered.len(), 0.0);
-                        conv.run(&ws.spread, [h, w], &mut ws.gathered, None)?;
-                        gathered.unpad(&ws.gathered, input_grad)?;
+            .par_chunks(pooled_len * IMAGES_PER_SUM)
+            .zip(images.par_chunks(stage.input_len() * IMAGES_PER_SUM))
+            .zip(saved.winners.par_chunks(pooled_len * IMAGES_PER_SUM))
+            .zip(input_grads.par_chunks_mut(IMAGES_PER_SUM))
+            .map_init(
+                BackwardWorkspace::default,
+                |ws, (((grad, images), winners), input_grads)| {
+                    let mut sums = Sums::new(&products);
+                    for (((grad, x), winners), input_grad) in grad
+                        .chunks(pooled_len)
+                        .zip(images.chunks(stage.input_len()))
+                        .zip(winners.chunks(pooled_len))
+                        .zip(input_grads.iter_mut())
+                    {
+                        image.run(grad, x, winners, input_grad.as_deref_mut(), ws, &mut sums)?;
                     }
                     Some(sums)
                 },
             )
-            .try_reduce(|| Sums::new(&products), Sums::add);
+            .collect::<Option<Vec<Sums>>>()
+            .and_then(|groups| groups.into_iter().try_fold(Sums::new(&products), Sums::add));
         let (weight, bias) = match sums {
             Some(sums) => (sums.weight_grad(&products), sums.bias),
             None => {
@@ -411,12 +409,70 @@ fn scatter(
     Some(())
 }
 
-/// One task's share of the weight and bias gradients, and its buffers.
+/// Images whose weight and bias gradients are summed together before the
+/// groups are added in order.
+const IMAGES_PER_SUM: usize = 8;
+
+/// The backward of one image, with what every image shares.
+struct ImageBackward<'a> {
+    products: &'a WeightGradShape,
+    pooled_side: [usize; 2],
+    /// The output gradient's padded layout on the input's grid.
+    spread: PaddedPlanes,
+    /// The input gradient's padded layout.
+    gathered: PaddedPlanes,
+    /// The input gradient's convolution, if the input gradient is asked for.
+    transposed: Option<&'a PaddedConv3x3>,
+    grid: [usize; 2],
+}
+
+impl ImageBackward<'_> {
+    /// Adds the image's weight and bias gradients to `sums` and writes its
+    /// input gradient if `input_grad` is given. `None` if a buffer is too
+    /// short.
+    fn run(
+        &self,
+        grad: &[f32],
+        x: &[f32],
+        winners: &[u8],
+        input_grad: Option<&mut [f32]>,
+        ws: &mut BackwardWorkspace,
+        sums: &mut Sums,
+    ) -> Option<()> {
+        ws.wide.clear();
+        ws.wide.resize(self.products.grad_len(), 0.0);
+        let input_grad = input_grad.zip(self.transposed);
+        if input_grad.is_some() {
+            ws.spread.clear();
+            ws.spread.resize(self.spread.len(), 0.0);
+        }
+        let spread = input_grad
+            .is_some()
+            .then_some((self.spread, &mut ws.spread[..]));
+        scatter(
+            grad,
+            winners,
+            self.pooled_side,
+            self.products,
+            &mut ws.wide,
+            spread,
+            &mut sums.bias,
+        )?;
+        self.products.accumulate(x, &ws.wide, &mut sums.weight)?;
+        if let Some((input_grad, conv)) = input_grad {
+            ws.gathered.resize(self.gathered.len(), 0.0);
+            conv.run(&ws.spread, self.grid, &mut ws.gathered, None)?;
+            self.gathered.unpad(&ws.gathered, input_grad)?;
+        }
+        Some(())
+    }
+}
+
+/// A group's share of the weight and bias gradients.
 struct Sums {
     /// `(C·9, stride)`, as [`WeightGradShape::accumulate`] adds to it.
     weight: Vec<f32>,
     bias: Vec<f32>,
-    workspace: BackwardWorkspace,
 }
 
 /// The backward's per-image buffers.
@@ -435,7 +491,6 @@ impl Sums {
         Sums {
             weight: vec![0.0; shape.acc_len()],
             bias: vec![0.0; shape.out_channels],
-            workspace: BackwardWorkspace::default(),
         }
     }
 
@@ -748,6 +803,42 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn gradients_are_the_same_bits_whatever_the_thread_count() {
+        let device = Device::flex().autodiff();
+        // Arbitrary floats (rounding depends on the order of the sums) and
+        // a batch that is not a whole number of summing groups.
+        let x = Tensor::<4>::random([37, 3, 12, 12], Distribution::Default, &device);
+        let mut conv = Conv2dConfig::new([3, 16], [3, 3]).init(&device);
+        conv.weight = Param::from_tensor(Tensor::random(
+            [16, 3, 3, 3],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        ));
+        let weights = Tensor::<4>::random([37, 16, 5, 5], Distribution::Default, &device);
+        let gradients = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let x = x.clone().require_grad();
+                let out = conv_relu_pool(&conv, &x).unwrap();
+                let grads = (out * weights.clone()).sum().backward();
+                [
+                    values(x.grad(&grads).unwrap()),
+                    values(conv.weight.val().grad(&grads).unwrap()),
+                    values(conv.bias.as_ref().unwrap().val().grad(&grads).unwrap()),
+                ]
+            })
+        };
+        let one = gradients(1);
+        assert!(one[1].iter().any(|&v| v != 0.0));
+        for threads in [2, 3] {
+            assert_eq!(gradients(threads), one, "{threads} threads");
         }
     }
 
