@@ -27,3 +27,4 @@ impl Xorshift {
         (self.0 % n as u64) as usize
     }
 }
+pub mod fixture_net;

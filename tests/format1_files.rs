@@ -1,0 +1,100 @@
+//! The committed format-1 detector files (`tests/fixtures/format1/`,
+//! written before the registry redesign) load by their kind and score the
+//! fixture data exactly as the code that wrote them did.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::fixture_net::{FixtureNet, scored_data};
+use oodkit::datasets::PrepareConfig;
+use oodkit::detectors::file::describe;
+use oodkit::detectors::{
+    AnyDetector, KnnIndex, McDropout, McStatistic, Persist, RankFeat, ScoreFeatures,
+};
+use oodkit::model::{FeatureModel, LayerId};
+use serde_json::Value;
+
+fn folder() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format1")
+}
+
+fn expected() -> serde_json::Map<String, Value> {
+    let text = std::fs::read_to_string(folder().join("expected.json")).unwrap();
+    let json: Value = serde_json::from_str(&text).unwrap();
+    json["files"].as_object().unwrap().clone()
+}
+
+fn recorded(entry: &Value) -> Option<Vec<u32>> {
+    entry["scores"].as_array().map(|scores| {
+        scores
+            .iter()
+            .map(|v| (v.as_f64().unwrap() as f32).to_bits())
+            .collect()
+    })
+}
+
+#[test]
+fn every_format1_file_loads_and_scores_as_written() {
+    let files = expected();
+    assert_eq!(files.len(), 71, "the fixture set is complete");
+    let net = FixtureNet::default();
+    let scored = scored_data();
+    let batches = scored.prepare(&PrepareConfig::new(16)).unwrap();
+    for (name, entry) in &files {
+        let path = folder().join(name);
+        let info = describe(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(info.format_version, 1, "{name}");
+        assert_eq!(info.calibrated, name.contains(".calibrated."), "{name}");
+        let Some(expected) = recorded(entry) else {
+            continue;
+        };
+        if name == "knn.features.oodkit" {
+            continue;
+        }
+        let detector = AnyDetector::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(detector.kind(), info.kind, "{name}");
+        assert_eq!(detector.is_calibrated(), info.calibrated, "{name}");
+        detector.check_model(&net).unwrap();
+        let scores = detector.score(&net, &batches).unwrap().scores;
+        let got: Vec<u32> = scores.iter().map(|s| s.to_bits()).collect();
+        assert_eq!(got, expected, "{name}: scores differ from those recorded");
+    }
+}
+
+#[test]
+fn a_format1_state_fitted_on_features_scores_as_written() {
+    let files = expected();
+    let entry = &files["knn.features.oodkit"];
+    let index = KnnIndex::load(folder().join("knn.features.oodkit")).unwrap();
+    let scored = scored_data();
+    let hidden = net_hidden(&scored);
+    let scores = index.score_features(hidden.view()).unwrap();
+    let got: Vec<u32> = scores.iter().map(|s| s.to_bits()).collect();
+    assert_eq!(Some(got), recorded(entry));
+    // It names no layer of a model: loading it as a model's detector says so.
+    assert!(AnyDetector::load(folder().join("knn.features.oodkit")).is_err());
+}
+
+fn net_hidden(data: &oodkit::OodDataset) -> ndarray::Array2<f32> {
+    FixtureNet::default()
+        .forward_features(data.inputs().view(), &[LayerId::Index(-2)])
+        .unwrap()
+        .features
+        .remove(0)
+}
+
+#[test]
+fn format1_network_detectors_keep_their_parameters() {
+    let rankfeat = RankFeat::load(folder().join("rankfeat.oodkit")).unwrap();
+    assert_eq!(rankfeat, RankFeat::new(2.0).unwrap());
+    let mc = McDropout::load(folder().join("mcdropout.oodkit")).unwrap();
+    assert_eq!(
+        mc,
+        McDropout::new(7, McStatistic::Msp).unwrap().with_seed(42)
+    );
+    for name in ["rankfeat.oodkit", "mcdropout.oodkit"] {
+        let any = AnyDetector::load(folder().join(name)).unwrap();
+        assert!(!any.is_calibrated());
+    }
+}
