@@ -35,11 +35,8 @@ use common::{Args, Mnist04, trained_or_loaded};
 use ndarray::{Array1, Array2, ArrayView4, Axis, concatenate};
 use oodkit::datasets::transforms::imagenet_preprocess;
 use oodkit::datasets::{BatchSource, OodDataset, PrepareConfig, Split, cifar10, data_root, mnist};
-use oodkit::detectors::{
-    Detector, Dice, Energy, Entropy, Fdbd, FeatureDetector, FittedDetector, Gen, Gmm, GradNorm,
-    Gram, IntoModel, Klm, Knn, Mahalanobis, McDropout, Mls, Nci, NnGuide, Odin, OpenMax, RankFeat,
-    Rectification, Residual, Rmds, She, TemperatureScaling, Vim, Vra,
-};
+use oodkit::detectors::registry::{self, Capability, Params, Registration, UnfittedDetector};
+use oodkit::detectors::{AnyModel, Detector, Rectification, ScoreOutput, Vra};
 use oodkit::metrics::{accuracy, bench_metrics};
 use oodkit::model::{BurnModel, FeatureModel, LayerId, Shaping, evaluate, from_fn_with_features};
 use oodkit::nets::CifarResNet;
@@ -134,63 +131,61 @@ fn run(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-/// The rows both experiments share, on the penultimate layer: `model`
-/// runs the network (or its cached penultimate features), `fit` is the fit
-/// data, `bank` NNGuide's bank fraction.
-fn shared_rows<M>(
+/// The rows both experiments share: every registered detector that needs
+/// no more of the network than its penultimate features and last layer,
+/// at its defaults (ODIN without its input step; NNGuide's bank fraction
+/// `bank`). `model` runs the network (or its cached penultimate features),
+/// `fit` is the fit data.
+fn shared_rows(
     table: &Table,
     results: &mut Results,
-    model: &M,
+    model: &AnyModel<'_>,
     fit: &dyn BatchSource,
     bank: f64,
-) -> Result<()>
-where
-    M: FeatureModel + Send + Sync,
-{
-    let c = table.column;
-    let fit = Some(fit);
-    results.put("MLS", c, table.row(Mls::new(), model, None)?);
-    results.put("MSP", c, table.row(Mls::msp(), model, None)?);
-    results.put(
-        "Energy (T = 1)",
-        c,
-        table.row(Energy::default(), model, None)?,
-    );
-    results.put("Entropy", c, table.row(Entropy::new(), model, None)?);
-    let name = "GEN (γ = 0.1, top 100)";
-    results.put(name, c, table.row(Gen::default(), model, None)?);
-    let name = "ODIN (T = 1000, ε = 0)";
-    results.put(name, c, table.row(Odin::new(1000.0, 0.0)?, model, None)?);
-    let name = "Temperature scaling (T fitted by NLL)";
-    results.put(name, c, table.row(TemperatureScaling::new(), model, fit)?);
-    results.put("KLM", c, table.row(Klm::new(), model, fit)?);
-    let name = "OpenMax (tail 20, α = 3)";
-    results.put(name, c, table.row(OpenMax::default(), model, fit)?);
-    results.put("Mahalanobis", c, table.row(Mahalanobis::new(), model, fit)?);
-    results.put("RMDS", c, table.row(Rmds::new(), model, fit)?);
-    results.put("KNN (k = 50)", c, table.row(Knn::new(50)?, model, fit)?);
-    let name = "ViM (99% variance)";
-    results.put(name, c, table.row(Vim::default(), model, fit)?);
-    results.put("SHE", c, table.row(She::new(), model, fit)?);
-    let name = "DICE (sparsity 0.9)";
-    results.put(name, c, table.row(Dice::default(), model, fit)?);
-    let name = "VRA (clip at 10% / 90%)";
-    results.put(name, c, table.row(Vra::default(), model, fit)?);
+) -> Result<()> {
+    for registration in registry::all() {
+        let params = match registration.name() {
+            "odin" => Params::new().set("epsilon", 0.0),
+            "nnguide" => Params::new().set("bank_fraction", bank),
+            _ => Params::new(),
+        };
+        let through_network = registration
+            .needs()
+            .capabilities
+            .iter()
+            .any(|c| matches!(c, Capability::EditingMap | Capability::StochasticPasses));
+        if through_network {
+            continue;
+        }
+        let name = label(registration, &params);
+        let detector = registration.build(&params)?;
+        let fit = registration.needs().fit_data.then_some(fit);
+        results.put(&name, table.column, table.row(&detector, model, fit)?);
+    }
+    // A variant the registry's defaults do not show.
     let vra_p = Vra::default().with_rectification(Rectification::Piecewise { gamma: 0.5 })?;
     let name = "VRA-P (10% / 90%, γ = 0.5)";
-    results.put(name, c, table.row(vra_p, model, fit)?);
-    let name = "fDBD (distance to mean)";
-    results.put(name, c, table.row(Fdbd::default(), model, fit)?);
-    let name = "NCI (α = 1e-4)";
-    results.put(name, c, table.row(Nci::default(), model, fit)?);
-    let name = "NNGuide (k = 100; bank 1%, CIFAR 10%)";
-    results.put(name, c, table.row(NnGuide::new(100, bank)?, model, fit)?);
-    results.put("GradNorm", c, table.row(GradNorm::new(), model, None)?);
-    let name = "Residual (99% variance)";
-    results.put(name, c, table.row(Residual::default(), model, fit)?);
-    let name = "GMM (class covariances, ε = 1e-6)";
-    results.put(name, c, table.row(Gmm::default(), model, fit)?);
+    let scorer = vra_p.fit(model, Some(fit))?;
+    results.put(
+        name,
+        table.column,
+        table.figures(|data| scorer.score(data))?,
+    );
     Ok(())
+}
+
+/// The registered detector `name` at its defaults.
+fn by_name(name: &str) -> Result<UnfittedDetector> {
+    registry::find(name)?.build(&Params::new())
+}
+
+/// A row's name: the kind, and the parameters set away from the defaults.
+fn label(registration: &Registration, params: &Params) -> String {
+    if params.names().next().is_none() {
+        registration.kind().to_owned()
+    } else {
+        format!("{} ({params})", registration.kind())
+    }
 }
 
 /// The MNIST column: the toy convnet, trained or loaded.
@@ -216,8 +211,6 @@ fn mnist_rows(args: &Args, results: &mut Results) -> Result<()> {
         &fit_all,
         ["pool1", "pool2", "flatten"],
     )?;
-    let name = "MC dropout (30 passes, entropy)";
-    results.put(name, 0, table.row(McDropout::default(), &model, None)?);
 
     // Activation shaping of the penultimate layer, ReAct's threshold fitted
     // on 5 000 training images.
@@ -229,10 +222,11 @@ fn mnist_rows(args: &Args, results: &mut Results) -> Result<()> {
         results.put(
             &format!("MLS + {name}"),
             0,
-            table.row(Mls::new(), &shaped, None)?,
+            table.row(&by_name("mls")?, &shaped, None)?,
         );
         let energy = format!("Energy + {name}");
-        results.put(&energy, 0, table.row(Energy::default(), &shaped, None)?);
+        let row = table.row(&by_name("energy")?, &shaped, None)?;
+        results.put(&energy, 0, row);
     }
     Ok(())
 }
@@ -250,28 +244,58 @@ fn shapings(
 }
 
 /// The rows that run the network itself: ODIN's input step, Gram on the
-/// two inner layers, Mahalanobis on all three, RankFeat.
-fn network_rows<M>(
+/// two inner layers, Mahalanobis on all three, and every registered
+/// detector that needs the network (RankFeat; MC dropout where the network
+/// has dropout).
+fn network_rows(
     table: &Table,
     results: &mut Results,
-    model: &M,
+    model: &AnyModel<'_>,
     fit: &dyn BatchSource,
     layers: [&str; 3],
-) -> Result<()>
-where
-    M: FeatureModel + Send + Sync,
-{
+) -> Result<()> {
     let c = table.column;
-    let name = "ODIN (T = 1000, ε = 0.0014)";
-    results.put(name, c, table.row(Odin::default(), model, None)?);
-    let gram = Gram::default().with_layers([layers[0], layers[1]])?;
-    let name = "Gram (orders 1-5, q = 0.01; the two inner layers)";
-    results.put(name, c, table.row(gram, model, Some(fit))?);
-    let mahalanobis = Mahalanobis::new().with_layers(layers)?;
-    let name = "Mahalanobis (three layers, std-normalised)";
-    results.put(name, c, table.row(mahalanobis, model, Some(fit))?);
-    let name = "RankFeat (last feature map, T = 1)";
-    results.put(name, c, table.row(RankFeat::default(), model, None)?);
+    let inner: Vec<LayerId> = layers[..2].iter().map(|&l| l.into()).collect();
+    let all: Vec<LayerId> = layers.iter().map(|&l| l.into()).collect();
+    let rows = [
+        ("ODIN (T = 1000, ε = 0.0014)", "odin", Params::new(), false),
+        (
+            "Gram (orders 1-5, q = 0.01; the two inner layers)",
+            "gram",
+            Params::new().with_layers(inner),
+            true,
+        ),
+        (
+            "Mahalanobis (three layers, std-normalised)",
+            "mahalanobis",
+            Params::new().with_layers(all),
+            true,
+        ),
+    ];
+    for (name, kind, params, with_fit) in rows {
+        let detector = registry::find(kind)?.build(&params)?;
+        let fit = with_fit.then_some(fit);
+        results.put(name, c, table.row(&detector, model, fit)?);
+    }
+    for registration in registry::all() {
+        let needs = registration.needs();
+        let through_network = needs
+            .capabilities
+            .iter()
+            .any(|c| matches!(c, Capability::EditingMap | Capability::StochasticPasses));
+        if !through_network {
+            continue;
+        }
+        let detector = registration.build(&Params::new())?;
+        match table.row(&detector, model, needs.fit_data.then_some(fit)) {
+            Ok(figures) => results.put(registration.kind(), c, figures),
+            // MC dropout on a network without dropout: not a row.
+            Err(Error::Unsupported { what, .. }) => {
+                eprintln!("  {}: not run ({what})", registration.kind());
+            }
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 
@@ -348,10 +372,11 @@ fn cifar_rows(args: &Args, results: &mut Results) -> Result<()> {
         results.put(
             &format!("MLS + {name}"),
             1,
-            table.row(Mls::new(), &shaped, None)?,
+            table.row(&by_name("mls")?, &shaped, None)?,
         );
         let energy = format!("Energy + {name}");
-        results.put(&energy, 1, table.row(Energy::default(), &shaped, None)?);
+        let row = table.row(&by_name("energy")?, &shaped, None)?;
+        results.put(&energy, 1, row);
     }
     Ok(())
 }
@@ -414,23 +439,26 @@ struct Table<'a> {
 
 impl Table<'_> {
     /// Fits `detector` on `model` (and `fit_data`), scores both sets and
-    /// returns the figures: generic over every detector of either family.
-    fn row<'m, D, M>(
+    /// returns the figures.
+    fn row(
         &self,
-        detector: D,
-        model: M,
+        detector: &UnfittedDetector,
+        model: &AnyModel<'_>,
         fit_data: Option<&dyn BatchSource>,
-    ) -> Result<Figures>
-    where
-        D: Detector,
-        M: IntoModel<'m, <D::Fitted as FittedDetector>::Family>,
-    {
+    ) -> Result<Figures> {
         let started = Instant::now();
-        let scorer = detector.fit(model, fit_data)?;
+        let fitted = detector.fit(model, fit_data)?;
         let fit_seconds = started.elapsed().as_secs_f64();
+        let mut figures = self.figures(|data| fitted.score(model, data))?;
+        figures.fit_seconds = fit_seconds;
+        Ok(figures)
+    }
+
+    /// Scores both sets with `score` and measures them (fit time 0).
+    fn figures(&self, score: impl Fn(&dyn BatchSource) -> Result<ScoreOutput>) -> Result<Figures> {
         let started = Instant::now();
-        let scores_in = scorer.score(self.ds_in)?.scores;
-        let scores_out = scorer.score(self.ds_out)?.scores;
+        let scores_in = score(self.ds_in)?.scores;
+        let scores_out = score(self.ds_out)?.scores;
         let score_seconds = started.elapsed().as_secs_f64();
         let report = bench_metrics(&scores_in, &scores_out, &["auroc", "fpr95tpr"])?;
         let figure = |metric: &str| {
@@ -441,7 +469,7 @@ impl Table<'_> {
         Ok(Figures {
             auroc: figure("auroc")?,
             fpr: figure("fpr95tpr")?,
-            fit_seconds,
+            fit_seconds: 0.0,
             score_seconds,
         })
     }

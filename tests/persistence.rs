@@ -668,86 +668,9 @@ fn a_fit_through_a_model_records_the_input_shape_and_classes() {
     assert!(fitted.score_batch(&model, wrong).is_err());
 }
 
-/// Fits `$detector` through the test network, saves it plain and
-/// calibrated, and checks that `AnyDetector` loads each file as its kind
-/// and scores (and decides) bit for bit as the typed detector does.
-macro_rules! any_detector_matches {
-    ($detector:expr, $fit:expr) => {{
-        let model = network();
-        let dir = tempfile::tempdir().unwrap();
-        let path = temp_path(&dir, "any.oodkit");
-        let (fit, test, held_out) = (data(90, 1), data(40, 99), data(60, 3));
-        let fit = batches(&fit);
-        let scorer = $detector.fit(&model, $fit.then_some(&fit as _)).unwrap();
-        let kind = scorer.fitted().kind();
-        scorer.fitted().save(&path).unwrap();
-        let any = AnyDetector::load(&path).unwrap_or_else(|e| panic!("{kind}: {e}"));
-        assert_eq!(any.kind(), kind);
-        assert!(
-            !any.is_calibrated() && any.calibration().is_none(),
-            "{kind}"
-        );
-        assert_eq!(any.info().kind, kind);
-        // Fitted through the model on data: the input shape it saw.
-        let shape = any.expects().map(|e| (e.input, e.classes));
-        assert_eq!(shape, $fit.then_some(([1, 1, WIDTH], CLASSES)), "{kind}");
-        let expected = scorer.score(&batches(&test)).unwrap();
-        let got = any.score(&model, &batches(&test)).unwrap();
-        assert_eq!(bits(&got.scores), bits(&expected.scores), "{kind}");
-        assert!(
-            any.verdicts(&model, &batches(&test)).is_err(),
-            "{kind}: no verdicts"
-        );
-
-        let calibrated = scorer.calibrate(&batches(&held_out), 0.1).unwrap();
-        calibrated.fitted().save(&path).unwrap();
-        let any = AnyDetector::load(&path).unwrap();
-        assert_eq!(any.kind(), kind);
-        let (calibration, alpha) = any.calibration().expect("calibrated");
-        assert_eq!(alpha, 0.1, "{kind}");
-        // Calibrated through the model: the shape is always recorded.
-        let shape = any.expects().map(|e| (e.input, e.classes));
-        assert_eq!(shape, Some(([1, 1, WIDTH], CLASSES)), "{kind}");
-        assert_eq!(calibration, calibrated.fitted().calibration(), "{kind}");
-        assert_eq!(
-            any.verdicts(&model, &batches(&test)).unwrap(),
-            calibrated.verdicts(&batches(&test)).unwrap(),
-            "{kind}"
-        );
-    }};
-}
-
 #[test]
-fn any_detector_loads_every_kind_and_scores_as_the_typed_one() {
-    any_detector_matches!(Mls::new(), false);
-    any_detector_matches!(Mls::msp(), false);
-    any_detector_matches!(Energy::new(0.5).unwrap(), false);
-    any_detector_matches!(Entropy::new(), false);
-    any_detector_matches!(Gen::new(0.1, 2).unwrap(), false);
-    any_detector_matches!(
-        Shaped::new(Energy::default(), Shaping::ash(0.5).unwrap()).unwrap(),
-        false
-    );
-    any_detector_matches!(Mahalanobis::new(), true);
-    any_detector_matches!(Rmds::new(), true);
-    any_detector_matches!(Knn::new(3).unwrap(), true);
-    any_detector_matches!(Vim::new(PrincipalDims::Count(2)).unwrap(), true);
-    any_detector_matches!(She::new(), true);
-    any_detector_matches!(
-        Gram::default().with_layers(["input", "hidden"]).unwrap(),
-        true
-    );
-    any_detector_matches!(Dice::default(), true);
-    any_detector_matches!(Vra::default(), true);
-    any_detector_matches!(Fdbd::default(), true);
-    any_detector_matches!(Nci::default(), true);
-    any_detector_matches!(NnGuide::new(3, 0.5).unwrap(), true);
-    any_detector_matches!(GradNorm::new(), false);
-    any_detector_matches!(GradNorm::new(), true);
-    any_detector_matches!(Residual::new(PrincipalDims::Count(2)).unwrap(), true);
-    any_detector_matches!(Gmm::new(1e-3).unwrap(), true);
-
-    // Files that hold no detector are errors naming them.
+fn files_that_hold_no_detector_are_errors_naming_them() {
+    // Every registered kind loads through AnyDetector: tests/conformance.rs.
     let dir = tempfile::tempdir().unwrap();
     let junk = temp_path(&dir, "junk.oodkit");
     std::fs::write(&junk, b"not a detector").unwrap();
@@ -755,4 +678,77 @@ fn any_detector_loads_every_kind_and_scores_as_the_typed_one() {
     assert!(err.to_string().contains("junk.oodkit"), "{err}");
     let err = AnyDetector::load(temp_path(&dir, "absent.oodkit")).unwrap_err();
     assert!(matches!(err, Error::MissingFile { .. }), "{err}");
+}
+
+#[test]
+fn stored_values_the_constructors_refuse_do_not_load() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format1");
+    let dir = tempfile::tempdir().unwrap();
+    let path = temp_path(&dir, "edited.oodkit");
+    let corrupt = |what: &str| {
+        let err = AnyDetector::load(&path).unwrap_err();
+        assert!(matches!(err, Error::CorruptFile { .. }), "{what}: {err}");
+        err.to_string()
+    };
+
+    // A ReAct threshold below 0 (constructors refuse it too).
+    let bytes = std::fs::read(fixtures.join("energy.react.oodkit")).unwrap();
+    rewrite(&path, &bytes, |h, _| {
+        h["shaping"]["threshold"] = (-0.5).into()
+    });
+    assert!(corrupt("ReAct").contains("ReAct threshold"));
+    let react = Shaping::React { threshold: -0.5 };
+    assert!(Shaped::new(Energy::default(), react).is_err());
+    assert!(
+        Shaped::new(
+            Energy::default(),
+            Shaping::React {
+                threshold: f32::NAN
+            }
+        )
+        .is_err()
+    );
+
+    // ViM's last layer with no class.
+    let bytes = std::fs::read(fixtures.join("vim.oodkit")).unwrap();
+    rewrite(&path, &bytes, |_, arrays| {
+        for (name, _, shape, data) in arrays.iter_mut() {
+            if name.ends_with("head_weights") || name.ends_with("head_bias") {
+                shape[0] = 0;
+                data.clear();
+            }
+        }
+    });
+    assert!(corrupt("ViM").contains("last layer"));
+
+    // An aggregator scale of 0 or below.
+    let bytes = std::fs::read(fixtures.join("mahalanobis.layers.std.oodkit")).unwrap();
+    rewrite(&path, &bytes, |_, arrays| {
+        let scale = arrays
+            .iter_mut()
+            .find(|a| a.0 == "aggregator.scale")
+            .unwrap();
+        scale.3[..8].copy_from_slice(&(-2.0_f64).to_le_bytes());
+    });
+    assert!(corrupt("aggregator").contains("not positive"));
+}
+
+#[test]
+fn mean_normalised_aggregation_refuses_layers_whose_scores_are_not_positive() {
+    // Energy-like scores are negative: dividing by their mean would flip
+    // the layer's order.
+    let model = network();
+    let fit = data(90, 1);
+    let dice = Dice::default()
+        .with_layers(["hidden", "hidden"])
+        .unwrap()
+        .with_aggregation(Aggregation::MeanNormalized);
+    let err = dice.fit(&model, Some(&batches(&fit))).unwrap_err();
+    assert!(err.to_string().contains("std_normalized"), "{err}");
+    let knn = Knn::new(3)
+        .unwrap()
+        .with_layers(["input", "hidden"])
+        .unwrap()
+        .with_aggregation(Aggregation::MeanNormalized);
+    knn.fit(&model, Some(&batches(&fit))).unwrap();
 }

@@ -109,10 +109,9 @@ impl<F: FittedDetector> Calibrated<F> {
         &self.fitted
     }
 
-    /// The input shape and classes seen at calibration, when calibrated
-    /// through a model.
-    pub fn expects(&self) -> Option<ModelShape> {
-        self.expects
+    /// The detector calibrated, the calibration dropped.
+    pub fn into_fitted(self) -> F {
+        self.fitted
     }
 
     pub(crate) fn from_parts(
@@ -154,6 +153,10 @@ impl<F: FittedDetector> FittedDetector for Calibrated<F> {
 
     fn kind(&self) -> &'static str {
         self.fitted.kind()
+    }
+
+    fn expects(&self) -> Option<ModelShape> {
+        self.expects.or_else(|| self.fitted.expects())
     }
 
     fn score_batch(&self, model: &ModelOf<'_, Self>, batch: Batch) -> Result<ScoreOutput> {

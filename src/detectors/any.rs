@@ -6,13 +6,8 @@ use std::fmt;
 use std::path::Path;
 
 use super::file::{FileInfo, Persist, describe};
-use super::{
-    ClassGaussians, ClassMixture, DiceHead, Energy, Entropy, FdbdBoundaries, Features,
-    FittedDetector, FittedFeatures, Gen, GradNormHead, GramBounds, GuideBank, KnnIndex, Logits,
-    Mls, ModelShape, NciCentre, Odin, ResidualSpace, ScoreFeatures, ScoreOutput, Shaped, SheMeans,
-    VimSubspace, VraThresholds,
-};
-use super::{KlMatching, McDropout, OpenMaxModel, RankFeat, TemperedSoftmax};
+use super::registry::by_kind;
+use super::{Family, FittedDetector, ModelShape, ScoreOutput};
 use crate::batch::Batch;
 use crate::calibration::{Calibrated, Calibration, Verdict};
 use crate::datasets::BatchSource;
@@ -54,7 +49,7 @@ pub type AnyModel<'m> = dyn FeatureModel + Send + Sync + 'm;
 /// ```
 pub struct AnyDetector {
     inner: Box<dyn Erased>,
-    info: FileInfo,
+    info: Option<FileInfo>,
 }
 
 impl fmt::Debug for AnyDetector {
@@ -64,7 +59,8 @@ impl fmt::Debug for AnyDetector {
 }
 
 impl AnyDetector {
-    /// Reads the detector file at `path`, whatever kind it holds. Errors as
+    /// Reads the detector file at `path`, whatever kind it holds (the
+    /// [`registry`](super::registry) says how each kind is read). Errors as
     /// the typed loaders do (missing, corrupt, newer format), and on a
     /// state fitted on precomputed features (it names no layer of a
     /// model: score such features with the state's
@@ -72,75 +68,54 @@ impl AnyDetector {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let info = describe(path)?;
-        let inner = match (info.kind.as_str(), info.shaped) {
-            ("MLS" | "MSP", false) => load::<Mls, ViaLogits<()>>(path, info.calibrated),
-            ("Energy", false) => load::<Energy, ViaLogits<()>>(path, info.calibrated),
-            ("Entropy", false) => load::<Entropy, ViaLogits<()>>(path, info.calibrated),
-            ("GEN", false) => load::<Gen, ViaLogits<()>>(path, info.calibrated),
-            ("ODIN", false) => load::<Odin, ViaLogits<()>>(path, info.calibrated),
-            ("TemperatureScaling", false) => {
-                load::<TemperedSoftmax, ViaLogits<()>>(path, info.calibrated)
-            }
-            ("KLM", false) => load::<KlMatching, ViaLogits<()>>(path, info.calibrated),
-            ("OpenMax", false) => load::<OpenMaxModel, ViaLogits<()>>(path, info.calibrated),
-            ("RankFeat", false) => load::<RankFeat, ViaLogits<()>>(path, info.calibrated),
-            ("MCDropout", false) => load::<McDropout, ViaLogits<()>>(path, info.calibrated),
-            ("TemperatureScaling", true) => {
-                load::<Shaped<TemperedSoftmax>, ViaFeatures<()>>(path, info.calibrated)
-            }
-            ("MLS" | "MSP", true) => load::<Shaped<Mls>, ViaFeatures<()>>(path, info.calibrated),
-            ("Energy", true) => load::<Shaped<Energy>, ViaFeatures<()>>(path, info.calibrated),
-            ("Entropy", true) => load::<Shaped<Entropy>, ViaFeatures<()>>(path, info.calibrated),
-            ("GEN", true) => load::<Shaped<Gen>, ViaFeatures<()>>(path, info.calibrated),
-            ("ODIN", true) => load::<Shaped<Odin>, ViaFeatures<()>>(path, info.calibrated),
-            ("Mahalanobis" | "RMDS", _) => {
-                load::<FittedFeatures<ClassGaussians>, ViaFeatures<()>>(path, info.calibrated)
-            }
-            ("KNN", _) => load::<FittedFeatures<KnnIndex>, ViaFeatures<()>>(path, info.calibrated),
-            ("ViM", _) => {
-                load::<FittedFeatures<VimSubspace>, ViaFeatures<()>>(path, info.calibrated)
-            }
-            ("SHE", _) => load::<FittedFeatures<SheMeans>, ViaFeatures<()>>(path, info.calibrated),
-            ("Gram", _) => {
-                load::<FittedFeatures<GramBounds>, ViaFeatures<()>>(path, info.calibrated)
-            }
-            ("DICE", _) => load::<FittedFeatures<DiceHead>, ViaFeatures<()>>(path, info.calibrated),
-            ("VRA", _) => {
-                load::<FittedFeatures<VraThresholds>, ViaFeatures<()>>(path, info.calibrated)
-            }
-            ("fDBD", _) => {
-                load::<FittedFeatures<FdbdBoundaries>, ViaFeatures<()>>(path, info.calibrated)
-            }
-            ("NCI", _) => load::<FittedFeatures<NciCentre>, ViaFeatures<()>>(path, info.calibrated),
-            ("GradNorm", _) => {
-                load::<FittedFeatures<GradNormHead>, ViaFeatures<()>>(path, info.calibrated)
-            }
-            ("Residual", _) => {
-                load::<FittedFeatures<ResidualSpace>, ViaFeatures<()>>(path, info.calibrated)
-            }
-            ("NNGuide", _) => {
-                load::<FittedFeatures<GuideBank>, ViaFeatures<()>>(path, info.calibrated)
-            }
-            ("GMM", _) => {
-                load::<FittedFeatures<ClassMixture>, ViaFeatures<()>>(path, info.calibrated)
-            }
-            (other, _) => Err(Error::WrongFile {
-                path: path.to_path_buf(),
-                expected: "a detector this oodkit knows".into(),
-                found: format!("a {other} detector"),
-                hint: format!(
-                    "it was written by oodkit {}; read it with that version or a newer one",
-                    info.crate_version
-                ),
-            }),
-        }?;
-        Ok(AnyDetector { inner, info })
+        let registration = by_kind(&info.kind).ok_or_else(|| Error::WrongFile {
+            path: path.to_path_buf(),
+            expected: "a detector this oodkit knows".into(),
+            found: format!("a {} detector", info.kind),
+            hint: format!(
+                "it was written by oodkit {}; read it with that version or a newer one",
+                info.crate_version
+            ),
+        })?;
+        let inner = registration.load(path, &info)?;
+        Ok(AnyDetector {
+            inner,
+            info: Some(info),
+        })
+    }
+
+    /// A detector just fitted (no file behind it).
+    pub(crate) fn fitted(inner: Box<dyn Erased>) -> Self {
+        AnyDetector { inner, info: None }
+    }
+
+    /// Writes the detector (with its calibration, if any) to `path`, as
+    /// [`Persist::save`] does for the typed detector.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.inner.save(path.as_ref())
+    }
+
+    /// Calibrates on the scores of `id_data` through `model`, held-out
+    /// in-distribution inputs (never the fit data), for verdicts at level
+    /// `alpha`; a calibration it held is replaced. See
+    /// [`Scorer::calibrate`](super::Scorer::calibrate).
+    pub fn calibrate(
+        self,
+        model: &AnyModel<'_>,
+        id_data: &dyn BatchSource,
+        alpha: f64,
+    ) -> Result<Self> {
+        Ok(AnyDetector {
+            inner: self.inner.calibrate(model, id_data, alpha)?,
+            info: None,
+        })
     }
 
     /// What the file's header says (kind, versions, metadata), as
-    /// [`describe`] read it.
-    pub fn info(&self) -> &FileInfo {
-        &self.info
+    /// [`describe`] read it; `None` for a detector fitted or calibrated
+    /// here rather than loaded.
+    pub fn info(&self) -> Option<&FileInfo> {
+        self.info.as_ref()
     }
 
     /// The input shape and class count the fit (or the calibration) saw
@@ -211,125 +186,122 @@ impl AnyDetector {
     }
 }
 
-/// Reads `F` (calibrated or not) from `path` and erases it behind `W`.
-fn load<F, W>(path: &Path, calibrated: bool) -> Result<Box<dyn Erased>>
-where
-    F: Persist + FittedDetector + 'static,
-    Calibrated<F>: Persist,
-    W: Wrap<F> + Wrap<Calibrated<F>>,
-{
-    Ok(if calibrated {
-        <W as Wrap<Calibrated<F>>>::wrap(Calibrated::<F>::load(path)?)
-    } else {
-        <W as Wrap<F>>::wrap(F::load(path)?)
-    })
-}
-
 /// What [`AnyDetector`] needs of a fitted detector, the model type fixed.
-trait Erased: Send + Sync {
+pub(crate) trait Erased: Send + Sync {
     fn kind(&self) -> &'static str;
     fn check_model(&self, model: &AnyModel<'_>) -> Result<()>;
     fn score_batch(&self, model: &AnyModel<'_>, batch: Batch) -> Result<ScoreOutput>;
     fn score(&self, model: &AnyModel<'_>, data: &dyn BatchSource) -> Result<ScoreOutput>;
     fn calibration(&self) -> Option<(&Calibration, f64)>;
     fn expects(&self) -> Option<ModelShape>;
+    fn save(&self, path: &Path) -> Result<()>;
+    fn calibrate(
+        self: Box<Self>,
+        model: &AnyModel<'_>,
+        id_data: &dyn BatchSource,
+        alpha: f64,
+    ) -> Result<Box<dyn Erased>>;
     fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
 }
 
-/// Boxes a fitted detector as [`Erased`].
-trait Wrap<F> {
-    fn wrap(fitted: F) -> Box<dyn Erased>;
+/// A fitted detector of type `F`, calibrated or not, behind [`Erased`]:
+/// the model is seen as `F`'s family sees it.
+pub(crate) enum Erasing<F> {
+    Plain(F),
+    Calibrated(Calibrated<F>),
 }
 
-/// What a fitted detector recorded beside its state: a calibration, the
-/// model shape it saw.
-trait Recorded {
-    fn calibration(&self) -> Option<(&Calibration, f64)> {
-        None
-    }
-    fn expects(&self) -> Option<ModelShape> {
-        None
-    }
-}
-
-impl Recorded for Mls {}
-impl Recorded for Energy {}
-impl Recorded for Entropy {}
-impl Recorded for Gen {}
-impl Recorded for Odin {}
-impl Recorded for TemperedSoftmax {}
-impl Recorded for KlMatching {}
-impl Recorded for OpenMaxModel {}
-impl Recorded for RankFeat {}
-impl Recorded for McDropout {}
-impl<D> Recorded for Shaped<D> {}
-impl<S: ScoreFeatures> Recorded for FittedFeatures<S> {
-    fn expects(&self) -> Option<ModelShape> {
-        FittedFeatures::expects(self)
-    }
-}
-impl<F: FittedDetector + Recorded> Recorded for Calibrated<F> {
-    fn calibration(&self) -> Option<(&Calibration, f64)> {
-        Some((Calibrated::calibration(self), self.alpha()))
-    }
-    fn expects(&self) -> Option<ModelShape> {
-        Calibrated::expects(self).or_else(|| self.fitted().expects())
-    }
-}
-
-/// A detector of the [`Logits`] family: the model is used as a plain
-/// [`Model`](crate::model::Model).
-struct ViaLogits<F>(F);
-
-/// A detector of the [`Features`] family.
-struct ViaFeatures<F>(F);
-
-impl<F> Wrap<F> for ViaLogits<()>
+impl<F> Erasing<F>
 where
-    F: FittedDetector<Family = Logits> + Recorded + 'static,
+    F: FittedDetector + Persist + 'static,
+    Calibrated<F>: Persist,
 {
-    fn wrap(fitted: F) -> Box<dyn Erased> {
-        Box::new(ViaLogits(fitted))
+    pub(crate) fn boxed(fitted: F) -> Box<dyn Erased> {
+        Box::new(Erasing::Plain(fitted))
+    }
+
+    pub(crate) fn boxed_calibrated(fitted: Calibrated<F>) -> Box<dyn Erased> {
+        Box::new(Erasing::Calibrated(fitted))
     }
 }
 
-impl<F> Wrap<F> for ViaFeatures<()>
+impl<F> Erased for Erasing<F>
 where
-    F: FittedDetector<Family = Features> + Recorded + 'static,
+    F: FittedDetector + Persist + 'static,
+    Calibrated<F>: Persist,
 {
-    fn wrap(fitted: F) -> Box<dyn Erased> {
-        Box::new(ViaFeatures(fitted))
-    }
-}
-
-/// The same forwarding for both families: only the model's view differs,
-/// and the coercion of `&AnyModel` to it is implicit.
-macro_rules! erased_via {
-    ($($via:ident: $family:ty),*) => {$(
-        impl<F: FittedDetector<Family = $family> + Recorded> Erased for $via<F> {
-            fn kind(&self) -> &'static str {
-                self.0.kind()
-            }
-            fn check_model(&self, model: &AnyModel<'_>) -> Result<()> {
-                self.0.check_model(model)
-            }
-            fn score_batch(&self, model: &AnyModel<'_>, batch: Batch) -> Result<ScoreOutput> {
-                self.0.score_batch(model, batch)
-            }
-            fn score(&self, model: &AnyModel<'_>, data: &dyn BatchSource) -> Result<ScoreOutput> {
-                self.0.score(model, data)
-            }
-            fn calibration(&self) -> Option<(&Calibration, f64)> {
-                self.0.calibration()
-            }
-            fn expects(&self) -> Option<ModelShape> {
-                self.0.expects()
-            }
-            fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_tuple("AnyDetector").field(&self.0).finish()
-            }
+    fn kind(&self) -> &'static str {
+        match self {
+            Erasing::Plain(f) => f.kind(),
+            Erasing::Calibrated(c) => c.kind(),
         }
-    )*};
-}
+    }
 
-erased_via!(ViaLogits: Logits, ViaFeatures: Features);
+    fn check_model(&self, model: &AnyModel<'_>) -> Result<()> {
+        let model = F::Family::from_any(model);
+        match self {
+            Erasing::Plain(f) => f.check_model(model),
+            Erasing::Calibrated(c) => c.check_model(model),
+        }
+    }
+
+    fn score_batch(&self, model: &AnyModel<'_>, batch: Batch) -> Result<ScoreOutput> {
+        let model = F::Family::from_any(model);
+        match self {
+            Erasing::Plain(f) => f.score_batch(model, batch),
+            Erasing::Calibrated(c) => c.score_batch(model, batch),
+        }
+    }
+
+    fn score(&self, model: &AnyModel<'_>, data: &dyn BatchSource) -> Result<ScoreOutput> {
+        let model = F::Family::from_any(model);
+        match self {
+            Erasing::Plain(f) => f.score(model, data),
+            Erasing::Calibrated(c) => c.score(model, data),
+        }
+    }
+
+    fn calibration(&self) -> Option<(&Calibration, f64)> {
+        match self {
+            Erasing::Plain(_) => None,
+            Erasing::Calibrated(c) => Some((c.calibration(), c.alpha())),
+        }
+    }
+
+    fn expects(&self) -> Option<ModelShape> {
+        match self {
+            Erasing::Plain(f) => f.expects(),
+            Erasing::Calibrated(c) => c.expects(),
+        }
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        match self {
+            Erasing::Plain(f) => f.save(path),
+            Erasing::Calibrated(c) => c.save(path),
+        }
+    }
+
+    fn calibrate(
+        self: Box<Self>,
+        model: &AnyModel<'_>,
+        id_data: &dyn BatchSource,
+        alpha: f64,
+    ) -> Result<Box<dyn Erased>> {
+        let fitted = match *self {
+            Erasing::Plain(f) => f,
+            Erasing::Calibrated(c) => c.into_fitted(),
+        };
+        let model = F::Family::from_any(model);
+        Ok(Erasing::boxed_calibrated(Calibrated::fit(
+            fitted, model, id_data, alpha,
+        )?))
+    }
+
+    fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Erasing::Plain(d) => f.debug_tuple("AnyDetector").field(d).finish(),
+            Erasing::Calibrated(c) => f.debug_tuple("AnyDetector").field(c).finish(),
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::fmt;
 
 use ndarray::{Array1, Array2, Array4};
 
-use super::ScoreOutput;
+use super::{AnyModel, ScoreOutput};
 use crate::batch::Batch;
 use crate::calibration::Calibrated;
 use crate::datasets::BatchSource;
@@ -24,6 +24,9 @@ pub trait Family: 'static {
     /// The model's logits for `inputs` (every model of either family is a
     /// [`Model`]).
     fn logits(model: &Self::Model<'_>, inputs: Array4<f32>) -> Result<Array2<f32>>;
+
+    /// The family's view of a model that serves every detector.
+    fn from_any<'a, 'm>(model: &'a AnyModel<'m>) -> &'a Self::Model<'m>;
 }
 
 /// The family of detectors on logits: any [`Model`].
@@ -36,6 +39,10 @@ impl Family for Logits {
     fn logits(model: &Self::Model<'_>, inputs: Array4<f32>) -> Result<Array2<f32>> {
         model.forward_owned(inputs)
     }
+
+    fn from_any<'a, 'm>(model: &'a AnyModel<'m>) -> &'a (dyn Model + Send + Sync + 'm) {
+        model
+    }
 }
 
 /// The family of detectors on internal activations: a [`FeatureModel`].
@@ -47,6 +54,10 @@ impl Family for Features {
 
     fn logits(model: &Self::Model<'_>, inputs: Array4<f32>) -> Result<Array2<f32>> {
         model.forward_owned(inputs)
+    }
+
+    fn from_any<'a, 'm>(model: &'a AnyModel<'m>) -> &'a AnyModel<'m> {
+        model
     }
 }
 
@@ -180,6 +191,12 @@ pub trait FittedDetector: Send + Sync + fmt::Debug {
 
     /// Scores one batch through `model`.
     fn score_batch(&self, model: &ModelOf<'_, Self>, batch: Batch) -> Result<ScoreOutput>;
+
+    /// The input shape and class count the fit (or a calibration) saw
+    /// through a model, when it recorded them. The default: none.
+    fn expects(&self) -> Option<ModelShape> {
+        None
+    }
 
     /// Errors when `model` cannot serve this fit (e.g. it lacks a layer the
     /// detector was fitted on). The default accepts any model.

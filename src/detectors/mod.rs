@@ -68,6 +68,7 @@ pub mod features;
 pub mod file;
 pub mod logits;
 mod perturbation;
+pub mod registry;
 
 pub use any::{AnyDetector, AnyModel};
 pub use detector::{

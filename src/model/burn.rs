@@ -69,8 +69,11 @@ pub trait BurnClassifier: Module {
 
     /// One forward pass with the module's dropout active, as Monte Carlo
     /// dropout needs, its masks drawn from `seed` (the same seed, the same
-    /// masks: [`dropout_mask`] draws them so). The default (`None`: the
-    /// module has no dropout) makes it an error.
+    /// masks: [`dropout_mask`] draws them so). Draw one mask per layer and
+    /// share it by every input of the batch (a `(1, D)` mask broadcast):
+    /// an input's logits then depend on the seed alone, not on the batch
+    /// it came in or its place there. The default (`None`: the module has
+    /// no dropout) makes it an error.
     fn stochastic_logits(&self, inputs: Tensor<4>, seed: u64) -> Option<Tensor<2>> {
         let _ = (inputs, seed);
         None

@@ -74,7 +74,31 @@ impl Shaping {
         }
         let k = ((quantile * values.len() as f32).ceil() as usize).clamp(1, values.len()) - 1;
         let (_, &mut threshold, _) = values.select_nth_unstable_by(k, f32::total_cmp);
-        Ok(Shaping::React { threshold })
+        let react = Shaping::React { threshold };
+        react.validate()?;
+        Ok(react)
+    }
+
+    /// Errors unless the parameters are ones the constructors give: a
+    /// ReAct threshold finite and not negative (it clips post-ReLU
+    /// activations), an ASH or SCALE percentile in [0, 1). Shaping a
+    /// detector ([`Shaped::new`](crate::detectors::Shaped::new)) and
+    /// loading one check it.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            Shaping::React { threshold } if !(threshold.is_finite() && threshold >= 0.0) => {
+                Err(Error::invalid(
+                    "ReAct threshold",
+                    threshold,
+                    "must be finite and at least 0: ReAct clips non-negative (post-ReLU) \
+                     penultimate activations; fit it on the network's ID activations",
+                ))
+            }
+            Shaping::React { .. } => Ok(()),
+            Shaping::Ash { percentile } | Shaping::Scale { percentile } => {
+                check_percentile(percentile)
+            }
+        }
     }
 
     /// ASH-S pruning the `percentile` (in [0, 1), default 0.9) smallest

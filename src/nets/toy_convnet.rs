@@ -150,16 +150,20 @@ impl ToyConvnet {
         if !dropout.training.is_enabled() || !device.is_autodiff() || dropout.prob == 0.0 {
             return self.linear.forward(flat);
         }
-        self.dropped_head(flat, step_seed(&device))
+        self.dropped_head(flat, step_seed(&device), false)
     }
 
     /// The last layer on `flat` with dropout at the module's rate, the
-    /// mask drawn from `seed` (none at rate 0).
-    fn dropped_head(&self, flat: Tensor<2>, seed: u64) -> Tensor<2> {
+    /// mask drawn from `seed` (none at rate 0): one mask entry per value,
+    /// or with `shared` one mask row for every input of the batch (Monte
+    /// Carlo dropout, whose scores must not depend on the batch).
+    fn dropped_head(&self, flat: Tensor<2>, seed: u64, shared: bool) -> Tensor<2> {
         if self.dropout.prob == 0.0 {
             return self.linear.forward(flat);
         }
-        let mask = dropout_mask(flat.dims(), self.dropout.prob, seed, &flat.device());
+        let [n, d] = flat.dims();
+        let rows = if shared { 1 } else { n };
+        let mask = dropout_mask([rows, d], self.dropout.prob, seed, &flat.device());
         self.linear.forward(flat * mask)
     }
 }
@@ -220,7 +224,7 @@ impl BurnClassifier for ToyConvnet {
     /// training under autodiff).
     fn stochastic_logits(&self, inputs: Tensor<4>, seed: u64) -> Option<Tensor<2>> {
         let flat: Tensor<2> = self.convolutions(inputs).1.flatten(1, 3);
-        Some(self.dropped_head(flat, seed))
+        Some(self.dropped_head(flat, seed, true))
     }
 
     /// The convolutions once, then one mask and the last layer per pass.
@@ -228,7 +232,7 @@ impl BurnClassifier for ToyConvnet {
         let flat: Tensor<2> = self.convolutions(inputs).1.flatten(1, 3);
         let passes = seeds
             .iter()
-            .map(|&seed| self.dropped_head(flat.clone(), seed));
+            .map(|&seed| self.dropped_head(flat.clone(), seed, true));
         Some(passes.collect())
     }
 }

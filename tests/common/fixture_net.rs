@@ -34,9 +34,13 @@ impl Default for FixtureNet {
                 0.05 * ((i + j) % 3) as f32
             }
         });
-        let weights = Array2::from_shape_fn((CLASSES, HIDDEN), |(c, j)| {
-            if c == j { 2.0 } else { 0.1 * j as f32 }
-        });
+        let weights =
+            Array2::from_shape_fn(
+                (CLASSES, HIDDEN),
+                |(c, j)| {
+                    if c == j { 2.0 } else { 0.1 * j as f32 }
+                },
+            );
         FixtureNet {
             projection,
             weights,

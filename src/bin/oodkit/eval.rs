@@ -4,14 +4,14 @@
 
 use std::path::PathBuf;
 
-use oodkit::calibration::Calibrated;
 use oodkit::datasets::BatchSource;
-use oodkit::detectors::{Detector, FittedDetector, Persist, ScoreOutput};
+use oodkit::detectors::ScoreOutput;
 use oodkit::metrics::bench_metrics;
+use oodkit::model::LayerId;
 use oodkit::{Error, Result};
 use serde_json::{Map, Value, json};
 
-use crate::detectors::{Action, FromAny, Name, Params, with_detector};
+use crate::detectors::{Name, Params, names};
 use crate::inputs::{ModelArgs, Network, layer_ids, report_skipped};
 use crate::metrics::{METRICS, plot, report_json};
 use crate::progress::Progress;
@@ -36,7 +36,7 @@ pub struct EvalArgs {
     /// The detectors, comma-separated.
     #[arg(
         long,
-        value_enum,
+        value_parser = names(),
         value_delimiter = ',',
         default_value = "mls,energy,knn,vim"
     )]
@@ -104,15 +104,13 @@ pub fn run(args: &EvalArgs, quiet: bool) -> Result<()> {
             .map(|b| Progress::new(b, format!("fitting {}", name.as_str()), quiet));
         let id_progress = Progress::new(&id_batches, format!("{}: ID", name.as_str()), quiet);
         let ood_progress = Progress::new(&ood_batches, format!("{}: OOD", name.as_str()), quiet);
-        let [id_out, ood_out] = with_detector(
+        let [id_out, ood_out] = fit_and_score(
             name,
             &args.params,
             &layers,
-            FitAndScore {
-                model: &model,
-                fit_data: fit_progress.as_ref().map(|p| p as &dyn BatchSource),
-                sets: [&id_progress, &ood_progress],
-            },
+            &model,
+            fit_progress.as_ref().map(|p| p as &dyn BatchSource),
+            [&id_progress, &ood_progress],
         )
         .map_err(|e| Error::custom(format!("{}: {e}", name.as_str())))?;
         if accuracy.is_none() && id_folder.is_labelled() {
@@ -170,25 +168,14 @@ fn accuracy_of(out: &ScoreOutput) -> Option<f64> {
 }
 
 /// Fits on the fit data, then scores each of two sets.
-struct FitAndScore<'a> {
-    model: &'a Network,
-    fit_data: Option<&'a dyn BatchSource>,
-    sets: [&'a dyn BatchSource; 2],
-}
-
-impl Action for FitAndScore<'_> {
-    type Out = [ScoreOutput; 2];
-
-    fn run<D>(self, detector: D) -> Result<[ScoreOutput; 2]>
-    where
-        D: Detector,
-        D::Fitted: Persist + 'static,
-        Calibrated<D::Fitted>: Persist,
-        <D::Fitted as FittedDetector>::Family: FromAny,
-    {
-        let model = <<D::Fitted as FittedDetector>::Family as FromAny>::from_any(&**self.model);
-        let fitted = detector.fit_model(model, self.fit_data)?;
-        let [id, ood] = self.sets;
-        Ok([fitted.score(model, id)?, fitted.score(model, ood)?])
-    }
+fn fit_and_score(
+    name: Name,
+    params: &Params,
+    layers: &[LayerId],
+    model: &Network,
+    fit_data: Option<&dyn BatchSource>,
+    [id, ood]: [&dyn BatchSource; 2],
+) -> Result<[ScoreOutput; 2]> {
+    let fitted = name.build(params, layers)?.fit(&**model, fit_data)?;
+    Ok([fitted.score(&**model, id)?, fitted.score(&**model, ood)?])
 }

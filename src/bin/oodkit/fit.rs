@@ -3,12 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use oodkit::calibration::Calibrated;
 use oodkit::datasets::BatchSource;
-use oodkit::detectors::{Detector, FittedDetector, Persist};
+use oodkit::detectors::registry::UnfittedDetector;
 use oodkit::{Error, Result};
 
-use crate::detectors::{Action, FromAny, Name, Params, with_detector};
+use crate::detectors::{Name, Params, names};
 use crate::inputs::{ModelArgs, Network, layer_ids, report_skipped};
 use crate::progress::Progress;
 
@@ -23,7 +22,7 @@ pub struct FitArgs {
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// The detector.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = names())]
     pub detector: Name,
     /// A feature layer the detector reads (repeat for several): an ONNX
     /// node name, or a layer name or position (negative from the end) of
@@ -89,17 +88,16 @@ pub fn run(args: &FitArgs, quiet: bool) -> Result<()> {
     let calibration_progress = calibration_batches
         .as_ref()
         .map(|b| Progress::new(b, "calibrating", quiet));
-    let summary = with_detector(
-        args.detector,
-        &args.params,
-        &layer_ids(&args.layers),
-        FitAndSave {
-            model: &model,
-            fit_data: fit_progress.as_ref().map(|p| p as &dyn BatchSource),
-            calibration: calibration_progress.as_ref().map(|p| p as &dyn BatchSource),
-            alpha: args.alpha,
-            out: &args.out,
-        },
+    let detector = args
+        .detector
+        .build(&args.params, &layer_ids(&args.layers))?;
+    let summary = fit_and_save(
+        &detector,
+        &model,
+        fit_progress.as_ref().map(|p| p as &dyn BatchSource),
+        calibration_progress.as_ref().map(|p| p as &dyn BatchSource),
+        args.alpha,
+        &args.out,
     )?;
     for batches in fit_batches.iter().chain(&calibration_batches) {
         report_skipped(batches);
@@ -109,48 +107,38 @@ pub fn run(args: &FitArgs, quiet: bool) -> Result<()> {
 }
 
 /// Fits, calibrates when asked, saves; says what it saved.
-pub struct FitAndSave<'a> {
-    pub model: &'a Network,
-    pub fit_data: Option<&'a dyn BatchSource>,
-    pub calibration: Option<&'a dyn BatchSource>,
-    pub alpha: f64,
-    pub out: &'a Path,
-}
-
-impl Action for FitAndSave<'_> {
-    type Out = String;
-
-    fn run<D>(self, detector: D) -> Result<String>
-    where
-        D: Detector,
-        D::Fitted: Persist + 'static,
-        Calibrated<D::Fitted>: Persist,
-        <D::Fitted as FittedDetector>::Family: FromAny,
-    {
-        let model = <<D::Fitted as FittedDetector>::Family as FromAny>::from_any(&**self.model);
-        let fitted = detector.fit_model(model, self.fit_data)?;
-        let kind = fitted.kind();
-        match self.calibration {
-            Some(data) => {
-                let calibrated = Calibrated::fit(fitted, model, data, self.alpha)?;
-                calibrated.save(self.out)?;
-                Ok(format!(
-                    "saved a calibrated {kind} detector to {} (it flags scores >= {}: a false-alarm \
-                     rate of {} on in-distribution inputs; calibrated on {} images)",
-                    self.out.display(),
-                    calibrated.threshold(),
-                    self.alpha,
-                    calibrated.calibration().len()
-                ))
-            }
-            None => {
-                fitted.save(self.out)?;
-                Ok(format!(
-                    "saved the {kind} detector to {} (uncalibrated: it scores, it does not decide; \
-                     pass --calibrate DIR for verdicts)",
-                    self.out.display()
-                ))
-            }
+fn fit_and_save(
+    detector: &UnfittedDetector,
+    model: &Network,
+    fit_data: Option<&dyn BatchSource>,
+    calibration: Option<&dyn BatchSource>,
+    alpha: f64,
+    out: &Path,
+) -> Result<String> {
+    let fitted = detector.fit(&**model, fit_data)?;
+    let kind = fitted.kind();
+    match calibration {
+        Some(data) => {
+            let calibrated = fitted.calibrate(&**model, data, alpha)?;
+            calibrated.save(out)?;
+            let (calibration, alpha) = calibrated
+                .calibration()
+                .ok_or_else(|| Error::custom("the calibration was lost"))?;
+            Ok(format!(
+                "saved a calibrated {kind} detector to {} (it flags scores >= {}: a false-alarm \
+                 rate of {alpha} on in-distribution inputs; calibrated on {} images)",
+                out.display(),
+                calibration.threshold(alpha)?,
+                calibration.len()
+            ))
+        }
+        None => {
+            fitted.save(out)?;
+            Ok(format!(
+                "saved the {kind} detector to {} (uncalibrated: it scores, it does not decide; \
+                 pass --calibrate DIR for verdicts)",
+                out.display()
+            ))
         }
     }
 }

@@ -36,7 +36,10 @@ pub fn run(args: &ScoreArgs, quiet: bool) -> Result<()> {
     let detector = AnyDetector::load(&args.detector)?;
     let folder = args.model.open(&args.data)?;
     // An ONNX graph exposes the layers the detector was fitted on.
-    let layers = named_layers(&detector.info().metadata);
+    let layers = detector
+        .info()
+        .map(|info| named_layers(&info.metadata))
+        .unwrap_or_default();
     let model = args.model.load(&layers, Some(&folder))?;
     detector.check_model(&*model)?;
     let config = args.model.batches();

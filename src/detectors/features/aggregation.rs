@@ -91,8 +91,20 @@ impl Aggregator {
                     agg.scale[l] = if kind == Aggregation::StdNormalized {
                         let var = column.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
                         var.sqrt() + 1e-10
-                    } else {
+                    } else if mean > 0.0 {
                         mean + 1e-10
+                    } else {
+                        // Dividing by a mean of 0 or below would blow up or
+                        // flip the layer's scores (higher = more OOD).
+                        return Err(Error::invalid(
+                            "aggregation",
+                            "mean_normalized",
+                            format!(
+                                "layer {l}'s fit scores have mean {mean}, not above 0: use \
+                                 std_normalized or fisher for a detector whose scores are \
+                                 negative"
+                            ),
+                        ));
                     };
                 }
             }
@@ -160,6 +172,12 @@ impl Aggregator {
             other => return Err(file.corrupt(format!("unknown aggregation \"{other}\""))),
         };
         let scale: Array1<f64> = file.array(&format!("{prefix}scale"), &[Some(layers)])?;
+        if let Some(bad) = scale.iter().find(|&&s| s <= 0.0) {
+            return Err(file.corrupt(format!(
+                "the aggregator's scale {bad} is not positive: each layer's scores are \
+                 divided by a spread or mean of positive scores"
+            )));
+        }
         let mut agg = Aggregator {
             kind,
             layers,

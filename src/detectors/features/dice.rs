@@ -9,6 +9,9 @@ use super::quantile::quantile;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::{Reader, Writer};
+use crate::detectors::registry::{
+    Capability, Needs, Param, Registration, built, load_features, on_layers,
+};
 use crate::error::{Error, Result};
 use crate::model::FeatureModel;
 
@@ -243,3 +246,27 @@ impl StoredState for DiceHead {
         })
     }
 }
+
+/// DICE in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "DICE",
+    "dice",
+    "DICE: the energy of the last layer sparsified by its contributions (features and the last layer)",
+    &[Param {
+        name: "sparsity",
+        doc: "the share of weights dropped [default: 0.9]",
+    }],
+    Needs {
+        fit_data: true,
+        labels: false,
+        capabilities: &[Capability::Features, Capability::LastLayer],
+    },
+    |p| {
+        let dice = match p.number("sparsity")? {
+            Some(s) => Dice::new(s)?,
+            None => Dice::default(),
+        };
+        built(on_layers(dice, p)?)
+    },
+    load_features::<DiceHead>,
+);

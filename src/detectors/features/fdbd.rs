@@ -8,6 +8,9 @@ use super::moments::RunningMean;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::{Reader, Writer};
+use crate::detectors::registry::{
+    Capability, Needs, Registration, built, load_features, on_layers,
+};
 use crate::error::{Error, Result};
 use crate::model::FeatureModel;
 
@@ -297,3 +300,18 @@ impl StoredState for FdbdBoundaries {
         })
     }
 }
+
+/// fDBD in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "fDBD",
+    "fdbd",
+    "fDBD: distance to the decision boundaries over distance to the mean feature (features and the last layer)",
+    &[],
+    Needs {
+        fit_data: true,
+        labels: false,
+        capabilities: &[Capability::Features, Capability::LastLayer],
+    },
+    |p| built(on_layers(Fdbd::default(), p)?),
+    load_features::<FdbdBoundaries>,
+);

@@ -11,6 +11,9 @@ use super::moments::ClassMoments;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::{Reader, Writer};
+use crate::detectors::registry::{
+    Capability, Needs, Param, Registration, built, load_features, on_layers,
+};
 use crate::error::{Error, Result};
 use crate::linalg::{gemm, symmetric_eigen};
 use crate::model::FeatureModel;
@@ -297,3 +300,27 @@ impl StoredState for ClassMixture {
         })
     }
 }
+
+/// GMM in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "GMM",
+    "gmm",
+    "class-conditional Gaussians, one covariance per class, GMM (features; fit data labelled)",
+    &[Param {
+        name: "regularization",
+        doc: "added to each covariance's diagonal [default: 1e-6]",
+    }],
+    Needs {
+        fit_data: true,
+        labels: true,
+        capabilities: &[Capability::Features],
+    },
+    |p| {
+        let gmm = match p.number("regularization")? {
+            Some(r) => Gmm::new(r)?,
+            None => Gmm::default(),
+        };
+        built(on_layers(gmm, p)?)
+    },
+    load_features::<ClassMixture>,
+);

@@ -7,6 +7,9 @@ use super::head::Head;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::{Reader, Writer};
+use crate::detectors::registry::{
+    Capability, Needs, Registration, built, load_features, on_layers,
+};
 use crate::error::Result;
 use crate::model::FeatureModel;
 
@@ -175,3 +178,18 @@ impl StoredState for GradNormHead {
         })
     }
 }
+
+/// GradNorm in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "GradNorm",
+    "gradnorm",
+    "GradNorm: the norm of the last layer's gradient (features and the last layer; needs no fit data)",
+    &[],
+    Needs {
+        fit_data: false,
+        labels: false,
+        capabilities: &[Capability::Features, Capability::LastLayer],
+    },
+    |p| built(on_layers(GradNorm::new(), p)?),
+    load_features::<GradNormHead>,
+);

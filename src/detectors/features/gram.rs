@@ -9,6 +9,9 @@ use super::quantile::quantile;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::{Reader, Writer};
+use crate::detectors::registry::{
+    Capability, Needs, Param, Registration, built, load_features, on_layers,
+};
 use crate::error::{Error, Result};
 use crate::metrics::argmax;
 use crate::model::FeatureModel;
@@ -397,3 +400,27 @@ impl StoredState for GramBounds {
         })
     }
 }
+
+/// Gram in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "Gram",
+    "gram",
+    "deviations of Gram-matrix statistics from per-class bounds (features)",
+    &[Param {
+        name: "quantile",
+        doc: "the bounds' quantile [default: 0.01]",
+    }],
+    Needs {
+        fit_data: true,
+        labels: false,
+        capabilities: &[Capability::Features],
+    },
+    |p| {
+        let gram = match p.number("quantile")? {
+            Some(q) => Gram::new(1..=5, q)?,
+            None => Gram::default(),
+        };
+        built(on_layers(gram, p)?)
+    },
+    load_features::<GramBounds>,
+);

@@ -6,6 +6,9 @@ use ndarray::{Array1, Array2, ArrayView2, Axis, s};
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::{Reader, Writer};
+use crate::detectors::registry::{
+    Capability, Needs, Param, Registration, built, load_features, on_layers,
+};
 use crate::error::{Error, Result};
 use crate::linalg::gemm_into;
 use crate::model::FeatureModel;
@@ -321,6 +324,24 @@ impl StoredState for KnnIndex {
         })
     }
 }
+
+/// KNN in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "KNN",
+    "knn",
+    "squared distance to the k-th nearest normalised fit feature, KNN (features)",
+    &[Param {
+        name: "k",
+        doc: "the neighbour whose distance is the score [default: 50]",
+    }],
+    Needs {
+        fit_data: true,
+        labels: false,
+        capabilities: &[Capability::Features],
+    },
+    |p| built(on_layers(Knn::new(p.count("k")?.unwrap_or(50))?, p)?),
+    load_features::<KnnIndex>,
+);
 
 #[cfg(test)]
 mod tests {

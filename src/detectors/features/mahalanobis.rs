@@ -7,6 +7,9 @@ use super::moments::ClassMoments;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::{Reader, Writer};
+use crate::detectors::registry::{
+    Capability, Needs, Registration, built, load_features, on_layers,
+};
 use crate::error::Result;
 use crate::linalg::{gemm, symmetric_pinv};
 use crate::model::FeatureModel;
@@ -324,3 +327,33 @@ impl StoredState for ClassGaussians {
         })
     }
 }
+
+/// Mahalanobis in the registry.
+pub(crate) const MAHALANOBIS: Registration = Registration::new(
+    "Mahalanobis",
+    "mahalanobis",
+    "Mahalanobis distance to the class means (features; fit data labelled)",
+    &[],
+    Needs {
+        fit_data: true,
+        labels: true,
+        capabilities: &[Capability::Features],
+    },
+    |p| built(on_layers(Mahalanobis::new(), p)?),
+    load_features::<ClassGaussians>,
+);
+
+/// RMDS in the registry.
+pub(crate) const RMDS: Registration = Registration::new(
+    "RMDS",
+    "rmds",
+    "relative Mahalanobis distance, RMDS (features; fit data labelled)",
+    &[],
+    Needs {
+        fit_data: true,
+        labels: true,
+        capabilities: &[Capability::Features],
+    },
+    |p| built(on_layers(Rmds::new(), p)?),
+    load_features::<ClassGaussians>,
+);

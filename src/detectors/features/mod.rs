@@ -31,23 +31,23 @@ use crate::error::{Error, Result};
 use crate::model::{CheckedFeatures, FeatureModel, LayerId, check_finite, check_logits};
 
 pub(crate) mod aggregation;
-mod dice;
-mod fdbd;
-mod gmm;
-mod gradnorm;
-mod gram;
+pub(super) mod dice;
+pub(super) mod fdbd;
+pub(super) mod gmm;
+pub(super) mod gradnorm;
+pub(super) mod gram;
 mod head;
-mod knn;
-mod mahalanobis;
+pub(super) mod knn;
+pub(super) mod mahalanobis;
 pub(crate) mod moments;
-mod nci;
-mod nnguide;
+pub(super) mod nci;
+pub(super) mod nnguide;
 mod quantile;
-mod residual;
-mod she;
+pub(super) mod residual;
+pub(super) mod she;
 mod stored;
-mod vim;
-mod vra;
+pub(super) mod vim;
+pub(super) mod vra;
 
 pub use dice::{Dice, DiceFitter, DiceHead};
 pub use fdbd::{Fdbd, FdbdBoundaries, FdbdFitter, FdbdNormalizer};
@@ -424,6 +424,10 @@ impl<S: ScoreFeatures> FittedDetector for FittedFeatures<S> {
 
     fn kind(&self) -> &'static str {
         self.name
+    }
+
+    fn expects(&self) -> Option<ModelShape> {
+        self.expects
     }
 
     /// Resolves every fitted layer on the model and, when the fit saw the

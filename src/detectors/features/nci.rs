@@ -9,6 +9,9 @@ use super::moments::RunningMean;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::{Reader, Writer};
+use crate::detectors::registry::{
+    Capability, Needs, Param, Registration, built, load_features, on_layers,
+};
 use crate::error::{Error, Result};
 use crate::model::FeatureModel;
 
@@ -220,3 +223,27 @@ impl StoredState for NciCentre {
         })
     }
 }
+
+/// NCI in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "NCI",
+    "nci",
+    "NCI: alignment with the predicted class's weights plus an L1 norm (features and the last layer)",
+    &[Param {
+        name: "alpha",
+        doc: "the weight of the L1 norm [default: 0.0001]",
+    }],
+    Needs {
+        fit_data: true,
+        labels: false,
+        capabilities: &[Capability::Features, Capability::LastLayer],
+    },
+    |p| {
+        let nci = match p.number("alpha")? {
+            Some(a) => Nci::new(a)?,
+            None => Nci::default(),
+        };
+        built(on_layers(nci, p)?)
+    },
+    load_features::<NciCentre>,
+);

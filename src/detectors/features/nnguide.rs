@@ -8,6 +8,9 @@ use super::knn::{INDEX_BLOCK, KBest, QUERY_BLOCK, normalised};
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::{Reader, Writer};
+use crate::detectors::registry::{
+    Capability, Needs, Param, Registration, built, load_features, on_layers,
+};
 use crate::error::{Error, Result};
 use crate::linalg::gemm_into;
 use crate::model::FeatureModel;
@@ -323,3 +326,35 @@ impl StoredState for GuideBank {
         Ok(GuideBank { k, bank, head })
     }
 }
+
+/// NNGuide in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "NNGuide",
+    "nnguide",
+    "NNGuide: energy guided by the k most similar of a bank of the fit features (features)",
+    &[
+        Param {
+            name: "k",
+            doc: "the neighbours averaged [default: 100]",
+        },
+        Param {
+            name: "bank_fraction",
+            doc: "the share of the fit features in the bank, in (0, 1] [default: 0.01]",
+        },
+    ],
+    Needs {
+        fit_data: true,
+        labels: false,
+        capabilities: &[Capability::Features, Capability::LastLayer],
+    },
+    |p| {
+        let default = NnGuide::default();
+        let guide = NnGuide::new(
+            p.count("k")?.unwrap_or(default.k()),
+            p.number("bank_fraction")?
+                .unwrap_or(default.bank_fraction()),
+        )?;
+        built(on_layers(guide, p)?)
+    },
+    load_features::<GuideBank>,
+);

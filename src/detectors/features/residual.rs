@@ -12,6 +12,9 @@ use super::{
     FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, PrincipalDims, ScoreFeatures,
 };
 use crate::detectors::file::{Reader, Writer};
+use crate::detectors::registry::{
+    Capability, DIMS, Needs, Registration, built, load_features, on_layers, principal_dims,
+};
 use crate::error::Result;
 use crate::linalg::{gemm, pinv};
 use crate::model::FeatureModel;
@@ -215,3 +218,24 @@ impl StoredState for ResidualSpace {
         })
     }
 }
+
+/// Residual in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "Residual",
+    "residual",
+    "Residual: the norm off the principal subspace of the fit features (features)",
+    &[DIMS],
+    Needs {
+        fit_data: true,
+        labels: false,
+        capabilities: &[Capability::Features],
+    },
+    |p| {
+        let residual = match principal_dims(p)? {
+            Some(dims) => Residual::new(dims)?,
+            None => Residual::default(),
+        };
+        built(on_layers(residual, p)?)
+    },
+    load_features::<ResidualSpace>,
+);

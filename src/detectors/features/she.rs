@@ -7,6 +7,9 @@ use ndarray::{Array1, Array2, Axis};
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::{Reader, Writer};
+use crate::detectors::registry::{
+    Capability, Needs, Registration, built, load_features, on_layers,
+};
 use crate::error::{Error, Result};
 use crate::linalg::gemm;
 use crate::metrics::argmax;
@@ -198,3 +201,18 @@ impl StoredState for SheMeans {
         Ok(SheMeans { means })
     }
 }
+
+/// SHE in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "SHE",
+    "she",
+    "simplified Hopfield energy, SHE (features; fit data labelled)",
+    &[],
+    Needs {
+        fit_data: true,
+        labels: true,
+        capabilities: &[Capability::Features],
+    },
+    |p| built(on_layers(She::new(), p)?),
+    load_features::<SheMeans>,
+);

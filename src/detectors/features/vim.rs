@@ -6,6 +6,9 @@ use super::moments::ClassMoments;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::{Reader, Writer};
+use crate::detectors::registry::{
+    Capability, DIMS, Needs, Registration, built, load_features, on_layers, principal_dims,
+};
 use crate::error::{Error, Result};
 use crate::linalg::{gemm, pinv, symmetric_eigen};
 use crate::model::{FeatureModel, check_head};
@@ -389,12 +392,14 @@ impl StoredState for VimSubspace {
             )));
         }
         let weights: Array2<f32> = file.array(&format!("{prefix}head_weights"), &[None, d])?;
-        let classes = Some(weights.nrows());
+        let bias = file.array(&format!("{prefix}head_bias"), &[Some(weights.nrows())])?;
+        check_head(&weights, &bias, "ViM's stored last layer")
+            .map_err(|e| file.corrupt(e.to_string()))?;
         Ok(VimSubspace {
             origin: file.array(&format!("{prefix}origin"), &[d])?,
             residual,
             weights,
-            bias: file.array(&format!("{prefix}head_bias"), &[classes])?,
+            bias,
             alpha: file.number(params, "alpha")?,
             sums: (
                 file.number(params, "calibration_logit_sum")?,
@@ -403,3 +408,24 @@ impl StoredState for VimSubspace {
         })
     }
 }
+
+/// ViM in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "ViM",
+    "vim",
+    "virtual logit matching, ViM (features and the last layer's weights)",
+    &[DIMS],
+    Needs {
+        fit_data: true,
+        labels: false,
+        capabilities: &[Capability::Features, Capability::LastLayer],
+    },
+    |p| {
+        let vim = match principal_dims(p)? {
+            Some(dims) => Vim::new(dims)?,
+            None => Vim::default(),
+        };
+        built(on_layers(vim, p)?)
+    },
+    load_features::<VimSubspace>,
+);

@@ -8,6 +8,9 @@ use super::quantile::quantile;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::{Reader, Writer};
+use crate::detectors::registry::{
+    Capability, Needs, Param, Registration, built, load_features, on_layers,
+};
 use crate::error::{Error, Result};
 use crate::model::FeatureModel;
 
@@ -289,3 +292,34 @@ impl StoredState for VraThresholds {
         })
     }
 }
+
+/// VRA in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "VRA",
+    "vra",
+    "VRA: the energy of features clipped between two fit percentiles (features and the last layer)",
+    &[
+        Param {
+            name: "low",
+            doc: "the lower percentile [default: 0.1]",
+        },
+        Param {
+            name: "high",
+            doc: "the upper percentile [default: 0.9]",
+        },
+    ],
+    Needs {
+        fit_data: true,
+        labels: false,
+        capabilities: &[Capability::Features, Capability::LastLayer],
+    },
+    |p| {
+        let default = Vra::default();
+        let vra = Vra::new(
+            p.number("low")?.unwrap_or(default.low),
+            p.number("high")?.unwrap_or(default.high),
+        )?;
+        built(on_layers(vra, p)?)
+    },
+    load_features::<VraThresholds>,
+);

@@ -4,6 +4,7 @@ use ndarray::{Array1, ArrayView2};
 
 use super::ScoreLogits;
 use super::{score_rows, tempered_exps};
+use crate::detectors::registry::{Needs, Param, Registration, built, load_logits};
 use crate::error::{Error, Result};
 
 /// Energy: score = −T · logsumexp(logits / T). An input is as OOD as its
@@ -83,3 +84,20 @@ impl ScoreLogits for Energy {
         })
     }
 }
+
+/// Energy in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "Energy",
+    "energy",
+    "energy, -T logsumexp(logits / T) (logits only)",
+    &[Param {
+        name: "temperature",
+        doc: "the temperature T [default: 1]",
+    }],
+    Needs::LOGITS,
+    |p| match p.number_f32("temperature")? {
+        Some(t) => built(Energy::new(t)?),
+        None => built(Energy::default()),
+    },
+    load_logits::<Energy>,
+);

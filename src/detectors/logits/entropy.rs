@@ -4,6 +4,7 @@ use ndarray::{Array1, ArrayView2};
 
 use super::ScoreLogits;
 use super::{score_rows, shifted_exps};
+use crate::detectors::registry::{Needs, Registration, built, load_logits};
 use crate::error::Result;
 
 /// Entropy: score = −Σ p log p of the softmax probabilities p, with
@@ -56,3 +57,14 @@ impl ScoreLogits for Entropy {
         })
     }
 }
+
+/// Entropy in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "Entropy",
+    "entropy",
+    "softmax entropy (logits only)",
+    &[],
+    Needs::LOGITS,
+    |_| built(Entropy::new()),
+    load_logits::<Entropy>,
+);

@@ -4,6 +4,7 @@ use ndarray::{Array1, ArrayView2};
 
 use super::ScoreLogits;
 use super::{score_rows, shifted_exps};
+use crate::detectors::registry::{Needs, Param, Registration, built, load_logits};
 use crate::error::{Error, Result};
 
 /// GEN: score = Σ p^γ (1 − p)^γ over the `top_k` largest softmax
@@ -87,3 +88,29 @@ impl ScoreLogits for Gen {
         })
     }
 }
+
+/// GEN in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "GEN",
+    "gen",
+    "generalised entropy of the top-k probabilities, GEN (logits only)",
+    &[
+        Param {
+            name: "gamma",
+            doc: "the exponent γ [default: 0.1]",
+        },
+        Param {
+            name: "top_k",
+            doc: "the probabilities kept [default: 100]",
+        },
+    ],
+    Needs::LOGITS,
+    |p| {
+        let default = Gen::default();
+        built(Gen::new(
+            p.number_f32("gamma")?.unwrap_or(default.gamma()),
+            p.count("top_k")?.unwrap_or(default.top_k()),
+        )?)
+    },
+    load_logits::<Gen>,
+);

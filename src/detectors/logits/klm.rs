@@ -5,6 +5,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
 use super::{ScoreLogits, check_fit_logits, fit_logits, score_rows};
 use crate::datasets::BatchSource;
+use crate::detectors::registry::{Needs, Registration, built, load_as};
 use crate::detectors::{Detector, ModelOf};
 use crate::error::{Error, Result};
 
@@ -162,3 +163,18 @@ impl ScoreLogits for KlMatching {
         })
     }
 }
+
+/// KLM in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "KLM",
+    "klm",
+    "KL matching to the mean softmax of each predicted class (logits; fit data)",
+    &[],
+    Needs {
+        fit_data: true,
+        labels: false,
+        capabilities: &[],
+    },
+    |_| built(Klm::new()),
+    load_as::<KlMatching>,
+);

@@ -6,6 +6,7 @@ use ndarray::{Array1, Array2, ArrayView2};
 use super::{ScoreLogits, check_logits_width, shifted_exps};
 use crate::batch::Batch;
 use crate::datasets::BatchSource;
+use crate::detectors::registry::{Capability, Needs, Param, Registration, built, load_as};
 use crate::detectors::{Detector, ModelOf, ScoreOutput};
 use crate::error::{Error, Result};
 use crate::model::{Model, check_logits};
@@ -25,7 +26,8 @@ pub enum McStatistic {
 ///
 /// Defaults: 30 passes, entropy, seed 0. The masks are drawn from `seed`
 /// ([`dropout_mask`](crate::model::dropout_mask), a generator of their
-/// own), so a batch scores alike every time, on any thread. OpenOOD's `mcd` postprocessor is
+/// own), one mask per pass shared by every input of a batch, so an input
+/// scores alike every time, on any thread, in a batch of any size. OpenOOD's `mcd` postprocessor is
 /// another method (two classifier heads trained apart); this is the
 /// Monte Carlo form. It needs the network itself
 /// ([`Model::forward_stochastic`]: a `BurnModel` of `ToyConvnet`, or of a
@@ -189,3 +191,45 @@ impl ScoreLogits for McDropout {
         true
     }
 }
+
+/// MC dropout in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "MCDropout",
+    "mcdropout",
+    "Monte Carlo dropout: the entropy of the mean softmax of 30 passes with dropout active \
+     (needs the network itself, with dropout)",
+    &[
+        Param {
+            name: "passes",
+            doc: "the stochastic passes [default: 30]",
+        },
+        Param {
+            name: "statistic",
+            doc: "entropy or msp, of the mean softmax [default: entropy]",
+        },
+        Param {
+            name: "seed",
+            doc: "the dropout masks' seed [default: 0]",
+        },
+    ],
+    Needs {
+        fit_data: false,
+        labels: false,
+        capabilities: &[Capability::StochasticPasses],
+    },
+    |p| {
+        let default = McDropout::default();
+        let statistic = match p.text("statistic")? {
+            None => default.statistic(),
+            Some("entropy") => McStatistic::Entropy,
+            Some("msp") => McStatistic::Msp,
+            Some(other) => {
+                return Err(Error::invalid("statistic", other, "must be entropy or msp"));
+            }
+        };
+        let passes = p.count("passes")?.unwrap_or(default.passes());
+        let seed = p.count("seed")?.map_or(default.seed(), |s| s as u64);
+        built(McDropout::new(passes, statistic)?.with_seed(seed))
+    },
+    load_as::<McDropout>,
+);

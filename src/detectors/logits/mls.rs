@@ -4,6 +4,7 @@ use ndarray::{Array1, ArrayView1, ArrayView2};
 
 use super::ScoreLogits;
 use super::{score_rows, shifted_exps};
+use crate::detectors::registry::{Needs, Registration, built, load_logits};
 use crate::error::Result;
 
 /// What is applied to the logits before taking their maximum.
@@ -95,3 +96,25 @@ impl ScoreLogits for Mls {
         score_rows(logits, |row| self.score_row(row))
     }
 }
+
+/// MLS in the registry.
+pub(crate) const MLS: Registration = Registration::new(
+    "MLS",
+    "mls",
+    "maximum logit score (logits only)",
+    &[],
+    Needs::LOGITS,
+    |_| built(Mls::new()),
+    load_logits::<Mls>,
+);
+
+/// MSP in the registry.
+pub(crate) const MSP: Registration = Registration::new(
+    "MSP",
+    "msp",
+    "maximum softmax probability (logits only)",
+    &[],
+    Needs::LOGITS,
+    |_| built(Mls::msp()),
+    load_logits::<Mls>,
+);

@@ -18,18 +18,18 @@ use crate::datasets::BatchSource;
 use crate::error::{Error, Result};
 use crate::model::{Model, check_logits};
 
-mod energy;
-mod entropy;
-mod generalized_entropy;
-mod klm;
-mod mc_dropout;
-mod mls;
-mod odin;
-mod openmax;
-mod rankfeat;
+pub(super) mod energy;
+pub(super) mod entropy;
+pub(super) mod generalized_entropy;
+pub(super) mod klm;
+pub(super) mod mc_dropout;
+pub(super) mod mls;
+pub(super) mod odin;
+pub(super) mod openmax;
+pub(super) mod rankfeat;
 mod shaped;
 mod stored;
-mod temperature;
+pub(super) mod temperature;
 
 pub use energy::Energy;
 pub use entropy::Entropy;

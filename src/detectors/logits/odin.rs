@@ -5,6 +5,7 @@ use ndarray::{Array1, ArrayView2};
 
 use super::{ScoreLogits, score_rows, tempered_exps};
 use crate::batch::Batch;
+use crate::detectors::registry::{Capability, Needs, Param, Registration, built, load_logits};
 use crate::detectors::{InputPerturbation, ScoreOutput};
 use crate::error::Result;
 use crate::model::{Model, check_logits};
@@ -119,3 +120,35 @@ impl ScoreLogits for Odin {
         !self.step.is_off()
     }
 }
+
+/// ODIN in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "ODIN",
+    "odin",
+    "ODIN: tempered softmax and an input step (needs the network's input gradients: the \
+     crate's networks, not ONNX)",
+    &[
+        Param {
+            name: "temperature",
+            doc: "the softmax's temperature [default: 1000]",
+        },
+        Param {
+            name: "epsilon",
+            doc: "the input step; 0 needs no gradient [default: 0.0014]",
+        },
+    ],
+    Needs {
+        fit_data: false,
+        labels: false,
+        capabilities: &[Capability::InputGradient],
+    },
+    |p| {
+        let default = Odin::default();
+        built(Odin::new(
+            p.number_f32("temperature")?
+                .unwrap_or(default.temperature()),
+            p.number_f32("epsilon")?.unwrap_or(default.epsilon()),
+        )?)
+    },
+    load_logits::<Odin>,
+);

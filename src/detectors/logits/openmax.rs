@@ -5,6 +5,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
 use super::{ScoreLogits, check_fit_logits, check_label_range, fit_logits, score_rows};
 use crate::datasets::BatchSource;
+use crate::detectors::registry::{Needs, Param, Registration, built, load_as};
 use crate::detectors::{Detector, ModelOf};
 use crate::error::{Error, Result};
 
@@ -387,3 +388,34 @@ impl ScoreLogits for OpenMaxModel {
         score_rows(logits, |row| self.unknown(row) as f32)
     }
 }
+
+/// OpenMax in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "OpenMax",
+    "openmax",
+    "OpenMax: Weibull models of the distance to each class's mean logits, an unknown class \
+     (logits; fit data labelled)",
+    &[
+        Param {
+            name: "tail",
+            doc: "the largest distances each Weibull model fits [default: 20]",
+        },
+        Param {
+            name: "alpha",
+            doc: "the top classes revised [default: 3]",
+        },
+    ],
+    Needs {
+        fit_data: true,
+        labels: true,
+        capabilities: &[],
+    },
+    |p| {
+        let default = OpenMax::default();
+        built(OpenMax::new(
+            p.count("tail")?.unwrap_or(default.tail),
+            p.count("alpha")?.unwrap_or(default.alpha),
+        )?)
+    },
+    load_as::<OpenMaxModel>,
+);

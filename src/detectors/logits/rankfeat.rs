@@ -6,6 +6,7 @@ use ndarray::{Array1, Array4, ArrayView2, Axis};
 use super::{ScoreLogits, score_rows, tempered_exps};
 use crate::batch::Batch;
 use crate::datasets::BatchSource;
+use crate::detectors::registry::{Capability, Needs, Param, Registration, built, load_as};
 use crate::detectors::{Detector, ModelOf, ScoreOutput};
 use crate::error::{Error, Result};
 use crate::linalg::without_top_rank;
@@ -87,7 +88,16 @@ impl RankFeat {
 /// `(C, H·W)` matrix.
 pub(crate) fn remove_rank_one(mut maps: Array4<f32>) -> Result<Array4<f32>> {
     let (_, c, h, w) = maps.dim();
-    for mut map in maps.axis_iter_mut(Axis(0)) {
+    for (i, mut map) in maps.axis_iter_mut(Axis(0)).enumerate() {
+        // A NaN would reach the SVD as a failure to converge: say what it is.
+        if map.iter().any(|v| v.is_nan()) {
+            return Err(Error::NotANumber {
+                what: "RankFeat's feature map (index = sample)".into(),
+                index: i,
+                hint: "the network produced NaN for this input; check its inputs and weights"
+                    .into(),
+            });
+        }
         let matrix = map.to_shape((c, h * w))?.to_owned();
         let rest = without_top_rank(matrix.view(), "RankFeat's feature map")?;
         map.assign(&rest.into_shape_with_order((c, h, w))?);
@@ -143,3 +153,25 @@ impl ScoreLogits for RankFeat {
         true
     }
 }
+
+/// RankFeat in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "RankFeat",
+    "rankfeat",
+    "RankFeat: the energy once the top rank-1 part of the last feature map is removed (needs \
+     the network itself: the crate's networks, not ONNX)",
+    &[Param {
+        name: "temperature",
+        doc: "the energy's temperature [default: 1]",
+    }],
+    Needs {
+        fit_data: false,
+        labels: false,
+        capabilities: &[Capability::EditingMap],
+    },
+    |p| match p.number_f32("temperature")? {
+        Some(t) => built(RankFeat::new(t)?),
+        None => built(RankFeat::default()),
+    },
+    load_as::<RankFeat>,
+);

@@ -54,6 +54,7 @@ impl<D: ScoreLogits> Shaped<D> {
     /// the shaping; shape a [`BurnModel`](crate::model::BurnModel::with_shaping)
     /// for it.
     pub fn new(detector: D, shaping: Shaping) -> Result<Self> {
+        shaping.validate()?;
         if detector.perturbs_inputs() {
             return Err(Error::Unsupported {
                 what: format!("{} with an input step on shaped logits", detector.name()),

@@ -301,9 +301,13 @@ fn shaping_json(shaping: Shaping) -> Value {
 
 fn read_shaping(file: &Reader, value: &Value) -> Result<Shaping> {
     let shaping = match file.text(value, "kind")? {
-        "react" => Shaping::React {
-            threshold: file.number(value, "threshold")? as f32,
-        },
+        "react" => {
+            let react = Shaping::React {
+                threshold: file.number(value, "threshold")? as f32,
+            };
+            react.validate().map_err(|e| invalid(file, e))?;
+            react
+        }
         "ash" => {
             Shaping::ash(file.number(value, "percentile")? as f32).map_err(|e| invalid(file, e))?
         }

@@ -7,6 +7,7 @@ use super::{
     ScoreLogits, check_fit_logits, check_label_range, fit_logits, score_rows, tempered_exps,
 };
 use crate::datasets::BatchSource;
+use crate::detectors::registry::{Needs, Registration, built, load_logits};
 use crate::detectors::{Detector, ModelOf};
 use crate::error::{Error, Result};
 
@@ -154,3 +155,18 @@ impl ScoreLogits for TemperedSoftmax {
         })
     }
 }
+
+/// Temperature scaling in the registry.
+pub(crate) const REGISTRATION: Registration = Registration::new(
+    "TemperatureScaling",
+    "temp-scaling",
+    "MSP at the temperature fitted on the fit data by likelihood (logits; fit data labelled)",
+    &[],
+    Needs {
+        fit_data: true,
+        labels: true,
+        capabilities: &[],
+    },
+    |_| built(TemperatureScaling::new()),
+    load_logits::<TemperedSoftmax>,
+);
