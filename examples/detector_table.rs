@@ -38,7 +38,9 @@ use oodkit::datasets::{BatchSource, OodDataset, PrepareConfig, Split, cifar10, d
 use oodkit::detectors::registry::{self, Capability, Params, Registration, UnfittedDetector};
 use oodkit::detectors::{AnyModel, Detector, Rectification, ScoreOutput, Vra};
 use oodkit::metrics::{accuracy, bench_metrics};
-use oodkit::model::{BurnModel, FeatureModel, LayerId, Shaping, evaluate, from_fn_with_features};
+use oodkit::model::{
+    BurnModel, FeatureModel, LastLayer, LayerId, Model, Shaping, evaluate, from_fn_with_features,
+};
 use oodkit::nets::CifarResNet;
 use oodkit::{Error, Result};
 
@@ -153,7 +155,7 @@ fn shared_rows(
             .needs()
             .capabilities
             .iter()
-            .any(|c| matches!(c, Capability::EditingMap | Capability::StochasticPasses));
+            .any(|c| matches!(c, Capability::MapEditing | Capability::StochasticPasses));
         if through_network {
             continue;
         }
@@ -232,10 +234,7 @@ fn mnist_rows(args: &Args, results: &mut Results) -> Result<()> {
 }
 
 /// ReAct (90%, fitted on `fit`), ASH-S (90%), SCALE (85%).
-fn shapings(
-    model: &dyn FeatureModel,
-    fit: &dyn BatchSource,
-) -> Result<Vec<(&'static str, Shaping)>> {
+fn shapings(model: &dyn Model, fit: &dyn BatchSource) -> Result<Vec<(&'static str, Shaping)>> {
     Ok(vec![
         ("ReAct (90%)", Shaping::react(model, Some(fit), 0.9)?),
         ("ASH-S (90%)", Shaping::ash(0.9)?),
@@ -282,7 +281,7 @@ fn network_rows(
         let through_network = needs
             .capabilities
             .iter()
-            .any(|c| matches!(c, Capability::EditingMap | Capability::StochasticPasses));
+            .any(|c| matches!(c, Capability::MapEditing | Capability::StochasticPasses));
         if !through_network {
             continue;
         }

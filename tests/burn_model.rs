@@ -7,7 +7,7 @@ use ndarray::{Array1, Array2, Array4, Axis, s};
 use oodkit::Error;
 use oodkit::datasets::{OodDataset, PrepareConfig};
 use oodkit::detectors::{Detector, Mls};
-use oodkit::model::{BurnModel, FeatureModel, LayerId, Model};
+use oodkit::model::{BurnModel, FeatureModel, InputGradient, LayerId, Model};
 use oodkit::nets::{ToyConvnet, ToyConvnetConfig};
 
 /// `n` MNIST-shaped images with varied, deterministic pixels in [0, 1].

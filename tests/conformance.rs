@@ -40,7 +40,7 @@ fn needs_network(registration: &Registration) -> bool {
         .needs()
         .capabilities
         .iter()
-        .any(|c| matches!(c, Capability::EditingMap | Capability::StochasticPasses))
+        .any(|c| matches!(c, Capability::MapEditing | Capability::StochasticPasses))
 }
 
 /// A model, its fit data, inputs like the fit data and inputs far from it.

@@ -586,9 +586,11 @@ fn odin_without_a_step_is_msp_at_temperature_t_on_any_model() {
         .collect();
     assert_close(scored.scores.as_slice().unwrap(), &expected, 1e-6);
 
-    // With a step, a model without input gradients is a clear error.
-    let odin = Odin::default().fit(&model, None).unwrap();
-    let err = odin.score(&ds).unwrap_err();
+    // With a step, a model without input gradients is a clear error when
+    // fitted or attached, before anything is scored.
+    let err = Odin::default().fit(&model, None).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    let err = Odin::default().attach(&model).unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     assert!(err.to_string().contains("from_fn_with_gradient"), "{err}");
     for (t, e) in [

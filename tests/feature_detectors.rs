@@ -774,19 +774,19 @@ mod trained_mlp {
                 .any(|(a, b)| (a - b).abs() > 1e-3)
         );
 
-        // A closure model has no input gradient: scoring says so.
+        // A closure model has no input gradient: fitting says so.
         let closure = pixel_model(Array2::eye(2), Array1::zeros(2));
         let flat = |d: &OodDataset| {
             let (x, y, _) = d.clone().into_arrays();
             let n = y.len();
             OodDataset::from_arrays(x.into_shape_with_order((n, 1, 1, 2)).unwrap(), y).unwrap()
         };
-        let no_gradient = Mahalanobis::new()
+        let err = Mahalanobis::new()
             .with_input_perturbation(step)
             .fit(&closure, Some(&flat(&fit)))
-            .unwrap();
-        let err = no_gradient.score(&flat(&test)).unwrap_err();
+            .unwrap_err();
         assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains("input step"), "{err}");
     }
 }
 

@@ -35,7 +35,7 @@ fn layer_ids_resolve_from_the_front_the_back_and_by_name() {
 }
 
 /// Activations: "sum" (N, 1) and "pixels" (N, H*W); logits (sum, -sum).
-fn two_layer_model() -> impl FeatureModel {
+fn two_layer_model() -> impl Model + FeatureModel {
     from_fn_with_features(["sum", "pixels"], |x: ArrayView4<f32>| {
         let n = x.shape()[0];
         let pixels = x.to_shape((n, x.len() / n))?.to_owned();

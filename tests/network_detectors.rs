@@ -6,9 +6,10 @@
 use burn::tensor::Device;
 use ndarray::{Array1, Array2, Array4, ArrayView1, ArrayView4, Axis};
 use oodkit::detectors::{
-    AnyDetector, Detector, Entropy, McDropout, McStatistic, Mls, Persist, RankFeat, ScoreLogits,
+    AnyDetector, Detector, Entropy, FittedDetector, McDropout, McStatistic, Mls, Persist, RankFeat,
+    ScoreLogits,
 };
-use oodkit::model::{BurnClassifier, BurnModel, Model, from_fn};
+use oodkit::model::{BurnClassifier, BurnModel, MapEditing, Model, StochasticPasses, from_fn};
 use oodkit::nets::{CifarResNetConfig, ToyConvnetConfig};
 use oodkit::{Batch, Error};
 use rand::rngs::StdRng;
@@ -64,6 +65,8 @@ fn rankfeat_matches_a_direct_removal_through_the_network() {
             .map(|i| {
                 let one = x.slice(ndarray::s![i..i + 1, .., .., ..]).to_owned();
                 let logits = model
+                    .as_map_editing()
+                    .unwrap()
                     .forward_editing_map(one.view(), &|map: Array4<f32>| {
                         let (_, c, h, w) = map.dim();
                         let m = map.to_shape((c, h * w)).unwrap().mapv(f64::from);
@@ -211,18 +214,10 @@ fn mc_dropout_averages_real_stochastic_passes() {
 #[test]
 fn models_that_cannot_serve_them_are_errors_saying_why() {
     let closure = from_fn(|x: ArrayView4<f32>| Ok(x.to_shape((x.shape()[0], 4))?.to_owned()));
-    let batch = || Batch::new(Array4::ones((2, 1, 2, 2)));
     for err in [
-        RankFeat::default()
-            .fit(&closure, None)
-            .unwrap()
-            .score(&batch())
-            .unwrap_err(),
-        McDropout::default()
-            .fit(&closure, None)
-            .unwrap()
-            .score(&batch())
-            .unwrap_err(),
+        RankFeat::default().fit(&closure, None).unwrap_err(),
+        McDropout::default().fit(&closure, None).unwrap_err(),
+        RankFeat::default().attach(&closure).unwrap_err(),
     ] {
         assert!(matches!(err, Error::Unsupported { .. }), "{err}");
         assert!(err.to_string().contains("BurnModel"), "{err}");

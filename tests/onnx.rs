@@ -10,7 +10,7 @@ use ndarray::{Array1, Array2, Array4, Axis};
 use onnx_mlp::{direct, write};
 use oodkit::Error;
 use oodkit::detectors::{Detector, FeatureDetector, Knn, Mls, ScoreFeatures};
-use oodkit::model::{FeatureModel, Model, OnnxModel};
+use oodkit::model::{FeatureModel, LastLayer, Model, OnnxModel};
 
 fn inputs(n: usize) -> Array4<f32> {
     Array4::from_shape_fn((n, 1, 2, 2), |(i, _, y, x)| {

@@ -4,6 +4,8 @@
 //! version, missing / misshaped / NaN arrays) are errors naming the file;
 //! a model that does not match the file is refused at attach.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -18,7 +20,7 @@ use oodkit::detectors::{
     PrincipalDims, Rectification, Residual, Rmds, ScoreFeatures, ScoreLogits, Shaped, She,
     SheMeans, Vim, VimSubspace, Vra,
 };
-use oodkit::model::{FeatureModel, LayerId, Shaping, from_fn_with_features};
+use oodkit::model::{LayerId, Model, Shaping, from_fn_with_features};
 use oodkit::{Batch, Error};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -44,7 +46,7 @@ fn head() -> (Array2<f32>, Array1<f32>) {
 /// A network on inputs (N, 1, 1, WIDTH): layer "input" (the pixels),
 /// layer "hidden" (a ReLU of the first HIDDEN pixels mixed a little),
 /// logits by an affine head on "hidden".
-fn network() -> impl FeatureModel + Send + Sync + Clone {
+fn network() -> impl Model + Send + Sync + Clone {
     let (w, b) = head();
     let (w2, b2) = (w.clone(), b.clone());
     from_fn_with_features(["input", "hidden"], move |x: ArrayView4<f32>| {
@@ -87,10 +89,9 @@ fn temp_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
 
 /// Saves, loads, and checks the loaded detector scores `data` bit for bit
 /// as `fitted` does through `model`.
-fn round_trip_through_model<F>(fitted: F, model: &(dyn FeatureModel + Send + Sync), name: &str)
+fn round_trip_through_model<F>(fitted: F, model: &(dyn Model + Send + Sync), name: &str)
 where
     F: Persist + FittedDetector + Clone,
-    F: FittedDetector<Family = oodkit::detectors::Features>,
 {
     let dir = tempfile::tempdir().unwrap();
     let path = temp_path(&dir, &format!("{name}.oodkit"));
@@ -303,7 +304,12 @@ fn multi_layer_fits_with_every_aggregation_and_a_step_round_trip() {
     // the parameters).
     let step = InputPerturbation::new(1000.0, 0.0014).unwrap();
     let she = She::new().with_input_perturbation(step);
-    let fitted = she.fit(&model, Some(&batches(&fit))).unwrap().into_fitted();
+    // The step needs input gradients: the fixture network gives them.
+    let with_gradient = common::fixture_net::FixtureNet::default();
+    let fitted = she
+        .fit(&with_gradient, Some(&batches(&fit)))
+        .unwrap()
+        .into_fitted();
     let dir = tempfile::tempdir().unwrap();
     let path = temp_path(&dir, "she.oodkit");
     fitted.save(&path).unwrap();

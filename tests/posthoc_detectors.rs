@@ -799,7 +799,7 @@ fn bad_input_is_an_error() {
     // Fit data is required, except by GradNorm.
     assert!(matches!(
         Fdbd::default()
-            .fit(&pixel_model(w.clone(), b.clone()), None)
+            .fit(pixel_model(w.clone(), b.clone()), None)
             .map(drop),
         Err(Error::MissingInput { .. })
     ));

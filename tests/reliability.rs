@@ -107,7 +107,7 @@ fn projecting_one_feature_says_so_not_k() {
 }
 
 /// A model whose logits are NaN for the second input.
-fn nan_logits_model() -> impl oodkit::model::FeatureModel + Send + Sync {
+fn nan_logits_model() -> impl oodkit::model::Model + Send + Sync {
     from_fn_with_features(["f"], |x: ArrayView4<f32>| {
         let n = x.shape()[0];
         let f = x.to_shape((n, 4))?.to_owned();

@@ -12,7 +12,7 @@ use ndarray::{Array1, Array2, Array4};
 use oodkit::Error;
 use oodkit::datasets::transforms::imagenet_preprocess;
 use oodkit::datasets::{PrepareConfig, Split, cifar10};
-use oodkit::model::{BurnModel, FeatureModel, Model, evaluate};
+use oodkit::model::{BurnModel, FeatureModel, LastLayer, Model, evaluate};
 use oodkit::nets::{CifarResNet, CifarResNetConfig, option_a_shortcut};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;

@@ -7,7 +7,7 @@ use oodkit::datasets::{OodDataset, PrepareConfig};
 use oodkit::detectors::{Detector, Knn, Mls};
 use oodkit::model::from_fn_with_features;
 
-fn model() -> impl oodkit::model::FeatureModel + Send + Sync {
+fn model() -> impl oodkit::model::Model + Send + Sync {
     from_fn_with_features(["features"], |x: ArrayView4<f32>| {
         let n = x.shape()[0];
         let f = x.to_shape((n, 8))?.mapv(|v| (v * 1.7).sin());

@@ -78,7 +78,7 @@ fn shaping_by_hand() {
 }
 
 /// A feature model whose penultimate activations are the image's pixels.
-fn pixels_as_features() -> impl FeatureModel {
+fn pixels_as_features() -> impl Model + FeatureModel {
     from_fn_with_features(["pixels"], |x: ArrayView4<f32>| {
         let n = x.shape()[0];
         let flat = x.to_shape((n, x.len() / n))?.to_owned();

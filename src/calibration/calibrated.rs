@@ -7,8 +7,9 @@ use super::{Calibration, Verdict, check_alpha};
 use crate::batch::Batch;
 use crate::datasets::BatchSource;
 use crate::detectors::file::{Reader, Stored, Writer, shape_json};
-use crate::detectors::{FittedDetector, ModelOf, ModelShape, ScoreOutput};
+use crate::detectors::{FittedDetector, ModelShape, ScoreOutput};
 use crate::error::{Error, Result};
+use crate::model::Model;
 
 /// A fitted detector, the [`Calibration`] of its scores on held-out
 /// in-distribution data, and the level α its verdicts flag at. It scores
@@ -47,7 +48,7 @@ impl<F: FittedDetector> Calibrated<F> {
     /// usual way in.
     pub fn fit(
         fitted: F,
-        model: &ModelOf<'_, F>,
+        model: &dyn Model,
         id_data: &dyn BatchSource,
         alpha: f64,
     ) -> Result<Self> {
@@ -126,17 +127,13 @@ impl<F: FittedDetector> Calibrated<F> {
     }
 
     /// The verdicts on one batch through `model`.
-    pub fn verdict_batch(&self, model: &ModelOf<'_, Self>, batch: Batch) -> Result<Vec<Verdict>> {
+    pub fn verdict_batch(&self, model: &dyn Model, batch: Batch) -> Result<Vec<Verdict>> {
         let out = self.score_batch(model, batch)?;
         self.verdicts_of(&out)
     }
 
     /// The verdicts on every input of `data` through `model`, in order.
-    pub fn verdicts(
-        &self,
-        model: &ModelOf<'_, Self>,
-        data: &dyn BatchSource,
-    ) -> Result<Vec<Verdict>> {
+    pub fn verdicts(&self, model: &dyn Model, data: &dyn BatchSource) -> Result<Vec<Verdict>> {
         let out = self.score(model, data)?;
         self.verdicts_of(&out)
     }
@@ -149,8 +146,6 @@ impl<F: FittedDetector> Calibrated<F> {
 }
 
 impl<F: FittedDetector> FittedDetector for Calibrated<F> {
-    type Family = F::Family;
-
     fn kind(&self) -> &'static str {
         self.fitted.kind()
     }
@@ -159,7 +154,7 @@ impl<F: FittedDetector> FittedDetector for Calibrated<F> {
         self.expects.or_else(|| self.fitted.expects())
     }
 
-    fn score_batch(&self, model: &ModelOf<'_, Self>, batch: Batch) -> Result<ScoreOutput> {
+    fn score_batch(&self, model: &dyn Model, batch: Batch) -> Result<ScoreOutput> {
         let out = self.fitted.score_batch(model, batch)?;
         if let Some(expects) = &self.expects {
             expects.check_classes(&out.logits, "a batch to score")?;
@@ -169,10 +164,10 @@ impl<F: FittedDetector> FittedDetector for Calibrated<F> {
 
     /// The detector's own check, then one zero input through the model
     /// when the calibration saw the model's shape.
-    fn check_model(&self, model: &ModelOf<'_, Self>) -> Result<()> {
+    fn check_model(&self, model: &dyn Model) -> Result<()> {
         self.fitted.check_model(model)?;
         match &self.expects {
-            Some(expects) => expects.probe::<F::Family>(model),
+            Some(expects) => expects.probe(model),
             None => Ok(()),
         }
     }

@@ -7,17 +7,18 @@ use std::path::Path;
 
 use super::file::{FileInfo, Persist, describe};
 use super::registry::by_kind;
-use super::{Family, FittedDetector, ModelShape, ScoreOutput};
+use super::{FittedDetector, ModelShape, ScoreOutput};
 use crate::batch::Batch;
 use crate::calibration::{Calibrated, Calibration, Verdict};
 use crate::datasets::BatchSource;
 use crate::error::{Error, Result};
-use crate::model::FeatureModel;
+use crate::model::Model;
 
-/// The model every [`AnyDetector`] scores through: any [`FeatureModel`]
-/// (an `OnnxModel`, a `BurnModel`, a closure model); the logit
-/// detectors read only its logits.
-pub type AnyModel<'m> = dyn FeatureModel + Send + Sync + 'm;
+/// The model object every detector scores through: any [`Model`] (an
+/// `OnnxModel`, a `BurnModel`, a closure model) shared between threads.
+/// What a detector needs beyond the logits it finds through the model's
+/// capabilities.
+pub type AnyModel<'m> = dyn Model + Send + Sync + 'm;
 
 /// A fitted detector of any kind, read from a file by the kind it holds
 /// (see [`describe`]): each of the typed loaders ([`Persist::load`]) by
@@ -238,7 +239,6 @@ where
     }
 
     fn check_model(&self, model: &AnyModel<'_>) -> Result<()> {
-        let model = F::Family::from_any(model);
         match self {
             Erasing::Plain(f) => f.check_model(model),
             Erasing::Calibrated(c) => c.check_model(model),
@@ -246,7 +246,6 @@ where
     }
 
     fn score_batch(&self, model: &AnyModel<'_>, batch: Batch) -> Result<ScoreOutput> {
-        let model = F::Family::from_any(model);
         match self {
             Erasing::Plain(f) => f.score_batch(model, batch),
             Erasing::Calibrated(c) => c.score_batch(model, batch),
@@ -254,7 +253,6 @@ where
     }
 
     fn score(&self, model: &AnyModel<'_>, data: &dyn BatchSource) -> Result<ScoreOutput> {
-        let model = F::Family::from_any(model);
         match self {
             Erasing::Plain(f) => f.score(model, data),
             Erasing::Calibrated(c) => c.score(model, data),
@@ -292,7 +290,6 @@ where
             Erasing::Plain(f) => f,
             Erasing::Calibrated(c) => c.into_fitted(),
         };
-        let model = F::Family::from_any(model);
         Ok(Erasing::boxed_calibrated(Calibrated::fit(
             fitted, model, id_data, alpha,
         )?))

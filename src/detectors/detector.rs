@@ -11,55 +11,7 @@ use crate::batch::Batch;
 use crate::calibration::Calibrated;
 use crate::datasets::BatchSource;
 use crate::error::{Error, Result};
-use crate::model::{FeatureModel, Model};
-
-/// What a family of detectors needs from the network: the model type a
-/// [`FittedDetector`] scores through. [`Logits`] and [`Features`] are the
-/// two families.
-pub trait Family: 'static {
-    /// The model, as a trait object that lives for `'m`: shared between
-    /// threads, so a [`Scorer`] can serve them all.
-    type Model<'m>: ?Sized + 'm;
-
-    /// The model's logits for `inputs` (every model of either family is a
-    /// [`Model`]).
-    fn logits(model: &Self::Model<'_>, inputs: Array4<f32>) -> Result<Array2<f32>>;
-
-    /// The family's view of a model that serves every detector.
-    fn from_any<'a, 'm>(model: &'a AnyModel<'m>) -> &'a Self::Model<'m>;
-}
-
-/// The family of detectors on logits: any [`Model`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Logits {}
-
-impl Family for Logits {
-    type Model<'m> = dyn Model + Send + Sync + 'm;
-
-    fn logits(model: &Self::Model<'_>, inputs: Array4<f32>) -> Result<Array2<f32>> {
-        model.forward_owned(inputs)
-    }
-
-    fn from_any<'a, 'm>(model: &'a AnyModel<'m>) -> &'a (dyn Model + Send + Sync + 'm) {
-        model
-    }
-}
-
-/// The family of detectors on internal activations: a [`FeatureModel`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Features {}
-
-impl Family for Features {
-    type Model<'m> = dyn FeatureModel + Send + Sync + 'm;
-
-    fn logits(model: &Self::Model<'_>, inputs: Array4<f32>) -> Result<Array2<f32>> {
-        model.forward_owned(inputs)
-    }
-
-    fn from_any<'a, 'm>(model: &'a AnyModel<'m>) -> &'a AnyModel<'m> {
-        model
-    }
-}
+use crate::model::Model;
 
 /// What a fitted detector saw of the model it was fitted or calibrated
 /// through: the shape of one input and the number of classes. A detector
@@ -108,35 +60,9 @@ impl ModelShape {
     }
 
     /// Runs one zero input through `model` and checks its classes.
-    pub(crate) fn probe<Fam: Family>(&self, model: &Fam::Model<'_>) -> Result<()> {
-        let logits = Fam::logits(model, self.zero_input())?;
+    pub(crate) fn probe(&self, model: &dyn Model) -> Result<()> {
+        let logits = model.forward_owned(self.zero_input())?;
         self.check_classes(&logits, "the model attached")
-    }
-}
-
-/// The model type of the family of `F` (a [`FittedDetector`]).
-pub type ModelOf<'m, F> = <<F as FittedDetector>::Family as Family>::Model<'m>;
-
-/// Turns a model into the boxed form a [`Scorer`] keeps: by value (it is
-/// moved in) or by reference (`&model` is a model too).
-///
-/// Implemented for every [`Model`] (family [`Logits`]) and every
-/// [`FeatureModel`] (family [`Features`]) that is `Send + Sync`; there is
-/// no need to implement it by hand.
-pub trait IntoModel<'m, F: Family> {
-    /// Box the model.
-    fn into_model(self) -> Box<F::Model<'m>>;
-}
-
-impl<'m, M: Model + Send + Sync + 'm> IntoModel<'m, Logits> for M {
-    fn into_model(self) -> Box<dyn Model + Send + Sync + 'm> {
-        Box::new(self)
-    }
-}
-
-impl<'m, M: FeatureModel + Send + Sync + 'm> IntoModel<'m, Features> for M {
-    fn into_model(self) -> Box<dyn FeatureModel + Send + Sync + 'm> {
-        Box::new(self)
     }
 }
 
@@ -153,9 +79,11 @@ pub trait Detector {
 
     /// Learns what the detector needs from `model` and `fit_data` (read
     /// only by the detectors that need in-distribution statistics).
+    /// A model that lacks a capability the detector needs (see
+    /// [`Model`]) is an error naming it.
     fn fit_model(
         &self,
-        model: &ModelOf<'_, Self::Fitted>,
+        model: &dyn Model,
         fit_data: Option<&dyn BatchSource>,
     ) -> Result<Self::Fitted>;
 
@@ -168,29 +96,26 @@ pub trait Detector {
         fit_data: Option<&dyn BatchSource>,
     ) -> Result<Scorer<'m, Self::Fitted>>
     where
-        M: IntoModel<'m, <Self::Fitted as FittedDetector>::Family>,
+        M: Model + Send + Sync + 'm,
         Self: Sized,
     {
-        let model = model.into_model();
+        let model: Box<AnyModel<'m>> = Box::new(model);
         let fitted = self.fit_model(&*model, fit_data)?;
         Ok(Scorer { model, fitted })
     }
 }
 
 /// What a detector learned from in-distribution data (for detectors on
-/// logits, only their parameters): it scores batches through a model of
-/// its [`Family`], holds none itself, and is `Send + Sync`.
+/// logits, only their parameters): it scores batches through a model,
+/// holds none itself, and is `Send + Sync`.
 pub trait FittedDetector: Send + Sync + fmt::Debug {
-    /// The family: [`Logits`] or [`Features`].
-    type Family: Family;
-
     /// The detector's short name, e.g. `"MLS"`: what kind of detector
     /// this was fitted as (named `kind` so it never clashes with
     /// [`ScoreLogits::name`](super::ScoreLogits::name) on the same type).
     fn kind(&self) -> &'static str;
 
     /// Scores one batch through `model`.
-    fn score_batch(&self, model: &ModelOf<'_, Self>, batch: Batch) -> Result<ScoreOutput>;
+    fn score_batch(&self, model: &dyn Model, batch: Batch) -> Result<ScoreOutput>;
 
     /// The input shape and class count the fit (or a calibration) saw
     /// through a model, when it recorded them. The default: none.
@@ -200,7 +125,7 @@ pub trait FittedDetector: Send + Sync + fmt::Debug {
 
     /// Errors when `model` cannot serve this fit (e.g. it lacks a layer the
     /// detector was fitted on). The default accepts any model.
-    fn check_model(&self, model: &ModelOf<'_, Self>) -> Result<()> {
+    fn check_model(&self, model: &dyn Model) -> Result<()> {
         let _ = model;
         Ok(())
     }
@@ -208,7 +133,7 @@ pub trait FittedDetector: Send + Sync + fmt::Debug {
     /// Scores every batch of `data` through `model`, the results in input
     /// order. Errors when the data is empty or the model returns outputs of
     /// the wrong shape (including a width that changes between batches).
-    fn score(&self, model: &ModelOf<'_, Self>, data: &dyn BatchSource) -> Result<ScoreOutput> {
+    fn score(&self, model: &dyn Model, data: &dyn BatchSource) -> Result<ScoreOutput> {
         let mut all = ScoreCollector::default();
         for batch in data.batches()? {
             let offset = all.scores.len();
@@ -224,10 +149,10 @@ pub trait FittedDetector: Send + Sync + fmt::Debug {
     /// [`check_model`](Self::check_model).
     fn attach<'m, M>(self, model: M) -> Result<Scorer<'m, Self>>
     where
-        M: IntoModel<'m, Self::Family>,
+        M: Model + Send + Sync + 'm,
         Self: Sized,
     {
-        let model = model.into_model();
+        let model: Box<AnyModel<'m>> = Box::new(model);
         self.check_model(&*model)?;
         Ok(Scorer {
             model,
@@ -240,7 +165,7 @@ pub trait FittedDetector: Send + Sync + fmt::Debug {
 /// [`Detector::fit`] returns. `Send + Sync` (the model is), so one scorer
 /// can serve several threads.
 pub struct Scorer<'m, F: FittedDetector> {
-    model: Box<ModelOf<'m, F>>,
+    model: Box<AnyModel<'m>>,
     fitted: F,
 }
 
@@ -277,7 +202,7 @@ impl<'m, F: FittedDetector> Scorer<'m, F> {
     }
 
     /// The model scored through.
-    pub fn model(&self) -> &ModelOf<'m, F> {
+    pub fn model(&self) -> &AnyModel<'m> {
         &self.model
     }
 

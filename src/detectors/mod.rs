@@ -71,9 +71,7 @@ mod perturbation;
 pub mod registry;
 
 pub use any::{AnyDetector, AnyModel};
-pub use detector::{
-    Detector, Family, Features, FittedDetector, IntoModel, Logits, ModelOf, ModelShape, Scorer,
-};
+pub use detector::{Detector, FittedDetector, ModelShape, Scorer};
 pub use features::aggregation::{Aggregation, Aggregator};
 pub use features::{
     ClassGaussians, ClassMixture, Dice, DiceHead, Fdbd, FdbdBoundaries, FdbdNormalizer,

@@ -6,7 +6,7 @@ use ndarray::{Array2, Array4, ArrayView2, Zip};
 use super::logits::tempered_exps;
 use crate::error::{Error, Result};
 use crate::metrics::argmax;
-use crate::model::Model;
+use crate::model::{Model, input_gradient_of};
 
 /// One step of size ε against the gradient of each input's cross-entropy
 /// with its own predicted class at temperature T:
@@ -14,7 +14,7 @@ use crate::model::Model;
 /// The step raises the confidence of ID inputs more than that of OOD ones.
 ///
 /// It needs the model's input gradient
-/// ([`Model::input_gradient`]); with ε = 0 there is no step and no
+/// ([`InputGradient::input_gradient`](crate::model::InputGradient::input_gradient)); with ε = 0 there is no step and no
 /// gradient, on any model.
 ///
 /// ```
@@ -87,7 +87,8 @@ impl InputPerturbation {
         if self.is_off() {
             return Ok(inputs);
         }
-        let gradient = model.input_gradient(inputs.view(), self.loss_gradient(logits).view())?;
+        let gradient = input_gradient_of(model, "an input step (ODIN's, or a feature detector's)")?
+            .input_gradient(inputs.view(), self.loss_gradient(logits).view())?;
         let step = self.epsilon;
         let mut perturbed = inputs;
         Zip::from(&mut perturbed)

@@ -42,44 +42,14 @@ use std::path::Path;
 use super::any::{Erased, Erasing};
 use super::file::{FileInfo, Persist};
 use super::{
-    AnyDetector, AnyModel, Detector, Family, FeatureDetector, FittedDetector, FittedFeatures,
+    AnyDetector, AnyModel, Detector, FeatureDetector, FittedDetector, FittedFeatures,
     PrincipalDims, ScoreFeatures, ScoreLogits, Shaped,
 };
 use crate::calibration::Calibrated;
 use crate::datasets::BatchSource;
 use crate::error::{Error, Result};
+pub use crate::model::Capability;
 use crate::model::LayerId;
-
-/// A capability of the network beyond its logits that a detector uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Capability {
-    /// Named internal layers (a [`FeatureModel`](crate::model::FeatureModel)).
-    Features,
-    /// The last linear layer's weights and bias
-    /// ([`head_parameters`](crate::model::FeatureModel::head_parameters)).
-    LastLayer,
-    /// Gradients with respect to the inputs
-    /// ([`input_gradient`](crate::model::Model::input_gradient)).
-    InputGradient,
-    /// Editing the last feature map before the rest of the network
-    /// ([`forward_editing_map`](crate::model::Model::forward_editing_map)).
-    EditingMap,
-    /// Forward passes with dropout active
-    /// ([`forward_stochastic`](crate::model::Model::forward_stochastic)).
-    StochasticPasses,
-}
-
-impl fmt::Display for Capability {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Capability::Features => "internal features",
-            Capability::LastLayer => "the last linear layer",
-            Capability::InputGradient => "input gradients",
-            Capability::EditingMap => "editing the last feature map",
-            Capability::StochasticPasses => "passes with dropout active",
-        })
-    }
-}
 
 /// What a detector needs to be fitted and to score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -424,7 +394,6 @@ where
         model: &AnyModel<'_>,
         fit_data: Option<&dyn BatchSource>,
     ) -> Result<Box<dyn Erased>> {
-        let model = <<D::Fitted as FittedDetector>::Family as Family>::from_any(model);
         Ok(Erasing::boxed(self.fit_model(model, fit_data)?))
     }
 }

@@ -10,7 +10,10 @@ use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayView4};
 
 use super::closure::LOGITS;
 use super::shaping::Shaping;
-use super::{FeatureModel, LayerId, Model, ModelOutput, pick_layers, resolve_layers};
+use super::{
+    FeatureModel, InputGradient, LastLayer, LayerId, MapEditing, Model, ModelOutput,
+    StochasticPasses, pick_layers, resolve_layers,
+};
 use crate::error::{Error, Result};
 
 /// A burn module that classifies images: `(N, C, H, W)` in, logits
@@ -46,7 +49,7 @@ pub trait BurnClassifier: Module {
     }
 
     /// The last layer as a [`Linear`], when it is one: what
-    /// [`FeatureModel::head_parameters`] reads (ViM needs it). The default
+    /// [`LastLayer::head_parameters`](crate::model::LastLayer::head_parameters) reads (ViM needs it). The default
     /// (`None`) makes that an error.
     fn head_linear(&self) -> Option<&Linear> {
         None
@@ -256,6 +259,29 @@ impl<M: BurnClassifier> Model for BurnModel<M> {
         tensor_to_array(logits)
     }
 
+    fn as_features(&self) -> Option<&dyn FeatureModel> {
+        Some(self)
+    }
+
+    /// When the module names its last layer ([`BurnClassifier::head_linear`]).
+    fn as_last_layer(&self) -> Option<&dyn LastLayer> {
+        self.module.head_linear().map(|_| self as &dyn LastLayer)
+    }
+
+    fn as_input_gradient(&self) -> Option<&dyn InputGradient> {
+        Some(self)
+    }
+
+    fn as_map_editing(&self) -> Option<&dyn MapEditing> {
+        Some(self)
+    }
+
+    fn as_stochastic(&self) -> Option<&dyn StochasticPasses> {
+        Some(self)
+    }
+}
+
+impl<M: BurnClassifier> InputGradient for BurnModel<M> {
     /// Through burn's autodiff: the module runs (still in inference mode,
     /// its weights untracked) on the autodiff version of its device, with the
     /// inputs tracked.
@@ -293,7 +319,9 @@ impl<M: BurnClassifier> Model for BurnModel<M> {
             values,
         )?)
     }
+}
 
+impl<M: BurnClassifier> MapEditing for BurnModel<M> {
     fn forward_editing_map(
         &self,
         inputs: ArrayView4<f32>,
@@ -301,7 +329,9 @@ impl<M: BurnClassifier> Model for BurnModel<M> {
     ) -> Result<Array2<f32>> {
         self.editing_map(inputs, edit)
     }
+}
 
+impl<M: BurnClassifier> StochasticPasses for BurnModel<M> {
     fn forward_stochastic(
         &self,
         inputs: ArrayView4<f32>,
@@ -313,7 +343,7 @@ impl<M: BurnClassifier> Model for BurnModel<M> {
 }
 
 impl<M: BurnClassifier> BurnModel<M> {
-    /// [`Model::forward_editing_map`] for burn modules.
+    /// [`MapEditing::forward_editing_map`](crate::model::MapEditing::forward_editing_map) for burn modules.
     fn editing_map(
         &self,
         inputs: ArrayView4<f32>,
@@ -356,7 +386,7 @@ impl<M: BurnClassifier> BurnModel<M> {
         tensor_to_array(logits)
     }
 
-    /// [`Model::forward_stochastic`] for burn modules.
+    /// [`StochasticPasses::forward_stochastic`](crate::model::StochasticPasses::forward_stochastic) for burn modules.
     fn stochastic(
         &self,
         inputs: ArrayView4<f32>,
@@ -428,7 +458,9 @@ impl<M: BurnClassifier> FeatureModel for BurnModel<M> {
             logits: tensor_to_array(logits)?,
         })
     }
+}
 
+impl<M: BurnClassifier> LastLayer for BurnModel<M> {
     /// From [`BurnClassifier::head_linear`]; burn stores the weights
     /// `(D, num_classes)`, returned transposed. No bias reads as zeros.
     fn head_parameters(&self) -> Result<(Array2<f32>, Array1<f32>)> {

@@ -5,7 +5,10 @@ use std::fmt;
 
 use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayView4};
 
-use super::{FeatureModel, LayerId, Model, ModelOutput, check_head, pick_layers, resolve_layers};
+use super::{
+    FeatureModel, InputGradient, LastLayer, LayerId, Model, ModelOutput, check_head, pick_layers,
+    resolve_layers,
+};
 use crate::error::{Error, Result};
 
 /// A [`Model`] made of a closure; see [`from_fn`].
@@ -67,14 +70,14 @@ impl<F, G> fmt::Debug for FnGradientModel<F, G> {
 }
 
 /// A [`Model`] whose forward pass is `forward` and whose
-/// [`input_gradient`](Model::input_gradient) is `gradient(inputs,
+/// [`input_gradient`](InputGradient::input_gradient) is `gradient(inputs,
 /// logits_grad)`: the gradient with respect to the inputs of
 /// Σ logits ⊙ logits_grad. For engines that can differentiate, so that
 /// input-perturbation detectors (ODIN) work on them.
 ///
 /// ```
 /// use ndarray::{Array2, Array4, ArrayView2, ArrayView4, array};
-/// use oodkit::model::{Model, from_fn_with_gradient};
+/// use oodkit::model::{InputGradient, from_fn_with_gradient};
 ///
 /// // logits = x W over flattened 1x1x2 images, so the input gradient is g Wᵀ.
 /// let w = array![[1.0_f32, -1.0], [2.0, 0.5]];
@@ -106,6 +109,16 @@ where
         (self.forward)(inputs)
     }
 
+    fn as_input_gradient(&self) -> Option<&dyn InputGradient> {
+        Some(self)
+    }
+}
+
+impl<F, G> InputGradient for FnGradientModel<F, G>
+where
+    F: Fn(ArrayView4<f32>) -> Result<Array2<f32>>,
+    G: Fn(ArrayView4<f32>, ArrayView2<f32>) -> Result<Array4<f32>>,
+{
     fn input_gradient(
         &self,
         inputs: ArrayView4<f32>,
@@ -187,7 +200,7 @@ where
 {
     /// Declares the last layer: logits = f · weightsᵀ + bias on the last
     /// feature layer's activations `f`, with weights `(num_classes, D)` and
-    /// bias `(num_classes,)`; [`FeatureModel::head_parameters`] returns
+    /// bias `(num_classes,)`; [`LastLayer::head_parameters`](crate::model::LastLayer::head_parameters) returns
     /// them (ViM needs them). Errors when the shapes disagree or there is
     /// no feature layer. The closure's logits are not checked against it.
     pub fn with_head(mut self, weights: Array2<f32>, bias: Array1<f32>) -> Result<Self> {
@@ -236,6 +249,27 @@ where
     fn forward(&self, inputs: ArrayView4<f32>) -> Result<Array2<f32>> {
         Ok(self.run(inputs)?.1)
     }
+
+    fn as_features(&self) -> Option<&dyn FeatureModel> {
+        Some(self)
+    }
+
+    /// Only when the head was declared ([`with_head`](Self::with_head)).
+    fn as_last_layer(&self) -> Option<&dyn LastLayer> {
+        self.head.as_ref().map(|_| self as &dyn LastLayer)
+    }
+}
+
+impl<F> LastLayer for FnFeatureModel<F>
+where
+    F: Fn(ArrayView4<f32>) -> Result<(Vec<Array2<f32>>, Array2<f32>)>,
+{
+    fn head_parameters(&self) -> Result<(Array2<f32>, Array1<f32>)> {
+        self.head.clone().ok_or_else(|| Error::Unsupported {
+            what: "head_parameters (the last layer's weights)".into(),
+            hint: "declare them with FnFeatureModel::with_head".into(),
+        })
+    }
 }
 
 impl<F> FeatureModel for FnFeatureModel<F>
@@ -251,12 +285,5 @@ where
         let (all, logits) = self.run(inputs)?;
         let features = pick_layers(&positions, &all, &logits);
         Ok(ModelOutput { features, logits })
-    }
-
-    fn head_parameters(&self) -> Result<(Array2<f32>, Array1<f32>)> {
-        self.head.clone().ok_or_else(|| Error::Unsupported {
-            what: "head_parameters (the last layer's weights)".into(),
-            hint: "declare them with FnFeatureModel::with_head".into(),
-        })
     }
 }

@@ -10,9 +10,30 @@
 //!   [`BurnClassifier`];
 //! - implement [`Model`] on your own type.
 //!
-//! Detectors that need internal activations (Mahalanobis, KNN, ViM, ...) ask
-//! for a [`FeatureModel`], which also returns chosen layers' activations as
-//! `(N, D)` arrays, the layers named by [`LayerId`].
+//! Every detector takes the one model object ([`Model`], shared between
+//! threads as [`AnyModel`](crate::detectors::AnyModel)). What some need
+//! beyond the logits is a capability the model hands out when it has it:
+//! named internal layers ([`FeatureModel`]: chosen layers' activations as
+//! `(N, D)` arrays, the layers named by [`LayerId`]; Mahalanobis, KNN, ViM,
+//! ...), the last linear layer ([`LastLayer`]), input gradients
+//! ([`InputGradient`]), editing the last feature map ([`MapEditing`]),
+//! passes with dropout active ([`StochasticPasses`]). A detector checks for
+//! what it needs when it is fitted or attached ([`Capability`] names them
+//! in the error, with how to provide it).
+//!
+//! ```
+//! use ndarray::{Array2, ArrayView4};
+//! use oodkit::detectors::{Detector, Knn};
+//! use oodkit::model::from_fn;
+//!
+//! // A closure model gives logits only: KNN needs internal features.
+//! let logits_only = from_fn(|x: ArrayView4<f32>| -> oodkit::Result<Array2<f32>> {
+//!     Ok(x.to_shape((x.shape()[0], 2))?.to_owned())
+//! });
+//! let err = Knn::new(1)?.fit(&logits_only, None).unwrap_err();
+//! assert!(err.to_string().contains("internal features"), "{err}");
+//! # Ok::<(), oodkit::Error>(())
+//! ```
 //!
 //! ```
 //! use ndarray::{Array2, ArrayView4, Axis};
@@ -61,7 +82,19 @@ pub use evaluate::evaluate;
 pub use onnx::OnnxModel;
 pub use shaping::Shaping;
 
-/// A classifier: a batch of inputs in, its logits out.
+/// A classifier: a batch of inputs in, its logits out. The one model
+/// object every detector takes.
+///
+/// What a detector may need beyond the logits is a capability of its own,
+/// a small trait the model hands out when it has it: named internal layers
+/// ([`FeatureModel`], through [`as_features`](Self::as_features)), the last
+/// linear layer ([`LastLayer`]), gradients with respect to the inputs
+/// ([`InputGradient`]), editing the last feature map ([`MapEditing`]),
+/// passes with dropout active ([`StochasticPasses`]). A detector asks for
+/// them when it is fitted or attached, and a model without one is an
+/// [`Error::Unsupported`] naming it there. A model that has a capability
+/// implements its trait and returns `Some(self)` from the matching `as_*`
+/// method; the defaults say "not available".
 pub trait Model {
     /// The logits `(N, num_classes)` of a batch of inputs `(N, C, H, W)`.
     fn forward(&self, inputs: ArrayView4<f32>) -> Result<Array2<f32>>;
@@ -73,67 +106,175 @@ pub trait Model {
         self.forward(inputs.view())
     }
 
+    /// Its named internal layers, if it exposes them (the feature
+    /// detectors and activation shaping need them).
+    fn as_features(&self) -> Option<&dyn FeatureModel> {
+        None
+    }
+
+    /// Its last linear layer, if it can give it (ViM, DICE, ... and
+    /// activation shaping need it).
+    fn as_last_layer(&self) -> Option<&dyn LastLayer> {
+        None
+    }
+
+    /// Its input gradients, if it computes them (ODIN's step, and any
+    /// feature detector's [input step](crate::detectors::InputPerturbation)).
+    fn as_input_gradient(&self) -> Option<&dyn InputGradient> {
+        None
+    }
+
+    /// Editing its last feature map, if it can be split there (RankFeat).
+    fn as_map_editing(&self) -> Option<&dyn MapEditing> {
+        None
+    }
+
+    /// Passes with its dropout active, if it has dropout (Monte Carlo
+    /// dropout).
+    fn as_stochastic(&self) -> Option<&dyn StochasticPasses> {
+        None
+    }
+}
+
+/// A capability of a [`Model`] beyond its logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Capability {
+    /// Named internal layers ([`FeatureModel`]).
+    Features,
+    /// The last linear layer's weights and bias ([`LastLayer`]).
+    LastLayer,
+    /// Gradients with respect to the inputs ([`InputGradient`]).
+    InputGradient,
+    /// Editing the last feature map before the rest of the network
+    /// ([`MapEditing`]).
+    MapEditing,
+    /// Forward passes with dropout active ([`StochasticPasses`]).
+    StochasticPasses,
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Capability::Features => "the model's internal features (named layers)",
+            Capability::LastLayer => "the model's last linear layer",
+            Capability::InputGradient => "gradients with respect to the inputs",
+            Capability::MapEditing => "editing the model's last feature map",
+            Capability::StochasticPasses => "forward passes with dropout active",
+        })
+    }
+}
+
+impl Capability {
+    /// How a model gets this capability.
+    pub fn how_to_provide(self) -> &'static str {
+        match self {
+            Capability::Features => {
+                "use a network that exposes its layers: the crate's networks (BurnModel), an \
+                 ONNX graph (OnnxModel), or a closure model with its layers \
+                 (model::from_fn_with_features)"
+            }
+            Capability::LastLayer => {
+                "use a network whose logits are a linear layer of its penultimate features \
+                 (BurnClassifier::head_linear, an ONNX Gemm or MatMul + Add, \
+                 FnFeatureModel::with_head), or give the detector the weights (with_head)"
+            }
+            Capability::InputGradient => {
+                "use the crate's networks (BurnModel) or a closure model with its gradient \
+                 (model::from_fn_with_gradient), or set the input step to 0"
+            }
+            Capability::MapEditing => {
+                "it needs the network itself: a BurnModel of a module implementing \
+                 BurnClassifier::last_feature_map and logits_from_map"
+            }
+            Capability::StochasticPasses => {
+                "it needs the network itself, with dropout: a BurnModel of a module \
+                 implementing BurnClassifier::stochastic_logits"
+            }
+        }
+    }
+
+    /// The error for a model without this capability, which `who` needs.
+    pub(crate) fn missing(self, who: &str) -> Error {
+        Error::Unsupported {
+            what: format!("{who} needs {self}, which this model does not give"),
+            hint: self.how_to_provide().into(),
+        }
+    }
+}
+
+/// The model's named layers, or an error saying `who` needs them.
+pub(crate) fn features_of<'a>(model: &'a dyn Model, who: &str) -> Result<&'a dyn FeatureModel> {
+    model
+        .as_features()
+        .ok_or_else(|| Capability::Features.missing(who))
+}
+
+/// The model's last layer `(weights, bias)`, or an error saying `who`
+/// needs it.
+pub(crate) fn last_layer_of(model: &dyn Model, who: &str) -> Result<(Array2<f32>, Array1<f32>)> {
+    model
+        .as_last_layer()
+        .ok_or_else(|| Capability::LastLayer.missing(who))?
+        .head_parameters()
+}
+
+/// The model's input gradients, or an error saying `who` needs them.
+pub(crate) fn input_gradient_of<'a>(
+    model: &'a dyn Model,
+    who: &str,
+) -> Result<&'a dyn InputGradient> {
+    model
+        .as_input_gradient()
+        .ok_or_else(|| Capability::InputGradient.missing(who))
+}
+
+/// Gradients of a [`Model`]'s logits with respect to its inputs.
+pub trait InputGradient {
     /// The gradient, with respect to the inputs `(N, C, H, W)`, of
     /// Σ logits ⊙ `logits_grad` (`logits_grad` is `(N, num_classes)`): a
     /// vector-Jacobian product, what input-perturbation detectors (ODIN)
     /// need. [`BurnModel`] computes it with burn's autodiff;
-    /// [`from_fn_with_gradient`] takes it from a closure. The default is an
-    /// [`Error::Unsupported`] saying so.
+    /// [`from_fn_with_gradient`] takes it from a closure.
     fn input_gradient(
         &self,
         inputs: ArrayView4<f32>,
         logits_grad: ArrayView2<f32>,
-    ) -> Result<Array4<f32>> {
-        let _ = (inputs, logits_grad);
-        Err(Error::Unsupported {
-            what: "input_gradient".into(),
-            hint: "use a burn module through BurnModel, or give the gradient of a closure \
-                   model with model::from_fn_with_gradient"
-                .into(),
-        })
-    }
+    ) -> Result<Array4<f32>>;
+}
 
+/// A [`Model`] split at its last convolutional feature map.
+pub trait MapEditing {
     /// The logits when the network's last convolutional feature map
     /// `(N, C, H, W)` is replaced by `edit(map)` (same shape) before the
     /// rest of the network runs: what RankFeat needs. [`BurnModel`] runs it
-    /// for modules implementing
-    /// [`BurnClassifier::last_feature_map`];
-    /// the default is an [`Error::Unsupported`] (a closure or an ONNX graph
-    /// cannot be split at a feature map).
+    /// for modules implementing [`BurnClassifier::last_feature_map`].
     fn forward_editing_map(
         &self,
         inputs: ArrayView4<f32>,
         edit: &dyn Fn(Array4<f32>) -> Result<Array4<f32>>,
-    ) -> Result<Array2<f32>> {
-        let _ = (inputs, edit);
-        Err(Error::Unsupported {
-            what: "editing the last convolutional feature map (RankFeat)".into(),
-            hint: "it needs the network itself: a BurnModel of a module implementing \
-                   BurnClassifier::last_feature_map and logits_from_map"
-                .into(),
-        })
-    }
+    ) -> Result<Array2<f32>>;
+}
 
+/// A [`Model`] with dropout that can run with it active.
+pub trait StochasticPasses {
     /// The logits of `passes` forward passes with the network's dropout
     /// active, the random masks seeded by `seed`: what Monte Carlo dropout
     /// needs. [`BurnModel`] runs it for modules implementing
-    /// [`BurnClassifier::stochastic_logits`];
-    /// the default is an [`Error::Unsupported`] (a closure or an ONNX graph
-    /// runs in inference mode).
+    /// [`BurnClassifier::stochastic_logits`].
     fn forward_stochastic(
         &self,
         inputs: ArrayView4<f32>,
         passes: usize,
         seed: u64,
-    ) -> Result<Vec<Array2<f32>>> {
-        let _ = (inputs, passes, seed);
-        Err(Error::Unsupported {
-            what: "forward passes with dropout active (Monte Carlo dropout)".into(),
-            hint: "it needs the network itself: a BurnModel of a module with dropout \
-                   implementing BurnClassifier::stochastic_logits"
-                .into(),
-        })
-    }
+    ) -> Result<Vec<Array2<f32>>>;
+}
+
+/// The last layer of a [`Model`], when it is affine.
+pub trait LastLayer {
+    /// `(weights, bias)` with weights `(num_classes, D)` and bias
+    /// `(num_classes,)`, such that logits = f · weightsᵀ + bias for the
+    /// penultimate activations `f` (layer `-2`), PyTorch's layout.
+    fn head_parameters(&self) -> Result<(Array2<f32>, Array1<f32>)>;
 }
 
 /// A layer of a [`FeatureModel`]: by position in
@@ -226,14 +367,16 @@ pub struct ModelOutput {
     pub logits: Array2<f32>,
 }
 
-/// A [`Model`] that can also return internal activations.
+/// A [`Model`]'s named internal layers: the capability the feature
+/// detectors need (a model hands it out from
+/// [`Model::as_features`]).
 ///
 /// The layers it exposes are listed by [`layer_names`](Self::layer_names),
 /// in forward order, the logits last: `-1` is the logits and `-2` the
 /// penultimate layer. Activations of rank above 2 are reduced to `(N, D)` by
 /// the model (flattened, or globally average-pooled for convolutional maps;
 /// the implementation documents which).
-pub trait FeatureModel: Model {
+pub trait FeatureModel {
     /// The layers whose activations can be asked for, logits last.
     fn layer_names(&self) -> Vec<String>;
 
@@ -249,21 +392,6 @@ pub trait FeatureModel: Model {
     ) -> Result<ModelOutput> {
         self.forward_features(inputs.view(), layers)
     }
-
-    /// The last layer, when it is affine: `(weights, bias)` with weights
-    /// `(num_classes, D)` and bias `(num_classes,)`, such that
-    /// logits = f · weightsᵀ + bias for the penultimate activations `f`
-    /// (layer `-2`), PyTorch's layout. ViM needs it. The default is an
-    /// [`Error::Unsupported`] saying so.
-    fn head_parameters(&self) -> Result<(Array2<f32>, Array1<f32>)> {
-        Err(Error::Unsupported {
-            what: "head_parameters (the last layer's weights)".into(),
-            hint: "implement BurnClassifier::head_linear for a burn module, give a closure \
-                   model its head with FnFeatureModel::with_head, or pass the weights to the \
-                   detector (Vim::with_head)"
-                .into(),
-        })
-    }
 }
 
 /// Forwards every method to the model behind a pointer, so `&M`, `Box<M>`,
@@ -277,50 +405,20 @@ macro_rules! forward_model_impls {
             fn forward_owned(&self, inputs: Array4<f32>) -> Result<Array2<f32>> {
                 (**self).forward_owned(inputs)
             }
-            fn input_gradient(
-                &self,
-                inputs: ArrayView4<f32>,
-                logits_grad: ArrayView2<f32>,
-            ) -> Result<Array4<f32>> {
-                (**self).input_gradient(inputs, logits_grad)
+            fn as_features(&self) -> Option<&dyn FeatureModel> {
+                (**self).as_features()
             }
-            fn forward_editing_map(
-                &self,
-                inputs: ArrayView4<f32>,
-                edit: &dyn Fn(Array4<f32>) -> Result<Array4<f32>>,
-            ) -> Result<Array2<f32>> {
-                (**self).forward_editing_map(inputs, edit)
+            fn as_last_layer(&self) -> Option<&dyn LastLayer> {
+                (**self).as_last_layer()
             }
-            fn forward_stochastic(
-                &self,
-                inputs: ArrayView4<f32>,
-                passes: usize,
-                seed: u64,
-            ) -> Result<Vec<Array2<f32>>> {
-                (**self).forward_stochastic(inputs, passes, seed)
+            fn as_input_gradient(&self) -> Option<&dyn InputGradient> {
+                (**self).as_input_gradient()
             }
-        }
-
-        impl<M: FeatureModel + ?Sized> FeatureModel for $ptr {
-            fn layer_names(&self) -> Vec<String> {
-                (**self).layer_names()
+            fn as_map_editing(&self) -> Option<&dyn MapEditing> {
+                (**self).as_map_editing()
             }
-            fn forward_features(
-                &self,
-                inputs: ArrayView4<f32>,
-                layers: &[LayerId],
-            ) -> Result<ModelOutput> {
-                (**self).forward_features(inputs, layers)
-            }
-            fn forward_features_owned(
-                &self,
-                inputs: Array4<f32>,
-                layers: &[LayerId],
-            ) -> Result<ModelOutput> {
-                (**self).forward_features_owned(inputs, layers)
-            }
-            fn head_parameters(&self) -> Result<(Array2<f32>, Array1<f32>)> {
-                (**self).head_parameters()
+            fn as_stochastic(&self) -> Option<&dyn StochasticPasses> {
+                (**self).as_stochastic()
             }
         }
     )*};

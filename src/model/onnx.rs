@@ -11,7 +11,7 @@ use tract_onnx::prelude::{
 
 use super::closure::LOGITS;
 use super::onnx_head::{Reason, affine_head};
-use super::{FeatureModel, LayerId, Model, ModelOutput, pick_layers, resolve_layers};
+use super::{FeatureModel, LastLayer, LayerId, Model, ModelOutput, pick_layers, resolve_layers};
 use crate::error::{Error, Result};
 
 /// An ONNX graph as a [`Model`] and a [`FeatureModel`]: `(N, C, H, W)`
@@ -227,6 +227,16 @@ impl Model for OnnxModel {
             .pop()
             .ok_or_else(|| Error::backend("the ONNX graph returned nothing"))
     }
+
+    fn as_features(&self) -> Option<&dyn FeatureModel> {
+        Some(self)
+    }
+
+    /// Always: reading it says why when the graph's last layer is not a
+    /// `Gemm` (or `MatMul` then `Add`) of the named feature layer.
+    fn as_last_layer(&self) -> Option<&dyn LastLayer> {
+        Some(self)
+    }
 }
 
 impl FeatureModel for OnnxModel {
@@ -251,7 +261,9 @@ impl FeatureModel for OnnxModel {
         let features = pick_layers(&positions, &all, &logits);
         Ok(ModelOutput { features, logits })
     }
+}
 
+impl LastLayer for OnnxModel {
     /// The last layer, read from the graph's constants when the logits are
     /// a `Gemm` (or a `MatMul` then an `Add`) of the last feature layer
     /// named at load; else an [`Error::Unsupported`] saying why.

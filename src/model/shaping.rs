@@ -9,7 +9,7 @@
 
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 
-use super::{CheckedFeatures, FeatureModel, LayerId};
+use super::{CheckedFeatures, LayerId, Model, features_of};
 use crate::datasets::{BatchSource, require_fit_data};
 use crate::error::{Error, Result};
 
@@ -45,7 +45,7 @@ impl Shaping {
     /// All the activations are kept to take an exact quantile: fit on a
     /// subset (a few thousand images) when the layer is wide.
     pub fn react(
-        model: &dyn FeatureModel,
+        model: &dyn Model,
         fit_data: Option<&dyn BatchSource>,
         quantile: f32,
     ) -> Result<Self> {
@@ -54,7 +54,7 @@ impl Shaping {
         }
         let fit_data = require_fit_data(fit_data, "ReAct fits its threshold on ID activations")?;
         let penultimate = [LayerId::Index(-2)];
-        let mut checked = CheckedFeatures::new(model, &penultimate)?;
+        let mut checked = CheckedFeatures::new(features_of(model, "ReAct")?, &penultimate)?;
         let mut values = Vec::new();
         let mut offset = 0;
         for batch in fit_data.batches()? {

@@ -11,7 +11,7 @@
 
 use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayView4};
 use oodkit::datasets::OodDataset;
-use oodkit::model::{FeatureModel, LayerId, Model, ModelOutput};
+use oodkit::model::{FeatureModel, InputGradient, LastLayer, LayerId, Model, ModelOutput};
 
 pub const WIDTH: usize = 6;
 pub const HIDDEN: usize = 4;
@@ -67,6 +67,20 @@ impl Model for FixtureNet {
         Ok(hidden.dot(&self.weights.t()) + &self.bias)
     }
 
+    fn as_features(&self) -> Option<&dyn FeatureModel> {
+        Some(self)
+    }
+
+    fn as_last_layer(&self) -> Option<&dyn LastLayer> {
+        Some(self)
+    }
+
+    fn as_input_gradient(&self) -> Option<&dyn InputGradient> {
+        Some(self)
+    }
+}
+
+impl InputGradient for FixtureNet {
     fn input_gradient(
         &self,
         inputs: ArrayView4<f32>,
@@ -104,7 +118,9 @@ impl FeatureModel for FixtureNet {
             .collect::<oodkit::Result<Vec<_>>>()?;
         Ok(ModelOutput { features, logits })
     }
+}
 
+impl LastLayer for FixtureNet {
     fn head_parameters(&self) -> oodkit::Result<(Array2<f32>, Array1<f32>)> {
         Ok((self.weights.clone(), self.bias.clone()))
     }

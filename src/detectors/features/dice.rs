@@ -13,7 +13,7 @@ use crate::detectors::registry::{
     Capability, Needs, Param, Registration, built, load_features, on_layers,
 };
 use crate::error::{Error, Result};
-use crate::model::FeatureModel;
+use crate::model::Model;
 
 /// DICE: each weight's contribution to the logits on in-distribution data
 /// is V = W ⊙ m̄ (the last layer's weights `(classes, D)` times the mean
@@ -28,7 +28,7 @@ use crate::model::FeatureModel;
 /// above it, as OpenOOD's postprocessor does. The logits are those of the
 /// sparsified head on the features, never the model's own. The head comes
 /// from the model
-/// ([`FeatureModel::head_parameters`](crate::model::FeatureModel::head_parameters))
+/// ([`LastLayer::head_parameters`](crate::model::LastLayer::head_parameters)(crate::model::LastLayer::head_parameters))
 /// or from [`with_head`](Self::with_head), which
 /// [`fit_features`](FeatureDetector::fit_features) needs. Fitting streams
 /// once (the mean activation); memory O(classes · D). Labels are not used.
@@ -110,7 +110,7 @@ impl FeatureDetector for Dice {
         false
     }
 
-    fn fitter(&self, width: usize, model: Option<&dyn FeatureModel>) -> Result<DiceFitter> {
+    fn fitter(&self, width: usize, model: Option<&dyn Model>) -> Result<DiceFitter> {
         let head = Head::resolve(self.head.as_ref(), model, width, "DICE", "Dice::new(..)?")?;
         Ok(DiceFitter {
             sparsity: self.sparsity,

@@ -12,7 +12,7 @@ use crate::detectors::registry::{
     Capability, Needs, Registration, built, load_features, on_layers,
 };
 use crate::error::{Error, Result};
-use crate::model::FeatureModel;
+use crate::model::Model;
 
 /// What fDBD divides the distances to the decision boundaries by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +113,7 @@ impl FeatureDetector for Fdbd {
         false
     }
 
-    fn fitter(&self, width: usize, model: Option<&dyn FeatureModel>) -> Result<FdbdFitter> {
+    fn fitter(&self, width: usize, model: Option<&dyn Model>) -> Result<FdbdFitter> {
         let head = Head::resolve(self.head.as_ref(), model, width, "fDBD", "Fdbd::default()")?;
         let denominators = boundary_scales(&head)?;
         Ok(FdbdFitter {

@@ -16,7 +16,7 @@ use crate::detectors::registry::{
 };
 use crate::error::{Error, Result};
 use crate::linalg::{gemm, symmetric_eigen};
-use crate::model::FeatureModel;
+use crate::model::Model;
 
 /// GMM: each class c of the fit data is a Gaussian N(μ_c, Σ_c) with its own
 /// covariance (where [`Mahalanobis`](super::Mahalanobis), after Lee et al.,
@@ -107,7 +107,7 @@ impl FeatureDetector for Gmm {
         true
     }
 
-    fn fitter(&self, width: usize, _model: Option<&dyn FeatureModel>) -> Result<GmmFitter> {
+    fn fitter(&self, width: usize, _model: Option<&dyn Model>) -> Result<GmmFitter> {
         Ok(GmmFitter {
             regularization: self.regularization,
             width,

@@ -11,7 +11,7 @@ use crate::detectors::registry::{
     Capability, Needs, Registration, built, load_features, on_layers,
 };
 use crate::error::Result;
-use crate::model::FeatureModel;
+use crate::model::{Model, last_layer_of};
 
 /// GradNorm: the L1 norm of the gradient, with respect to the last layer's
 /// weights W, of the cross-entropy between the softmax p = softmax(W f + b)
@@ -26,7 +26,7 @@ use crate::model::FeatureModel;
 /// C (the same order). It has no parameter and learns nothing of the data:
 /// fitting through a model needs no fit data (`fit(&model, None)`) and
 /// only reads the head
-/// ([`FeatureModel::head_parameters`](crate::model::FeatureModel::head_parameters));
+/// ([`LastLayer::head_parameters`](crate::model::LastLayer::head_parameters)(crate::model::LastLayer::head_parameters));
 /// on precomputed features give it with [`with_head`](Self::with_head).
 /// The logits are the head's on the features.
 ///
@@ -76,7 +76,7 @@ impl FeatureDetector for GradNorm {
         false
     }
 
-    fn fitter(&self, width: usize, model: Option<&dyn FeatureModel>) -> Result<GradNormFitter> {
+    fn fitter(&self, width: usize, model: Option<&dyn Model>) -> Result<GradNormFitter> {
         let head = Head::resolve(
             self.head.as_ref(),
             model,
@@ -87,12 +87,10 @@ impl FeatureDetector for GradNorm {
         Ok(GradNormFitter { head })
     }
 
-    fn fit_without_data(&self, model: &dyn FeatureModel) -> Option<Result<GradNormHead>> {
+    fn fit_without_data(&self, model: &dyn Model) -> Option<Result<GradNormHead>> {
         let head = match &self.head {
             Some(head) => Ok(head.clone()),
-            None => model
-                .head_parameters()
-                .and_then(|(w, b)| Head::new(w, b, "GradNorm")),
+            None => last_layer_of(model, "GradNorm").and_then(|(w, b)| Head::new(w, b, "GradNorm")),
         };
         Some(head.map(|head| GradNormHead { head }))
     }

@@ -14,7 +14,7 @@ use crate::detectors::registry::{
 };
 use crate::error::{Error, Result};
 use crate::metrics::argmax;
-use crate::model::FeatureModel;
+use crate::model::Model;
 use ndarray::{Array2, ArrayView2};
 use serde_json::{Value, json};
 
@@ -127,7 +127,7 @@ impl FeatureDetector for Gram {
         false
     }
 
-    fn fitter(&self, width: usize, _model: Option<&dyn FeatureModel>) -> Result<GramFitter> {
+    fn fitter(&self, width: usize, _model: Option<&dyn Model>) -> Result<GramFitter> {
         Ok(GramFitter {
             dim: width,
             quantile: self.quantile,

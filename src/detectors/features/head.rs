@@ -1,7 +1,7 @@
 //! The last layer — weights W `(classes, D)` and bias b — that the
 //! detectors working between the penultimate features and the logits read
 //! (DICE, VRA, fDBD, NCI, GradNorm, Residual): taken from the model
-//! ([`FeatureModel::head_parameters`]) or given by the caller, checked once,
+//! ([`LastLayer::head_parameters`](crate::model::LastLayer::head_parameters)) or given by the caller, checked once,
 //! saved with the fitted state.
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, CowArray, Ix2};
@@ -10,7 +10,7 @@ use super::LayerBatch;
 use crate::detectors::file::{Reader, Writer};
 use crate::error::{Error, Result};
 use crate::linalg::gemm;
-use crate::model::{FeatureModel, check_finite, check_head};
+use crate::model::{Model, check_finite, check_head, last_layer_of};
 
 /// A checked last layer: W `(classes, D)`, b `(classes,)`, finite.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,7 +34,7 @@ impl Head {
     /// no head given) it says how to give one.
     pub(crate) fn resolve(
         given: Option<&Head>,
-        model: Option<&dyn FeatureModel>,
+        model: Option<&dyn Model>,
         width: usize,
         detector: &str,
         constructor: &str,
@@ -42,7 +42,7 @@ impl Head {
         let head = match (given, model) {
             (Some(head), _) => head.clone(),
             (None, Some(model)) => {
-                let (weights, bias) = model.head_parameters()?;
+                let (weights, bias) = last_layer_of(model, detector)?;
                 Head::new(weights, bias, detector)?
             }
             (None, None) => {

@@ -11,7 +11,7 @@ use crate::detectors::registry::{
 };
 use crate::error::{Error, Result};
 use crate::linalg::gemm_into;
-use crate::model::FeatureModel;
+use crate::model::Model;
 use serde_json::{Value, json};
 
 /// Queries per block of the search.
@@ -96,7 +96,7 @@ impl FeatureDetector for Knn {
         false
     }
 
-    fn fitter(&self, width: usize, _model: Option<&dyn FeatureModel>) -> Result<KnnFitter> {
+    fn fitter(&self, width: usize, _model: Option<&dyn Model>) -> Result<KnnFitter> {
         Ok(KnnFitter {
             k: self.k,
             dim: width,

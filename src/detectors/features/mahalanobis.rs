@@ -12,7 +12,7 @@ use crate::detectors::registry::{
 };
 use crate::error::Result;
 use crate::linalg::{gemm, symmetric_pinv};
-use crate::model::FeatureModel;
+use crate::model::Model;
 use serde_json::{Value, json};
 
 /// Mahalanobis: class means μ_c and one shared (tied) covariance Σ of the
@@ -73,7 +73,7 @@ impl FeatureDetector for Mahalanobis {
         true
     }
 
-    fn fitter(&self, width: usize, _model: Option<&dyn FeatureModel>) -> Result<GaussianFitter> {
+    fn fitter(&self, width: usize, _model: Option<&dyn Model>) -> Result<GaussianFitter> {
         Ok(GaussianFitter::new(width, false, self.name()))
     }
 
@@ -136,7 +136,7 @@ impl FeatureDetector for Rmds {
         true
     }
 
-    fn fitter(&self, width: usize, _model: Option<&dyn FeatureModel>) -> Result<GaussianFitter> {
+    fn fitter(&self, width: usize, _model: Option<&dyn Model>) -> Result<GaussianFitter> {
         Ok(GaussianFitter::new(width, true, self.name()))
     }
 

@@ -22,13 +22,15 @@ use std::fmt;
 use ndarray::{Array1, ArrayView1, ArrayView2, Axis, concatenate};
 
 use super::{
-    Aggregation, Aggregator, Detector, Features, FittedDetector, InputPerturbation, ModelOf,
-    ModelShape, ScoreOutput,
+    Aggregation, Aggregator, Detector, FittedDetector, InputPerturbation, ModelShape, ScoreOutput,
 };
 use crate::batch::Batch;
 use crate::datasets::{BatchSource, require_fit_data};
 use crate::error::{Error, Result};
-use crate::model::{CheckedFeatures, FeatureModel, LayerId, check_finite, check_logits};
+use crate::model::{
+    CheckedFeatures, FeatureModel, LayerId, Model, check_finite, check_logits, features_of,
+    input_gradient_of,
+};
 
 pub(crate) mod aggregation;
 pub(super) mod dice;
@@ -203,12 +205,12 @@ pub trait FeatureDetector: Clone + fmt::Debug {
 
     /// A fitter for one layer's features, `width` wide; `model` is the
     /// network when fitting through one (ViM reads its last layer).
-    fn fitter(&self, width: usize, model: Option<&dyn FeatureModel>) -> Result<Self::Fitter>;
+    fn fitter(&self, width: usize, model: Option<&dyn Model>) -> Result<Self::Fitter>;
 
     /// What fitting through `model` learns when no fit data is given, for
     /// a detector that needs only the model (GradNorm reads its last
     /// layer); `None`, the default, when fit data is required.
-    fn fit_without_data(&self, model: &dyn FeatureModel) -> Option<Result<Self::Fitted>> {
+    fn fit_without_data(&self, model: &dyn Model) -> Option<Result<Self::Fitted>> {
         let _ = model;
         None
     }
@@ -251,7 +253,7 @@ pub trait FeatureDetector: Clone + fmt::Debug {
     /// Perturbs each input by this [`InputPerturbation`] before its
     /// features are taken (Mahalanobis and SHE do in their papers). Needs a
     /// model with input gradients
-    /// ([`Model::input_gradient`](crate::model::Model::input_gradient));
+    /// ([`InputGradient::input_gradient`](crate::model::InputGradient::input_gradient)(crate::model::InputGradient::input_gradient));
     /// only scoring through a model is perturbed, not
     /// [`score_features`](ScoreFeatures::score_features).
     fn with_input_perturbation(mut self, step: InputPerturbation) -> Self
@@ -420,8 +422,6 @@ impl<S: ScoreFeatures> FittedFeatures<S> {
 }
 
 impl<S: ScoreFeatures> FittedDetector for FittedFeatures<S> {
-    type Family = Features;
-
     fn kind(&self) -> &'static str {
         self.name
     }
@@ -433,8 +433,11 @@ impl<S: ScoreFeatures> FittedDetector for FittedFeatures<S> {
     /// Resolves every fitted layer on the model and, when the fit saw the
     /// model's input shape, runs one zero input through it to check each
     /// layer's width and the number of classes.
-    fn check_model(&self, model: &ModelOf<'_, Self>) -> Result<()> {
-        let checked = CheckedFeatures::new(model, &self.layers)?;
+    fn check_model(&self, model: &dyn Model) -> Result<()> {
+        let checked = CheckedFeatures::new(features_of(model, self.name)?, &self.layers)?;
+        if self.perturbation.is_some() {
+            input_gradient_of(model, &format!("{} with an input step", self.name))?;
+        }
         let Some(expects) = &self.expects else {
             return Ok(());
         };
@@ -447,8 +450,9 @@ impl<S: ScoreFeatures> FittedDetector for FittedFeatures<S> {
     /// Each layer's scores, then their aggregate. With an input step, the
     /// features are those of the perturbed inputs (the logits returned
     /// stay those of the unperturbed ones).
-    fn score_batch(&self, model: &ModelOf<'_, Self>, batch: Batch) -> Result<ScoreOutput> {
-        let mut checked = CheckedFeatures::new(model, &self.layers)?.expecting(self.widths());
+    fn score_batch(&self, model: &dyn Model, batch: Batch) -> Result<ScoreOutput> {
+        let mut checked = CheckedFeatures::new(features_of(model, self.name)?, &self.layers)?
+            .expecting(self.widths());
         let n = batch.len();
         let (out, unperturbed) = match self.perturbation {
             Some(step) => {
@@ -489,7 +493,7 @@ impl<D: FeatureDetector> Detector for D {
     /// `model`, streaming over its batches.
     fn fit_model(
         &self,
-        model: &ModelOf<'_, Self::Fitted>,
+        model: &dyn Model,
         fit_data: Option<&dyn BatchSource>,
     ) -> Result<Self::Fitted> {
         fit_layers(self, model, fit_data)
@@ -502,17 +506,21 @@ impl<D: FeatureDetector> Detector for D {
 /// there are several layers.
 fn fit_layers<D: FeatureDetector>(
     detector: &D,
-    model: &dyn FeatureModel,
+    model: &dyn Model,
     fit_data: Option<&dyn BatchSource>,
 ) -> Result<FittedFeatures<D::Fitted>> {
     let name = detector.name();
     let layers = detector.layers();
+    let features = features_of(model, name)?;
+    if detector.options().perturbation.is_some() {
+        input_gradient_of(model, &format!("{name} with an input step"))?;
+    }
     if fit_data.is_none()
         && layers.len() == 1
         && let Some(state) = detector.fit_without_data(model)
     {
         let state = state?;
-        CheckedFeatures::new(model, layers)?;
+        CheckedFeatures::new(features, layers)?;
         return FittedFeatures::from_parts(
             name,
             layers.to_vec(),
@@ -527,7 +535,7 @@ fn fit_layers<D: FeatureDetector>(
         &format!("{name} fits statistics of in-distribution features"),
     )?;
     let mut fitters: Vec<Option<D::Fitter>> = layers.iter().map(|_| None).collect();
-    let mut pass = Pass::new(model, layers, name)?;
+    let mut pass = Pass::new(features, layers, name)?;
     pass.run(data, 0, detector.needs_labels(), |l, batch| {
         let fitter = match &mut fitters[l] {
             Some(f) => f,

@@ -13,7 +13,7 @@ use crate::detectors::registry::{
     Capability, Needs, Param, Registration, built, load_features, on_layers,
 };
 use crate::error::{Error, Result};
-use crate::model::FeatureModel;
+use crate::model::Model;
 
 /// NCI: in-distribution features, centred on the mean fit feature μ, point
 /// along the weight vector w_p of their predicted class p (neural
@@ -103,7 +103,7 @@ impl FeatureDetector for Nci {
         false
     }
 
-    fn fitter(&self, width: usize, model: Option<&dyn FeatureModel>) -> Result<NciFitter> {
+    fn fitter(&self, width: usize, model: Option<&dyn Model>) -> Result<NciFitter> {
         let head = Head::resolve(self.head.as_ref(), model, width, "NCI", "Nci::new(..)?")?;
         Ok(NciFitter {
             alpha: self.alpha,

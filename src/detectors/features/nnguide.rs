@@ -13,7 +13,7 @@ use crate::detectors::registry::{
 };
 use crate::error::{Error, Result};
 use crate::linalg::gemm_into;
-use crate::model::FeatureModel;
+use crate::model::{Model, last_layer_of};
 
 /// NNGuide: a guide bank of in-distribution features, each L2-normalised
 /// and scaled by its confidence (its energy, logsumexp of its logits);
@@ -120,7 +120,7 @@ impl FeatureDetector for NnGuide {
         false
     }
 
-    fn fitter(&self, width: usize, model: Option<&dyn FeatureModel>) -> Result<NnGuideFitter> {
+    fn fitter(&self, width: usize, model: Option<&dyn Model>) -> Result<NnGuideFitter> {
         let head = match (&self.head, model) {
             (Some(_), _) | (None, None) => Some(Head::resolve(
                 self.head.as_ref(),
@@ -131,8 +131,7 @@ impl FeatureDetector for NnGuide {
             )?),
             // The model's logits serve; its head only lets the state score
             // precomputed features later.
-            (None, Some(model)) => model
-                .head_parameters()
+            (None, Some(model)) => last_layer_of(model, "NNGuide")
                 .and_then(|(w, b)| Head::new(w, b, "NNGuide"))
                 .ok()
                 .filter(|h| h.width() == width),

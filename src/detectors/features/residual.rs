@@ -17,7 +17,7 @@ use crate::detectors::registry::{
 };
 use crate::error::Result;
 use crate::linalg::{gemm, pinv};
-use crate::model::FeatureModel;
+use crate::model::Model;
 
 /// Residual: features f of the penultimate layer, seen from the origin
 /// u = −W⁺b of the last layer, have a principal subspace (the top
@@ -101,7 +101,7 @@ impl FeatureDetector for Residual {
         false
     }
 
-    fn fitter(&self, width: usize, model: Option<&dyn FeatureModel>) -> Result<ResidualFitter> {
+    fn fitter(&self, width: usize, model: Option<&dyn Model>) -> Result<ResidualFitter> {
         let head = Head::resolve(
             self.head.as_ref(),
             model,

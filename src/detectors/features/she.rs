@@ -13,7 +13,7 @@ use crate::detectors::registry::{
 use crate::error::{Error, Result};
 use crate::linalg::gemm;
 use crate::metrics::argmax;
-use crate::model::FeatureModel;
+use crate::model::Model;
 use serde_json::{Value, json};
 
 /// SHE: the mean feature μ_c of each class over the in-distribution fit
@@ -68,7 +68,7 @@ impl FeatureDetector for She {
         true
     }
 
-    fn fitter(&self, width: usize, _model: Option<&dyn FeatureModel>) -> Result<SheFitter> {
+    fn fitter(&self, width: usize, _model: Option<&dyn Model>) -> Result<SheFitter> {
         Ok(SheFitter {
             dim: width,
             sums: BTreeMap::new(),

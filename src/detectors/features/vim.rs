@@ -11,7 +11,7 @@ use crate::detectors::registry::{
 };
 use crate::error::{Error, Result};
 use crate::linalg::{gemm, pinv, symmetric_eigen};
-use crate::model::{FeatureModel, check_head};
+use crate::model::{Model, check_head, last_layer_of};
 use serde_json::{Value, json};
 
 /// How many principal dimensions of the in-distribution features ViM
@@ -33,7 +33,7 @@ pub enum PrincipalDims {
 /// score = α·r(f) − logsumexp(logits) (higher = more OOD).
 ///
 /// The head comes from the model
-/// ([`FeatureModel::head_parameters`](crate::model::FeatureModel::head_parameters):
+/// ([`LastLayer::head_parameters`](crate::model::LastLayer::head_parameters)(crate::model::LastLayer::head_parameters):
 /// the toy networks, any burn module with
 /// [`BurnClassifier::head_linear`](crate::model::BurnClassifier::head_linear))
 /// or from [`with_head`](Self::with_head), which
@@ -133,10 +133,10 @@ impl FeatureDetector for Vim {
         false
     }
 
-    fn fitter(&self, dim: usize, model: Option<&dyn FeatureModel>) -> Result<VimFitter> {
+    fn fitter(&self, dim: usize, model: Option<&dyn Model>) -> Result<VimFitter> {
         let (weights, bias) = match (&self.head, model) {
             (Some(head), _) => head.clone(),
-            (None, Some(model)) => model.head_parameters()?,
+            (None, Some(model)) => last_layer_of(model, "ViM")?,
             (None, None) => {
                 return Err(Error::Unsupported {
                     what: "ViM on precomputed features without the last layer".into(),

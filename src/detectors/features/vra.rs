@@ -12,7 +12,7 @@ use crate::detectors::registry::{
     Capability, Needs, Param, Registration, built, load_features, on_layers,
 };
 use crate::error::{Error, Result};
-use crate::model::FeatureModel;
+use crate::model::Model;
 
 /// How VRA rectifies each activation z between the thresholds α < β.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -154,7 +154,7 @@ impl FeatureDetector for Vra {
         false
     }
 
-    fn fitter(&self, width: usize, model: Option<&dyn FeatureModel>) -> Result<VraFitter> {
+    fn fitter(&self, width: usize, model: Option<&dyn Model>) -> Result<VraFitter> {
         let head = Head::resolve(self.head.as_ref(), model, width, "VRA", "Vra::new(..)?")?;
         Ok(VraFitter {
             detector: self.clone(),

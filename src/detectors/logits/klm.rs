@@ -5,9 +5,10 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
 use super::{ScoreLogits, check_fit_logits, fit_logits, score_rows};
 use crate::datasets::BatchSource;
+use crate::detectors::Detector;
 use crate::detectors::registry::{Needs, Registration, built, load_as};
-use crate::detectors::{Detector, ModelOf};
 use crate::error::{Error, Result};
+use crate::model::Model;
 
 /// KL matching: each class k has a template d_k, the mean softmax of the
 /// in-distribution fit samples the model *predicts* as k (labels are not
@@ -87,7 +88,7 @@ impl Detector for Klm {
     /// the templates on its logits.
     fn fit_model(
         &self,
-        model: &ModelOf<'_, KlMatching>,
+        model: &dyn Model,
         fit_data: Option<&dyn BatchSource>,
     ) -> Result<KlMatching> {
         let (logits, _) = fit_logits(model, fit_data, "KLM", false)?;

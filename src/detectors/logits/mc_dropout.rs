@@ -7,7 +7,7 @@ use super::{ScoreLogits, check_logits_width, shifted_exps};
 use crate::batch::Batch;
 use crate::datasets::BatchSource;
 use crate::detectors::registry::{Capability, Needs, Param, Registration, built, load_as};
-use crate::detectors::{Detector, ModelOf, ScoreOutput};
+use crate::detectors::{Detector, ScoreOutput};
 use crate::error::{Error, Result};
 use crate::model::{Model, check_logits};
 
@@ -30,7 +30,7 @@ pub enum McStatistic {
 /// scores alike every time, on any thread, in a batch of any size. OpenOOD's `mcd` postprocessor is
 /// another method (two classifier heads trained apart); this is the
 /// Monte Carlo form. It needs the network itself
-/// ([`Model::forward_stochastic`]: a `BurnModel` of `ToyConvnet`, or of a
+/// ([`StochasticPasses::forward_stochastic`](crate::model::StochasticPasses::forward_stochastic): a `BurnModel` of `ToyConvnet`, or of a
 /// module implementing `BurnClassifier::stochastic_logits`); other models,
 /// and networks without dropout (the CIFAR ResNets), are an
 /// [`Error::Unsupported`] saying so. It learns nothing: `fit(&model, None)`.
@@ -129,12 +129,14 @@ impl McDropout {
 impl Detector for McDropout {
     type Fitted = McDropout;
 
-    /// Keeps the parameters: Monte Carlo dropout learns nothing of the data.
+    /// Keeps the parameters: Monte Carlo dropout learns nothing of the
+    /// data. Errors when the model cannot run with dropout active.
     fn fit_model(
         &self,
-        _model: &ModelOf<'_, McDropout>,
+        model: &dyn Model,
         _fit_data: Option<&dyn BatchSource>,
     ) -> Result<McDropout> {
+        self.check_model(model)?;
         Ok(*self)
     }
 }
@@ -154,9 +156,19 @@ impl ScoreLogits for McDropout {
 
     /// The passes' mean softmax, scored; the logits returned are those of
     /// the network in inference mode.
+    fn check_model(&self, model: &dyn Model) -> Result<()> {
+        match model.as_stochastic() {
+            Some(_) => Ok(()),
+            None => Err(Capability::StochasticPasses.missing("Monte Carlo dropout")),
+        }
+    }
+
     fn score_logit_batch(&self, model: &dyn Model, batch: Batch) -> Result<ScoreOutput> {
         let n = batch.len();
-        let passes = model.forward_stochastic(batch.inputs.view(), self.passes, self.seed)?;
+        let passes = model
+            .as_stochastic()
+            .ok_or_else(|| Capability::StochasticPasses.missing("Monte Carlo dropout"))?
+            .forward_stochastic(batch.inputs.view(), self.passes, self.seed)?;
         let mut mean: Option<Array2<f64>> = None;
         for logits in &passes {
             check_logits(logits, n)?;

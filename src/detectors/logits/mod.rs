@@ -6,13 +6,13 @@
 //! their [`Detector`] returns another type ([`TemperedSoftmax`],
 //! [`KlMatching`], [`OpenMaxModel`]) that implements [`ScoreLogits`].
 //! RankFeat and MC dropout score through the network itself
-//! ([`Model::forward_editing_map`], [`Model::forward_stochastic`]).
+//! ([`MapEditing::forward_editing_map`](crate::model::MapEditing::forward_editing_map), [`StochasticPasses::forward_stochastic`](crate::model::StochasticPasses::forward_stochastic)).
 
 use std::fmt;
 
 use ndarray::{Array1, ArrayView1, ArrayView2};
 
-use super::{Detector, FittedDetector, Logits, ModelOf, ScoreOutput};
+use super::{Detector, FittedDetector, ScoreOutput};
 use crate::batch::Batch;
 use crate::datasets::BatchSource;
 use crate::error::{Error, Result};
@@ -48,7 +48,7 @@ pub use temperature::{TemperatureScaling, TemperedSoftmax};
 /// network again.
 ///
 /// Implementing it (with `Debug`, `Send` and `Sync`) makes a type a
-/// [`FittedDetector`] of the [`Logits`] family: scoring runs the model,
+/// [`FittedDetector`]: scoring runs the model,
 /// checks the logits and calls [`score_logits`](Self::score_logits). A
 /// detector on logits learns nothing, so its [`Detector`] impl returns its
 /// parameters, as below.
@@ -56,7 +56,8 @@ pub use temperature::{TemperatureScaling, TemperedSoftmax};
 /// ```
 /// use ndarray::{Array1, ArrayView2, array};
 /// use oodkit::datasets::BatchSource;
-/// use oodkit::detectors::{Detector, ModelOf, ScoreLogits};
+/// use oodkit::detectors::{Detector, ScoreLogits};
+/// use oodkit::model::Model;
 ///
 /// /// Minus the logit of class 0: a detector of one's own.
 /// #[derive(Debug, Clone)]
@@ -64,7 +65,7 @@ pub use temperature::{TemperatureScaling, TemperedSoftmax};
 ///
 /// impl Detector for FirstLogit {
 ///     type Fitted = Self;
-///     fn fit_model(&self, _: &ModelOf<'_, Self>, _: Option<&dyn BatchSource>) -> oodkit::Result<Self> {
+///     fn fit_model(&self, _: &dyn Model, _: Option<&dyn BatchSource>) -> oodkit::Result<Self> {
 ///         Ok(self.clone())
 ///     }
 /// }
@@ -113,6 +114,14 @@ pub trait ScoreLogits: fmt::Debug + Send + Sync {
     fn perturbs_inputs(&self) -> bool {
         false
     }
+
+    /// Errors when `model` lacks a capability scoring needs (ODIN's input
+    /// gradient, RankFeat's feature map); checked at fit and attach. The
+    /// default: the logits serve.
+    fn check_model(&self, model: &dyn Model) -> Result<()> {
+        let _ = model;
+        Ok(())
+    }
 }
 
 /// A boxed detector on logits is one too, so detectors of different types
@@ -134,6 +143,10 @@ impl<T: ScoreLogits + ?Sized> ScoreLogits for Box<T> {
     fn perturbs_inputs(&self) -> bool {
         (**self).perturbs_inputs()
     }
+
+    fn check_model(&self, model: &dyn Model) -> Result<()> {
+        (**self).check_model(model)
+    }
 }
 
 // Detectors on logits learn nothing from data: their parameters are their
@@ -143,11 +156,7 @@ impl Detector for Mls {
 
     /// Keeps the parameters: the model is not run and the fit data, if
     /// any, not read.
-    fn fit_model(
-        &self,
-        _model: &ModelOf<'_, Self>,
-        _fit_data: Option<&dyn BatchSource>,
-    ) -> Result<Self> {
+    fn fit_model(&self, _model: &dyn Model, _fit_data: Option<&dyn BatchSource>) -> Result<Self> {
         Ok(*self)
     }
 }
@@ -157,11 +166,7 @@ impl Detector for Energy {
 
     /// Keeps the parameters: the model is not run and the fit data, if
     /// any, not read.
-    fn fit_model(
-        &self,
-        _model: &ModelOf<'_, Self>,
-        _fit_data: Option<&dyn BatchSource>,
-    ) -> Result<Self> {
+    fn fit_model(&self, _model: &dyn Model, _fit_data: Option<&dyn BatchSource>) -> Result<Self> {
         Ok(*self)
     }
 }
@@ -171,11 +176,7 @@ impl Detector for Entropy {
 
     /// Keeps the parameters: the model is not run and the fit data, if
     /// any, not read.
-    fn fit_model(
-        &self,
-        _model: &ModelOf<'_, Self>,
-        _fit_data: Option<&dyn BatchSource>,
-    ) -> Result<Self> {
+    fn fit_model(&self, _model: &dyn Model, _fit_data: Option<&dyn BatchSource>) -> Result<Self> {
         Ok(*self)
     }
 }
@@ -185,11 +186,7 @@ impl Detector for Gen {
 
     /// Keeps the parameters: the model is not run and the fit data, if
     /// any, not read.
-    fn fit_model(
-        &self,
-        _model: &ModelOf<'_, Self>,
-        _fit_data: Option<&dyn BatchSource>,
-    ) -> Result<Self> {
+    fn fit_model(&self, _model: &dyn Model, _fit_data: Option<&dyn BatchSource>) -> Result<Self> {
         Ok(*self)
     }
 }
@@ -198,25 +195,25 @@ impl Detector for Odin {
     type Fitted = Self;
 
     /// Keeps the parameters: the model is not run and the fit data, if
-    /// any, not read.
-    fn fit_model(
-        &self,
-        _model: &ModelOf<'_, Self>,
-        _fit_data: Option<&dyn BatchSource>,
-    ) -> Result<Self> {
+    /// any, not read. With a step (ε > 0), errors when the model gives no
+    /// input gradients.
+    fn fit_model(&self, model: &dyn Model, _fit_data: Option<&dyn BatchSource>) -> Result<Self> {
+        ScoreLogits::check_model(self, model)?;
         Ok(*self)
     }
 }
 
 impl<D: ScoreLogits> FittedDetector for D {
-    type Family = Logits;
-
     fn kind(&self) -> &'static str {
         self.name()
     }
 
-    fn score_batch(&self, model: &ModelOf<'_, D>, batch: Batch) -> Result<ScoreOutput> {
+    fn score_batch(&self, model: &dyn Model, batch: Batch) -> Result<ScoreOutput> {
         self.score_logit_batch(model, batch)
+    }
+
+    fn check_model(&self, model: &dyn Model) -> Result<()> {
+        ScoreLogits::check_model(self, model)
     }
 }
 

@@ -8,7 +8,7 @@ use crate::batch::Batch;
 use crate::detectors::registry::{Capability, Needs, Param, Registration, built, load_logits};
 use crate::detectors::{InputPerturbation, ScoreOutput};
 use crate::error::Result;
-use crate::model::{Model, check_logits};
+use crate::model::{Model, check_logits, input_gradient_of};
 
 /// ODIN: move each input one [`InputPerturbation`] step ε against the
 /// gradient of its cross-entropy with its own predicted class at
@@ -17,7 +17,7 @@ use crate::model::{Model, check_logits};
 /// inputs more than that of OOD ones.
 ///
 /// The step needs the model's input gradient
-/// ([`Model::input_gradient`]): a [`BurnModel`](crate::model::BurnModel) or
+/// ([`InputGradient::input_gradient`](crate::model::InputGradient::input_gradient)): a [`BurnModel`](crate::model::BurnModel) or
 /// a closure model from
 /// [`from_fn_with_gradient`](crate::model::from_fn_with_gradient); any
 /// other model gives an [`Error::Unsupported`](crate::Error::Unsupported)
@@ -118,6 +118,14 @@ impl ScoreLogits for Odin {
 
     fn perturbs_inputs(&self) -> bool {
         !self.step.is_off()
+    }
+
+    /// With a step, the model must give input gradients.
+    fn check_model(&self, model: &dyn Model) -> Result<()> {
+        if self.step.is_off() {
+            return Ok(());
+        }
+        input_gradient_of(model, "ODIN with an input step (ε > 0)").map(|_| ())
     }
 }
 

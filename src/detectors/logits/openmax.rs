@@ -5,9 +5,10 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
 use super::{ScoreLogits, check_fit_logits, check_label_range, fit_logits, score_rows};
 use crate::datasets::BatchSource;
+use crate::detectors::Detector;
 use crate::detectors::registry::{Needs, Param, Registration, built, load_as};
-use crate::detectors::{Detector, ModelOf};
 use crate::error::{Error, Result};
+use crate::model::Model;
 
 /// libMR's shift of the fitted tail (its `translate_amount`).
 const TRANSLATE: f64 = 10_000.0;
@@ -277,7 +278,7 @@ impl Detector for OpenMax {
     /// its logits.
     fn fit_model(
         &self,
-        model: &ModelOf<'_, OpenMaxModel>,
+        model: &dyn Model,
         fit_data: Option<&dyn BatchSource>,
     ) -> Result<OpenMaxModel> {
         let (logits, labels) = fit_logits(model, fit_data, "OpenMax", true)?;

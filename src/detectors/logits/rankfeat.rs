@@ -7,7 +7,7 @@ use super::{ScoreLogits, score_rows, tempered_exps};
 use crate::batch::Batch;
 use crate::datasets::BatchSource;
 use crate::detectors::registry::{Capability, Needs, Param, Registration, built, load_as};
-use crate::detectors::{Detector, ModelOf, ScoreOutput};
+use crate::detectors::{Detector, ScoreOutput};
 use crate::error::{Error, Result};
 use crate::linalg::without_top_rank;
 use crate::model::{Model, check_logits};
@@ -23,7 +23,7 @@ use crate::model::{Model, check_logits};
 /// OpenOOD's ResNet-50 also averages the logits of the same removal on the
 /// third block's map, which the CIFAR ResNets' three stages do not have a
 /// counterpart of. It needs the network itself
-/// ([`Model::forward_editing_map`]: a `BurnModel` of `CifarResNet`,
+/// ([`MapEditing::forward_editing_map`](crate::model::MapEditing::forward_editing_map): a `BurnModel` of `CifarResNet`,
 /// `ToyConvnet`, or a module implementing
 /// `BurnClassifier::last_feature_map`); other models are an
 /// [`Error::Unsupported`] saying so, and so is scoring precomputed logits.
@@ -108,12 +108,14 @@ pub(crate) fn remove_rank_one(mut maps: Array4<f32>) -> Result<Array4<f32>> {
 impl Detector for RankFeat {
     type Fitted = RankFeat;
 
-    /// Keeps the parameters: RankFeat learns nothing of the data.
+    /// Keeps the parameters: RankFeat learns nothing of the data. Errors
+    /// when the model cannot edit its last feature map.
     fn fit_model(
         &self,
-        _model: &ModelOf<'_, RankFeat>,
+        model: &dyn Model,
         _fit_data: Option<&dyn BatchSource>,
     ) -> Result<RankFeat> {
+        self.check_model(model)?;
         Ok(*self)
     }
 }
@@ -136,7 +138,10 @@ impl ScoreLogits for RankFeat {
     /// map (scored).
     fn score_logit_batch(&self, model: &dyn Model, batch: Batch) -> Result<ScoreOutput> {
         let n = batch.len();
-        let edited = model.forward_editing_map(batch.inputs.view(), &remove_rank_one)?;
+        let edited = model
+            .as_map_editing()
+            .ok_or_else(|| Capability::MapEditing.missing("RankFeat"))?
+            .forward_editing_map(batch.inputs.view(), &remove_rank_one)?;
         check_logits(&edited, n)?;
         let scores = self.energy(edited.view())?;
         let logits = model.forward_owned(batch.inputs)?;
@@ -151,6 +156,13 @@ impl ScoreLogits for RankFeat {
     /// It needs the whole network, not only its logits.
     fn perturbs_inputs(&self) -> bool {
         true
+    }
+
+    fn check_model(&self, model: &dyn Model) -> Result<()> {
+        match model.as_map_editing() {
+            Some(_) => Ok(()),
+            None => Err(Capability::MapEditing.missing("RankFeat")),
+        }
     }
 }
 
@@ -167,7 +179,7 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
     Needs {
         fit_data: false,
         labels: false,
-        capabilities: &[Capability::EditingMap],
+        capabilities: &[Capability::MapEditing],
     },
     |p| match p.number_f32("temperature")? {
         Some(t) => built(RankFeat::new(t)?),

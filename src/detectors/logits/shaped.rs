@@ -5,9 +5,14 @@
 use super::ScoreLogits;
 use crate::batch::Batch;
 use crate::datasets::BatchSource;
-use crate::detectors::{Detector, Features, FittedDetector, ModelOf, ScoreOutput};
+use crate::detectors::{Detector, FittedDetector, ScoreOutput};
 use crate::error::{Error, Result};
-use crate::model::{CheckedFeatures, FeatureModel, LayerId, Shaping, check_logits};
+use crate::model::{
+    CheckedFeatures, LayerId, Model, Shaping, check_logits, features_of, last_layer_of,
+};
+
+/// Who needs the model's capabilities, in errors.
+const SHAPED: &str = "a detector on activation-shaped logits";
 
 /// The penultimate layer, which shaping acts on.
 const PENULTIMATE: [LayerId; 1] = [LayerId::Index(-2)];
@@ -15,9 +20,9 @@ const PENULTIMATE: [LayerId; 1] = [LayerId::Index(-2)];
 /// A detector on logits (MLS, MSP, Energy, Entropy, GEN) scoring the
 /// logits of shaped penultimate activations: the model's layer `-2`
 /// shaped by a [`Shaping`], then its last layer
-/// ([`FeatureModel::head_parameters`]). The same scores as the detector on
+/// ([`LastLayer::head_parameters`](crate::model::LastLayer::head_parameters)). The same scores as the detector on
 /// a shaped [`BurnModel`](crate::model::BurnModel::with_shaping), for any
-/// [`FeatureModel`] with an affine head, and the shaping is part of the
+/// model with named layers and an affine head, and the shaping is part of the
 /// fitted state: it saves and loads with the detector.
 ///
 /// The logits it returns (and the predicted classes of verdicts) are the
@@ -69,7 +74,7 @@ impl<D: ScoreLogits> Shaped<D> {
     /// `model` ([`Shaping::react`]).
     pub fn react(
         detector: D,
-        model: &dyn FeatureModel,
+        model: &dyn Model,
         fit_data: Option<&dyn BatchSource>,
         quantile: f32,
     ) -> Result<Self> {
@@ -92,32 +97,27 @@ impl<D: ScoreLogits + Clone> Detector for Shaped<D> {
 
     /// Keeps the detector and its shaping (fit ReAct's threshold with
     /// [`Shaped::react`]).
-    fn fit_model(
-        &self,
-        _model: &ModelOf<'_, Self>,
-        _fit_data: Option<&dyn BatchSource>,
-    ) -> Result<Self> {
+    fn fit_model(&self, _model: &dyn Model, _fit_data: Option<&dyn BatchSource>) -> Result<Self> {
         Ok(self.clone())
     }
 }
 
 impl<D: ScoreLogits> FittedDetector for Shaped<D> {
-    type Family = Features;
-
     fn kind(&self) -> &'static str {
         self.detector.name()
     }
 
     /// Checks the model has a penultimate layer and an affine head.
-    fn check_model(&self, model: &ModelOf<'_, Self>) -> Result<()> {
-        CheckedFeatures::new(model, &PENULTIMATE)?;
-        model.head_parameters().map(|_| ())
+    fn check_model(&self, model: &dyn Model) -> Result<()> {
+        CheckedFeatures::new(features_of(model, SHAPED)?, &PENULTIMATE)?;
+        last_layer_of(model, SHAPED).map(|_| ())
     }
 
-    fn score_batch(&self, model: &ModelOf<'_, Self>, batch: Batch) -> Result<ScoreOutput> {
+    fn score_batch(&self, model: &dyn Model, batch: Batch) -> Result<ScoreOutput> {
         let n = batch.len();
-        let out = CheckedFeatures::new(model, &PENULTIMATE)?.forward(batch.inputs)?;
-        let (weights, bias) = model.head_parameters()?;
+        let out = CheckedFeatures::new(features_of(model, SHAPED)?, &PENULTIMATE)?
+            .forward(batch.inputs)?;
+        let (weights, bias) = last_layer_of(model, SHAPED)?;
         let shaped = self
             .shaping
             .logits(out.features[0].view(), weights.t(), bias.view())?;

@@ -7,9 +7,10 @@ use super::{
     ScoreLogits, check_fit_logits, check_label_range, fit_logits, score_rows, tempered_exps,
 };
 use crate::datasets::BatchSource;
+use crate::detectors::Detector;
 use crate::detectors::registry::{Needs, Registration, built, load_logits};
-use crate::detectors::{Detector, ModelOf};
 use crate::error::{Error, Result};
+use crate::model::Model;
 
 /// Temperature scaling: the temperature T minimising the negative
 /// log-likelihood (1/N) Σ −ln softmax(l_i / T)_{y_i} of labelled
@@ -109,7 +110,7 @@ impl Detector for TemperatureScaling {
     /// temperature on its logits.
     fn fit_model(
         &self,
-        model: &ModelOf<'_, TemperedSoftmax>,
+        model: &dyn Model,
         fit_data: Option<&dyn BatchSource>,
     ) -> Result<TemperedSoftmax> {
         let (logits, labels) = fit_logits(model, fit_data, "temperature scaling", true)?;
