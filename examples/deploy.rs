@@ -27,8 +27,8 @@ use common::{Args, Mnist04, trained_or_loaded};
 use oodkit::calibration::Calibrated;
 use oodkit::datasets::{BatchSource, OodDataset};
 use oodkit::detectors::{
-    Detector, Energy, FittedDetector, FittedFeatures, Knn, KnnIndex, Mls, Persist, Scorer, Shaped,
-    Vim, VimSubspace,
+    Detector, Energy, FittedDetector, FittedFeatures, FittedKnn, FittedShaped, FittedVim, Knn, Mls,
+    Persist, Scorer, Shaped, Vim,
 };
 use oodkit::model::{BurnModel, evaluate};
 use oodkit::nets::ToyConvnetConfig;
@@ -150,8 +150,10 @@ fn fit(args: &Args, out_dir: &Path, alpha: f64) -> Result<()> {
         Ok(scorer.fitted().threshold())
     })?;
     save(ENERGY_REACT, &|path| {
-        let energy = Shaped::react(Energy::default(), &model, Some(&react_fit), 0.9)?;
-        let scorer = energy.fit(&model, None)?.calibrate(&calibration, alpha)?;
+        let energy = Shaped::react(Energy::default(), 0.9)?;
+        let scorer = energy
+            .fit(&model, Some(&react_fit))?
+            .calibrate(&calibration, alpha)?;
         scorer.fitted().save(path)?;
         Ok(scorer.fitted().threshold())
     })?;
@@ -244,7 +246,8 @@ fn serve(args: &Args, out_dir: &Path, json_path: Option<&Path>) -> Result<()> {
         (
             ENERGY_REACT,
             serve_one(
-                &Calibrated::<Shaped<Energy>>::load(file(out_dir, ENERGY_REACT))?.attach(&model)?,
+                &Calibrated::<FittedShaped<Energy>>::load(file(out_dir, ENERGY_REACT))?
+                    .attach(&model)?,
                 &id,
                 &ood,
             )?,
@@ -252,7 +255,7 @@ fn serve(args: &Args, out_dir: &Path, json_path: Option<&Path>) -> Result<()> {
         (
             KNN,
             serve_one(
-                &Calibrated::<FittedFeatures<KnnIndex>>::load(file(out_dir, KNN))?
+                &Calibrated::<FittedFeatures<FittedKnn>>::load(file(out_dir, KNN))?
                     .attach(&model)?,
                 &id,
                 &ood,
@@ -261,7 +264,7 @@ fn serve(args: &Args, out_dir: &Path, json_path: Option<&Path>) -> Result<()> {
         (
             VIM,
             serve_one(
-                &Calibrated::<FittedFeatures<VimSubspace>>::load(file(out_dir, VIM))?
+                &Calibrated::<FittedFeatures<FittedVim>>::load(file(out_dir, VIM))?
                     .attach(&model)?,
                 &id,
                 &ood,

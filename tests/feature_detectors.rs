@@ -797,7 +797,7 @@ mod trained_mlp {
 fn fitted_states_are_send_sync_values_that_hold_no_model() {
     fn value<T: Send + Sync + 'static>() {}
     use oodkit::detectors::features::{
-        ClassGaussians, GramBounds, KnnIndex, SheMeans, VimSubspace,
+        FittedGram, FittedKnn, FittedMahalanobis, FittedShe, FittedVim,
     };
     use oodkit::detectors::{
         Energy, Entropy, FittedDetector, FittedFeatures, Gen, Mls, Odin, Scorer,
@@ -807,12 +807,12 @@ fn fitted_states_are_send_sync_values_that_hold_no_model() {
     value::<Entropy>();
     value::<Gen>();
     value::<Odin>();
-    value::<FittedFeatures<ClassGaussians>>();
-    value::<FittedFeatures<KnnIndex>>();
-    value::<FittedFeatures<VimSubspace>>();
-    value::<FittedFeatures<SheMeans>>();
-    value::<FittedFeatures<GramBounds>>();
-    value::<Scorer<'static, FittedFeatures<KnnIndex>>>();
+    value::<FittedFeatures<FittedMahalanobis>>();
+    value::<FittedFeatures<FittedKnn>>();
+    value::<FittedFeatures<FittedVim>>();
+    value::<FittedFeatures<FittedShe>>();
+    value::<FittedFeatures<FittedGram>>();
+    value::<Scorer<'static, FittedFeatures<FittedKnn>>>();
     value::<Scorer<'static, Mls>>();
 
     // Detached from its model and attached to another instance of the same

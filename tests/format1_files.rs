@@ -10,7 +10,7 @@ use common::fixture_net::{FixtureNet, scored_data};
 use oodkit::datasets::PrepareConfig;
 use oodkit::detectors::file::describe;
 use oodkit::detectors::{
-    AnyDetector, KnnIndex, McDropout, McStatistic, Persist, RankFeat, ScoreFeatures,
+    AnyDetector, FittedKnn, McDropout, McStatistic, Persist, RankFeat, ScoreFeatures,
 };
 use oodkit::model::{FeatureModel, LayerId};
 use serde_json::Value;
@@ -66,7 +66,7 @@ fn every_format1_file_loads_and_scores_as_written() {
 fn a_format1_state_fitted_on_features_scores_as_written() {
     let files = expected();
     let entry = &files["knn.features.oodkit"];
-    let index = KnnIndex::load(folder().join("knn.features.oodkit")).unwrap();
+    let index = FittedKnn::load(folder().join("knn.features.oodkit")).unwrap();
     let scored = scored_data();
     let hidden = net_hidden(&scored);
     let scores = index.score_features(hidden.view()).unwrap();

@@ -14,11 +14,11 @@ use oodkit::calibration::Calibrated;
 use oodkit::datasets::{OodDataset, PrepareConfig};
 use oodkit::detectors::file::{FORMAT_VERSION, describe};
 use oodkit::detectors::{
-    Aggregation, AnyDetector, ClassGaussians, Detector, Dice, Energy, Entropy, Fdbd,
-    FdbdNormalizer, FeatureDetector, FittedDetector, FittedFeatures, Gen, Gmm, GradNorm, Gram,
-    GramBounds, InputPerturbation, Knn, KnnIndex, Mahalanobis, Mls, Nci, NnGuide, Odin, Persist,
-    PrincipalDims, Rectification, Residual, Rmds, ScoreFeatures, ScoreLogits, Shaped, She,
-    SheMeans, Vim, VimSubspace, Vra,
+    Aggregation, AnyDetector, Detector, Dice, Energy, Entropy, Fdbd, FdbdNormalizer,
+    FeatureDetector, FittedDetector, FittedFeatures, FittedGram, FittedKnn, FittedMahalanobis,
+    FittedShaped, FittedShe, FittedVim, Gen, Gmm, GradNorm, Gram, InputPerturbation, Knn,
+    Mahalanobis, Mls, Nci, NnGuide, Odin, Persist, PrincipalDims, Rectification, Residual, Rmds,
+    ScoreFeatures, ScoreLogits, Shaped, She, Vim, Vra,
 };
 use oodkit::model::{LayerId, Model, Shaping, from_fn_with_features};
 use oodkit::{Batch, Error};
@@ -199,7 +199,7 @@ fn vim_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let path = temp_path(&dir, "vim.oodkit");
     state.save(&path).unwrap();
-    let loaded = VimSubspace::load(&path).unwrap();
+    let loaded = FittedVim::load(&path).unwrap();
     assert_eq!(loaded, state);
     assert_eq!(loaded.alpha().to_bits(), state.alpha().to_bits());
 }
@@ -313,7 +313,7 @@ fn multi_layer_fits_with_every_aggregation_and_a_step_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let path = temp_path(&dir, "she.oodkit");
     fitted.save(&path).unwrap();
-    let loaded = FittedFeatures::<SheMeans>::load(&path).unwrap();
+    let loaded = FittedFeatures::<FittedShe>::load(&path).unwrap();
     assert_eq!(loaded.perturbation(), Some(step));
     assert_eq!(loaded.layers(), fitted.layers());
     assert_eq!(loaded.expects(), fitted.expects());
@@ -346,19 +346,29 @@ fn logit_detectors_round_trip_with_their_parameters() {
     check(Odin::new(1000.0, 0.0014).unwrap(), &path, &logits);
     // A shaped detector keeps its shaping, and scores alike through a model.
     let model = network();
-    let react =
-        Shaped::react(Energy::default(), &model, Some(&batches(&data(30, 2))), 0.9).unwrap();
+    let react = Shaped::react(Energy::default(), 0.9)
+        .unwrap()
+        .fit(&model, Some(&batches(&data(30, 2))))
+        .unwrap()
+        .into_fitted();
     for shaped in [
         react,
-        Shaped::new(Energy::default(), Shaping::ash(0.5).unwrap()).unwrap(),
+        FittedShaped::new(Energy::default(), Shaping::ash(0.5).unwrap()).unwrap(),
     ] {
         round_trip_through_model(shaped, &model, "shaped energy");
     }
-    let scaled = Shaped::new(Mls::new(), Shaping::scale(0.25).unwrap()).unwrap();
+    let scaled = FittedShaped::new(Mls::new(), Shaping::scale(0.25).unwrap()).unwrap();
     round_trip_through_model(scaled, &model, "shaped MLS");
     let shaped_path = temp_path(&dir, "shaped.oodkit");
     react.save(&shaped_path).unwrap();
-    assert_eq!(Shaped::<Energy>::load(&shaped_path).unwrap(), react);
+    assert_eq!(FittedShaped::<Energy>::load(&shaped_path).unwrap(), react);
+    // ReAct fits nothing without fit data.
+    let err = Shaped::react(Energy::default(), 0.9)
+        .unwrap()
+        .fit(&model, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("ReAct"), "{err}");
+    assert!(Shaped::react(Energy::default(), 0.0).is_err());
     assert!(describe(&shaped_path).unwrap().shaped);
     // The plain loader refuses the shaped file (its scores differ), and
     // the shaped loader a plain one.
@@ -368,7 +378,7 @@ fn logit_detectors_round_trip_with_their_parameters() {
     ));
     Energy::default().save(&path).unwrap();
     assert!(matches!(
-        Shaped::<Energy>::load(&path),
+        FittedShaped::<Energy>::load(&path),
         Err(Error::WrongFile { .. })
     ));
 }
@@ -388,7 +398,7 @@ fn calibration_saves_and_loads_with_the_detector() {
     knn.fitted().save(&path).unwrap();
     let info = describe(&path).unwrap();
     assert!(info.calibrated && info.kind == "KNN");
-    let loaded = Calibrated::<FittedFeatures<KnnIndex>>::load(&path)
+    let loaded = Calibrated::<FittedFeatures<FittedKnn>>::load(&path)
         .unwrap()
         .attach(&model)
         .unwrap();
@@ -400,7 +410,7 @@ fn calibration_saves_and_loads_with_the_detector() {
         knn.verdicts(&batches(&test)).unwrap()
     );
     // The detector alone loads from a calibrated file too.
-    FittedFeatures::<KnnIndex>::load(&path).unwrap();
+    FittedFeatures::<FittedKnn>::load(&path).unwrap();
     // A logit detector, calibrated through the model.
     let mls = Mls::new()
         .fit(&model, None)
@@ -520,7 +530,7 @@ fn rewrite(
 }
 
 fn corrupt_message(path: &Path) -> String {
-    match KnnIndex::load(path) {
+    match FittedKnn::load(path) {
         Err(e @ Error::CorruptFile { .. }) => {
             let message = e.to_string();
             assert!(message.contains(&path.display().to_string()), "{message}");
@@ -538,7 +548,7 @@ fn truncated_or_damaged_files_are_errors_never_panics() {
     for len in 0..bytes.len() {
         std::fs::write(&cut, &bytes[..len]).unwrap();
         assert!(
-            matches!(KnnIndex::load(&cut), Err(Error::CorruptFile { .. })),
+            matches!(FittedKnn::load(&cut), Err(Error::CorruptFile { .. })),
             "cut at {len}"
         );
     }
@@ -550,17 +560,17 @@ fn truncated_or_damaged_files_are_errors_never_panics() {
         let at = rng.random_range(0..damaged.len());
         damaged[at] ^= 1 << rng.random_range(0..8);
         std::fs::write(&cut, &damaged).unwrap();
-        if let Ok(index) = KnnIndex::load(&cut) {
+        if let Ok(index) = FittedKnn::load(&cut) {
             let scores = index.score_features(queries.view()).unwrap();
             assert!(scores.iter().all(|s| s.is_finite()), "flip at {at}");
         }
     }
     // Missing, a directory, and not safetensors at all.
     assert!(matches!(
-        KnnIndex::load(dir.path().join("none.oodkit")),
+        FittedKnn::load(dir.path().join("none.oodkit")),
         Err(Error::MissingFile { .. })
     ));
-    assert!(KnnIndex::load(dir.path()).is_err());
+    assert!(FittedKnn::load(dir.path()).is_err());
     std::fs::write(&cut, b"{\"not\": \"a detector\"}").unwrap();
     corrupt_message(&cut);
     assert!(path.is_file());
@@ -570,12 +580,12 @@ fn truncated_or_damaged_files_are_errors_never_panics() {
 fn bad_headers_and_arrays_are_errors_that_say_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let (path, bytes) = knn_file(&dir);
-    KnnIndex::load(&path).unwrap();
+    FittedKnn::load(&path).unwrap();
 
     rewrite(&path, &bytes, |h, _| {
         h["format_version"] = (FORMAT_VERSION + 1).into()
     });
-    let err = KnnIndex::load(&path).unwrap_err();
+    let err = FittedKnn::load(&path).unwrap_err();
     assert!(
         matches!(err, Error::WrongFile { .. }) && err.to_string().contains("newer oodkit"),
         "{err}"
@@ -619,8 +629,8 @@ fn bad_headers_and_arrays_are_errors_that_say_what_is_wrong() {
     std::fs::write(&path, &bytes).unwrap();
     for err in [
         Mls::load(&path).unwrap_err(),
-        ClassGaussians::load(&path).unwrap_err(),
-        FittedFeatures::<GramBounds>::load(&path).unwrap_err(),
+        FittedMahalanobis::load(&path).unwrap_err(),
+        FittedFeatures::<FittedGram>::load(&path).unwrap_err(),
         Calibrated::<Mls>::load(&path).unwrap_err(),
     ] {
         assert!(matches!(err, Error::WrongFile { .. }), "{err}");

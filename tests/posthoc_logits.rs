@@ -7,8 +7,8 @@ use ndarray::{Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, Axis, 
 use oodkit::Error;
 use oodkit::datasets::{OodDataset, PrepareConfig};
 use oodkit::detectors::{
-    AnyDetector, Detector, FittedDetector, KlMatching, Klm, OpenMax, OpenMaxModel, Persist,
-    ScoreLogits, TemperatureScaling, TemperedSoftmax, Weibull,
+    AnyDetector, Detector, FittedDetector, FittedKlm, FittedOpenMax, FittedTemperatureScaling, Klm,
+    OpenMax, Persist, ScoreLogits, TemperatureScaling, Weibull,
 };
 use oodkit::metrics::bench_metrics;
 use oodkit::model::{from_fn, from_fn_with_features};
@@ -409,8 +409,11 @@ fn bad_input_is_an_error() {
         klm.score_logits(Array2::zeros((2, C + 1)).view()),
         Err(Error::ShapeMismatch { .. })
     ));
-    assert!(TemperedSoftmax::new(0.0).is_err() && TemperedSoftmax::new(f32::NAN).is_err());
-    assert!(KlMatching::new(array![[0.5, 0.6], [0.5, 0.5]]).is_err());
+    assert!(
+        FittedTemperatureScaling::new(0.0).is_err()
+            && FittedTemperatureScaling::new(f32::NAN).is_err()
+    );
+    assert!(FittedKlm::new(array![[0.5, 0.6], [0.5, 0.5]]).is_err());
 }
 
 #[test]
@@ -449,23 +452,23 @@ fn fitted_logit_detectors_round_trip_and_load_as_any() {
         TemperatureScaling::new()
             .fit_logits(x.view(), labels.view())
             .unwrap(),
-        TemperedSoftmax,
+        FittedTemperatureScaling,
         "TemperatureScaling"
     );
-    round_trip!(Klm::new().fit_logits(x.view()).unwrap(), KlMatching, "KLM");
+    round_trip!(Klm::new().fit_logits(x.view()).unwrap(), FittedKlm, "KLM");
     let absent = labels.mapv(|l| if l == 2 { 1 } else { l });
     round_trip!(
         OpenMax::default()
             .fit_logits(x.view(), absent.view())
             .unwrap(),
-        OpenMaxModel,
+        FittedOpenMax,
         "OpenMax"
     );
     round_trip!(
         OpenMax::default()
             .fit_logits(x.view(), labels.view())
             .unwrap(),
-        OpenMaxModel,
+        FittedOpenMax,
         "OpenMax"
     );
 }

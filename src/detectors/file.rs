@@ -41,16 +41,16 @@
 //!
 //! ```
 //! use ndarray::{Array1, Array2};
-//! use oodkit::detectors::{FeatureDetector, FittedFeatures, Knn, KnnIndex, Persist, ScoreFeatures};
+//! use oodkit::detectors::{FeatureDetector, FittedFeatures, Knn, FittedKnn, Persist, ScoreFeatures};
 //!
 //! let features = Array2::from_shape_fn((50, 4), |(i, j)| ((i * 7 + j * 3) % 11) as f32);
 //! let knn = Knn::new(3)?.fit_features(features.view(), Array1::zeros(50).view())?;
 //! let path = std::env::temp_dir().join(format!("oodkit-doc-{}.oodkit", std::process::id()));
 //! knn.save(&path)?;
-//! let loaded = KnnIndex::load(&path)?;
+//! let loaded = FittedKnn::load(&path)?;
 //! assert_eq!(loaded.score_features(features.view())?, knn.score_features(features.view())?);
 //! // A state fitted on precomputed features names no layer of a model.
-//! assert!(FittedFeatures::<KnnIndex>::load(&path).is_err());
+//! assert!(FittedFeatures::<FittedKnn>::load(&path).is_err());
 //! assert!(oodkit::Mls::load(&path).is_err()); // another kind
 //! # std::fs::remove_file(&path).ok();
 //! # Ok::<(), oodkit::Error>(())

@@ -69,22 +69,23 @@ pub mod file;
 pub mod logits;
 mod perturbation;
 pub mod registry;
+mod softmax;
 
 pub use any::{AnyDetector, AnyModel};
 pub use detector::{Detector, FittedDetector, ModelShape, Scorer};
 pub use features::aggregation::{Aggregation, Aggregator};
 pub use features::{
-    ClassGaussians, ClassMixture, Dice, DiceHead, Fdbd, FdbdBoundaries, FdbdNormalizer,
-    FeatureDetector, FeatureOptions, FittedFeatures, Gmm, GradNorm, GradNormHead, Gram, GramBounds,
-    GuideBank, Knn, KnnIndex, LayerBatch, LayerFitter, Mahalanobis, Nci, NciCentre, NnGuide,
-    PrincipalDims, Rectification, Residual, ResidualSpace, Rmds, ScoreFeatures, She, SheMeans, Vim,
-    VimSubspace, Vra, VraThresholds,
+    Dice, Fdbd, FdbdNormalizer, FeatureDetector, FeatureOptions, FittedDice, FittedFdbd,
+    FittedFeatures, FittedGmm, FittedGradNorm, FittedGram, FittedKnn, FittedMahalanobis, FittedNci,
+    FittedNnGuide, FittedResidual, FittedShe, FittedVim, FittedVra, Gmm, GradNorm, Gram, Knn,
+    LayerBatch, LayerFitter, Mahalanobis, Nci, NnGuide, PrincipalDims, Rectification, Residual,
+    Rmds, ScoreFeatures, She, Vim, Vra,
 };
 pub use file::Persist;
 pub use logits::{
-    Energy, Entropy, Gen, KlMatching, Klm, McDropout, McStatistic, Mls, Odin, OpenMax,
-    OpenMaxModel, OutputActivation, RankFeat, ScoreLogits, Shaped, TemperatureScaling,
-    TemperedSoftmax, Weibull,
+    Energy, Entropy, FittedKlm, FittedOpenMax, FittedShaped, FittedTemperatureScaling, Gen, Klm,
+    McDropout, McStatistic, Mls, Odin, OpenMax, OutputActivation, RankFeat, ScoreLogits, Shaped,
+    TemperatureScaling, Weibull,
 };
 pub use perturbation::InputPerturbation;
 

@@ -42,8 +42,8 @@ use std::path::Path;
 use super::any::{Erased, Erasing};
 use super::file::{FileInfo, Persist};
 use super::{
-    AnyDetector, AnyModel, Detector, FeatureDetector, FittedDetector, FittedFeatures,
-    PrincipalDims, ScoreFeatures, ScoreLogits, Shaped,
+    AnyDetector, AnyModel, Detector, FeatureDetector, FittedDetector, FittedFeatures, FittedShaped,
+    PrincipalDims, ScoreFeatures, ScoreLogits,
 };
 use crate::calibration::Calibrated;
 use crate::datasets::BatchSource;
@@ -485,11 +485,11 @@ pub(crate) fn load_logits<D>(path: &Path, info: &FileInfo) -> Result<Box<dyn Era
 where
     D: ScoreLogits + Persist + 'static,
     Calibrated<D>: Persist,
-    Shaped<D>: Persist,
-    Calibrated<Shaped<D>>: Persist,
+    FittedShaped<D>: Persist,
+    Calibrated<FittedShaped<D>>: Persist,
 {
     if info.shaped {
-        load_as::<Shaped<D>>(path, info)
+        load_as::<FittedShaped<D>>(path, info)
     } else {
         load_as::<D>(path, info)
     }

@@ -100,7 +100,7 @@ impl Dice {
 
 impl FeatureDetector for Dice {
     type Fitter = DiceFitter;
-    type Fitted = DiceHead;
+    type Fitted = FittedDice;
 
     fn name(&self) -> &'static str {
         "DICE"
@@ -137,14 +137,14 @@ pub struct DiceFitter {
 }
 
 impl LayerFitter for DiceFitter {
-    type Fitted = DiceHead;
+    type Fitted = FittedDice;
 
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
         self.mean.update(batch.features);
         Ok(())
     }
 
-    fn finish(self) -> Result<DiceHead> {
+    fn finish(self) -> Result<FittedDice> {
         let mean = self.mean.finish("DICE")?;
         let contributions = &self.head.weights.mapv(f64::from) * &mean.view().insert_axis(Axis(0));
         let mut all: Vec<f32> = contributions.iter().map(|&c| c as f32).collect();
@@ -155,7 +155,7 @@ impl LayerFitter for DiceFitter {
                 *w = 0.0;
             }
         });
-        Ok(DiceHead {
+        Ok(FittedDice {
             sparsity: self.sparsity,
             mean: mean.mapv(|m| m as f32),
             threshold,
@@ -170,14 +170,14 @@ impl LayerFitter for DiceFitter {
 /// What DICE learns of a layer: the mean fit activation, the contribution
 /// threshold, and the sparsified last layer it scores with.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DiceHead {
+pub struct FittedDice {
     sparsity: f64,
     mean: Array1<f32>,
     threshold: f64,
     sparse: Head,
 }
 
-impl DiceHead {
+impl FittedDice {
     /// The mean activation of the fit data.
     pub fn mean_activation(&self) -> &Array1<f32> {
         &self.mean
@@ -199,7 +199,7 @@ impl DiceHead {
     }
 }
 
-impl ScoreFeatures for DiceHead {
+impl ScoreFeatures for FittedDice {
     fn width(&self) -> usize {
         self.sparse.width()
     }
@@ -214,7 +214,7 @@ impl ScoreFeatures for DiceHead {
     }
 }
 
-impl StoredState for DiceHead {
+impl StoredState for FittedDice {
     const KINDS: &'static [&'static str] = &["DICE"];
 
     fn state_kind(&self) -> &'static str {
@@ -238,7 +238,7 @@ impl StoredState for DiceHead {
         if !(0.0..1.0).contains(&sparsity) {
             return Err(file.corrupt(format!("DICE's sparsity {sparsity} is not in [0, 1)")));
         }
-        Ok(DiceHead {
+        Ok(FittedDice {
             sparsity,
             mean: file.array(&format!("{prefix}mean_activation"), &[Some(width)])?,
             threshold: file.number(params, "threshold")?,
@@ -268,5 +268,5 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
         };
         built(on_layers(dice, p)?)
     },
-    load_features::<DiceHead>,
+    load_features::<FittedDice>,
 );

@@ -1,10 +1,11 @@
 //! fDBD, feature distance to the decision boundaries (Liu & Qin, ICML 2024).
 
-use ndarray::{Array1, Array2, ArrayView1};
+use ndarray::{Array1, Array2};
 use serde_json::{Value, json};
 
 use super::head::{Head, argmax_row};
 use super::moments::RunningMean;
+use super::neighbours::distance;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::{Reader, Writer};
@@ -103,7 +104,7 @@ impl Fdbd {
 
 impl FeatureDetector for Fdbd {
     type Fitter = FdbdFitter;
-    type Fitted = FdbdBoundaries;
+    type Fitted = FittedFdbd;
 
     fn name(&self) -> &'static str {
         "fDBD"
@@ -175,15 +176,15 @@ pub struct FdbdFitter {
 }
 
 impl LayerFitter for FdbdFitter {
-    type Fitted = FdbdBoundaries;
+    type Fitted = FittedFdbd;
 
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
         self.mean.update(batch.features);
         Ok(())
     }
 
-    fn finish(self) -> Result<FdbdBoundaries> {
-        Ok(FdbdBoundaries {
+    fn finish(self) -> Result<FittedFdbd> {
+        Ok(FittedFdbd {
             normalizer: self.normalizer,
             mean: self.mean.finish("fDBD")?,
             head: self.head,
@@ -195,14 +196,14 @@ impl LayerFitter for FdbdFitter {
 /// What fDBD learns of a layer: the mean fit feature, the last layer and
 /// the distances between its class weight vectors.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FdbdBoundaries {
+pub struct FittedFdbd {
     normalizer: FdbdNormalizer,
     mean: Array1<f64>,
     head: Head,
     denominators: Array2<f64>,
 }
 
-impl FdbdBoundaries {
+impl FittedFdbd {
     /// The mean fit feature μ.
     pub fn mean(&self) -> &Array1<f64> {
         &self.mean
@@ -214,20 +215,7 @@ impl FdbdBoundaries {
     }
 }
 
-/// ‖f − centre‖ in f64.
-pub(crate) fn distance(f: ArrayView1<f32>, centre: Option<&Array1<f64>>) -> f64 {
-    match centre {
-        Some(c) => f
-            .iter()
-            .zip(c)
-            .map(|(&v, &m)| (f64::from(v) - m).powi(2))
-            .sum::<f64>()
-            .sqrt(),
-        None => f.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt(),
-    }
-}
-
-impl ScoreFeatures for FdbdBoundaries {
+impl ScoreFeatures for FittedFdbd {
     fn width(&self) -> usize {
         self.mean.len()
     }
@@ -261,7 +249,7 @@ impl ScoreFeatures for FdbdBoundaries {
     }
 }
 
-impl StoredState for FdbdBoundaries {
+impl StoredState for FittedFdbd {
     const KINDS: &'static [&'static str] = &["fDBD"];
 
     fn state_kind(&self) -> &'static str {
@@ -292,7 +280,7 @@ impl StoredState for FdbdBoundaries {
         };
         let head = Head::read(file, prefix, width)?;
         let denominators = boundary_scales(&head).map_err(|e| file.corrupt(e.to_string()))?;
-        Ok(FdbdBoundaries {
+        Ok(FittedFdbd {
             normalizer,
             mean: file.array(&format!("{prefix}mean"), &[Some(width)])?,
             head,
@@ -313,5 +301,5 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
         capabilities: &[Capability::Features, Capability::LastLayer],
     },
     |p| built(on_layers(Fdbd::default(), p)?),
-    load_features::<FdbdBoundaries>,
+    load_features::<FittedFdbd>,
 );

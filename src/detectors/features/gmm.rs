@@ -97,7 +97,7 @@ impl Gmm {
 
 impl FeatureDetector for Gmm {
     type Fitter = GmmFitter;
-    type Fitted = ClassMixture;
+    type Fitted = FittedGmm;
 
     fn name(&self) -> &'static str {
         "GMM"
@@ -133,7 +133,7 @@ pub struct GmmFitter {
 }
 
 impl LayerFitter for GmmFitter {
-    type Fitted = ClassMixture;
+    type Fitted = FittedGmm;
 
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
         let Some(labels) = batch.labels else {
@@ -154,7 +154,7 @@ impl LayerFitter for GmmFitter {
         Ok(())
     }
 
-    fn finish(self) -> Result<ClassMixture> {
+    fn finish(self) -> Result<FittedGmm> {
         if self.classes.is_empty() {
             return Err(Error::Empty {
                 what: "the fit data of GMM".into(),
@@ -199,7 +199,7 @@ impl LayerFitter for GmmFitter {
             log_norms[k] = (n / total as f64).ln()
                 - 0.5 * (log_det + d as f64 * (2.0 * std::f64::consts::PI).ln());
         }
-        Ok(ClassMixture {
+        Ok(FittedGmm {
             regularization: self.regularization,
             classes: self.classes.keys().copied().collect(),
             means,
@@ -212,7 +212,7 @@ impl LayerFitter for GmmFitter {
 /// What GMM learns of a layer: per class its mean, the inverse of its
 /// regularised covariance, and ln π_c − ½ ln|2πΣ_c|, in `f64`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ClassMixture {
+pub struct FittedGmm {
     regularization: f64,
     classes: Vec<i64>,
     means: Array2<f64>,
@@ -220,7 +220,7 @@ pub struct ClassMixture {
     log_norms: Array1<f64>,
 }
 
-impl ClassMixture {
+impl FittedGmm {
     /// The classes, ascending.
     pub fn classes(&self) -> Vec<i64> {
         self.classes.clone()
@@ -252,7 +252,7 @@ impl ClassMixture {
     }
 }
 
-impl ScoreFeatures for ClassMixture {
+impl ScoreFeatures for FittedGmm {
     fn width(&self) -> usize {
         self.means.ncols()
     }
@@ -262,7 +262,7 @@ impl ScoreFeatures for ClassMixture {
     }
 }
 
-impl StoredState for ClassMixture {
+impl StoredState for FittedGmm {
     const KINDS: &'static [&'static str] = &["GMM"];
 
     fn state_kind(&self) -> &'static str {
@@ -291,7 +291,7 @@ impl StoredState for ClassMixture {
         if classes.is_empty() || classes.windows(2).into_iter().any(|w| w[0] >= w[1]) {
             return Err(file.corrupt("GMM's classes are empty, repeated or unordered"));
         }
-        Ok(ClassMixture {
+        Ok(FittedGmm {
             regularization: file.number(params, "regularization")?,
             classes: classes.to_vec(),
             means: file.array(&format!("{prefix}means"), &[c, d])?,
@@ -322,5 +322,5 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
         };
         built(on_layers(gmm, p)?)
     },
-    load_features::<ClassMixture>,
+    load_features::<FittedGmm>,
 );

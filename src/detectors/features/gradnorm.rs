@@ -66,7 +66,7 @@ impl GradNorm {
 
 impl FeatureDetector for GradNorm {
     type Fitter = GradNormFitter;
-    type Fitted = GradNormHead;
+    type Fitted = FittedGradNorm;
 
     fn name(&self) -> &'static str {
         "GradNorm"
@@ -87,12 +87,12 @@ impl FeatureDetector for GradNorm {
         Ok(GradNormFitter { head })
     }
 
-    fn fit_without_data(&self, model: &dyn Model) -> Option<Result<GradNormHead>> {
+    fn fit_without_data(&self, model: &dyn Model) -> Option<Result<FittedGradNorm>> {
         let head = match &self.head {
             Some(head) => Ok(head.clone()),
             None => last_layer_of(model, "GradNorm").and_then(|(w, b)| Head::new(w, b, "GradNorm")),
         };
-        Some(head.map(|head| GradNormHead { head }))
+        Some(head.map(|head| FittedGradNorm { head }))
     }
 
     fn options(&self) -> &FeatureOptions {
@@ -111,24 +111,24 @@ pub struct GradNormFitter {
 }
 
 impl LayerFitter for GradNormFitter {
-    type Fitted = GradNormHead;
+    type Fitted = FittedGradNorm;
 
     fn update(&mut self, _batch: &LayerBatch) -> Result<()> {
         Ok(())
     }
 
-    fn finish(self) -> Result<GradNormHead> {
-        Ok(GradNormHead { head: self.head })
+    fn finish(self) -> Result<FittedGradNorm> {
+        Ok(FittedGradNorm { head: self.head })
     }
 }
 
 /// What GradNorm keeps of a layer: the last layer.
 #[derive(Debug, Clone, PartialEq)]
-pub struct GradNormHead {
+pub struct FittedGradNorm {
     head: Head,
 }
 
-impl ScoreFeatures for GradNormHead {
+impl ScoreFeatures for FittedGradNorm {
     fn width(&self) -> usize {
         self.head.width()
     }
@@ -152,7 +152,7 @@ impl ScoreFeatures for GradNormHead {
     }
 }
 
-impl StoredState for GradNormHead {
+impl StoredState for FittedGradNorm {
     const KINDS: &'static [&'static str] = &["GradNorm"];
 
     fn state_kind(&self) -> &'static str {
@@ -171,7 +171,7 @@ impl StoredState for GradNormHead {
         width: usize,
         _kind: &str,
     ) -> Result<Self> {
-        Ok(GradNormHead {
+        Ok(FittedGradNorm {
             head: Head::read(file, prefix, width)?,
         })
     }
@@ -189,5 +189,5 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
         capabilities: &[Capability::Features, Capability::LastLayer],
     },
     |p| built(on_layers(GradNorm::new(), p)?),
-    load_features::<GradNormHead>,
+    load_features::<FittedGradNorm>,
 );

@@ -117,7 +117,7 @@ impl Gram {
 
 impl FeatureDetector for Gram {
     type Fitter = GramFitter;
-    type Fitted = GramBounds;
+    type Fitted = FittedGram;
 
     fn name(&self) -> &'static str {
         "Gram"
@@ -208,7 +208,7 @@ pub struct GramFitter {
 }
 
 impl LayerFitter for GramFitter {
-    type Fitted = GramBounds;
+    type Fitted = FittedGram;
 
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
         let Some(classes) = classes(batch) else {
@@ -221,7 +221,7 @@ impl LayerFitter for GramFitter {
         Ok(())
     }
 
-    fn finish(self) -> Result<GramBounds> {
+    fn finish(self) -> Result<FittedGram> {
         if self.stats.is_empty() {
             return Err(Error::Empty {
                 what: "the fit data of Gram".into(),
@@ -253,7 +253,7 @@ impl LayerFitter for GramFitter {
             }
             bounds.insert(class, (lo, hi));
         }
-        Ok(GramBounds {
+        Ok(FittedGram {
             dim: self.dim,
             mult: self.mult,
             weights: self.mult.weights(),
@@ -265,7 +265,7 @@ impl LayerFitter for GramFitter {
 /// What Gram learns of a layer: per class, the lower and upper bounds of
 /// each statistic.
 #[derive(Debug, Clone, PartialEq)]
-pub struct GramBounds {
+pub struct FittedGram {
     dim: usize,
     mult: Multiplicities,
     /// `mult.weights()`, once: the deviation runs per sample and class.
@@ -273,7 +273,7 @@ pub struct GramBounds {
     bounds: BTreeMap<i64, (Vec<f64>, Vec<f64>)>,
 }
 
-impl GramBounds {
+impl FittedGram {
     /// The classes that have bounds, ascending.
     pub fn classes(&self) -> Vec<i64> {
         self.bounds.keys().copied().collect()
@@ -297,7 +297,7 @@ impl GramBounds {
     }
 }
 
-impl ScoreFeatures for GramBounds {
+impl ScoreFeatures for FittedGram {
     fn width(&self) -> usize {
         self.dim
     }
@@ -338,7 +338,7 @@ impl ScoreFeatures for GramBounds {
     }
 }
 
-impl StoredState for GramBounds {
+impl StoredState for FittedGram {
     const KINDS: &'static [&'static str] = &["Gram"];
 
     fn state_kind(&self) -> &'static str {
@@ -392,7 +392,7 @@ impl StoredState for GramBounds {
         if bounds.is_empty() || bounds.len() != classes.len() {
             return Err(file.corrupt("Gram's classes are empty or repeated"));
         }
-        Ok(GramBounds {
+        Ok(FittedGram {
             dim: width,
             mult,
             weights,
@@ -422,5 +422,5 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
         };
         built(on_layers(gram, p)?)
     },
-    load_features::<GramBounds>,
+    load_features::<FittedGram>,
 );

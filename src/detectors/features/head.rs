@@ -8,6 +8,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, CowArray, Ix2};
 
 use super::LayerBatch;
 use crate::detectors::file::{Reader, Writer};
+pub(crate) use crate::detectors::softmax::logsumexp;
 use crate::error::{Error, Result};
 use crate::linalg::gemm;
 use crate::model::{Model, check_finite, check_head, last_layer_of};
@@ -100,20 +101,6 @@ impl Head {
             file.array(&format!("{prefix}head_bias"), &[Some(weights.nrows())])?;
         Head::new(weights, bias, file.kind()).map_err(|e| file.corrupt(e.to_string()))
     }
-}
-
-/// ln Σ exp(row), stably in f64 (the energy of a row of logits).
-pub(crate) fn logsumexp(row: ArrayView1<f32>) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() {
-        return f64::from(max);
-    }
-    f64::from(max)
-        + row
-            .iter()
-            .map(|&v| f64::from(v - max).exp())
-            .sum::<f64>()
-            .ln()
 }
 
 /// The index of a row's largest entry (the first of ties).

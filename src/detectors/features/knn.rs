@@ -1,8 +1,9 @@
 //! Deep KNN (Sun et al., ICML 2022): distance to the k-th nearest
 //! in-distribution feature, after L2 normalisation.
 
-use ndarray::{Array1, Array2, ArrayView2, Axis, s};
+use ndarray::{Array1, Array2, Axis, s};
 
+use super::neighbours::{INDEX_BLOCK, KBest, QUERY_BLOCK, normalised};
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::{Reader, Writer};
@@ -13,12 +14,6 @@ use crate::error::{Error, Result};
 use crate::linalg::gemm_into;
 use crate::model::Model;
 use serde_json::{Value, json};
-
-/// Queries per block of the search.
-pub(super) const QUERY_BLOCK: usize = 256;
-/// Stored features per block of the search: a block of distances is
-/// `QUERY_BLOCK × INDEX_BLOCK` floats (8 MiB), whatever the data's size.
-pub(super) const INDEX_BLOCK: usize = 8192;
 
 /// Deep KNN: each feature vector is L2-normalised (a zero vector stays
 /// zero); the score is the **squared** Euclidean distance from the
@@ -86,7 +81,7 @@ impl Knn {
 
 impl FeatureDetector for Knn {
     type Fitter = KnnFitter;
-    type Fitted = KnnIndex;
+    type Fitted = FittedKnn;
 
     fn name(&self) -> &'static str {
         "KNN"
@@ -121,27 +116,15 @@ pub struct KnnFitter {
     rows: Vec<f32>,
 }
 
-/// `features` with each row scaled to unit L2 norm (zero rows stay zero).
-pub(super) fn normalised(features: ArrayView2<f32>) -> Array2<f32> {
-    let mut out = features.to_owned();
-    for mut row in out.rows_mut() {
-        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if norm > 0.0 {
-            row /= norm;
-        }
-    }
-    out
-}
-
 impl LayerFitter for KnnFitter {
-    type Fitted = KnnIndex;
+    type Fitted = FittedKnn;
 
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
         self.rows.extend(normalised(batch.features));
         Ok(())
     }
 
-    fn finish(self) -> Result<KnnIndex> {
+    fn finish(self) -> Result<FittedKnn> {
         let n = self.rows.len() / self.dim.max(1);
         if self.k > n {
             return Err(Error::invalid(
@@ -152,7 +135,7 @@ impl LayerFitter for KnnFitter {
         }
         let features = Array2::from_shape_vec((n, self.dim), self.rows)?;
         let sq_norms = features.map_axis(Axis(1), |r| r.dot(&r));
-        Ok(KnnIndex {
+        Ok(FittedKnn {
             k: self.k,
             features,
             sq_norms,
@@ -163,13 +146,13 @@ impl LayerFitter for KnnFitter {
 /// What KNN learns of a layer: the normalised fit features (the index the
 /// search runs over) and their squared norms (1, or 0), with k.
 #[derive(Debug, Clone, PartialEq)]
-pub struct KnnIndex {
+pub struct FittedKnn {
     k: usize,
     features: Array2<f32>,
     sq_norms: Array1<f32>,
 }
 
-impl KnnIndex {
+impl FittedKnn {
     /// The number of neighbours k.
     pub fn k(&self) -> usize {
         self.k
@@ -186,7 +169,7 @@ impl KnnIndex {
     }
 }
 
-impl ScoreFeatures for KnnIndex {
+impl ScoreFeatures for FittedKnn {
     fn width(&self) -> usize {
         self.features.ncols()
     }
@@ -229,67 +212,7 @@ impl ScoreFeatures for KnnIndex {
     }
 }
 
-/// The k smallest values offered so far (unordered), with a bound that
-/// skips most candidates once k have been seen.
-pub(super) struct KBest {
-    k: usize,
-    values: Vec<f32>,
-    bound: f32,
-}
-
-impl KBest {
-    pub(super) fn new(k: usize) -> Self {
-        KBest {
-            k,
-            values: Vec::with_capacity(2 * k),
-            bound: f32::INFINITY,
-        }
-    }
-
-    pub(super) fn offer(&mut self, value: f32) {
-        if value >= self.bound {
-            return;
-        }
-        self.values.push(value);
-        if self.values.len() == 2 * self.k {
-            self.compact();
-        }
-    }
-
-    /// Keeps the k smallest; the largest of them bounds later offers.
-    fn compact(&mut self) {
-        if self.values.len() > self.k {
-            self.values
-                .select_nth_unstable_by(self.k - 1, f32::total_cmp);
-            self.values.truncate(self.k);
-        }
-        if self.values.len() == self.k {
-            self.bound = self
-                .values
-                .iter()
-                .copied()
-                .fold(f32::NEG_INFINITY, f32::max);
-        }
-    }
-
-    /// The mean of the k smallest values offered (of all, with fewer).
-    pub(super) fn mean(mut self) -> f64 {
-        self.compact();
-        let n = self.values.len().max(1) as f64;
-        self.values.iter().map(|&v| f64::from(v)).sum::<f64>() / n
-    }
-
-    /// The k-th smallest value offered.
-    pub(super) fn kth(mut self) -> f32 {
-        self.compact();
-        self.values
-            .iter()
-            .copied()
-            .fold(f32::NEG_INFINITY, f32::max)
-    }
-}
-
-impl StoredState for KnnIndex {
+impl StoredState for FittedKnn {
     const KINDS: &'static [&'static str] = &["KNN"];
 
     fn state_kind(&self) -> &'static str {
@@ -317,7 +240,7 @@ impl StoredState for KnnIndex {
         if k == 0 || k > n {
             return Err(file.corrupt(format!("KNN's k = {k} with {n} stored features")));
         }
-        Ok(KnnIndex {
+        Ok(FittedKnn {
             k,
             features,
             sq_norms,
@@ -340,24 +263,5 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
         capabilities: &[Capability::Features],
     },
     |p| built(on_layers(Knn::new(p.count("k")?.unwrap_or(50))?, p)?),
-    load_features::<KnnIndex>,
+    load_features::<FittedKnn>,
 );
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kbest_keeps_the_k_smallest() {
-        let mut best = KBest::new(3);
-        for v in [9.0, 1.0, 7.0, 3.0, 8.0, 2.0, 6.0, 0.5, 5.0] {
-            best.offer(v);
-        }
-        assert_eq!(best.kth(), 2.0);
-        let mut one = KBest::new(1);
-        for v in [4.0, 4.0, 3.0] {
-            one.offer(v);
-        }
-        assert_eq!(one.kth(), 3.0);
-    }
-}

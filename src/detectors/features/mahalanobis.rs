@@ -63,7 +63,7 @@ impl Mahalanobis {
 
 impl FeatureDetector for Mahalanobis {
     type Fitter = GaussianFitter;
-    type Fitted = ClassGaussians;
+    type Fitted = FittedMahalanobis;
 
     fn name(&self) -> &'static str {
         "Mahalanobis"
@@ -126,7 +126,7 @@ impl Rmds {
 
 impl FeatureDetector for Rmds {
     type Fitter = GaussianFitter;
-    type Fitted = ClassGaussians;
+    type Fitted = FittedMahalanobis;
 
     fn name(&self) -> &'static str {
         "RMDS"
@@ -167,7 +167,7 @@ impl GaussianFitter {
 }
 
 impl LayerFitter for GaussianFitter {
-    type Fitted = ClassGaussians;
+    type Fitted = FittedMahalanobis;
 
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
         if let Some(labels) = batch.labels {
@@ -176,7 +176,7 @@ impl LayerFitter for GaussianFitter {
         Ok(())
     }
 
-    fn finish(self) -> Result<ClassGaussians> {
+    fn finish(self) -> Result<FittedMahalanobis> {
         let m = &self.moments;
         m.require_per_class(2, self.name)?;
         let n = m.count() as f64;
@@ -200,7 +200,7 @@ impl LayerFitter for GaussianFitter {
             }
             None => None,
         };
-        Ok(ClassGaussians {
+        Ok(FittedMahalanobis {
             centre,
             means,
             precision,
@@ -214,7 +214,7 @@ impl LayerFitter for GaussianFitter {
 /// the overall mean), the pseudo-inverse Σ⁺ of the shared covariance and,
 /// for RMDS, that of the background covariance Σ₀⁺, all in `f64`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ClassGaussians {
+pub struct FittedMahalanobis {
     centre: Array1<f64>,
     means: Array2<f64>,
     precision: Array2<f64>,
@@ -229,7 +229,7 @@ fn quadratic_forms(x: &Array2<f64>, p: &Array2<f64>) -> (Array2<f64>, Array1<f64
     (xp, forms)
 }
 
-impl ClassGaussians {
+impl FittedMahalanobis {
     /// The number of classes.
     pub fn num_classes(&self) -> usize {
         self.means.nrows()
@@ -241,7 +241,7 @@ impl ClassGaussians {
     }
 }
 
-impl ScoreFeatures for ClassGaussians {
+impl ScoreFeatures for FittedMahalanobis {
     fn width(&self) -> usize {
         self.centre.len()
     }
@@ -271,7 +271,7 @@ impl ScoreFeatures for ClassGaussians {
     }
 }
 
-impl StoredState for ClassGaussians {
+impl StoredState for FittedMahalanobis {
     const KINDS: &'static [&'static str] = &["Mahalanobis", "RMDS"];
 
     fn state_kind(&self) -> &'static str {
@@ -314,7 +314,7 @@ impl StoredState for ClassGaussians {
                 if relative { "without" } else { "with" }
             )));
         }
-        Ok(ClassGaussians {
+        Ok(FittedMahalanobis {
             centre: file.array(&format!("{prefix}centre"), &[d])?,
             means: file.array(&format!("{prefix}means"), &[classes, d])?,
             precision: file.array(&format!("{prefix}precision"), &[d, d])?,
@@ -340,7 +340,7 @@ pub(crate) const MAHALANOBIS: Registration = Registration::new(
         capabilities: &[Capability::Features],
     },
     |p| built(on_layers(Mahalanobis::new(), p)?),
-    load_features::<ClassGaussians>,
+    load_features::<FittedMahalanobis>,
 );
 
 /// RMDS in the registry.
@@ -355,5 +355,5 @@ pub(crate) const RMDS: Registration = Registration::new(
         capabilities: &[Capability::Features],
     },
     |p| built(on_layers(Rmds::new(), p)?),
-    load_features::<ClassGaussians>,
+    load_features::<FittedMahalanobis>,
 );

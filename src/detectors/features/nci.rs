@@ -3,9 +3,9 @@
 use ndarray::{Array1, Array2};
 use serde_json::{Value, json};
 
-use super::fdbd::distance;
 use super::head::{Head, argmax_row};
 use super::moments::RunningMean;
+use super::neighbours::distance;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::{Reader, Writer};
@@ -93,7 +93,7 @@ impl Nci {
 
 impl FeatureDetector for Nci {
     type Fitter = NciFitter;
-    type Fitted = NciCentre;
+    type Fitted = FittedNci;
 
     fn name(&self) -> &'static str {
         "NCI"
@@ -130,15 +130,15 @@ pub struct NciFitter {
 }
 
 impl LayerFitter for NciFitter {
-    type Fitted = NciCentre;
+    type Fitted = FittedNci;
 
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
         self.mean.update(batch.features);
         Ok(())
     }
 
-    fn finish(self) -> Result<NciCentre> {
-        Ok(NciCentre {
+    fn finish(self) -> Result<FittedNci> {
+        Ok(FittedNci {
             alpha: self.alpha,
             mean: self.mean.finish("NCI")?,
             head: self.head,
@@ -148,20 +148,20 @@ impl LayerFitter for NciFitter {
 
 /// What NCI learns of a layer: the mean fit feature, the last layer, α.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NciCentre {
+pub struct FittedNci {
     alpha: f64,
     mean: Array1<f64>,
     head: Head,
 }
 
-impl NciCentre {
+impl FittedNci {
     /// The mean fit feature μ.
     pub fn mean(&self) -> &Array1<f64> {
         &self.mean
     }
 }
 
-impl ScoreFeatures for NciCentre {
+impl ScoreFeatures for FittedNci {
     fn width(&self) -> usize {
         self.mean.len()
     }
@@ -192,7 +192,7 @@ impl ScoreFeatures for NciCentre {
     }
 }
 
-impl StoredState for NciCentre {
+impl StoredState for FittedNci {
     const KINDS: &'static [&'static str] = &["NCI"];
 
     fn state_kind(&self) -> &'static str {
@@ -216,7 +216,7 @@ impl StoredState for NciCentre {
         if alpha < 0.0 {
             return Err(file.corrupt(format!("NCI's alpha {alpha} is negative")));
         }
-        Ok(NciCentre {
+        Ok(FittedNci {
             alpha,
             mean: file.array(&format!("{prefix}mean"), &[Some(width)])?,
             head: Head::read(file, prefix, width)?,
@@ -245,5 +245,5 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
         };
         built(on_layers(nci, p)?)
     },
-    load_features::<NciCentre>,
+    load_features::<FittedNci>,
 );

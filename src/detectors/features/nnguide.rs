@@ -4,7 +4,7 @@ use ndarray::{Array1, Array2, Axis, s};
 use serde_json::{Value, json};
 
 use super::head::{Head, logsumexp};
-use super::knn::{INDEX_BLOCK, KBest, QUERY_BLOCK, normalised};
+use super::neighbours::{INDEX_BLOCK, KBest, QUERY_BLOCK, normalised};
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::{Reader, Writer};
@@ -110,7 +110,7 @@ impl NnGuide {
 
 impl FeatureDetector for NnGuide {
     type Fitter = NnGuideFitter;
-    type Fitted = GuideBank;
+    type Fitted = FittedNnGuide;
 
     fn name(&self) -> &'static str {
         "NNGuide"
@@ -168,7 +168,7 @@ pub struct NnGuideFitter {
 }
 
 impl LayerFitter for NnGuideFitter {
-    type Fitted = GuideBank;
+    type Fitted = FittedNnGuide;
 
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
         let logits = energies(self.head.as_ref(), batch)?;
@@ -184,7 +184,7 @@ impl LayerFitter for NnGuideFitter {
         Ok(())
     }
 
-    fn finish(self) -> Result<GuideBank> {
+    fn finish(self) -> Result<FittedNnGuide> {
         let n = self.bank.len() / self.width.max(1);
         if n < self.k {
             return Err(Error::invalid(
@@ -197,7 +197,7 @@ impl LayerFitter for NnGuideFitter {
                 ),
             ));
         }
-        Ok(GuideBank {
+        Ok(FittedNnGuide {
             k: self.k,
             bank: Array2::from_shape_vec((n, self.width), self.bank)?,
             head: self.head,
@@ -225,13 +225,13 @@ fn energies(head: Option<&Head>, batch: &LayerBatch) -> Result<Vec<f64>> {
 /// What NNGuide learns of a layer: the guide bank (normalised fit features
 /// scaled by their energy), k, and the head when known.
 #[derive(Debug, Clone, PartialEq)]
-pub struct GuideBank {
+pub struct FittedNnGuide {
     k: usize,
     bank: Array2<f32>,
     head: Option<Head>,
 }
 
-impl GuideBank {
+impl FittedNnGuide {
     /// The number of neighbours k.
     pub fn k(&self) -> usize {
         self.k
@@ -248,7 +248,7 @@ impl GuideBank {
     }
 }
 
-impl ScoreFeatures for GuideBank {
+impl ScoreFeatures for FittedNnGuide {
     fn width(&self) -> usize {
         self.bank.ncols()
     }
@@ -287,7 +287,7 @@ impl ScoreFeatures for GuideBank {
     }
 }
 
-impl StoredState for GuideBank {
+impl StoredState for FittedNnGuide {
     const KINDS: &'static [&'static str] = &["NNGuide"];
 
     fn state_kind(&self) -> &'static str {
@@ -322,7 +322,7 @@ impl StoredState for GuideBank {
             Some(false) => None,
             None => return Err(file.corrupt("NNGuide's \"has_head\" is not a boolean")),
         };
-        Ok(GuideBank { k, bank, head })
+        Ok(FittedNnGuide { k, bank, head })
     }
 }
 
@@ -355,5 +355,5 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
         )?;
         built(on_layers(guide, p)?)
     },
-    load_features::<GuideBank>,
+    load_features::<FittedNnGuide>,
 );

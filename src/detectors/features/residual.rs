@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::head::Head;
 use super::moments::ClassMoments;
 use super::stored::StoredState;
-use super::vim::residual_basis;
+use super::subspace::residual_basis;
 use super::{
     FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, PrincipalDims, ScoreFeatures,
 };
@@ -91,7 +91,7 @@ impl Residual {
 
 impl FeatureDetector for Residual {
     type Fitter = ResidualFitter;
-    type Fitted = ResidualSpace;
+    type Fitted = FittedResidual;
 
     fn name(&self) -> &'static str {
         "Residual"
@@ -136,7 +136,7 @@ pub struct ResidualFitter {
 }
 
 impl LayerFitter for ResidualFitter {
-    type Fitted = ResidualSpace;
+    type Fitted = FittedResidual;
 
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
         let all = Array1::zeros(batch.features.nrows());
@@ -144,9 +144,9 @@ impl LayerFitter for ResidualFitter {
         Ok(())
     }
 
-    fn finish(self) -> Result<ResidualSpace> {
+    fn finish(self) -> Result<FittedResidual> {
         let residual = residual_basis(&self.moments, &self.origin, self.dims, "Residual")?;
-        Ok(ResidualSpace {
+        Ok(FittedResidual {
             origin: self.origin,
             residual,
         })
@@ -156,12 +156,12 @@ impl LayerFitter for ResidualFitter {
 /// What Residual learns of a layer: the origin u and a basis of the
 /// residual space.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ResidualSpace {
+pub struct FittedResidual {
     origin: Array1<f64>,
     residual: Array2<f64>,
 }
 
-impl ResidualSpace {
+impl FittedResidual {
     /// The number of principal dimensions kept.
     pub fn principal_dims(&self) -> usize {
         self.origin.len() - self.residual.ncols()
@@ -174,7 +174,7 @@ impl ResidualSpace {
     }
 }
 
-impl ScoreFeatures for ResidualSpace {
+impl ScoreFeatures for FittedResidual {
     fn width(&self) -> usize {
         self.origin.len()
     }
@@ -184,7 +184,7 @@ impl ScoreFeatures for ResidualSpace {
     }
 }
 
-impl StoredState for ResidualSpace {
+impl StoredState for FittedResidual {
     const KINDS: &'static [&'static str] = &["Residual"];
 
     fn state_kind(&self) -> &'static str {
@@ -212,7 +212,7 @@ impl StoredState for ResidualSpace {
                 residual.ncols()
             )));
         }
-        Ok(ResidualSpace {
+        Ok(FittedResidual {
             origin: file.array(&format!("{prefix}origin"), &[Some(width)])?,
             residual,
         })
@@ -237,5 +237,5 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
         };
         built(on_layers(residual, p)?)
     },
-    load_features::<ResidualSpace>,
+    load_features::<FittedResidual>,
 );

@@ -58,7 +58,7 @@ impl She {
 
 impl FeatureDetector for She {
     type Fitter = SheFitter;
-    type Fitted = SheMeans;
+    type Fitted = FittedShe;
 
     fn name(&self) -> &'static str {
         "SHE"
@@ -96,7 +96,7 @@ pub struct SheFitter {
 }
 
 impl LayerFitter for SheFitter {
-    type Fitted = SheMeans;
+    type Fitted = FittedShe;
 
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
         let Some(labels) = batch.labels else {
@@ -119,7 +119,7 @@ impl LayerFitter for SheFitter {
         Ok(())
     }
 
-    fn finish(self) -> Result<SheMeans> {
+    fn finish(self) -> Result<FittedShe> {
         if self.sums.is_empty() {
             return Err(Error::Empty {
                 what: "the fit data of SHE".into(),
@@ -140,24 +140,24 @@ impl LayerFitter for SheFitter {
             }
             row.assign(&(sum / *count as f64));
         }
-        Ok(SheMeans { means })
+        Ok(FittedShe { means })
     }
 }
 
 /// What SHE learns of a layer: the class means `(classes, D)`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SheMeans {
+pub struct FittedShe {
     means: Array2<f64>,
 }
 
-impl SheMeans {
+impl FittedShe {
     /// The class means `(classes, D)`, classes in ascending label order.
     pub fn means(&self) -> &Array2<f64> {
         &self.means
     }
 }
 
-impl ScoreFeatures for SheMeans {
+impl ScoreFeatures for FittedShe {
     fn width(&self) -> usize {
         self.means.ncols()
     }
@@ -175,7 +175,7 @@ impl ScoreFeatures for SheMeans {
     }
 }
 
-impl StoredState for SheMeans {
+impl StoredState for FittedShe {
     const KINDS: &'static [&'static str] = &["SHE"];
 
     fn state_kind(&self) -> &'static str {
@@ -198,7 +198,7 @@ impl StoredState for SheMeans {
         if means.nrows() == 0 {
             return Err(file.corrupt("SHE stores no class mean"));
         }
-        Ok(SheMeans { means })
+        Ok(FittedShe { means })
     }
 }
 
@@ -214,5 +214,5 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
         capabilities: &[Capability::Features],
     },
     |p| built(on_layers(She::new(), p)?),
-    load_features::<SheMeans>,
+    load_features::<FittedShe>,
 );

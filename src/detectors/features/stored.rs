@@ -1,11 +1,12 @@
 //! Feature detectors in files: the layers, each layer's fitted state (its
 //! arrays under `layer.{l}.`), the aggregator and the input step. A state
-//! fitted on precomputed features (e.g. a [`KnnIndex`](super::KnnIndex))
+//! fitted on precomputed features (e.g. a [`FittedKnn`](super::FittedKnn))
 //! saves as a fit of one unnamed layer and loads from any one-layer file.
 
 use serde_json::{Value, json};
 
-use super::{Aggregator, FittedFeatures, ScoreFeatures};
+use super::aggregation::Aggregator;
+use super::{FittedFeatures, ScoreFeatures};
 use crate::detectors::file::{Reader, Stored, Writer, shape_json};
 use crate::detectors::{InputPerturbation, ModelShape};
 use crate::error::{Error, Result};
@@ -249,17 +250,17 @@ macro_rules! stored_state {
 }
 
 stored_state!(
-    super::ClassGaussians,
-    super::KnnIndex,
-    super::VimSubspace,
-    super::SheMeans,
-    super::GramBounds,
-    super::DiceHead,
-    super::VraThresholds,
-    super::FdbdBoundaries,
-    super::NciCentre,
-    super::GradNormHead,
-    super::ResidualSpace,
-    super::GuideBank,
-    super::ClassMixture
+    super::FittedMahalanobis,
+    super::FittedKnn,
+    super::FittedVim,
+    super::FittedShe,
+    super::FittedGram,
+    super::FittedDice,
+    super::FittedVra,
+    super::FittedFdbd,
+    super::FittedNci,
+    super::FittedGradNorm,
+    super::FittedResidual,
+    super::FittedNnGuide,
+    super::FittedGmm
 );

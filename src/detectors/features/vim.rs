@@ -1,16 +1,17 @@
 //! ViM, the virtual-logit matching score (Wang et al., CVPR 2022).
 
-use ndarray::{Array1, Array2, ArrayView2, Axis, CowArray, Ix2, s};
+use ndarray::{Array1, Array2, ArrayView2, Axis, CowArray, Ix2};
 
 use super::moments::ClassMoments;
 use super::stored::StoredState;
+use super::subspace::residual_basis;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::{Reader, Writer};
 use crate::detectors::registry::{
     Capability, DIMS, Needs, Registration, built, load_features, on_layers, principal_dims,
 };
 use crate::error::{Error, Result};
-use crate::linalg::{gemm, pinv, symmetric_eigen};
+use crate::linalg::{gemm, pinv};
 use crate::model::{Model, check_head, last_layer_of};
 use serde_json::{Value, json};
 
@@ -123,7 +124,7 @@ impl Vim {
 
 impl FeatureDetector for Vim {
     type Fitter = VimFitter;
-    type Fitted = VimSubspace;
+    type Fitted = FittedVim;
 
     fn name(&self) -> &'static str {
         "ViM"
@@ -160,6 +161,7 @@ impl FeatureDetector for Vim {
             origin,
             weights,
             bias,
+            subspace: None,
         })
     }
 
@@ -180,10 +182,12 @@ pub struct VimFitter {
     origin: Array1<f64>,
     weights: Array2<f32>,
     bias: Array1<f32>,
+    /// The subspace once the first pass has ended; the second sums into it.
+    subspace: Option<FittedVim>,
 }
 
 impl LayerFitter for VimFitter {
-    type Fitted = VimSubspace;
+    type Fitted = FittedVim;
 
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
         let all = Array1::zeros(batch.features.nrows());
@@ -191,90 +195,73 @@ impl LayerFitter for VimFitter {
         Ok(())
     }
 
-    fn finish(self) -> Result<VimSubspace> {
+    /// The subspace, from the first pass; α needs a second.
+    fn end_first_pass(&mut self) -> Result<bool> {
         let residual = residual_basis(&self.moments, &self.origin, self.dims, "ViM")?;
-        Ok(VimSubspace {
-            origin: self.origin,
+        self.subspace = Some(FittedVim {
+            origin: self.origin.clone(),
             residual,
-            weights: self.weights,
-            bias: self.bias,
+            weights: self.weights.clone(),
+            bias: self.bias.clone(),
             alpha: f64::NAN,
             sums: (0.0, 0.0),
-        })
+        });
+        Ok(true)
+    }
+
+    /// Σ max-logit and Σ residual norm of the fit data.
+    fn update_second(&mut self, batch: &LayerBatch) -> Result<()> {
+        let subspace = self.subspace.as_mut().ok_or_else(first_pass_missing)?;
+        let norms = subspace.residual_norms(batch.features);
+        let logits = subspace.logits(batch);
+        let max_logits: f64 = logits
+            .rows()
+            .into_iter()
+            .map(|r| f64::from(r.iter().copied().fold(f32::NEG_INFINITY, f32::max)))
+            .sum();
+        subspace.sums.0 += max_logits;
+        subspace.sums.1 += norms.sum();
+        Ok(())
+    }
+
+    /// α = Σ max-logit / Σ residual norm.
+    fn finish(self) -> Result<FittedVim> {
+        let mut fitted = self.subspace.ok_or_else(first_pass_missing)?;
+        let (logit_sum, norm_sum) = fitted.sums;
+        fitted.alpha = logit_sum / norm_sum;
+        if !(norm_sum > 0.0 && fitted.alpha.is_finite()) {
+            return Err(Error::invalid(
+                "principal_dims",
+                "the fitted subspace",
+                "the fit features have no residual off the principal subspace (α undefined): \
+                 keep fewer principal dimensions",
+            ));
+        }
+        Ok(fitted)
     }
 }
 
-/// A basis `(D, D − k)` of the residual space: the complement of the top
-/// `dims` eigenvectors of the second moment (1/N) Σ (f − u)(f − u)ᵀ of the
-/// features streamed into `moments` (one class) about `origin`.
-pub(super) fn residual_basis(
-    m: &ClassMoments,
-    origin: &Array1<f64>,
-    dims: PrincipalDims,
-    detector: &str,
-) -> Result<Array2<f64>> {
-    let dim = m.dim();
-    let n = m.count() as f64;
-    let mean = m
-        .classes()
-        .values()
-        .next()
-        .map(|c| c.mean.clone())
-        .ok_or_else(|| Error::Empty {
-            what: format!("the fit data of {detector}"),
-            hint: "fit on at least one sample".into(),
-        })?;
-    if m.count() < 2 {
-        return Err(Error::Empty {
-            what: format!("the fit data of {detector} ({} sample)", m.count()),
-            hint: format!("{detector}'s subspace needs at least 2 samples (in practice thousands)"),
-        });
-    }
-    // Second moment about the origin: scatter + N (m − u)(m − u)ᵀ.
-    let shift = (&mean - origin).insert_axis(Axis(1));
-    let moment = (m.within() + &(shift.dot(&shift.t()) * n)) / n;
-    let (values, vectors) = symmetric_eigen(&moment, &format!("{detector}'s feature covariance"))?;
-    let principal = match dims {
-        PrincipalDims::Count(k) => k,
-        PrincipalDims::Explained(fraction) => {
-            let total: f64 = values.iter().map(|v| v.max(0.0)).sum();
-            let mut explained = 0.0;
-            let mut k = 0;
-            for v in values.iter().rev() {
-                if total > 0.0 && explained / total >= fraction {
-                    break;
-                }
-                explained += v.max(0.0);
-                k += 1;
-            }
-            k
-        }
-    };
-    if principal >= dim {
-        return Err(Error::invalid(
-            "principal_dims",
-            format!("{dims:?} (= {principal} of {dim} dimensions)"),
-            "no residual dimension would be left: keep fewer principal dimensions",
-        ));
-    }
-    // Eigenvalues ascend: the residual space is spanned by the first ones.
-    Ok(vectors.slice(s![.., ..dim - principal]).to_owned())
+/// ViM's fitter used out of order (a bug of the fitting driver, not of
+/// the caller's data).
+fn first_pass_missing() -> Error {
+    Error::custom("ViM's second fitting pass ran before the first ended")
 }
 
 /// What ViM learns of a layer: the origin u = −W⁺b, a basis of the
 /// residual space, the head (W, b) for precomputed features, and α.
 #[derive(Debug, Clone, PartialEq)]
-pub struct VimSubspace {
+pub struct FittedVim {
     origin: Array1<f64>,
     residual: Array2<f64>,
     weights: Array2<f32>,
     bias: Array1<f32>,
     alpha: f64,
-    /// Calibration: Σ max-logit and Σ residual norm.
+    /// The second fitting pass's Σ max-logit and Σ residual norm (α is
+    /// their ratio; kept so the file holds what α came from).
     sums: (f64, f64),
 }
 
-impl VimSubspace {
+impl FittedVim {
     /// The number of principal dimensions kept.
     pub fn principal_dims(&self) -> usize {
         self.origin.len() - self.residual.ncols()
@@ -300,40 +287,9 @@ impl VimSubspace {
     }
 }
 
-impl ScoreFeatures for VimSubspace {
+impl ScoreFeatures for FittedVim {
     fn width(&self) -> usize {
         self.origin.len()
-    }
-
-    fn needs_calibration(&self) -> bool {
-        true
-    }
-
-    fn calibrate(&mut self, batch: &LayerBatch) -> Result<()> {
-        let norms = self.residual_norms(batch.features);
-        let logits = self.logits(batch);
-        let max_logits: f64 = logits
-            .rows()
-            .into_iter()
-            .map(|r| f64::from(r.iter().copied().fold(f32::NEG_INFINITY, f32::max)))
-            .sum();
-        self.sums.0 += max_logits;
-        self.sums.1 += norms.sum();
-        Ok(())
-    }
-
-    fn end_calibration(&mut self) -> Result<()> {
-        let (logit_sum, norm_sum) = self.sums;
-        self.alpha = logit_sum / norm_sum;
-        if !(norm_sum > 0.0 && self.alpha.is_finite()) {
-            return Err(Error::invalid(
-                "principal_dims",
-                "the fitted subspace",
-                "the fit features have no residual off the principal subspace (α undefined): \
-                 keep fewer principal dimensions",
-            ));
-        }
-        Ok(())
     }
 
     fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>> {
@@ -357,7 +313,7 @@ impl ScoreFeatures for VimSubspace {
     }
 }
 
-impl StoredState for VimSubspace {
+impl StoredState for FittedVim {
     const KINDS: &'static [&'static str] = &["ViM"];
 
     fn state_kind(&self) -> &'static str {
@@ -395,7 +351,7 @@ impl StoredState for VimSubspace {
         let bias = file.array(&format!("{prefix}head_bias"), &[Some(weights.nrows())])?;
         check_head(&weights, &bias, "ViM's stored last layer")
             .map_err(|e| file.corrupt(e.to_string()))?;
-        Ok(VimSubspace {
+        Ok(FittedVim {
             origin: file.array(&format!("{prefix}origin"), &[d])?,
             residual,
             weights,
@@ -427,5 +383,5 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
         };
         built(on_layers(vim, p)?)
     },
-    load_features::<VimSubspace>,
+    load_features::<FittedVim>,
 );

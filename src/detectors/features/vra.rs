@@ -144,7 +144,7 @@ impl Vra {
 
 impl FeatureDetector for Vra {
     type Fitter = VraFitter;
-    type Fitted = VraThresholds;
+    type Fitted = FittedVra;
 
     fn name(&self) -> &'static str {
         "VRA"
@@ -181,14 +181,14 @@ pub struct VraFitter {
 }
 
 impl LayerFitter for VraFitter {
-    type Fitted = VraThresholds;
+    type Fitted = FittedVra;
 
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
         self.values.extend(batch.features.iter());
         Ok(())
     }
 
-    fn finish(mut self) -> Result<VraThresholds> {
+    fn finish(mut self) -> Result<FittedVra> {
         if self.values.is_empty() {
             return Err(Error::Empty {
                 what: "the fit data of VRA".into(),
@@ -197,7 +197,7 @@ impl LayerFitter for VraFitter {
         }
         let low = quantile(&mut self.values, self.detector.low) as f32;
         let high = quantile(&mut self.values, self.detector.high) as f32;
-        Ok(VraThresholds {
+        Ok(FittedVra {
             low,
             high,
             rectification: self.detector.rectification,
@@ -209,14 +209,14 @@ impl LayerFitter for VraFitter {
 /// What VRA learns of a layer: the thresholds α ≤ β, the rectification,
 /// and the last layer.
 #[derive(Debug, Clone, PartialEq)]
-pub struct VraThresholds {
+pub struct FittedVra {
     low: f32,
     high: f32,
     rectification: Rectification,
     head: Head,
 }
 
-impl VraThresholds {
+impl FittedVra {
     /// The thresholds (α, β).
     pub fn thresholds(&self) -> (f32, f32) {
         (self.low, self.high)
@@ -228,7 +228,7 @@ impl VraThresholds {
     }
 }
 
-impl ScoreFeatures for VraThresholds {
+impl ScoreFeatures for FittedVra {
     fn width(&self) -> usize {
         self.head.width()
     }
@@ -246,7 +246,7 @@ impl ScoreFeatures for VraThresholds {
     }
 }
 
-impl StoredState for VraThresholds {
+impl StoredState for FittedVra {
     const KINDS: &'static [&'static str] = &["VRA"];
 
     fn state_kind(&self) -> &'static str {
@@ -284,7 +284,7 @@ impl StoredState for VraThresholds {
                 gamma: file.number(params, "piecewise_gamma")? as f32,
             },
         };
-        Ok(VraThresholds {
+        Ok(FittedVra {
             low,
             high,
             rectification,
@@ -321,5 +321,5 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
         )?;
         built(on_layers(vra, p)?)
     },
-    load_features::<VraThresholds>,
+    load_features::<FittedVra>,
 );

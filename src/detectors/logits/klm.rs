@@ -1,12 +1,13 @@
 //! KL matching (Hendrycks et al., ICML 2022, "Scaling out-of-distribution
 //! detection for real-world settings").
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView2};
 
 use super::{ScoreLogits, check_fit_logits, fit_logits, score_rows};
 use crate::datasets::BatchSource;
 use crate::detectors::Detector;
 use crate::detectors::registry::{Needs, Registration, built, load_as};
+use crate::detectors::softmax::softmax_f64;
 use crate::error::{Error, Result};
 use crate::model::Model;
 
@@ -44,13 +45,13 @@ impl Klm {
 
     /// Fits the templates on precomputed logits `(N, C)` of
     /// in-distribution data. Errors on no rows and non-finite logits.
-    pub fn fit_logits(&self, logits: ArrayView2<f32>) -> Result<KlMatching> {
+    pub fn fit_logits(&self, logits: ArrayView2<f32>) -> Result<FittedKlm> {
         check_fit_logits(logits, None, "KLM")?;
         let c = logits.ncols();
         let mut sums = Array2::<f64>::zeros((c, c));
         let mut counts = vec![0_u64; c];
         for row in logits.rows() {
-            let p = softmax(row);
+            let p = softmax_f64(row);
             let k = crate::metrics::argmax(row.iter().copied());
             counts[k] += 1;
             sums.row_mut(k).zip_mut_with(&p, |s, &v| *s += v);
@@ -62,27 +63,12 @@ impl Klm {
                 template /= counts[k] as f64;
             }
         }
-        KlMatching::new(sums)
+        FittedKlm::new(sums)
     }
 }
 
-/// The softmax of a row, in f64 (an infinite logit takes all the mass,
-/// shared among ties).
-fn softmax(row: ArrayView1<f32>) -> Array1<f64> {
-    let max = f64::from(row.iter().copied().fold(f32::NEG_INFINITY, f32::max));
-    let exps: Array1<f64> = row
-        .iter()
-        .map(|&v| {
-            let v = f64::from(v);
-            if v == max { 1.0 } else { (v - max).exp() }
-        })
-        .collect();
-    let total = exps.sum();
-    exps / total
-}
-
 impl Detector for Klm {
-    type Fitted = KlMatching;
+    type Fitted = FittedKlm;
 
     /// Runs `model` over `fit_data` (required; labels not needed) and fits
     /// the templates on its logits.
@@ -90,7 +76,7 @@ impl Detector for Klm {
         &self,
         model: &dyn Model,
         fit_data: Option<&dyn BatchSource>,
-    ) -> Result<KlMatching> {
+    ) -> Result<FittedKlm> {
         let (logits, _) = fit_logits(model, fit_data, "KLM", false)?;
         self.fit_logits(logits.view())
     }
@@ -98,11 +84,11 @@ impl Detector for Klm {
 
 /// What KL matching learns: one template distribution per class, `(C, C)`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct KlMatching {
+pub struct FittedKlm {
     templates: Array2<f64>,
 }
 
-impl KlMatching {
+impl FittedKlm {
     /// Templates `(C, C)`: row k the mean softmax of class k, each row a
     /// distribution (non-negative, summing to 1 within 10⁻⁶).
     pub fn new(templates: Array2<f64>) -> Result<Self> {
@@ -123,7 +109,7 @@ impl KlMatching {
                 ));
             }
         }
-        Ok(KlMatching { templates })
+        Ok(FittedKlm { templates })
     }
 
     /// The templates `(C, C)`.
@@ -132,7 +118,7 @@ impl KlMatching {
     }
 }
 
-impl ScoreLogits for KlMatching {
+impl ScoreLogits for FittedKlm {
     fn name(&self) -> &'static str {
         "KLM"
     }
@@ -147,7 +133,7 @@ impl ScoreLogits for KlMatching {
             });
         }
         score_rows(logits, |row| {
-            let p = softmax(row);
+            let p = softmax_f64(row);
             let best = self
                 .templates
                 .rows()
@@ -177,5 +163,5 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
         capabilities: &[],
     },
     |_| built(Klm::new()),
-    load_as::<KlMatching>,
+    load_as::<FittedKlm>,
 );

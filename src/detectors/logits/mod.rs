@@ -3,8 +3,8 @@
 //! parameters are their whole fitted state: each implements
 //! [`ScoreLogits`], and with it [`Detector`] and [`FittedDetector`].
 //! Temperature scaling, KLM and OpenMax learn from in-distribution logits:
-//! their [`Detector`] returns another type ([`TemperedSoftmax`],
-//! [`KlMatching`], [`OpenMaxModel`]) that implements [`ScoreLogits`].
+//! their [`Detector`] returns another type ([`FittedTemperatureScaling`],
+//! [`FittedKlm`], [`FittedOpenMax`]) that implements [`ScoreLogits`].
 //! RankFeat and MC dropout score through the network itself
 //! ([`MapEditing::forward_editing_map`](crate::model::MapEditing::forward_editing_map), [`StochasticPasses::forward_stochastic`](crate::model::StochasticPasses::forward_stochastic)).
 
@@ -12,6 +12,7 @@ use std::fmt;
 
 use ndarray::{Array1, ArrayView1, ArrayView2};
 
+pub(crate) use super::softmax::{shifted_exps, tempered_exps};
 use super::{Detector, FittedDetector, ScoreOutput};
 use crate::batch::Batch;
 use crate::datasets::BatchSource;
@@ -34,14 +35,14 @@ pub(super) mod temperature;
 pub use energy::Energy;
 pub use entropy::Entropy;
 pub use generalized_entropy::Gen;
-pub use klm::{KlMatching, Klm};
+pub use klm::{FittedKlm, Klm};
 pub use mc_dropout::{McDropout, McStatistic};
 pub use mls::{Mls, OutputActivation};
 pub use odin::Odin;
-pub use openmax::{OpenMax, OpenMaxModel, Weibull};
+pub use openmax::{FittedOpenMax, OpenMax, Weibull};
 pub use rankfeat::RankFeat;
-pub use shaped::Shaped;
-pub use temperature::{TemperatureScaling, TemperedSoftmax};
+pub use shaped::{FittedShaped, Shaped};
+pub use temperature::{FittedTemperatureScaling, TemperatureScaling};
 
 /// A detector that scores from the logits alone: logits computed once (or
 /// by another program) can be scored by each of them without running the
@@ -357,24 +358,4 @@ pub(super) fn score_rows(
         scores.push(score(row));
     }
     Ok(Array1::from(scores))
-}
-
-/// A row's largest value and `exp(l - max)` of each entry, entries equal to
-/// the max counting 1 exactly: an infinite max gives the softmax's limit
-/// instead of `inf - inf = NaN`. The softmax is `exps / exps.sum()`.
-pub(super) fn shifted_exps(row: ArrayView1<f32>) -> (f32, Vec<f32>) {
-    tempered_exps(row, 1.0)
-}
-
-/// [`shifted_exps`] at temperature `t`: `exp((l - max) / t)`, the max
-/// taken on the logits themselves. Dividing the differences (never
-/// positive) rather than the logits keeps every temperature finite: a tiny
-/// `t` sends the others to 0 instead of the logits to ±inf.
-pub(crate) fn tempered_exps(row: ArrayView1<f32>, t: f32) -> (f32, Vec<f32>) {
-    let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let exps = row
-        .iter()
-        .map(|&v| if v == max { 1.0 } else { ((v - max) / t).exp() })
-        .collect();
-    (max, exps)
 }

@@ -205,7 +205,7 @@ impl OpenMax {
         &self,
         logits: ArrayView2<f32>,
         labels: ArrayView1<i64>,
-    ) -> Result<OpenMaxModel> {
+    ) -> Result<FittedOpenMax> {
         check_fit_logits(logits, Some(labels), "OpenMax")?;
         let c = logits.ncols();
         check_label_range(labels, c)?;
@@ -258,7 +258,7 @@ impl OpenMax {
             means.row_mut(k).assign(&mean);
             weibulls.push(Some(weibull));
         }
-        OpenMaxModel::new(means, weibulls, self.alpha)
+        FittedOpenMax::new(means, weibulls, self.alpha)
     }
 }
 
@@ -272,7 +272,7 @@ fn distance(l: ArrayView1<f32>, mean: ArrayView1<f64>) -> f64 {
 }
 
 impl Detector for OpenMax {
-    type Fitted = OpenMaxModel;
+    type Fitted = FittedOpenMax;
 
     /// Runs `model` over the labelled `fit_data` (required) and fits on
     /// its logits.
@@ -280,7 +280,7 @@ impl Detector for OpenMax {
         &self,
         model: &dyn Model,
         fit_data: Option<&dyn BatchSource>,
-    ) -> Result<OpenMaxModel> {
+    ) -> Result<FittedOpenMax> {
         let (logits, labels) = fit_logits(model, fit_data, "OpenMax", true)?;
         let labels = labels.ok_or_else(|| Error::custom("labels were required"))?;
         self.fit_logits(logits.view(), labels.view())
@@ -290,13 +290,13 @@ impl Detector for OpenMax {
 /// What OpenMax learns: each class's mean logit vector `(C, C)` and
 /// Weibull model (none for a class absent from the fit data), and alpha.
 #[derive(Debug, Clone, PartialEq)]
-pub struct OpenMaxModel {
+pub struct FittedOpenMax {
     means: Array2<f64>,
     weibulls: Vec<Option<Weibull>>,
     alpha: usize,
 }
 
-impl OpenMaxModel {
+impl FittedOpenMax {
     /// The parts, checked: means `(C, C)`, one Weibull model per class
     /// (`None`: the class was absent from the fit data), 1 ≤ alpha ≤ C.
     pub fn new(means: Array2<f64>, weibulls: Vec<Option<Weibull>>, alpha: usize) -> Result<Self> {
@@ -319,7 +319,7 @@ impl OpenMaxModel {
                 format!("must be in 1..={c}"),
             ));
         }
-        Ok(OpenMaxModel {
+        Ok(FittedOpenMax {
             means,
             weibulls,
             alpha,
@@ -370,7 +370,7 @@ impl OpenMaxModel {
     }
 }
 
-impl ScoreLogits for OpenMaxModel {
+impl ScoreLogits for FittedOpenMax {
     fn name(&self) -> &'static str {
         "OpenMax"
     }
@@ -418,5 +418,5 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
             p.count("alpha")?.unwrap_or(default.alpha),
         )?)
     },
-    load_as::<OpenMaxModel>,
+    load_as::<FittedOpenMax>,
 );

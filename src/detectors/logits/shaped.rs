@@ -18,19 +18,21 @@ const SHAPED: &str = "a detector on activation-shaped logits";
 const PENULTIMATE: [LayerId; 1] = [LayerId::Index(-2)];
 
 /// A detector on logits (MLS, MSP, Energy, Entropy, GEN) scoring the
-/// logits of shaped penultimate activations: the model's layer `-2`
-/// shaped by a [`Shaping`], then its last layer
-/// ([`LastLayer::head_parameters`](crate::model::LastLayer::head_parameters)). The same scores as the detector on
-/// a shaped [`BurnModel`](crate::model::BurnModel::with_shaping), for any
-/// model with named layers and an affine head, and the shaping is part of the
-/// fitted state: it saves and loads with the detector.
+/// logits of shaped penultimate activations, as parameters: the model's
+/// layer `-2` shaped by a [`Shaping`], then its last layer
+/// ([`LastLayer::head_parameters`](crate::model::LastLayer::head_parameters)).
+/// The same scores as the detector on a shaped
+/// [`BurnModel`](crate::model::BurnModel::with_shaping), for any model with
+/// named layers and an affine head. Fitting gives a [`FittedShaped`], whose
+/// shaping (ReAct's threshold fitted on the fit data, ASH / SCALE's
+/// percentile) saves and loads with the detector.
 ///
 /// The logits it returns (and the predicted classes of verdicts) are the
 /// network's own: shaping changes the OOD score, not the prediction.
 ///
 /// ```
-/// use ndarray::{Array1, Array2, ArrayView4, array};
-/// use oodkit::detectors::{Energy, FittedDetector, Shaped};
+/// use ndarray::{Array1, Array2, Array4, ArrayView4, array};
+/// use oodkit::detectors::{Detector, Energy, Shaped};
 /// use oodkit::model::{Shaping, from_fn_with_features};
 ///
 /// // Penultimate features = the inputs; head = identity.
@@ -40,24 +42,101 @@ const PENULTIMATE: [LayerId; 1] = [LayerId::Index(-2)];
 /// })
 /// .with_head(Array2::eye(2), Array1::zeros(2))?;
 /// let energy = Shaped::new(Energy::default(), Shaping::React { threshold: 1.0 })?;
-/// let scorer = energy.attach(&model)?;
+/// let scorer = energy.fit(&model, None)?;
 /// let batch = oodkit::Batch::new(array![[[[5.0_f32, 0.0]]]]);
 /// // Clipped at 1: -ln(e¹ + e⁰).
 /// let expected = -(1.0_f32.exp() + 1.0).ln();
 /// assert!((scorer.score_batch(batch)?.scores[0] - expected).abs() < 1e-6);
-/// # Ok::<(), oodkit::Error>(())
+///
+/// // ReAct fits its threshold, the 0.5 quantile of the fit activations.
+/// let fit = oodkit::OodDataset::from_arrays(
+///     Array4::from_shape_vec((2, 1, 1, 2), vec![1.0, 2.0, 3.0, 4.0])?,
+///     Array1::zeros(2),
+/// )?;
+/// let react = Shaped::react(Energy::default(), 0.5)?.fit(&model, Some(&fit))?;
+/// assert_eq!(react.fitted().shaping(), Shaping::React { threshold: 2.0 });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Shaped<D> {
     detector: D,
+    shaping: ShapingParams,
+}
+
+/// A shaping as parameters: fixed, or ReAct's threshold to fit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ShapingParams {
+    Fixed(Shaping),
+    React { quantile: f32 },
+}
+
+impl<D: ScoreLogits + Clone> Shaped<D> {
+    /// `detector` on logits shaped by `shaping` (ASH, SCALE, or ReAct at
+    /// a known threshold). ODIN with a step (ε > 0) is refused: its input
+    /// gradient would have to run through the shaping; shape a
+    /// [`BurnModel`](crate::model::BurnModel::with_shaping) for it.
+    pub fn new(detector: D, shaping: Shaping) -> Result<Self> {
+        FittedShaped::new(detector.clone(), shaping)?;
+        Ok(Shaped {
+            detector,
+            shaping: ShapingParams::Fixed(shaping),
+        })
+    }
+
+    /// ReAct: `detector` on logits of activations clipped at the
+    /// `quantile` (in (0, 1], default 0.9) of the penultimate activations
+    /// of the fit data, fitted by [`fit`](Detector::fit)
+    /// ([`Shaping::react`]).
+    pub fn react(detector: D, quantile: f32) -> Result<Self> {
+        if !(quantile > 0.0 && quantile <= 1.0) {
+            return Err(Error::invalid("quantile", quantile, "must be in (0, 1]"));
+        }
+        // The same refusals as a fixed shaping.
+        FittedShaped::new(detector.clone(), Shaping::React { threshold: 0.0 })?;
+        Ok(Shaped {
+            detector,
+            shaping: ShapingParams::React { quantile },
+        })
+    }
+
+    /// The detector on the shaped logits.
+    pub fn detector(&self) -> &D {
+        &self.detector
+    }
+}
+
+impl<D: ScoreLogits + Clone> Detector for Shaped<D> {
+    type Fitted = FittedShaped<D>;
+
+    /// The shaping (ReAct's threshold fitted on `fit_data`, which it then
+    /// requires), after checking the model has a penultimate layer and a
+    /// last layer.
+    fn fit_model(
+        &self,
+        model: &dyn Model,
+        fit_data: Option<&dyn BatchSource>,
+    ) -> Result<FittedShaped<D>> {
+        let shaping = match self.shaping {
+            ShapingParams::Fixed(shaping) => shaping,
+            ShapingParams::React { quantile } => Shaping::react(model, fit_data, quantile)?,
+        };
+        let fitted = FittedShaped::new(self.detector.clone(), shaping)?;
+        fitted.check_model(model)?;
+        Ok(fitted)
+    }
+}
+
+/// A [`Shaped`] detector fitted: the detector on logits and its shaping
+/// (ReAct's threshold fitted). Saves and loads with both.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FittedShaped<D> {
+    detector: D,
     shaping: Shaping,
 }
 
-impl<D: ScoreLogits> Shaped<D> {
-    /// `detector` on logits shaped by `shaping`. ODIN with a step
-    /// (ε > 0) is refused: its input gradient would have to run through
-    /// the shaping; shape a [`BurnModel`](crate::model::BurnModel::with_shaping)
-    /// for it.
+impl<D: ScoreLogits> FittedShaped<D> {
+    /// `detector` on logits shaped by `shaping`, checked as
+    /// [`Shaped::new`] checks them.
     pub fn new(detector: D, shaping: Shaping) -> Result<Self> {
         shaping.validate()?;
         if detector.perturbs_inputs() {
@@ -66,19 +145,7 @@ impl<D: ScoreLogits> Shaped<D> {
                 hint: "shape the network itself (BurnModel::with_shaping), or set ε = 0".into(),
             });
         }
-        Ok(Shaped { detector, shaping })
-    }
-
-    /// ReAct: `detector` on logits of activations clipped at the
-    /// `quantile` of the penultimate activations of `fit_data` through
-    /// `model` ([`Shaping::react`]).
-    pub fn react(
-        detector: D,
-        model: &dyn Model,
-        fit_data: Option<&dyn BatchSource>,
-        quantile: f32,
-    ) -> Result<Self> {
-        Shaped::new(detector, Shaping::react(model, fit_data, quantile)?)
+        Ok(FittedShaped { detector, shaping })
     }
 
     /// The detector on the shaped logits.
@@ -92,17 +159,7 @@ impl<D: ScoreLogits> Shaped<D> {
     }
 }
 
-impl<D: ScoreLogits + Clone> Detector for Shaped<D> {
-    type Fitted = Self;
-
-    /// Keeps the detector and its shaping (fit ReAct's threshold with
-    /// [`Shaped::react`]).
-    fn fit_model(&self, _model: &dyn Model, _fit_data: Option<&dyn BatchSource>) -> Result<Self> {
-        Ok(self.clone())
-    }
-}
-
-impl<D: ScoreLogits> FittedDetector for Shaped<D> {
+impl<D: ScoreLogits> FittedDetector for FittedShaped<D> {
     fn kind(&self) -> &'static str {
         self.detector.name()
     }

@@ -1,13 +1,13 @@
 //! Logit detectors in files: their parameters (no arrays), and for
-//! [`Shaped`] the shaping beside them.
+//! [`FittedShaped`] the shaping beside them.
 
 use serde_json::{Value, json};
 
 use ndarray::Array2;
 
 use super::{
-    Energy, Entropy, Gen, KlMatching, McDropout, McStatistic, Mls, Odin, OpenMaxModel,
-    OutputActivation, RankFeat, ScoreLogits, Shaped, TemperedSoftmax, Weibull,
+    Energy, Entropy, FittedKlm, FittedOpenMax, FittedShaped, FittedTemperatureScaling, Gen,
+    McDropout, McStatistic, Mls, Odin, OutputActivation, RankFeat, ScoreLogits, Weibull,
 };
 use crate::detectors::file::{Reader, Stored, Writer};
 use crate::error::{Error, Result};
@@ -105,7 +105,7 @@ impl StoredLogits for Odin {
     }
 }
 
-impl StoredLogits for TemperedSoftmax {
+impl StoredLogits for FittedTemperatureScaling {
     const KINDS: &'static [&'static str] = &["TemperatureScaling"];
 
     fn params(&self) -> Value {
@@ -113,7 +113,7 @@ impl StoredLogits for TemperedSoftmax {
     }
 
     fn from_params(file: &Reader, _kind: &str, params: &Value) -> Result<Self> {
-        TemperedSoftmax::new(file.number(params, "temperature")? as f32)
+        FittedTemperatureScaling::new(file.number(params, "temperature")? as f32)
             .map_err(|e| invalid(file, e))
     }
 }
@@ -190,7 +190,7 @@ macro_rules! stored_logits {
                         path: file.path().to_path_buf(),
                         expected: format!("a plain {} detector", file.kind()),
                         found: format!("{} on activation-shaped logits", file.kind()),
-                        hint: format!("load it as Shaped<{}>", stringify!($detector)),
+                        hint: format!("load it as FittedShaped<{}>", stringify!($detector)),
                     });
                 }
                 read_logits(file)
@@ -205,7 +205,7 @@ stored_logits!(
     Entropy,
     Gen,
     Odin,
-    TemperedSoftmax,
+    FittedTemperatureScaling,
     RankFeat,
     McDropout
 );
@@ -246,17 +246,17 @@ macro_rules! stored_fitted_logits {
 }
 
 stored_fitted_logits!(
-    KlMatching,
+    FittedKlm,
     "KLM",
     |klm, file| {
         file.array("templates", klm.templates().view());
         json!({})
     },
-    |file, _params| KlMatching::new(file.array("templates", &[None, None])?)
+    |file, _params| FittedKlm::new(file.array("templates", &[None, None])?)
 );
 
 stored_fitted_logits!(
-    OpenMaxModel,
+    FittedOpenMax,
     "OpenMax",
     |openmax, file| {
         file.array("means", openmax.means().view());
@@ -287,7 +287,7 @@ stored_fitted_logits!(
                 _ => Err(file.corrupt("OpenMax's \"fitted\" flags are not 0 or 1")),
             })
             .collect::<Result<Vec<_>>>()?;
-        OpenMaxModel::new(means, weibulls, file.count(params, "alpha")?)
+        FittedOpenMax::new(means, weibulls, file.count(params, "alpha")?)
     }
 );
 
@@ -318,7 +318,7 @@ fn read_shaping(file: &Reader, value: &Value) -> Result<Shaping> {
     Ok(shaping)
 }
 
-impl<D: StoredLogits> Stored for Shaped<D> {
+impl<D: StoredLogits> Stored for FittedShaped<D> {
     fn kind_name(&self) -> &'static str {
         self.detector().name()
     }
@@ -347,6 +347,6 @@ impl<D: StoredLogits> Stored for Shaped<D> {
             });
         };
         let shaping = read_shaping(file, shaping)?;
-        Shaped::new(read_logits::<D>(file)?, shaping).map_err(|e| invalid(file, e))
+        FittedShaped::new(read_logits::<D>(file)?, shaping).map_err(|e| invalid(file, e))
     }
 }

@@ -59,7 +59,7 @@ impl TemperatureScaling {
         &self,
         logits: ArrayView2<f32>,
         labels: ArrayView1<i64>,
-    ) -> Result<TemperedSoftmax> {
+    ) -> Result<FittedTemperatureScaling> {
         check_fit_logits(logits, Some(labels), "temperature scaling")?;
         check_label_range(labels, logits.ncols())?;
         let slope = |beta: f64| nll_slope(logits, labels, beta);
@@ -83,7 +83,7 @@ impl TemperatureScaling {
             }
             (0.5 * (lo + hi)).exp()
         };
-        TemperedSoftmax::new((1.0 / beta) as f32)
+        FittedTemperatureScaling::new((1.0 / beta) as f32)
     }
 }
 
@@ -104,7 +104,7 @@ fn nll_slope(logits: ArrayView2<f32>, labels: ArrayView1<i64>, beta: f64) -> f64
 }
 
 impl Detector for TemperatureScaling {
-    type Fitted = TemperedSoftmax;
+    type Fitted = FittedTemperatureScaling;
 
     /// Runs `model` over the labelled `fit_data` (required) and fits the
     /// temperature on its logits.
@@ -112,7 +112,7 @@ impl Detector for TemperatureScaling {
         &self,
         model: &dyn Model,
         fit_data: Option<&dyn BatchSource>,
-    ) -> Result<TemperedSoftmax> {
+    ) -> Result<FittedTemperatureScaling> {
         let (logits, labels) = fit_logits(model, fit_data, "temperature scaling", true)?;
         let labels = labels.ok_or_else(|| Error::custom("labels were required"))?;
         self.fit_logits(logits.view(), labels.view())
@@ -122,11 +122,11 @@ impl Detector for TemperatureScaling {
 /// What temperature scaling learns: the temperature; it scores
 /// −max softmax(l / T).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TemperedSoftmax {
+pub struct FittedTemperatureScaling {
     temperature: f32,
 }
 
-impl TemperedSoftmax {
+impl FittedTemperatureScaling {
     /// MSP at `temperature`, finite and > 0 (e.g. one fitted elsewhere).
     pub fn new(temperature: f32) -> Result<Self> {
         if !(temperature > 0.0 && temperature.is_finite()) {
@@ -136,7 +136,7 @@ impl TemperedSoftmax {
                 "must be a finite number > 0",
             ));
         }
-        Ok(TemperedSoftmax { temperature })
+        Ok(FittedTemperatureScaling { temperature })
     }
 
     /// The temperature.
@@ -145,7 +145,7 @@ impl TemperedSoftmax {
     }
 }
 
-impl ScoreLogits for TemperedSoftmax {
+impl ScoreLogits for FittedTemperatureScaling {
     fn name(&self) -> &'static str {
         "TemperatureScaling"
     }
@@ -169,5 +169,5 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
         capabilities: &[],
     },
     |_| built(TemperatureScaling::new()),
-    load_logits::<TemperedSoftmax>,
+    load_logits::<FittedTemperatureScaling>,
 );
