@@ -81,6 +81,7 @@ pub use evaluate::evaluate;
 #[cfg(feature = "onnx")]
 pub use onnx::OnnxModel;
 pub use shaping::Shaping;
+pub(crate) use shaping::check_react_quantile;
 
 /// A classifier: a batch of inputs in, its logits out. The one model
 /// object every detector takes.
@@ -226,6 +227,25 @@ pub(crate) fn input_gradient_of<'a>(
     model
         .as_input_gradient()
         .ok_or_else(|| Capability::InputGradient.missing(who))
+}
+
+/// The model's split at its last feature map, or an error saying `who`
+/// needs it.
+pub(crate) fn map_editing_of<'a>(model: &'a dyn Model, who: &str) -> Result<&'a dyn MapEditing> {
+    model
+        .as_map_editing()
+        .ok_or_else(|| Capability::MapEditing.missing(who))
+}
+
+/// The model's passes with dropout active, or an error saying `who` needs
+/// them.
+pub(crate) fn stochastic_of<'a>(
+    model: &'a dyn Model,
+    who: &str,
+) -> Result<&'a dyn StochasticPasses> {
+    model
+        .as_stochastic()
+        .ok_or_else(|| Capability::StochasticPasses.missing(who))
 }
 
 /// Gradients of a [`Model`]'s logits with respect to its inputs.

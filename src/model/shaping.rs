@@ -49,9 +49,7 @@ impl Shaping {
         fit_data: Option<&dyn BatchSource>,
         quantile: f32,
     ) -> Result<Self> {
-        if !(quantile > 0.0 && quantile <= 1.0) {
-            return Err(Error::invalid("quantile", quantile, "must be in (0, 1]"));
-        }
+        check_react_quantile(quantile)?;
         let fit_data = require_fit_data(fit_data, "ReAct fits its threshold on ID activations")?;
         let penultimate = [LayerId::Index(-2)];
         let mut checked = CheckedFeatures::new(features_of(model, "ReAct")?, &penultimate)?;
@@ -192,6 +190,15 @@ fn row_percentile(row: ArrayView1<f32>, percentile: f32) -> f32 {
 /// The index of the `percentile` in `len` sorted values.
 pub(crate) fn percentile_index(percentile: f32, len: usize) -> usize {
     ((percentile * len as f32).floor() as usize).min(len.saturating_sub(1))
+}
+
+/// Errors unless ReAct's `quantile` is in (0, 1].
+pub(crate) fn check_react_quantile(quantile: f32) -> Result<()> {
+    if quantile > 0.0 && quantile <= 1.0 {
+        Ok(())
+    } else {
+        Err(Error::invalid("quantile", quantile, "must be in (0, 1]"))
+    }
 }
 
 fn check_percentile(percentile: f32) -> Result<()> {

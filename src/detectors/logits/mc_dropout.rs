@@ -9,7 +9,7 @@ use crate::datasets::BatchSource;
 use crate::detectors::registry::{Capability, Needs, Param, Registration, built, load_as};
 use crate::detectors::{Detector, ScoreOutput};
 use crate::error::{Error, Result};
-use crate::model::{Model, check_logits};
+use crate::model::{Model, check_logits, stochastic_of};
 
 /// What McDropout reads off the mean softmax p̄.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,21 +154,19 @@ impl ScoreLogits for McDropout {
         })
     }
 
-    /// The passes' mean softmax, scored; the logits returned are those of
-    /// the network in inference mode.
     fn check_model(&self, model: &dyn Model) -> Result<()> {
-        match model.as_stochastic() {
-            Some(_) => Ok(()),
-            None => Err(Capability::StochasticPasses.missing("Monte Carlo dropout")),
-        }
+        stochastic_of(model, "Monte Carlo dropout").map(|_| ())
     }
 
+    /// The passes' mean softmax, scored; the logits returned are those of
+    /// the network in inference mode.
     fn score_logit_batch(&self, model: &dyn Model, batch: Batch) -> Result<ScoreOutput> {
         let n = batch.len();
-        let passes = model
-            .as_stochastic()
-            .ok_or_else(|| Capability::StochasticPasses.missing("Monte Carlo dropout"))?
-            .forward_stochastic(batch.inputs.view(), self.passes, self.seed)?;
+        let passes = stochastic_of(model, "Monte Carlo dropout")?.forward_stochastic(
+            batch.inputs.view(),
+            self.passes,
+            self.seed,
+        )?;
         let mut mean: Option<Array2<f64>> = None;
         for logits in &passes {
             check_logits(logits, n)?;

@@ -10,7 +10,7 @@ use crate::detectors::registry::{Capability, Needs, Param, Registration, built, 
 use crate::detectors::{Detector, ScoreOutput};
 use crate::error::{Error, Result};
 use crate::linalg::without_top_rank;
-use crate::model::{Model, check_logits};
+use crate::model::{Model, check_logits, map_editing_of};
 
 /// RankFeat: each input's last convolutional feature map, as a matrix
 /// `(C, H·W)`, loses its largest singular component σ₁u₁v₁ᵀ (an exact
@@ -138,9 +138,7 @@ impl ScoreLogits for RankFeat {
     /// map (scored).
     fn score_logit_batch(&self, model: &dyn Model, batch: Batch) -> Result<ScoreOutput> {
         let n = batch.len();
-        let edited = model
-            .as_map_editing()
-            .ok_or_else(|| Capability::MapEditing.missing("RankFeat"))?
+        let edited = map_editing_of(model, "RankFeat")?
             .forward_editing_map(batch.inputs.view(), &remove_rank_one)?;
         check_logits(&edited, n)?;
         let scores = self.energy(edited.view())?;
@@ -159,10 +157,7 @@ impl ScoreLogits for RankFeat {
     }
 
     fn check_model(&self, model: &dyn Model) -> Result<()> {
-        match model.as_map_editing() {
-            Some(_) => Ok(()),
-            None => Err(Capability::MapEditing.missing("RankFeat")),
-        }
+        map_editing_of(model, "RankFeat").map(|_| ())
     }
 }
 

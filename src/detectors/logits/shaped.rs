@@ -8,7 +8,8 @@ use crate::datasets::BatchSource;
 use crate::detectors::{Detector, FittedDetector, ScoreOutput};
 use crate::error::{Error, Result};
 use crate::model::{
-    CheckedFeatures, LayerId, Model, Shaping, check_logits, features_of, last_layer_of,
+    CheckedFeatures, LayerId, Model, Shaping, check_logits, check_react_quantile, features_of,
+    last_layer_of,
 };
 
 /// Who needs the model's capabilities, in errors.
@@ -70,13 +71,14 @@ enum ShapingParams {
     React { quantile: f32 },
 }
 
-impl<D: ScoreLogits + Clone> Shaped<D> {
+impl<D: ScoreLogits> Shaped<D> {
     /// `detector` on logits shaped by `shaping` (ASH, SCALE, or ReAct at
     /// a known threshold). ODIN with a step (ε > 0) is refused: its input
     /// gradient would have to run through the shaping; shape a
     /// [`BurnModel`](crate::model::BurnModel::with_shaping) for it.
     pub fn new(detector: D, shaping: Shaping) -> Result<Self> {
-        FittedShaped::new(detector.clone(), shaping)?;
+        shaping.validate()?;
+        refuse_input_step(&detector)?;
         Ok(Shaped {
             detector,
             shaping: ShapingParams::Fixed(shaping),
@@ -88,11 +90,8 @@ impl<D: ScoreLogits + Clone> Shaped<D> {
     /// of the fit data, fitted by [`fit`](Detector::fit)
     /// ([`Shaping::react`]).
     pub fn react(detector: D, quantile: f32) -> Result<Self> {
-        if !(quantile > 0.0 && quantile <= 1.0) {
-            return Err(Error::invalid("quantile", quantile, "must be in (0, 1]"));
-        }
-        // The same refusals as a fixed shaping.
-        FittedShaped::new(detector.clone(), Shaping::React { threshold: 0.0 })?;
+        check_react_quantile(quantile)?;
+        refuse_input_step(&detector)?;
         Ok(Shaped {
             detector,
             shaping: ShapingParams::React { quantile },
@@ -139,12 +138,7 @@ impl<D: ScoreLogits> FittedShaped<D> {
     /// [`Shaped::new`] checks them.
     pub fn new(detector: D, shaping: Shaping) -> Result<Self> {
         shaping.validate()?;
-        if detector.perturbs_inputs() {
-            return Err(Error::Unsupported {
-                what: format!("{} with an input step on shaped logits", detector.name()),
-                hint: "shape the network itself (BurnModel::with_shaping), or set ε = 0".into(),
-            });
-        }
+        refuse_input_step(&detector)?;
         Ok(FittedShaped { detector, shaping })
     }
 
@@ -157,6 +151,18 @@ impl<D: ScoreLogits> FittedShaped<D> {
     pub fn shaping(&self) -> Shaping {
         self.shaping
     }
+}
+
+/// ODIN with a step (ε > 0) on shaped logits: its input gradient would
+/// have to run through the shaping.
+fn refuse_input_step(detector: &impl ScoreLogits) -> Result<()> {
+    if detector.perturbs_inputs() {
+        return Err(Error::Unsupported {
+            what: format!("{} with an input step on shaped logits", detector.name()),
+            hint: "shape the network itself (BurnModel::with_shaping), or set ε = 0".into(),
+        });
+    }
+    Ok(())
 }
 
 impl<D: ScoreLogits> FittedDetector for FittedShaped<D> {
