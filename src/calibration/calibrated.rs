@@ -1,12 +1,11 @@
 //! A fitted detector with its calibration: verdicts at a chosen level.
 
 use ndarray::{Array1, ArrayView1};
-use serde_json::json;
 
 use super::{Calibration, Verdict, check_alpha};
 use crate::batch::Batch;
 use crate::datasets::BatchSource;
-use crate::detectors::file::{Reader, Stored, Writer, shape_json};
+use crate::detectors::file::{Reader, Stored, Writer};
 use crate::detectors::{FittedDetector, ModelShape, ScoreOutput};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -173,6 +172,16 @@ impl<F: FittedDetector> FittedDetector for Calibrated<F> {
     }
 }
 
+/// The `calibration` header entry; the scores are the array
+/// `calibration.scores`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CalibrationHeader {
+    alpha: f64,
+    /// How many calibration scores there are.
+    scores: usize,
+    expects: Option<ModelShape>,
+}
+
 /// In a file: the detector's own entries, the calibration scores
 /// (`calibration.scores`) and a `calibration` header entry (α, the model
 /// shape).
@@ -193,16 +202,17 @@ impl<F: FittedDetector + Stored> Stored for Calibrated<F> {
         self.fitted.write(file)?;
         file.array(
             "calibration.scores",
-            ArrayView1::from(self.calibration.scores()),
+            &ArrayView1::from(self.calibration.scores()),
         );
-        file.set(
-            "calibration",
-            json!({
-                "alpha": self.alpha,
-                "scores": self.calibration.len(),
-                "expects": shape_json(self.expects),
-            }),
-        );
+        let header = file.state(
+            "",
+            &CalibrationHeader {
+                alpha: self.alpha,
+                scores: self.calibration.len(),
+                expects: self.expects,
+            },
+        )?;
+        file.set("calibration", header);
         Ok(())
     }
 
@@ -218,12 +228,11 @@ impl<F: FittedDetector + Stored> Stored for Calibrated<F> {
             });
         };
         let fitted = F::read(file)?;
-        let n = file.count(entry, "scores")?;
-        let scores: Array1<f32> = file.array("calibration.scores", &[Some(n)])?;
+        let header: CalibrationHeader = file.header("calibration", entry)?;
+        let scores: Array1<f32> = file.array("calibration.scores", &[Some(header.scores)])?;
         let calibration = Calibration::fit(scores.view())
             .map_err(|e| file.corrupt(format!("its calibration scores: {e}")))?;
-        let expects = file.model_shape(file.field(entry, "expects")?)?;
-        Calibrated::from_parts(fitted, calibration, file.number(entry, "alpha")?, expects)
+        Calibrated::from_parts(fitted, calibration, header.alpha, header.expects)
             .map_err(|e| file.corrupt(format!("its calibration: {e}")))
     }
 }

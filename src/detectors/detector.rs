@@ -18,12 +18,38 @@ use crate::model::Model;
 /// that knows it checks a model it is attached to by one forward pass of a
 /// zero input of that shape, so a model that does not match is an error at
 /// [`attach`](FittedDetector::attach), not garbage at scoring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "UncheckedShape")]
 pub struct ModelShape {
     /// One input's shape `(C, H, W)`.
     pub input: [usize; 3],
     /// The number of classes (logits per input).
     pub classes: usize,
+}
+
+/// A shape as a file holds it: no dimension may be 0.
+#[derive(serde::Deserialize)]
+struct UncheckedShape {
+    input: [usize; 3],
+    classes: usize,
+}
+
+impl TryFrom<UncheckedShape> for ModelShape {
+    type Error = Error;
+
+    fn try_from(shape: UncheckedShape) -> Result<Self> {
+        if shape.input.contains(&0) || shape.classes == 0 {
+            return Err(Error::invalid(
+                "model shape",
+                format!("input {:?}, {} classes", shape.input, shape.classes),
+                "an input dimension or the number of classes is 0",
+            ));
+        }
+        Ok(ModelShape {
+            input: shape.input,
+            classes: shape.classes,
+        })
+    }
 }
 
 impl ModelShape {

@@ -79,13 +79,13 @@ pub use features::{
     FittedFeatures, FittedGmm, FittedGradNorm, FittedGram, FittedKnn, FittedMahalanobis, FittedNci,
     FittedNnGuide, FittedResidual, FittedShe, FittedVim, FittedVra, Gmm, GradNorm, Gram, Knn,
     LayerBatch, LayerFitter, Mahalanobis, Nci, NnGuide, PrincipalDims, Rectification, Residual,
-    Rmds, ScoreFeatures, She, Vim, Vra,
+    Rmds, ScoreFeatures, She, StoredState, Vim, Vra,
 };
 pub use file::Persist;
 pub use logits::{
     Energy, Entropy, FittedKlm, FittedOpenMax, FittedShaped, FittedTemperatureScaling, Gen, Klm,
     McDropout, McStatistic, Mls, Odin, OpenMax, OutputActivation, RankFeat, ScoreLogits, Shaped,
-    TemperatureScaling, Weibull,
+    StoredLogits, TemperatureScaling, Weibull,
 };
 pub use perturbation::InputPerturbation;
 

@@ -26,10 +26,26 @@ use crate::model::{Model, input_gradient_of};
 /// assert!(InputPerturbation::new(1.0, -0.1).is_err());
 /// # Ok::<(), oodkit::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "Unchecked")]
 pub struct InputPerturbation {
     temperature: f32,
     epsilon: f32,
+}
+
+/// A step as a file holds it, before [`InputPerturbation::new`]'s checks.
+#[derive(serde::Deserialize)]
+struct Unchecked {
+    temperature: f32,
+    epsilon: f32,
+}
+
+impl TryFrom<Unchecked> for InputPerturbation {
+    type Error = Error;
+
+    fn try_from(step: Unchecked) -> Result<Self> {
+        InputPerturbation::new(step.temperature, step.epsilon)
+    }
 }
 
 impl Default for InputPerturbation {

@@ -301,7 +301,8 @@ pub trait LastLayer {
 /// [`layer_names`](FeatureModel::layer_names) (negative counts from the end,
 /// `-1` being the logits and `-2` the penultimate layer, as in the Python
 /// toolkit) or by name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
 pub enum LayerId {
     /// Position; negative counts from the end.
     Index(isize),

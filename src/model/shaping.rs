@@ -13,8 +13,11 @@ use super::{CheckedFeatures, LayerId, Model, features_of};
 use crate::datasets::{BatchSource, require_fit_data};
 use crate::error::{Error, Result};
 
-/// How the penultimate activations are shaped before the last layer.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How the penultimate activations are shaped before the last layer. In
+/// files: `{"kind": "react", "threshold": ...}`, `{"kind": "ash",
+/// "percentile": ...}`, `{"kind": "scale", "percentile": ...}`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Shaping {
     /// ReAct (Sun et al. 2021): activations clipped at `threshold`, a
     /// quantile of the ID activations ([`Shaping::react`] fits it).

@@ -5,9 +5,9 @@ use ndarray::{Array1, Array2, ArrayView1};
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 use statrs::function::erf::erfc;
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
-use crate::detectors::file::{Reader, Writer};
+use crate::detectors::file::array;
 use crate::error::{Error, Result};
 
 /// How a detector fitted on several layers combines their scores. Each is
@@ -27,7 +27,8 @@ use crate::error::{Error, Result};
 ///   (μ, σ² the mean and variance of τ on the fit data, c = σ²/2μ,
 ///   k′ = 2μ²/σ²) the score is the χ²(k′) CDF of τ/c: the probability
 ///   that an in-distribution input would score lower.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Aggregation {
     /// Standard-deviation-normalised average.
     #[default]
@@ -52,16 +53,41 @@ pub enum Aggregation {
 /// assert!((scores[0] - 2.0).abs() < 1e-6); // (2/1 + 20/10) / 2
 /// # Ok::<(), oodkit::Error>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Aggregator {
     kind: Aggregation,
-    layers: usize,
-    /// Per-layer divisors (the normalised averages).
+    /// Per-layer divisors (the normalised averages); one per layer.
+    #[serde(with = "array")]
     scale: Vec<f64>,
     /// Fisher: per layer, the sorted negated fit scores with the widened
-    /// bounds, and Brown's c and k′.
+    /// bounds.
+    #[serde(with = "array::list", default, skip_serializing_if = "Vec::is_empty")]
     ecdf: Vec<Vec<f64>>,
-    brown: Option<(f64, ChiSquared)>,
+    /// Fisher: Brown's correction.
+    brown: Option<Brown>,
+}
+
+/// Brown's correction of Fisher's statistic: τ/c follows χ²(k′).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Brown {
+    c: f64,
+    /// k′.
+    dof: f64,
+}
+
+impl Brown {
+    fn chi2(&self) -> Result<ChiSquared> {
+        ChiSquared::new(self.dof)
+            .ok()
+            .filter(|_| self.c > 0.0 && self.c.is_finite())
+            .ok_or_else(|| {
+                Error::invalid(
+                    "Brown's correction",
+                    format!("c = {}, k′ = {}", self.c, self.dof),
+                    "c and k′ must be positive and finite",
+                )
+            })
+    }
 }
 
 impl Aggregator {
@@ -79,7 +105,6 @@ impl Aggregator {
         let layers = scores.ncols();
         let mut agg = Aggregator {
             kind,
-            layers,
             scale: vec![1.0; layers],
             ecdf: Vec::new(),
             brown: None,
@@ -125,11 +150,17 @@ impl Aggregator {
                          every layer): Brown's correction is undefined; use StdNormalized",
                     ));
                 }
-                let dof = 2.0 * mu * mu / var;
-                let chi2 = ChiSquared::new(dof).map_err(|e| {
-                    Error::numerical(format!("Fisher aggregation, χ²({dof})"), e.to_string())
+                let brown = Brown {
+                    c: var / (2.0 * mu),
+                    dof: 2.0 * mu * mu / var,
+                };
+                brown.chi2().map_err(|e| {
+                    Error::numerical(
+                        format!("Fisher aggregation, χ²({})", brown.dof),
+                        e.to_string(),
+                    )
                 })?;
-                agg.brown = Some((var / (2.0 * mu), chi2));
+                agg.brown = Some(brown);
             }
         }
         Ok(agg)
@@ -142,92 +173,71 @@ impl Aggregator {
 
     /// The number of layers it combines.
     pub fn layers(&self) -> usize {
-        self.layers
+        self.scale.len()
     }
 
-    /// Writes its arrays under `prefix` (`scale`; Fisher's `ecdf.{l}`) and
-    /// returns its parameters.
-    pub(crate) fn write(&self, file: &mut Writer, prefix: &str) -> Value {
-        file.array(&format!("{prefix}scale"), ArrayView1::from(&self.scale));
-        for (l, sorted) in self.ecdf.iter().enumerate() {
-            file.array(&format!("{prefix}ecdf.{l}"), ArrayView1::from(sorted));
-        }
-        let kind = match self.kind {
-            Aggregation::StdNormalized => "std_normalized",
-            Aggregation::MeanNormalized => "mean_normalized",
-            Aggregation::Fisher => "fisher",
-        };
-        json!({
-            "kind": kind,
-            "brown": self.brown.as_ref().map(|(c, chi2)| json!({"c": c, "dof": chi2.freedom()})),
-        })
-    }
-
-    /// Reads what [`write`](Self::write) wrote, for `layers` layers.
-    pub(crate) fn read(file: &Reader, prefix: &str, params: &Value, layers: usize) -> Result<Self> {
-        let kind = match file.text(params, "kind")? {
-            "std_normalized" => Aggregation::StdNormalized,
-            "mean_normalized" => Aggregation::MeanNormalized,
-            "fisher" => Aggregation::Fisher,
-            other => return Err(file.corrupt(format!("unknown aggregation \"{other}\""))),
-        };
-        let scale: Array1<f64> = file.array(&format!("{prefix}scale"), &[Some(layers)])?;
-        if let Some(bad) = scale.iter().find(|&&s| s <= 0.0) {
-            return Err(file.corrupt(format!(
-                "the aggregator's scale {bad} is not positive: each layer's scores are \
-                 divided by a spread or mean of positive scores"
+    /// Errors unless it combines `layers` layers with usable statistics:
+    /// positive scales, and for Fisher one sorted ECDF of two or more
+    /// values per layer and a valid Brown's correction.
+    pub(crate) fn validate(&self, layers: usize) -> Result<()> {
+        let bad = |reason: String| Error::invalid("aggregator", format!("{:?}", self.kind), reason);
+        if self.scale.len() != layers {
+            return Err(bad(format!(
+                "{} layer scales for {layers} layers",
+                self.scale.len()
             )));
         }
-        let mut agg = Aggregator {
-            kind,
-            layers,
-            scale: scale.to_vec(),
-            ecdf: Vec::new(),
-            brown: None,
-        };
-        if kind == Aggregation::Fisher {
-            for l in 0..layers {
-                let sorted: Array1<f64> = file.array(&format!("{prefix}ecdf.{l}"), &[None])?;
-                if sorted.len() < 2 || sorted.windows(2).into_iter().any(|w| w[0] > w[1]) {
-                    return Err(file.corrupt(format!(
-                        "the aggregator's ECDF of layer {l} is not sorted or too short"
-                    )));
-                }
-                agg.ecdf.push(sorted.to_vec());
-            }
-            let brown = file.field(params, "brown")?;
-            let c = file.number(brown, "c")?;
-            let dof = file.number(brown, "dof")?;
-            let chi2 = ChiSquared::new(dof)
-                .ok()
-                .filter(|_| c > 0.0)
-                .ok_or_else(|| file.corrupt(format!("Brown's correction c = {c}, k′ = {dof}")))?;
-            agg.brown = Some((c, chi2));
+        if let Some(s) = self.scale.iter().find(|&&s| !(s > 0.0 && s.is_finite())) {
+            return Err(bad(format!(
+                "a layer scale is {s}, not positive: each layer's scores are divided by a \
+                 spread or mean of positive scores"
+            )));
         }
-        Ok(agg)
+        if self.kind == Aggregation::Fisher {
+            if self.ecdf.len() != layers {
+                return Err(bad(format!(
+                    "{} ECDFs for {layers} layers",
+                    self.ecdf.len()
+                )));
+            }
+            for (l, sorted) in self.ecdf.iter().enumerate() {
+                if sorted.len() < 2 || sorted.windows(2).any(|w| w[0] > w[1]) {
+                    return Err(bad(format!("layer {l}'s ECDF is not sorted or too short")));
+                }
+            }
+            match &self.brown {
+                Some(brown) => {
+                    brown.chi2()?;
+                }
+                None => return Err(bad("Fisher's method without Brown's correction".into())),
+            }
+        }
+        Ok(())
     }
 
     /// One combined score per sample, from one score array per layer (as
     /// many layers as at fit time, equal lengths).
     pub fn aggregate(&self, per_layer: &[ArrayView1<f32>]) -> Result<Array1<f32>> {
         let scores = stack(per_layer, "scores to aggregate")?;
-        if scores.ncols() != self.layers {
+        if scores.ncols() != self.layers() {
             return Err(Error::LengthMismatch {
                 what: "layers at fit time vs layers to aggregate".into(),
-                left: self.layers,
+                left: self.layers(),
                 right: scores.ncols(),
             });
         }
         let out = match (&self.kind, &self.brown) {
-            (Aggregation::Fisher, Some((c, chi2))) => self
-                .fisher_statistics(&scores)
-                .mapv(|tau| chi2_cdf(chi2, tau / c) as f32),
+            (Aggregation::Fisher, Some(brown)) => {
+                let chi2 = brown.chi2()?;
+                self.fisher_statistics(&scores)
+                    .mapv(|tau| chi2_cdf(&chi2, tau / brown.c) as f32)
+            }
             _ => scores
                 .rows()
                 .into_iter()
                 .map(|row| {
                     let sum: f64 = row.iter().zip(&self.scale).map(|(s, d)| s / d).sum();
-                    (sum / self.layers as f64) as f32
+                    (sum / self.layers() as f64) as f32
                 })
                 .collect(),
         };

@@ -1,14 +1,14 @@
 //! DICE, directed sparsification of the last layer (Sun & Li, ECCV 2022).
 
 use ndarray::{Array1, Array2, Axis};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::head::{Head, logsumexp};
 use super::moments::RunningMean;
 use super::quantile::quantile;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
-use crate::detectors::file::{Reader, Writer};
+use crate::detectors::file::array;
 use crate::detectors::registry::{
     Capability, Needs, Param, Registration, built, load_features, on_layers,
 };
@@ -169,11 +169,14 @@ impl LayerFitter for DiceFitter {
 
 /// What DICE learns of a layer: the mean fit activation, the contribution
 /// threshold, and the sparsified last layer it scores with.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FittedDice {
     sparsity: f64,
+    #[serde(rename = "mean_activation", with = "array")]
     mean: Array1<f32>,
     threshold: f64,
+    /// The last layer with the dropped weights zeroed.
+    #[serde(flatten)]
     sparse: Head,
 }
 
@@ -221,29 +224,21 @@ impl StoredState for FittedDice {
         "DICE"
     }
 
-    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
-        self.sparse.write(file, prefix);
-        file.array(&format!("{prefix}mean_activation"), self.mean.view());
-        Ok(json!({ "sparsity": self.sparsity, "threshold": self.threshold }))
-    }
-
-    fn read_state(
-        file: &Reader,
-        prefix: &str,
-        params: &Value,
-        width: usize,
-        _kind: &str,
-    ) -> Result<Self> {
-        let sparsity = file.number(params, "sparsity")?;
-        if !(0.0..1.0).contains(&sparsity) {
-            return Err(file.corrupt(format!("DICE's sparsity {sparsity} is not in [0, 1)")));
+    fn validate(&self) -> Result<()> {
+        if !(0.0..1.0).contains(&self.sparsity) {
+            return Err(Error::custom(format!(
+                "DICE's sparsity {} is not in [0, 1)",
+                self.sparsity
+            )));
         }
-        Ok(FittedDice {
-            sparsity,
-            mean: file.array(&format!("{prefix}mean_activation"), &[Some(width)])?,
-            threshold: file.number(params, "threshold")?,
-            sparse: Head::read(file, prefix, width)?,
-        })
+        if self.mean.len() != self.sparse.width() {
+            return Err(Error::custom(format!(
+                "DICE's mean activation has {} features, its last layer {}",
+                self.mean.len(),
+                self.sparse.width()
+            )));
+        }
+        self.sparse.validate()
     }
 }
 

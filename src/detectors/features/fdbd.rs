@@ -1,14 +1,14 @@
 //! fDBD, feature distance to the decision boundaries (Liu & Qin, ICML 2024).
 
 use ndarray::{Array1, Array2};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::head::{Head, argmax_row};
 use super::moments::RunningMean;
 use super::neighbours::distance;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
-use crate::detectors::file::{Reader, Writer};
+use crate::detectors::file::array;
 use crate::detectors::registry::{
     Capability, Needs, Registration, built, load_features, on_layers,
 };
@@ -16,7 +16,8 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 
 /// What fDBD divides the distances to the decision boundaries by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FdbdNormalizer {
     /// ‖f − μ‖, the distance to the mean fit feature (the paper's, and
     /// OpenOOD's default).
@@ -195,12 +196,41 @@ impl LayerFitter for FdbdFitter {
 
 /// What fDBD learns of a layer: the mean fit feature, the last layer and
 /// the distances between its class weight vectors.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StoredFdbd")]
 pub struct FittedFdbd {
     normalizer: FdbdNormalizer,
+    #[serde(with = "array")]
     mean: Array1<f64>,
+    #[serde(flatten)]
     head: Head,
+    /// Derived from the head: not in files.
+    #[serde(skip_serializing)]
     denominators: Array2<f64>,
+}
+
+/// What an fDBD file holds: the state without what the head gives.
+#[derive(Deserialize)]
+struct StoredFdbd {
+    normalizer: FdbdNormalizer,
+    #[serde(with = "array")]
+    mean: Array1<f64>,
+    #[serde(flatten)]
+    head: Head,
+}
+
+impl TryFrom<StoredFdbd> for FittedFdbd {
+    type Error = Error;
+
+    fn try_from(stored: StoredFdbd) -> Result<Self> {
+        stored.head.validate()?;
+        Ok(FittedFdbd {
+            denominators: boundary_scales(&stored.head)?,
+            normalizer: stored.normalizer,
+            mean: stored.mean,
+            head: stored.head,
+        })
+    }
 }
 
 impl FittedFdbd {
@@ -256,36 +286,15 @@ impl StoredState for FittedFdbd {
         "fDBD"
     }
 
-    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
-        self.head.write(file, prefix);
-        file.array(&format!("{prefix}mean"), self.mean.view());
-        let normalizer = match self.normalizer {
-            FdbdNormalizer::DistanceToMean => "distance_to_mean",
-            FdbdNormalizer::FeatureNorm => "feature_norm",
-        };
-        Ok(json!({ "normalizer": normalizer }))
-    }
-
-    fn read_state(
-        file: &Reader,
-        prefix: &str,
-        params: &Value,
-        width: usize,
-        _kind: &str,
-    ) -> Result<Self> {
-        let normalizer = match file.text(params, "normalizer")? {
-            "distance_to_mean" => FdbdNormalizer::DistanceToMean,
-            "feature_norm" => FdbdNormalizer::FeatureNorm,
-            other => return Err(file.corrupt(format!("unknown fDBD normalizer \"{other}\""))),
-        };
-        let head = Head::read(file, prefix, width)?;
-        let denominators = boundary_scales(&head).map_err(|e| file.corrupt(e.to_string()))?;
-        Ok(FittedFdbd {
-            normalizer,
-            mean: file.array(&format!("{prefix}mean"), &[Some(width)])?,
-            head,
-            denominators,
-        })
+    fn validate(&self) -> Result<()> {
+        if self.mean.len() != self.head.width() {
+            return Err(Error::custom(format!(
+                "fDBD's mean has {} features, its last layer {}",
+                self.mean.len(),
+                self.head.width()
+            )));
+        }
+        self.head.validate()
     }
 }
 

@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 
 use ndarray::{Array1, Array2, Array3, Axis};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::moments::ClassMoments;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
-use crate::detectors::file::{Reader, Writer};
+use crate::detectors::file::array;
 use crate::detectors::registry::{
     Capability, Needs, Param, Registration, built, load_features, on_layers,
 };
@@ -211,12 +211,16 @@ impl LayerFitter for GmmFitter {
 
 /// What GMM learns of a layer: per class its mean, the inverse of its
 /// regularised covariance, and ln π_c − ½ ln|2πΣ_c|, in `f64`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FittedGmm {
     regularization: f64,
+    #[serde(with = "array")]
     classes: Vec<i64>,
+    #[serde(with = "array")]
     means: Array2<f64>,
+    #[serde(with = "array")]
     precisions: Array3<f64>,
+    #[serde(with = "array")]
     log_norms: Array1<f64>,
 }
 
@@ -269,35 +273,26 @@ impl StoredState for FittedGmm {
         "GMM"
     }
 
-    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
-        let classes: Array1<i64> = self.classes.iter().copied().collect();
-        file.array(&format!("{prefix}classes"), classes.view());
-        file.array(&format!("{prefix}means"), self.means.view());
-        file.array(&format!("{prefix}precisions"), self.precisions.view());
-        file.array(&format!("{prefix}log_norms"), self.log_norms.view());
-        Ok(json!({ "regularization": self.regularization }))
-    }
-
-    fn read_state(
-        file: &Reader,
-        prefix: &str,
-        params: &Value,
-        width: usize,
-        _kind: &str,
-    ) -> Result<Self> {
-        let d = Some(width);
-        let classes: Array1<i64> = file.array(&format!("{prefix}classes"), &[None])?;
-        let c = Some(classes.len());
-        if classes.is_empty() || classes.windows(2).into_iter().any(|w| w[0] >= w[1]) {
-            return Err(file.corrupt("GMM's classes are empty, repeated or unordered"));
+    fn validate(&self) -> Result<()> {
+        let (c, d) = (self.classes.len(), self.means.ncols());
+        if c == 0 || self.classes.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::custom(
+                "GMM's classes are empty, repeated or unordered",
+            ));
         }
-        Ok(FittedGmm {
-            regularization: file.number(params, "regularization")?,
-            classes: classes.to_vec(),
-            means: file.array(&format!("{prefix}means"), &[c, d])?,
-            precisions: file.array(&format!("{prefix}precisions"), &[c, d, d])?,
-            log_norms: file.array(&format!("{prefix}log_norms"), &[c])?,
-        })
+        if self.means.nrows() != c
+            || self.precisions.dim() != (c, d, d)
+            || self.log_norms.len() != c
+        {
+            return Err(Error::custom(format!(
+                "GMM's arrays do not agree: {c} classes, means {:?}, precisions {:?}, log \
+                 norms ({})",
+                self.means.shape(),
+                self.precisions.shape(),
+                self.log_norms.len()
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -1,12 +1,11 @@
 //! GradNorm, the norm of the last layer's gradient (Huang et al., NeurIPS 2021).
 
 use ndarray::{Array1, Array2};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::head::Head;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
-use crate::detectors::file::{Reader, Writer};
 use crate::detectors::registry::{
     Capability, Needs, Registration, built, load_features, on_layers,
 };
@@ -123,8 +122,9 @@ impl LayerFitter for GradNormFitter {
 }
 
 /// What GradNorm keeps of a layer: the last layer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FittedGradNorm {
+    #[serde(flatten)]
     head: Head,
 }
 
@@ -159,21 +159,8 @@ impl StoredState for FittedGradNorm {
         "GradNorm"
     }
 
-    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
-        self.head.write(file, prefix);
-        Ok(json!({}))
-    }
-
-    fn read_state(
-        file: &Reader,
-        prefix: &str,
-        _params: &Value,
-        width: usize,
-        _kind: &str,
-    ) -> Result<Self> {
-        Ok(FittedGradNorm {
-            head: Head::read(file, prefix, width)?,
-        })
+    fn validate(&self) -> Result<()> {
+        self.head.validate()
     }
 }
 

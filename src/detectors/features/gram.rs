@@ -8,15 +8,15 @@ use ndarray::{Array1, ArrayView1, Axis};
 use super::quantile::quantile;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
-use crate::detectors::file::{Reader, Writer};
+use crate::detectors::file::array;
 use crate::detectors::registry::{
     Capability, Needs, Param, Registration, built, load_features, on_layers,
 };
 use crate::error::{Error, Result};
 use crate::metrics::argmax;
 use crate::model::Model;
-use ndarray::{Array2, ArrayView2};
-use serde_json::{Value, json};
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
 
 /// Keeps the deviation normalisation finite at zero bounds.
 const EPSILON: f64 = 1e-6;
@@ -264,7 +264,8 @@ impl LayerFitter for GramFitter {
 
 /// What Gram learns of a layer: per class, the lower and upper bounds of
 /// each statistic.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "StoredGram", try_from = "StoredGram")]
 pub struct FittedGram {
     dim: usize,
     mult: Multiplicities,
@@ -338,6 +339,88 @@ impl ScoreFeatures for FittedGram {
     }
 }
 
+/// A Gram state in files: the order counts, and per class (ascending) one
+/// row of lower and one of upper bounds, statistics in fitting order.
+#[derive(Serialize, Deserialize)]
+struct StoredGram {
+    odd_orders: f64,
+    even_orders: f64,
+    #[serde(with = "array")]
+    classes: Vec<i64>,
+    #[serde(with = "array")]
+    lower: Array2<f64>,
+    #[serde(with = "array")]
+    upper: Array2<f64>,
+}
+
+impl From<FittedGram> for StoredGram {
+    fn from(gram: FittedGram) -> Self {
+        let rows = gram.bounds.len();
+        let stats = gram.dim * gram.weights.len();
+        let (mut lower, mut upper) = (Vec::new(), Vec::new());
+        for (lo, hi) in gram.bounds.values() {
+            lower.extend_from_slice(lo);
+            upper.extend_from_slice(hi);
+        }
+        // Every class's bounds are `stats` long (fitting makes them so).
+        let table = |v: Vec<f64>| Array2::from_shape_vec((rows, stats), v).unwrap_or_default();
+        StoredGram {
+            odd_orders: gram.mult.odd,
+            even_orders: gram.mult.even,
+            classes: gram.bounds.keys().copied().collect(),
+            lower: table(lower),
+            upper: table(upper),
+        }
+    }
+}
+
+impl TryFrom<StoredGram> for FittedGram {
+    type Error = Error;
+
+    fn try_from(stored: StoredGram) -> Result<Self> {
+        let mult = Multiplicities {
+            odd: stored.odd_orders,
+            even: stored.even_orders,
+        };
+        let weights = mult.weights();
+        if mult.odd < 0.0 || mult.even < 0.0 || weights.is_empty() {
+            return Err(Error::custom(format!(
+                "Gram's order counts (odd {}, even {})",
+                mult.odd, mult.even
+            )));
+        }
+        let (rows, stats) = stored.lower.dim();
+        if stored.upper.dim() != (rows, stats)
+            || rows != stored.classes.len()
+            || stats == 0
+            || stats % weights.len() != 0
+        {
+            return Err(Error::custom(format!(
+                "Gram's bounds {:?} and {:?} for {} classes and {} statistics per feature",
+                stored.lower.shape(),
+                stored.upper.shape(),
+                stored.classes.len(),
+                weights.len()
+            )));
+        }
+        let bounds: BTreeMap<i64, (Vec<f64>, Vec<f64>)> = stored
+            .classes
+            .iter()
+            .zip(stored.lower.rows().into_iter().zip(stored.upper.rows()))
+            .map(|(&c, (lo, hi))| (c, (lo.to_vec(), hi.to_vec())))
+            .collect();
+        if bounds.is_empty() || bounds.len() != stored.classes.len() {
+            return Err(Error::custom("Gram's classes are empty or repeated"));
+        }
+        Ok(FittedGram {
+            dim: stats / weights.len(),
+            mult,
+            weights,
+            bounds,
+        })
+    }
+}
+
 impl StoredState for FittedGram {
     const KINDS: &'static [&'static str] = &["Gram"];
 
@@ -345,59 +428,9 @@ impl StoredState for FittedGram {
         "Gram"
     }
 
-    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
-        let classes: Array1<i64> = self.bounds.keys().copied().collect();
-        let stats = self.dim * self.weights.len();
-        let (mut lower, mut upper) = (Vec::new(), Vec::new());
-        for (lo, hi) in self.bounds.values() {
-            lower.extend_from_slice(lo);
-            upper.extend_from_slice(hi);
-        }
-        let shape = (classes.len(), stats);
-        file.array(&format!("{prefix}classes"), classes.view());
-        let lower = ArrayView2::from_shape(shape, &lower)?;
-        let upper = ArrayView2::from_shape(shape, &upper)?;
-        file.array(&format!("{prefix}lower"), lower);
-        file.array(&format!("{prefix}upper"), upper);
-        Ok(json!({ "odd_orders": self.mult.odd, "even_orders": self.mult.even }))
-    }
-
-    fn read_state(
-        file: &Reader,
-        prefix: &str,
-        params: &Value,
-        width: usize,
-        _kind: &str,
-    ) -> Result<Self> {
-        let mult = Multiplicities {
-            odd: file.number(params, "odd_orders")?,
-            even: file.number(params, "even_orders")?,
-        };
-        let weights = mult.weights();
-        if mult.odd < 0.0 || mult.even < 0.0 || weights.is_empty() {
-            return Err(file.corrupt(format!(
-                "Gram's order counts (odd {}, even {})",
-                mult.odd, mult.even
-            )));
-        }
-        let classes: Array1<i64> = file.array(&format!("{prefix}classes"), &[None])?;
-        let shape = [Some(classes.len()), Some(width * weights.len())];
-        let lower: Array2<f64> = file.array(&format!("{prefix}lower"), &shape)?;
-        let upper: Array2<f64> = file.array(&format!("{prefix}upper"), &shape)?;
-        let bounds: BTreeMap<i64, (Vec<f64>, Vec<f64>)> = classes
-            .iter()
-            .zip(lower.rows().into_iter().zip(upper.rows()))
-            .map(|(&c, (lo, hi))| (c, (lo.to_vec(), hi.to_vec())))
-            .collect();
-        if bounds.is_empty() || bounds.len() != classes.len() {
-            return Err(file.corrupt("Gram's classes are empty or repeated"));
-        }
-        Ok(FittedGram {
-            dim: width,
-            mult,
-            weights,
-            bounds,
-        })
+    /// Checked as it is read (its file form is another shape).
+    fn validate(&self) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -7,16 +7,21 @@
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, CowArray, Ix2};
 
 use super::LayerBatch;
-use crate::detectors::file::{Reader, Writer};
+use serde::{Deserialize, Serialize};
+
+use crate::detectors::file::array;
 pub(crate) use crate::detectors::softmax::logsumexp;
 use crate::error::{Error, Result};
 use crate::linalg::gemm;
 use crate::model::{Model, check_finite, check_head, last_layer_of};
 
 /// A checked last layer: W `(classes, D)`, b `(classes,)`, finite.
-#[derive(Debug, Clone, PartialEq)]
+/// In files: `head_weights` and `head_bias` beside the state's arrays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Head {
+    #[serde(rename = "head_weights", with = "array")]
     pub(crate) weights: Array2<f32>,
+    #[serde(rename = "head_bias", with = "array")]
     pub(crate) bias: Array1<f32>,
 }
 
@@ -87,19 +92,9 @@ impl Head {
         }
     }
 
-    /// Writes W and b under `prefix`.
-    pub(crate) fn write(&self, file: &mut Writer, prefix: &str) {
-        file.array(&format!("{prefix}head_weights"), self.weights.view());
-        file.array(&format!("{prefix}head_bias"), self.bias.view());
-    }
-
-    /// Reads W and b written under `prefix` for features `width` wide.
-    pub(crate) fn read(file: &Reader, prefix: &str, width: usize) -> Result<Head> {
-        let weights: Array2<f32> =
-            file.array(&format!("{prefix}head_weights"), &[None, Some(width)])?;
-        let bias: Array1<f32> =
-            file.array(&format!("{prefix}head_bias"), &[Some(weights.nrows())])?;
-        Head::new(weights, bias, file.kind()).map_err(|e| file.corrupt(e.to_string()))
+    /// Errors unless W and b agree and are not empty (a head read back).
+    pub(crate) fn validate(&self) -> Result<()> {
+        check_head(&self.weights, &self.bias, "the stored last layer")
     }
 }
 

@@ -6,14 +6,14 @@ use ndarray::{Array1, Array2, Axis, s};
 use super::neighbours::{INDEX_BLOCK, KBest, QUERY_BLOCK, normalised};
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
-use crate::detectors::file::{Reader, Writer};
+use crate::detectors::file::array;
 use crate::detectors::registry::{
     Capability, Needs, Param, Registration, built, load_features, on_layers,
 };
 use crate::error::{Error, Result};
 use crate::linalg::gemm_into;
 use crate::model::Model;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 /// Deep KNN: each feature vector is L2-normalised (a zero vector stays
 /// zero); the score is the **squared** Euclidean distance from the
@@ -145,10 +145,12 @@ impl LayerFitter for KnnFitter {
 
 /// What KNN learns of a layer: the normalised fit features (the index the
 /// search runs over) and their squared norms (1, or 0), with k.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FittedKnn {
     k: usize,
+    #[serde(with = "array")]
     features: Array2<f32>,
+    #[serde(with = "array")]
     sq_norms: Array1<f32>,
 }
 
@@ -219,32 +221,22 @@ impl StoredState for FittedKnn {
         "KNN"
     }
 
-    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
-        file.array(&format!("{prefix}features"), self.features.view());
-        file.array(&format!("{prefix}sq_norms"), self.sq_norms.view());
-        Ok(json!({ "k": self.k }))
-    }
-
-    fn read_state(
-        file: &Reader,
-        prefix: &str,
-        params: &Value,
-        width: usize,
-        _kind: &str,
-    ) -> Result<Self> {
-        let features: Array2<f32> =
-            file.array(&format!("{prefix}features"), &[None, Some(width)])?;
-        let n = features.nrows();
-        let sq_norms = file.array(&format!("{prefix}sq_norms"), &[Some(n)])?;
-        let k = file.count(params, "k")?;
-        if k == 0 || k > n {
-            return Err(file.corrupt(format!("KNN's k = {k} with {n} stored features")));
+    fn validate(&self) -> Result<()> {
+        let n = self.features.nrows();
+        if self.sq_norms.len() != n {
+            return Err(Error::custom(format!(
+                "the arrays' shapes do not agree: features {:?}, sq_norms ({})",
+                self.features.shape(),
+                self.sq_norms.len()
+            )));
         }
-        Ok(FittedKnn {
-            k,
-            features,
-            sq_norms,
-        })
+        if self.k == 0 || self.k > n {
+            return Err(Error::custom(format!(
+                "KNN's k = {} with {n} stored features",
+                self.k
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -6,14 +6,14 @@ use ndarray::{Array1, Array2, Axis, Zip};
 use super::moments::ClassMoments;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
-use crate::detectors::file::{Reader, Writer};
+use crate::detectors::file::array;
 use crate::detectors::registry::{
     Capability, Needs, Registration, built, load_features, on_layers,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::linalg::{gemm, symmetric_pinv};
 use crate::model::Model;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 /// Mahalanobis: class means μ_c and one shared (tied) covariance Σ of the
 /// in-distribution features, Σ = (1/N) Σ_c Σ_{i∈c} (f_i − μ_c)(f_i − μ_c)ᵀ;
@@ -213,12 +213,22 @@ impl LayerFitter for GaussianFitter {
 /// What Mahalanobis and RMDS learn of a layer: the class means (centred on
 /// the overall mean), the pseudo-inverse Σ⁺ of the shared covariance and,
 /// for RMDS, that of the background covariance Σ₀⁺, all in `f64`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FittedMahalanobis {
+    #[serde(with = "array")]
     centre: Array1<f64>,
+    #[serde(with = "array")]
     means: Array2<f64>,
+    #[serde(with = "array")]
     precision: Array2<f64>,
+    #[serde(with = "array")]
     offsets: Array1<f64>,
+    /// RMDS only.
+    #[serde(
+        with = "array::optional",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     background: Option<Array2<f64>>,
 }
 
@@ -282,49 +292,26 @@ impl StoredState for FittedMahalanobis {
         }
     }
 
-    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
-        file.array(&format!("{prefix}centre"), self.centre.view());
-        file.array(&format!("{prefix}means"), self.means.view());
-        file.array(&format!("{prefix}precision"), self.precision.view());
-        file.array(&format!("{prefix}offsets"), self.offsets.view());
-        if let Some(background) = &self.background {
-            file.array(&format!("{prefix}background"), background.view());
-        }
-        Ok(json!({ "classes": self.num_classes() }))
-    }
-
-    fn read_state(
-        file: &Reader,
-        prefix: &str,
-        params: &Value,
-        width: usize,
-        kind: &str,
-    ) -> Result<Self> {
-        let d = Some(width);
-        let classes = file.count(params, "classes")?;
-        if classes == 0 {
-            return Err(file.corrupt(format!("{kind} stores no class")));
-        }
-        let classes = Some(classes);
-        let relative = kind == "RMDS";
-        let background_key = format!("{prefix}background");
-        if file.has(&background_key) != relative {
-            return Err(file.corrupt(format!(
-                "a {kind} file {} a background precision",
-                if relative { "without" } else { "with" }
+    fn validate(&self) -> Result<()> {
+        let (d, c) = (self.centre.len(), self.means.nrows());
+        let square = |m: &Array2<f64>| m.dim() == (d, d);
+        if c == 0
+            || self.means.ncols() != d
+            || !square(&self.precision)
+            || self.offsets.len() != c
+            || self.background.as_ref().is_some_and(|b| !square(b))
+        {
+            return Err(Error::custom(format!(
+                "{}'s arrays do not agree: centre ({d}), means {:?}, precision {:?}, offsets \
+                 ({}), background {:?}",
+                self.state_kind(),
+                self.means.shape(),
+                self.precision.shape(),
+                self.offsets.len(),
+                self.background.as_ref().map(|b| b.shape().to_vec())
             )));
         }
-        Ok(FittedMahalanobis {
-            centre: file.array(&format!("{prefix}centre"), &[d])?,
-            means: file.array(&format!("{prefix}means"), &[classes, d])?,
-            precision: file.array(&format!("{prefix}precision"), &[d, d])?,
-            offsets: file.array(&format!("{prefix}offsets"), &[classes])?,
-            background: if relative {
-                Some(file.array(&background_key, &[d, d])?)
-            } else {
-                None
-            },
-        })
+        Ok(())
     }
 }
 

@@ -36,6 +36,7 @@ mod quantile;
 pub(super) mod residual;
 pub(super) mod she;
 mod stored;
+pub use stored::StoredState;
 mod subspace;
 mod traits;
 pub(super) mod vim;

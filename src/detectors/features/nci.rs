@@ -1,14 +1,14 @@
 //! NCI, neural collapse inspired detection (Liu & Qin, CVPR 2025).
 
 use ndarray::{Array1, Array2};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::head::{Head, argmax_row};
 use super::moments::RunningMean;
 use super::neighbours::distance;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
-use crate::detectors::file::{Reader, Writer};
+use crate::detectors::file::array;
 use crate::detectors::registry::{
     Capability, Needs, Param, Registration, built, load_features, on_layers,
 };
@@ -147,10 +147,12 @@ impl LayerFitter for NciFitter {
 }
 
 /// What NCI learns of a layer: the mean fit feature, the last layer, α.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FittedNci {
     alpha: f64,
+    #[serde(with = "array")]
     mean: Array1<f64>,
+    #[serde(flatten)]
     head: Head,
 }
 
@@ -199,28 +201,21 @@ impl StoredState for FittedNci {
         "NCI"
     }
 
-    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
-        self.head.write(file, prefix);
-        file.array(&format!("{prefix}mean"), self.mean.view());
-        Ok(json!({ "alpha": self.alpha }))
-    }
-
-    fn read_state(
-        file: &Reader,
-        prefix: &str,
-        params: &Value,
-        width: usize,
-        _kind: &str,
-    ) -> Result<Self> {
-        let alpha = file.number(params, "alpha")?;
-        if alpha < 0.0 {
-            return Err(file.corrupt(format!("NCI's alpha {alpha} is negative")));
+    fn validate(&self) -> Result<()> {
+        if self.alpha < 0.0 {
+            return Err(Error::custom(format!(
+                "NCI's alpha {} is negative",
+                self.alpha
+            )));
         }
-        Ok(FittedNci {
-            alpha,
-            mean: file.array(&format!("{prefix}mean"), &[Some(width)])?,
-            head: Head::read(file, prefix, width)?,
-        })
+        if self.mean.len() != self.head.width() {
+            return Err(Error::custom(format!(
+                "NCI's mean has {} features, its last layer {}",
+                self.mean.len(),
+                self.head.width()
+            )));
+        }
+        self.head.validate()
     }
 }
 

@@ -1,13 +1,13 @@
 //! NNGuide, nearest-neighbour guidance of the energy (Park et al., ICCV 2023).
 
 use ndarray::{Array1, Array2, Axis, s};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::head::{Head, logsumexp};
 use super::neighbours::{INDEX_BLOCK, KBest, QUERY_BLOCK, normalised};
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
-use crate::detectors::file::{Reader, Writer};
+use crate::detectors::file::array;
 use crate::detectors::registry::{
     Capability, Needs, Param, Registration, built, load_features, on_layers,
 };
@@ -224,11 +224,74 @@ fn energies(head: Option<&Head>, batch: &LayerBatch) -> Result<Vec<f64>> {
 
 /// What NNGuide learns of a layer: the guide bank (normalised fit features
 /// scaled by their energy), k, and the head when known.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "StoredNnGuide")]
 pub struct FittedNnGuide {
     k: usize,
     bank: Array2<f32>,
     head: Option<Head>,
+}
+
+/// In files: `k`, `has_head`, the bank and the head's arrays when there is
+/// one (a guide fitted through a model scores its logits instead).
+#[derive(Serialize)]
+struct NnGuideFields<'a> {
+    k: usize,
+    #[serde(with = "array")]
+    bank: &'a Array2<f32>,
+    has_head: bool,
+    #[serde(flatten)]
+    head: Option<&'a Head>,
+}
+
+impl Serialize for FittedNnGuide {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        NnGuideFields {
+            k: self.k,
+            bank: &self.bank,
+            has_head: self.head.is_some(),
+            head: self.head.as_ref(),
+        }
+        .serialize(serializer)
+    }
+}
+
+#[derive(Deserialize)]
+struct StoredNnGuide {
+    k: usize,
+    #[serde(with = "array")]
+    bank: Array2<f32>,
+    has_head: bool,
+    #[serde(flatten)]
+    head: Option<Head>,
+}
+
+impl TryFrom<StoredNnGuide> for FittedNnGuide {
+    type Error = Error;
+
+    fn try_from(stored: StoredNnGuide) -> Result<Self> {
+        // serde reads a flattened head that does not decode as none: the
+        // flag says whether one was written.
+        if stored.has_head != stored.head.is_some() {
+            return Err(Error::custom(format!(
+                "NNGuide's \"has_head\" is {} but the file {} a readable last layer",
+                stored.has_head,
+                if stored.head.is_some() {
+                    "holds"
+                } else {
+                    "lacks"
+                }
+            )));
+        }
+        Ok(FittedNnGuide {
+            k: stored.k,
+            bank: stored.bank,
+            head: stored.head,
+        })
+    }
 }
 
 impl FittedNnGuide {
@@ -294,35 +357,23 @@ impl StoredState for FittedNnGuide {
         "NNGuide"
     }
 
-    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
-        file.array(&format!("{prefix}bank"), self.bank.view());
-        if let Some(head) = &self.head {
-            head.write(file, prefix);
-        }
-        Ok(json!({ "k": self.k, "has_head": self.head.is_some() }))
-    }
-
-    fn read_state(
-        file: &Reader,
-        prefix: &str,
-        params: &Value,
-        width: usize,
-        _kind: &str,
-    ) -> Result<Self> {
-        let bank: Array2<f32> = file.array(&format!("{prefix}bank"), &[None, Some(width)])?;
-        let k = file.count(params, "k")?;
-        if k == 0 || k > bank.nrows() {
-            return Err(file.corrupt(format!(
-                "NNGuide's k = {k} with {} bank entries",
-                bank.nrows()
+    fn validate(&self) -> Result<()> {
+        if self.k == 0 || self.k > self.bank.nrows() {
+            return Err(Error::custom(format!(
+                "NNGuide's k = {} with {} bank entries",
+                self.k,
+                self.bank.nrows()
             )));
         }
-        let head = match file.field(params, "has_head")?.as_bool() {
-            Some(true) => Some(Head::read(file, prefix, width)?),
-            Some(false) => None,
-            None => return Err(file.corrupt("NNGuide's \"has_head\" is not a boolean")),
-        };
-        Ok(FittedNnGuide { k, bank, head })
+        match &self.head {
+            Some(head) if head.width() != self.bank.ncols() => Err(Error::custom(format!(
+                "NNGuide's last layer takes {} features, its bank holds {}",
+                head.width(),
+                self.bank.ncols()
+            ))),
+            Some(head) => head.validate(),
+            None => Ok(()),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! subspace (the residual part of ViM, Wang et al., CVPR 2022).
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::head::Head;
 use super::moments::ClassMoments;
@@ -11,11 +11,11 @@ use super::subspace::residual_basis;
 use super::{
     FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, PrincipalDims, ScoreFeatures,
 };
-use crate::detectors::file::{Reader, Writer};
+use crate::detectors::file::array;
 use crate::detectors::registry::{
     Capability, DIMS, Needs, Registration, built, load_features, on_layers, principal_dims,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::linalg::{gemm, pinv};
 use crate::model::Model;
 
@@ -155,9 +155,11 @@ impl LayerFitter for ResidualFitter {
 
 /// What Residual learns of a layer: the origin u and a basis of the
 /// residual space.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FittedResidual {
+    #[serde(with = "array")]
     origin: Array1<f64>,
+    #[serde(with = "array")]
     residual: Array2<f64>,
 }
 
@@ -191,31 +193,19 @@ impl StoredState for FittedResidual {
         "Residual"
     }
 
-    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
-        file.array(&format!("{prefix}origin"), self.origin.view());
-        file.array(&format!("{prefix}residual"), self.residual.view());
-        Ok(json!({}))
-    }
-
-    fn read_state(
-        file: &Reader,
-        prefix: &str,
-        _params: &Value,
-        width: usize,
-        _kind: &str,
-    ) -> Result<Self> {
-        let residual: Array2<f64> =
-            file.array(&format!("{prefix}residual"), &[Some(width), None])?;
-        if residual.ncols() == 0 || residual.ncols() >= width {
-            return Err(file.corrupt(format!(
-                "Residual's space has {} of {width} dimensions",
-                residual.ncols()
+    fn validate(&self) -> Result<()> {
+        let width = self.origin.len();
+        if self.residual.nrows() != width
+            || self.residual.ncols() == 0
+            || self.residual.ncols() >= width
+        {
+            return Err(Error::custom(format!(
+                "Residual's space is {:?} for {width} features: it needs 1 to {} dimensions",
+                self.residual.shape(),
+                width.saturating_sub(1)
             )));
         }
-        Ok(FittedResidual {
-            origin: file.array(&format!("{prefix}origin"), &[Some(width)])?,
-            residual,
-        })
+        Ok(())
     }
 }
 

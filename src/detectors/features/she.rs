@@ -6,7 +6,7 @@ use ndarray::{Array1, Array2, Axis};
 
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
-use crate::detectors::file::{Reader, Writer};
+use crate::detectors::file::array;
 use crate::detectors::registry::{
     Capability, Needs, Registration, built, load_features, on_layers,
 };
@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::linalg::gemm;
 use crate::metrics::argmax;
 use crate::model::Model;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 /// SHE: the mean feature μ_c of each class over the in-distribution fit
 /// data; score = −max_c ⟨f, μ_c⟩ / D (higher = more OOD).
@@ -145,8 +145,9 @@ impl LayerFitter for SheFitter {
 }
 
 /// What SHE learns of a layer: the class means `(classes, D)`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FittedShe {
+    #[serde(with = "array")]
     means: Array2<f64>,
 }
 
@@ -182,23 +183,11 @@ impl StoredState for FittedShe {
         "SHE"
     }
 
-    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
-        file.array(&format!("{prefix}means"), self.means.view());
-        Ok(json!({}))
-    }
-
-    fn read_state(
-        file: &Reader,
-        prefix: &str,
-        _params: &Value,
-        width: usize,
-        _kind: &str,
-    ) -> Result<Self> {
-        let means: Array2<f64> = file.array(&format!("{prefix}means"), &[None, Some(width)])?;
-        if means.nrows() == 0 {
-            return Err(file.corrupt("SHE stores no class mean"));
+    fn validate(&self) -> Result<()> {
+        if self.means.nrows() == 0 {
+            return Err(Error::custom("SHE stores no class mean"));
         }
-        Ok(FittedShe { means })
+        Ok(())
     }
 }
 

@@ -1,39 +1,58 @@
 //! Feature detectors in files: the layers, each layer's fitted state (its
-//! arrays under `layer.{l}.`), the aggregator and the input step. A state
-//! fitted on precomputed features (e.g. a [`FittedKnn`](super::FittedKnn))
-//! saves as a fit of one unnamed layer and loads from any one-layer file.
+//! serde form: scalars in the header, arrays under `layer.{l}.`), the
+//! aggregator and the input step. A state fitted on precomputed features
+//! (e.g. a [`FittedKnn`](super::FittedKnn)) saves as a fit of one unnamed
+//! layer and loads from any one-layer file.
 
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::aggregation::Aggregator;
 use super::{FittedFeatures, ScoreFeatures};
-use crate::detectors::file::{Reader, Stored, Writer, shape_json};
+use crate::detectors::file::{Reader, Stored, Writer};
 use crate::detectors::{InputPerturbation, ModelShape};
 use crate::error::{Error, Result};
 use crate::model::LayerId;
 
-/// One layer's fitted state in a file.
-pub(crate) trait StoredState: ScoreFeatures + Sized {
-    /// The detector kinds whose files hold this state.
+/// One layer's fitted state, saved in detector files through serde: derive
+/// `Serialize` and `Deserialize`, mark array fields
+/// `#[serde(with = "oodkit::detectors::file::array")]` (see
+/// [`file::array`](crate::detectors::file::array)), and a
+/// [`FittedFeatures`] of it is [`Persist`](crate::detectors::Persist).
+/// Loading runs [`validate`](Self::validate) — the constructor's checks —
+/// on what the file holds, and checks the state's width against the
+/// layer's.
+pub trait StoredState: ScoreFeatures + Serialize + DeserializeOwned {
+    /// The detector kinds whose files hold this state, e.g. `&["KNN"]`.
     const KINDS: &'static [&'static str];
-    /// The kind this state was fitted as.
+
+    /// The kind this state was fitted as (one of [`KINDS`](Self::KINDS)).
     fn state_kind(&self) -> &'static str;
-    /// Writes its arrays under `prefix` and returns its parameters.
-    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value>;
-    /// Reads it back: its parameters, its arrays under `prefix`, checked
-    /// against the layer's `width` and the file's `kind`.
-    fn read_state(
-        file: &Reader,
-        prefix: &str,
-        params: &Value,
-        width: usize,
-        kind: &str,
-    ) -> Result<Self>;
+
+    /// Errors when the state is inconsistent (shapes that do not agree,
+    /// values out of range): what the fitting code never produces and a
+    /// file may hold.
+    fn validate(&self) -> Result<()>;
 }
 
 /// The prefix of layer `l`'s arrays.
 fn prefix(l: usize) -> String {
     format!("layer.{l}.")
+}
+
+/// The `detector` header entry of a feature detector's file.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    /// The layers fitted on; empty for a state fitted on precomputed
+    /// features.
+    layers: Vec<LayerId>,
+    widths: Vec<usize>,
+    /// Each layer's state (its scalars; its arrays are in the table).
+    states: Vec<Value>,
+    aggregation: Option<Value>,
+    perturbation: Option<InputPerturbation>,
+    expects: Option<ModelShape>,
 }
 
 /// Writes the layers, states, aggregator, step and model shape.
@@ -45,26 +64,23 @@ fn write_fit<S: StoredState>(
     perturbation: Option<InputPerturbation>,
     expects: Option<ModelShape>,
 ) -> Result<()> {
-    let params: Vec<Value> = states
-        .iter()
-        .enumerate()
-        .map(|(l, s)| s.write_state(file, &prefix(l)))
-        .collect::<Result<_>>()?;
-    let aggregation = aggregator.map(|a| a.write(file, "aggregator."));
-    file.set(
-        "detector",
-        json!({
-            "layers": layers.iter().map(layer_json).collect::<Vec<_>>(),
-            "widths": states.iter().map(|s| s.width()).collect::<Vec<_>>(),
-            "states": params,
-            "aggregation": aggregation,
-            "perturbation": perturbation.map(|p| json!({
-                "temperature": f64::from(p.temperature()),
-                "epsilon": f64::from(p.epsilon()),
-            })),
-            "expects": shape_json(expects),
-        }),
-    );
+    let header = Header {
+        layers: layers.to_vec(),
+        widths: states.iter().map(|s| s.width()).collect(),
+        states: states
+            .iter()
+            .enumerate()
+            .map(|(l, s)| file.state(&prefix(l), s))
+            .collect::<Result<_>>()?,
+        aggregation: aggregator
+            .map(|a| file.state("aggregator.", a))
+            .transpose()?,
+        perturbation,
+        expects,
+    };
+    let header = serde_json::to_value(header)
+        .map_err(|e| Error::custom(format!("encoding a detector's header: {e}")))?;
+    file.set("detector", header);
     Ok(())
 }
 
@@ -85,79 +101,57 @@ fn read_fit<S: StoredState>(file: &Reader) -> Result<Fit<S>> {
         .copied()
         .find(|k| *k == kind)
         .ok_or_else(|| file.corrupt(format!("unknown feature detector kind \"{kind}\"")))?;
-    let detector = file.required("detector")?;
-    let list = |field: &str| -> Result<&Vec<Value>> {
-        file.field(detector, field)?
-            .as_array()
-            .ok_or_else(|| file.corrupt(format!("the header's \"{field}\" is not a list")))
-    };
-    let layers = list("layers")?
-        .iter()
-        .map(|v| match v {
-            Value::String(name) => Ok(LayerId::Name(name.clone())),
-            other => other
-                .as_i64()
-                .and_then(|i| isize::try_from(i).ok())
-                .map(LayerId::Index)
-                .ok_or_else(|| {
-                    file.corrupt(format!("a layer is neither a name nor an index: {other}"))
-                }),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let widths = list("widths")?;
-    let params = list("states")?;
-    if params.is_empty() || widths.len() != params.len() {
+    let header: Header = file.header("header", file.required("detector")?)?;
+    if header.states.is_empty() || header.widths.len() != header.states.len() {
         return Err(file.corrupt(format!(
             "{} layer states for {} widths",
-            params.len(),
-            widths.len()
+            header.states.len(),
+            header.widths.len()
         )));
     }
-    let states = params
+    let states = header
+        .states
         .iter()
-        .zip(widths)
+        .zip(&header.widths)
         .enumerate()
-        .map(|(l, (params, width))| {
-            let width = width
-                .as_u64()
-                .and_then(|w| usize::try_from(w).ok())
-                .filter(|&w| w > 0)
-                .ok_or_else(|| {
-                    file.corrupt(format!("layer {l}'s width is not a positive integer"))
-                })?;
-            S::read_state(file, &prefix(l), params, width, kind)
+        .map(|(l, (json, &width))| {
+            let state: S = file.state(&format!("layer {l}'s state"), &prefix(l), json)?;
+            state
+                .validate()
+                .map_err(|e| file.corrupt(format!("layer {l}'s stored state is invalid: {e}")))?;
+            if state.width() != width || width == 0 {
+                return Err(file.corrupt(format!(
+                    "layer {l}'s state has the shape of {} features, the header says {width}",
+                    state.width()
+                )));
+            }
+            if state.state_kind() != kind {
+                return Err(file.corrupt(format!(
+                    "layer {l}'s state is a {} state in a {kind} file",
+                    state.state_kind()
+                )));
+            }
+            Ok(state)
         })
         .collect::<Result<Vec<_>>>()?;
-    let aggregator = match file.field(detector, "aggregation")? {
-        Value::Null => None,
-        params => Some(Aggregator::read(file, "aggregator.", params, states.len())?),
+    let aggregator = match &header.aggregation {
+        None => None,
+        Some(json) => {
+            let aggregator: Aggregator = file.state("aggregator", "aggregator.", json)?;
+            aggregator
+                .validate(states.len())
+                .map_err(|e| file.corrupt(format!("its stored aggregator is invalid: {e}")))?;
+            Some(aggregator)
+        }
     };
-    let perturbation = match file.field(detector, "perturbation")? {
-        Value::Null => None,
-        step => Some(
-            InputPerturbation::new(
-                file.number(step, "temperature")? as f32,
-                file.number(step, "epsilon")? as f32,
-            )
-            .map_err(|e| file.corrupt(format!("the stored input step is invalid: {e}")))?,
-        ),
-    };
-    let expects = file.model_shape(file.field(detector, "expects")?)?;
     Ok(Fit {
         name,
-        layers,
+        layers: header.layers,
         states,
         aggregator,
-        perturbation,
-        expects,
+        perturbation: header.perturbation,
+        expects: header.expects,
     })
-}
-
-fn layer_json(layer: &LayerId) -> Value {
-    match layer {
-        LayerId::Index(i) => json!(i),
-        LayerId::Name(name) => json!(name),
-    }
 }
 
 impl<S: StoredState> Stored for FittedFeatures<S> {

@@ -6,14 +6,14 @@ use super::moments::ClassMoments;
 use super::stored::StoredState;
 use super::subspace::residual_basis;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
-use crate::detectors::file::{Reader, Writer};
+use crate::detectors::file::array;
 use crate::detectors::registry::{
     Capability, DIMS, Needs, Registration, built, load_features, on_layers, principal_dims,
 };
 use crate::error::{Error, Result};
 use crate::linalg::{gemm, pinv};
 use crate::model::{Model, check_head, last_layer_of};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 /// How many principal dimensions of the in-distribution features ViM
 /// keeps; the rest is the residual space.
@@ -204,7 +204,8 @@ impl LayerFitter for VimFitter {
             weights: self.weights.clone(),
             bias: self.bias.clone(),
             alpha: f64::NAN,
-            sums: (0.0, 0.0),
+            logit_sum: 0.0,
+            norm_sum: 0.0,
         });
         Ok(true)
     }
@@ -219,15 +220,15 @@ impl LayerFitter for VimFitter {
             .into_iter()
             .map(|r| f64::from(r.iter().copied().fold(f32::NEG_INFINITY, f32::max)))
             .sum();
-        subspace.sums.0 += max_logits;
-        subspace.sums.1 += norms.sum();
+        subspace.logit_sum += max_logits;
+        subspace.norm_sum += norms.sum();
         Ok(())
     }
 
     /// α = Σ max-logit / Σ residual norm.
     fn finish(self) -> Result<FittedVim> {
         let mut fitted = self.subspace.ok_or_else(first_pass_missing)?;
-        let (logit_sum, norm_sum) = fitted.sums;
+        let (logit_sum, norm_sum) = (fitted.logit_sum, fitted.norm_sum);
         fitted.alpha = logit_sum / norm_sum;
         if !(norm_sum > 0.0 && fitted.alpha.is_finite()) {
             return Err(Error::invalid(
@@ -249,16 +250,23 @@ fn first_pass_missing() -> Error {
 
 /// What ViM learns of a layer: the origin u = −W⁺b, a basis of the
 /// residual space, the head (W, b) for precomputed features, and α.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FittedVim {
+    #[serde(with = "array")]
     origin: Array1<f64>,
+    #[serde(with = "array")]
     residual: Array2<f64>,
+    #[serde(rename = "head_weights", with = "array")]
     weights: Array2<f32>,
+    #[serde(rename = "head_bias", with = "array")]
     bias: Array1<f32>,
     alpha: f64,
     /// The second fitting pass's Σ max-logit and Σ residual norm (α is
     /// their ratio; kept so the file holds what α came from).
-    sums: (f64, f64),
+    #[serde(rename = "calibration_logit_sum")]
+    logit_sum: f64,
+    #[serde(rename = "calibration_norm_sum")]
+    norm_sum: f64,
 }
 
 impl FittedVim {
@@ -320,48 +328,25 @@ impl StoredState for FittedVim {
         "ViM"
     }
 
-    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
-        file.array(&format!("{prefix}origin"), self.origin.view());
-        file.array(&format!("{prefix}residual"), self.residual.view());
-        file.array(&format!("{prefix}head_weights"), self.weights.view());
-        file.array(&format!("{prefix}head_bias"), self.bias.view());
-        Ok(json!({
-            "alpha": self.alpha,
-            "calibration_logit_sum": self.sums.0,
-            "calibration_norm_sum": self.sums.1,
-        }))
-    }
-
-    fn read_state(
-        file: &Reader,
-        prefix: &str,
-        params: &Value,
-        width: usize,
-        _kind: &str,
-    ) -> Result<Self> {
-        let d = Some(width);
-        let residual: Array2<f64> = file.array(&format!("{prefix}residual"), &[d, None])?;
-        if residual.ncols() == 0 || residual.ncols() >= width {
-            return Err(file.corrupt(format!(
-                "ViM's residual space has {} of {width} dimensions",
-                residual.ncols()
+    fn validate(&self) -> Result<()> {
+        let width = self.origin.len();
+        if self.residual.nrows() != width
+            || self.residual.ncols() == 0
+            || self.residual.ncols() >= width
+        {
+            return Err(Error::custom(format!(
+                "ViM's residual space is {:?} for {width} features: it needs 1 to {} dimensions",
+                self.residual.shape(),
+                width.saturating_sub(1)
             )));
         }
-        let weights: Array2<f32> = file.array(&format!("{prefix}head_weights"), &[None, d])?;
-        let bias = file.array(&format!("{prefix}head_bias"), &[Some(weights.nrows())])?;
-        check_head(&weights, &bias, "ViM's stored last layer")
-            .map_err(|e| file.corrupt(e.to_string()))?;
-        Ok(FittedVim {
-            origin: file.array(&format!("{prefix}origin"), &[d])?,
-            residual,
-            weights,
-            bias,
-            alpha: file.number(params, "alpha")?,
-            sums: (
-                file.number(params, "calibration_logit_sum")?,
-                file.number(params, "calibration_norm_sum")?,
-            ),
-        })
+        if self.weights.ncols() != width {
+            return Err(Error::custom(format!(
+                "ViM's last layer is {:?} for {width} features",
+                self.weights.shape()
+            )));
+        }
+        check_head(&self.weights, &self.bias, "ViM's stored last layer")
     }
 }
 

@@ -1,13 +1,12 @@
 //! VRA, variational rectified activation (Xu et al., NeurIPS 2023).
 
 use ndarray::{Array1, Array2};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::head::{Head, logsumexp};
 use super::quantile::quantile;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
-use crate::detectors::file::{Reader, Writer};
 use crate::detectors::registry::{
     Capability, Needs, Param, Registration, built, load_features, on_layers,
 };
@@ -208,12 +207,35 @@ impl LayerFitter for VraFitter {
 
 /// What VRA learns of a layer: the thresholds α ≤ β, the rectification,
 /// and the last layer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FittedVra {
     low: f32,
     high: f32,
+    /// In files: `piecewise_gamma`, null for clipping.
+    #[serde(rename = "piecewise_gamma", with = "piecewise_gamma")]
     rectification: Rectification,
+    #[serde(flatten)]
     head: Head,
+}
+
+/// [`Rectification`] as the γ of VRA-P, or null for clipping.
+mod piecewise_gamma {
+    use super::Rectification;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(r: &Rectification, s: S) -> Result<S::Ok, S::Error> {
+        match r {
+            Rectification::Clip => None::<f32>.serialize(s),
+            Rectification::Piecewise { gamma } => Some(*gamma).serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Rectification, D::Error> {
+        Ok(match Option::<f32>::deserialize(d)? {
+            None => Rectification::Clip,
+            Some(gamma) => Rectification::Piecewise { gamma },
+        })
+    }
 }
 
 impl FittedVra {
@@ -253,43 +275,14 @@ impl StoredState for FittedVra {
         "VRA"
     }
 
-    fn write_state(&self, file: &mut Writer, prefix: &str) -> Result<Value> {
-        self.head.write(file, prefix);
-        let gamma = match self.rectification {
-            Rectification::Clip => None,
-            Rectification::Piecewise { gamma } => Some(f64::from(gamma)),
-        };
-        Ok(json!({
-            "low": f64::from(self.low),
-            "high": f64::from(self.high),
-            "piecewise_gamma": gamma,
-        }))
-    }
-
-    fn read_state(
-        file: &Reader,
-        prefix: &str,
-        params: &Value,
-        width: usize,
-        _kind: &str,
-    ) -> Result<Self> {
-        let low = file.number(params, "low")? as f32;
-        let high = file.number(params, "high")? as f32;
-        if low > high {
-            return Err(file.corrupt(format!("VRA's thresholds ({low}, {high}) are not ordered")));
+    fn validate(&self) -> Result<()> {
+        if self.low > self.high {
+            return Err(Error::custom(format!(
+                "VRA's thresholds ({}, {}) are not ordered",
+                self.low, self.high
+            )));
         }
-        let rectification = match file.field(params, "piecewise_gamma")? {
-            Value::Null => Rectification::Clip,
-            _ => Rectification::Piecewise {
-                gamma: file.number(params, "piecewise_gamma")? as f32,
-            },
-        };
-        Ok(FittedVra {
-            low,
-            high,
-            rectification,
-            head: Head::read(file, prefix, width)?,
-        })
+        self.head.validate()
     }
 }
 

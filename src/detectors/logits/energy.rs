@@ -1,8 +1,10 @@
 //! The energy score (Liu et al. 2020).
 
+use serde::{Deserialize, Serialize};
+
 use ndarray::{Array1, ArrayView2};
 
-use super::ScoreLogits;
+use super::{ScoreLogits, StoredLogits};
 use super::{score_rows, tempered_exps};
 use crate::detectors::registry::{Needs, Param, Registration, built, load_logits};
 use crate::error::{Error, Result};
@@ -30,7 +32,7 @@ use crate::error::{Error, Result};
 ///
 /// **Degenerate cases** (not errors): One class: −logit (the same order as
 /// MLS). Equal logits l: −l − T·ln K.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Energy {
     temperature: f32,
 }
@@ -49,18 +51,9 @@ impl Energy {
 
     /// The energy at `temperature`, in (0, [`MAX_TEMPERATURE`](Self::MAX_TEMPERATURE)].
     pub fn new(temperature: f32) -> Result<Self> {
-        if !(temperature > 0.0 && temperature <= Self::MAX_TEMPERATURE) {
-            return Err(Error::invalid(
-                "temperature",
-                temperature,
-                format!(
-                    "must be in (0, {:e}] (the papers use 1): above, T·ln(classes) \
-                     leaves the range of f32",
-                    Self::MAX_TEMPERATURE
-                ),
-            ));
-        }
-        Ok(Energy { temperature })
+        let energy = Energy { temperature };
+        energy.validate()?;
+        Ok(energy)
     }
 
     /// The temperature.
@@ -82,6 +75,26 @@ impl ScoreLogits for Energy {
             let (max, exps) = tempered_exps(row, t);
             -(max + t * exps.iter().sum::<f32>().ln())
         })
+    }
+}
+
+impl StoredLogits for Energy {
+    const KINDS: &'static [&'static str] = &["Energy"];
+
+    fn validate(&self) -> Result<()> {
+        let t = self.temperature;
+        if !(t > 0.0 && t <= Self::MAX_TEMPERATURE) {
+            return Err(Error::invalid(
+                "temperature",
+                t,
+                format!(
+                    "must be in (0, {:e}] (the papers use 1): above, T·ln(classes) \
+                     leaves the range of f32",
+                    Self::MAX_TEMPERATURE
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

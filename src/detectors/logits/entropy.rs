@@ -1,8 +1,10 @@
 //! The entropy of the softmax.
 
+use serde::{Deserialize, Serialize};
+
 use ndarray::{Array1, ArrayView2};
 
-use super::ScoreLogits;
+use super::{ScoreLogits, StoredLogits};
 use super::{score_rows, shifted_exps};
 use crate::detectors::registry::{Needs, Registration, built, load_logits};
 use crate::error::Result;
@@ -27,13 +29,13 @@ use crate::error::Result;
 ///
 /// **Degenerate cases** (not errors): One class: 0 for every input
 /// (useless). Equal logits: ln K, the largest.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct Entropy;
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Entropy {}
 
 impl Entropy {
     /// The entropy detector (it has no parameter).
     pub fn new() -> Self {
-        Entropy
+        Entropy {}
     }
 }
 
@@ -55,6 +57,14 @@ impl ScoreLogits for Entropy {
                 .sum();
             (sum.ln() - weighted / sum).max(0.0)
         })
+    }
+}
+
+impl StoredLogits for Entropy {
+    const KINDS: &'static [&'static str] = &["Entropy"];
+
+    fn validate(&self) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -1,8 +1,10 @@
 //! GEN, the generalized entropy score (Liu et al., CVPR 2023).
 
+use serde::{Deserialize, Serialize};
+
 use ndarray::{Array1, ArrayView2};
 
-use super::ScoreLogits;
+use super::{ScoreLogits, StoredLogits};
 use super::{score_rows, shifted_exps};
 use crate::detectors::registry::{Needs, Param, Registration, built, load_logits};
 use crate::error::{Error, Result};
@@ -29,7 +31,7 @@ use crate::error::{Error, Result};
 ///
 /// **Degenerate cases** (not errors): One class: the same score for every
 /// input (useless): its only probability is 1.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Gen {
     gamma: f32,
     top_k: usize,
@@ -49,13 +51,9 @@ impl Gen {
     /// GEN with exponent `gamma` in (0, 1] over the `top_k` (≥ 1) largest
     /// probabilities.
     pub fn new(gamma: f32, top_k: usize) -> Result<Self> {
-        if !(gamma > 0.0 && gamma <= 1.0) {
-            return Err(Error::invalid("gamma", gamma, "must be in (0, 1]"));
-        }
-        if top_k == 0 {
-            return Err(Error::invalid("top_k", top_k, "keep at least one class"));
-        }
-        Ok(Gen { gamma, top_k })
+        let gen_ = Gen { gamma, top_k };
+        gen_.validate()?;
+        Ok(gen_)
     }
 
     /// The exponent γ.
@@ -86,6 +84,24 @@ impl ScoreLogits for Gen {
                 .map(|&p| (p * (1.0 - p)).powf(self.gamma))
                 .sum()
         })
+    }
+}
+
+impl StoredLogits for Gen {
+    const KINDS: &'static [&'static str] = &["GEN"];
+
+    fn validate(&self) -> Result<()> {
+        if !(self.gamma > 0.0 && self.gamma <= 1.0) {
+            return Err(Error::invalid("gamma", self.gamma, "must be in (0, 1]"));
+        }
+        if self.top_k == 0 {
+            return Err(Error::invalid(
+                "top_k",
+                self.top_k,
+                "keep at least one class",
+            ));
+        }
+        Ok(())
     }
 }
 

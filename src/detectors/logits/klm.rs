@@ -1,11 +1,14 @@
 //! KL matching (Hendrycks et al., ICML 2022, "Scaling out-of-distribution
 //! detection for real-world settings").
 
+use serde::{Deserialize, Serialize};
+
 use ndarray::{Array1, Array2, ArrayView2};
 
-use super::{ScoreLogits, check_fit_logits, fit_logits, score_rows};
+use super::{ScoreLogits, StoredLogits, check_fit_logits, fit_logits, score_rows};
 use crate::datasets::BatchSource;
 use crate::detectors::Detector;
+use crate::detectors::file::array;
 use crate::detectors::registry::{Needs, Registration, built, load_as};
 use crate::detectors::softmax::softmax_f64;
 use crate::error::{Error, Result};
@@ -83,8 +86,9 @@ impl Detector for Klm {
 }
 
 /// What KL matching learns: one template distribution per class, `(C, C)`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FittedKlm {
+    #[serde(with = "array")]
     templates: Array2<f64>,
 }
 
@@ -92,24 +96,9 @@ impl FittedKlm {
     /// Templates `(C, C)`: row k the mean softmax of class k, each row a
     /// distribution (non-negative, summing to 1 within 10⁻⁶).
     pub fn new(templates: Array2<f64>) -> Result<Self> {
-        if templates.nrows() == 0 || templates.nrows() != templates.ncols() {
-            return Err(Error::ShapeMismatch {
-                what: "KLM templates".into(),
-                expected: "(C, C): one distribution over the C classes per class".into(),
-                found: format!("{:?}", templates.shape()),
-            });
-        }
-        for (k, row) in templates.rows().into_iter().enumerate() {
-            let sum: f64 = row.sum();
-            if row.iter().any(|&v| !(0.0..=1.0).contains(&v)) || (sum - 1.0).abs() > 1e-6 {
-                return Err(Error::invalid(
-                    "templates",
-                    format!("row {k}"),
-                    "each template must be a probability distribution",
-                ));
-            }
-        }
-        Ok(FittedKlm { templates })
+        let klm = FittedKlm { templates };
+        klm.validate()?;
+        Ok(klm)
     }
 
     /// The templates `(C, C)`.
@@ -148,6 +137,32 @@ impl ScoreLogits for FittedKlm {
                 .fold(f64::INFINITY, f64::min);
             best.min(f64::from(f32::MAX)) as f32
         })
+    }
+}
+
+impl StoredLogits for FittedKlm {
+    const KINDS: &'static [&'static str] = &["KLM"];
+
+    fn validate(&self) -> Result<()> {
+        let templates = &self.templates;
+        if templates.nrows() == 0 || templates.nrows() != templates.ncols() {
+            return Err(Error::ShapeMismatch {
+                what: "KLM templates".into(),
+                expected: "(C, C): one distribution over the C classes per class".into(),
+                found: format!("{:?}", templates.shape()),
+            });
+        }
+        for (k, row) in templates.rows().into_iter().enumerate() {
+            let sum: f64 = row.sum();
+            if row.iter().any(|&v| !(0.0..=1.0).contains(&v)) || (sum - 1.0).abs() > 1e-6 {
+                return Err(Error::invalid(
+                    "templates",
+                    format!("row {k}"),
+                    "each template must be a probability distribution",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

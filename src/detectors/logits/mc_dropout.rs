@@ -1,9 +1,11 @@
 //! Monte Carlo dropout (Gal & Ghahramani, ICML 2016): the uncertainty of
 //! the mean softmax over stochastic forward passes.
 
+use serde::{Deserialize, Serialize};
+
 use ndarray::{Array1, Array2, ArrayView2};
 
-use super::{ScoreLogits, check_logits_width, shifted_exps};
+use super::{ScoreLogits, StoredLogits, check_logits_width, shifted_exps};
 use crate::batch::Batch;
 use crate::datasets::BatchSource;
 use crate::detectors::registry::{Capability, Needs, Param, Registration, built, load_as};
@@ -12,7 +14,8 @@ use crate::error::{Error, Result};
 use crate::model::{Model, check_logits, stochastic_of};
 
 /// What McDropout reads off the mean softmax p̄.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum McStatistic {
     /// The predictive entropy −Σ p̄ ln p̄ (the default).
     Entropy,
@@ -51,7 +54,7 @@ pub enum McStatistic {
 /// # }
 /// # Ok::<(), oodkit::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct McDropout {
     passes: usize,
     statistic: McStatistic,
@@ -76,18 +79,13 @@ impl McDropout {
     /// Monte Carlo dropout over `passes` passes (1 to
     /// [`MAX_PASSES`](Self::MAX_PASSES)), scoring `statistic`.
     pub fn new(passes: usize, statistic: McStatistic) -> Result<Self> {
-        if !(1..=Self::MAX_PASSES).contains(&passes) {
-            return Err(Error::invalid(
-                "passes",
-                passes,
-                format!("must be in 1..={} (tens are usual)", Self::MAX_PASSES),
-            ));
-        }
-        Ok(McDropout {
+        let mc = McDropout {
             passes,
             statistic,
             ..McDropout::default()
-        })
+        };
+        mc.validate()?;
+        Ok(mc)
     }
 
     /// The same with the dropout masks seeded by `seed`.
@@ -199,6 +197,21 @@ impl ScoreLogits for McDropout {
     /// It needs the whole network, not only its logits.
     fn perturbs_inputs(&self) -> bool {
         true
+    }
+}
+
+impl StoredLogits for McDropout {
+    const KINDS: &'static [&'static str] = &["MCDropout"];
+
+    fn validate(&self) -> Result<()> {
+        if !(1..=Self::MAX_PASSES).contains(&self.passes) {
+            return Err(Error::invalid(
+                "passes",
+                self.passes,
+                format!("must be in 1..={} (tens are usual)", Self::MAX_PASSES),
+            ));
+        }
+        Ok(())
     }
 }
 

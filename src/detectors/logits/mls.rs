@@ -1,8 +1,10 @@
 //! MLS (maximum logit score) and MSP (maximum softmax probability).
 
+use serde::{Deserialize, Serialize};
+
 use ndarray::{Array1, ArrayView1, ArrayView2};
 
-use super::ScoreLogits;
+use super::{ScoreLogits, StoredLogits};
 use super::{score_rows, shifted_exps};
 use crate::detectors::registry::{Needs, Registration, built, load_logits};
 use crate::error::Result;
@@ -42,8 +44,10 @@ pub enum OutputActivation {
 /// logits: MSP scores −1/K.
 #[doc(alias = "MLS")]
 #[doc(alias = "MSP")]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Mls {
+    /// In files, the kind says it (MLS or MSP).
+    #[serde(skip)]
     activation: OutputActivation,
 }
 
@@ -94,6 +98,22 @@ impl ScoreLogits for Mls {
 
     fn score_logits(&self, logits: ArrayView2<f32>) -> Result<Array1<f32>> {
         score_rows(logits, |row| self.score_row(row))
+    }
+}
+
+impl StoredLogits for Mls {
+    const KINDS: &'static [&'static str] = &["MLS", "MSP"];
+
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn of_kind(self, kind: &str) -> Self {
+        Mls::with_activation(if kind == "MSP" {
+            OutputActivation::Softmax
+        } else {
+            OutputActivation::Identity
+        })
     }
 }
 

@@ -30,6 +30,7 @@ pub(super) mod openmax;
 pub(super) mod rankfeat;
 mod shaped;
 mod stored;
+pub use stored::StoredLogits;
 pub(super) mod temperature;
 
 pub use energy::Energy;

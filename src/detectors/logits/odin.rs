@@ -1,9 +1,11 @@
 //! ODIN (Liang et al., ICLR 2018): temperature scaling and input
 //! perturbation.
 
+use serde::{Deserialize, Serialize};
+
 use ndarray::{Array1, ArrayView2};
 
-use super::{ScoreLogits, score_rows, tempered_exps};
+use super::{ScoreLogits, StoredLogits, score_rows, tempered_exps};
 use crate::batch::Batch;
 use crate::detectors::registry::{Capability, Needs, Param, Registration, built, load_logits};
 use crate::detectors::{InputPerturbation, ScoreOutput};
@@ -44,10 +46,11 @@ use crate::model::{Model, check_logits, input_gradient_of};
 ///
 /// **Degenerate cases** (not errors): One class: −1 for every input
 /// (useless), as MSP.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Odin {
     /// T = 1000 and ε = 0.0014 by default, the paper's and the Python
-    /// toolkit's.
+    /// toolkit's. Checked as it is built or read.
+    #[serde(flatten)]
     step: InputPerturbation,
 }
 
@@ -126,6 +129,15 @@ impl ScoreLogits for Odin {
             return Ok(());
         }
         input_gradient_of(model, "ODIN with an input step (ε > 0)").map(|_| ())
+    }
+}
+
+impl StoredLogits for Odin {
+    const KINDS: &'static [&'static str] = &["ODIN"];
+
+    /// The step's checks run as it is read ([`InputPerturbation::new`]).
+    fn validate(&self) -> Result<()> {
+        Ok(())
     }
 }
 

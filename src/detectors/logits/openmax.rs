@@ -3,12 +3,16 @@
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
-use super::{ScoreLogits, check_fit_logits, check_label_range, fit_logits, score_rows};
+use super::{
+    ScoreLogits, StoredLogits, check_fit_logits, check_label_range, fit_logits, score_rows,
+};
 use crate::datasets::BatchSource;
 use crate::detectors::Detector;
+use crate::detectors::file::array;
 use crate::detectors::registry::{Needs, Param, Registration, built, load_as};
 use crate::error::{Error, Result};
 use crate::model::Model;
+use serde::{Deserialize, Serialize};
 
 /// libMR's shift of the fitted tail (its `translate_amount`).
 const TRANSLATE: f64 = 10_000.0;
@@ -289,7 +293,8 @@ impl Detector for OpenMax {
 
 /// What OpenMax learns: each class's mean logit vector `(C, C)` and
 /// Weibull model (none for a class absent from the fit data), and alpha.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "StoredOpenMax", try_from = "StoredOpenMax")]
 pub struct FittedOpenMax {
     means: Array2<f64>,
     weibulls: Vec<Option<Weibull>>,
@@ -300,30 +305,13 @@ impl FittedOpenMax {
     /// The parts, checked: means `(C, C)`, one Weibull model per class
     /// (`None`: the class was absent from the fit data), 1 ≤ alpha ≤ C.
     pub fn new(means: Array2<f64>, weibulls: Vec<Option<Weibull>>, alpha: usize) -> Result<Self> {
-        let c = means.nrows();
-        if c == 0 || means.ncols() != c || weibulls.len() != c {
-            return Err(Error::ShapeMismatch {
-                what: "OpenMax's class means and Weibull models".into(),
-                expected: "means (C, C) and C Weibull models".into(),
-                found: format!(
-                    "means {:?}, {} Weibull models",
-                    means.shape(),
-                    weibulls.len()
-                ),
-            });
-        }
-        if alpha == 0 || alpha > c {
-            return Err(Error::invalid(
-                "alpha",
-                alpha,
-                format!("must be in 1..={c}"),
-            ));
-        }
-        Ok(FittedOpenMax {
+        let openmax = FittedOpenMax {
             means,
             weibulls,
             alpha,
-        })
+        };
+        openmax.validate()?;
+        Ok(openmax)
     }
 
     /// The mean logit vector of each class `(C, C)`.
@@ -387,6 +375,93 @@ impl ScoreLogits for FittedOpenMax {
         // An infinite logit has no distance to a class mean.
         crate::model::check_finite(logits, "logits scored by OpenMax")?;
         score_rows(logits, |row| self.unknown(row) as f32)
+    }
+}
+
+/// OpenMax in files: `alpha` in the header; the means, one row
+/// (shape, scale, shift) per class in `weibulls` and a 0 / 1 flag per class
+/// in `fitted` (0: no model, its row zeros).
+#[derive(Serialize, Deserialize)]
+struct StoredOpenMax {
+    alpha: usize,
+    #[serde(with = "array")]
+    means: Array2<f64>,
+    #[serde(with = "array")]
+    weibulls: Array2<f64>,
+    #[serde(with = "array")]
+    fitted: Vec<i64>,
+}
+
+impl From<FittedOpenMax> for StoredOpenMax {
+    fn from(openmax: FittedOpenMax) -> Self {
+        let weibulls = Array2::from_shape_fn((openmax.weibulls.len(), 3), |(k, p)| {
+            openmax.weibulls[k].map_or(0.0, |w| [w.shape, w.scale, w.shift][p])
+        });
+        StoredOpenMax {
+            alpha: openmax.alpha,
+            fitted: openmax
+                .weibulls
+                .iter()
+                .map(|w| i64::from(w.is_some()))
+                .collect(),
+            means: openmax.means,
+            weibulls,
+        }
+    }
+}
+
+impl TryFrom<StoredOpenMax> for FittedOpenMax {
+    type Error = Error;
+
+    fn try_from(stored: StoredOpenMax) -> Result<Self> {
+        if stored.weibulls.ncols() != 3 || stored.weibulls.nrows() != stored.fitted.len() {
+            return Err(Error::custom(format!(
+                "OpenMax's Weibull table is {:?} with {} flags: it needs (classes, 3) and a flag \
+                 per class",
+                stored.weibulls.shape(),
+                stored.fitted.len()
+            )));
+        }
+        let weibulls = stored
+            .weibulls
+            .rows()
+            .into_iter()
+            .zip(&stored.fitted)
+            .map(|(r, &f)| match f {
+                0 => Ok(None),
+                1 => Weibull::new(r[0], r[1], r[2]).map(Some),
+                _ => Err(Error::custom("OpenMax's \"fitted\" flags are not 0 or 1")),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        FittedOpenMax::new(stored.means, weibulls, stored.alpha)
+    }
+}
+
+impl StoredLogits for FittedOpenMax {
+    const KINDS: &'static [&'static str] = &["OpenMax"];
+
+    fn validate(&self) -> Result<()> {
+        let (means, weibulls, alpha) = (&self.means, &self.weibulls, self.alpha);
+        let c = means.nrows();
+        if c == 0 || means.ncols() != c || weibulls.len() != c {
+            return Err(Error::ShapeMismatch {
+                what: "OpenMax's class means and Weibull models".into(),
+                expected: "means (C, C) and C Weibull models".into(),
+                found: format!(
+                    "means {:?}, {} Weibull models",
+                    means.shape(),
+                    weibulls.len()
+                ),
+            });
+        }
+        if alpha == 0 || alpha > c {
+            return Err(Error::invalid(
+                "alpha",
+                alpha,
+                format!("must be in 1..={c}"),
+            ));
+        }
+        Ok(())
     }
 }
 

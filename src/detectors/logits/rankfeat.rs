@@ -1,9 +1,11 @@
 //! RankFeat (Song et al., NeurIPS 2022): the energy once the dominant
 //! rank-1 component of the last feature map is removed.
 
+use serde::{Deserialize, Serialize};
+
 use ndarray::{Array1, Array4, ArrayView2, Axis};
 
-use super::{ScoreLogits, score_rows, tempered_exps};
+use super::{ScoreLogits, StoredLogits, score_rows, tempered_exps};
 use crate::batch::Batch;
 use crate::datasets::BatchSource;
 use crate::detectors::registry::{Capability, Needs, Param, Registration, built, load_as};
@@ -44,7 +46,7 @@ use crate::model::{Model, check_logits, map_editing_of};
 /// # }
 /// # Ok::<(), oodkit::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RankFeat {
     temperature: f32,
 }
@@ -59,14 +61,9 @@ impl Default for RankFeat {
 impl RankFeat {
     /// RankFeat with the energy at `temperature` (finite, > 0).
     pub fn new(temperature: f32) -> Result<Self> {
-        if !(temperature > 0.0 && temperature.is_finite()) {
-            return Err(Error::invalid(
-                "temperature",
-                temperature,
-                "must be finite and > 0 (OpenOOD uses 1)",
-            ));
-        }
-        Ok(RankFeat { temperature })
+        let rankfeat = RankFeat { temperature };
+        rankfeat.validate()?;
+        Ok(rankfeat)
     }
 
     /// The temperature of the energy.
@@ -158,6 +155,22 @@ impl ScoreLogits for RankFeat {
 
     fn check_model(&self, model: &dyn Model) -> Result<()> {
         map_editing_of(model, "RankFeat").map(|_| ())
+    }
+}
+
+impl StoredLogits for RankFeat {
+    const KINDS: &'static [&'static str] = &["RankFeat"];
+
+    fn validate(&self) -> Result<()> {
+        let t = self.temperature;
+        if !(t > 0.0 && t.is_finite()) {
+            return Err(Error::invalid(
+                "temperature",
+                t,
+                "must be finite and > 0 (OpenOOD uses 1)",
+            ));
+        }
+        Ok(())
     }
 }
 

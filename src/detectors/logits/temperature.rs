@@ -1,10 +1,13 @@
 //! Temperature scaling (Guo et al., ICML 2017) as an OOD score: MSP at the
 //! temperature that calibrates the classifier on in-distribution data.
 
+use serde::{Deserialize, Serialize};
+
 use ndarray::{Array1, ArrayView1, ArrayView2};
 
 use super::{
-    ScoreLogits, check_fit_logits, check_label_range, fit_logits, score_rows, tempered_exps,
+    ScoreLogits, StoredLogits, check_fit_logits, check_label_range, fit_logits, score_rows,
+    tempered_exps,
 };
 use crate::datasets::BatchSource;
 use crate::detectors::Detector;
@@ -121,7 +124,7 @@ impl Detector for TemperatureScaling {
 
 /// What temperature scaling learns: the temperature; it scores
 /// −max softmax(l / T).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct FittedTemperatureScaling {
     temperature: f32,
 }
@@ -129,14 +132,9 @@ pub struct FittedTemperatureScaling {
 impl FittedTemperatureScaling {
     /// MSP at `temperature`, finite and > 0 (e.g. one fitted elsewhere).
     pub fn new(temperature: f32) -> Result<Self> {
-        if !(temperature > 0.0 && temperature.is_finite()) {
-            return Err(Error::invalid(
-                "temperature",
-                temperature,
-                "must be a finite number > 0",
-            ));
-        }
-        Ok(FittedTemperatureScaling { temperature })
+        let fitted = FittedTemperatureScaling { temperature };
+        fitted.validate()?;
+        Ok(fitted)
     }
 
     /// The temperature.
@@ -154,6 +152,22 @@ impl ScoreLogits for FittedTemperatureScaling {
         score_rows(logits, |row| {
             -1.0 / tempered_exps(row, self.temperature).1.iter().sum::<f32>()
         })
+    }
+}
+
+impl StoredLogits for FittedTemperatureScaling {
+    const KINDS: &'static [&'static str] = &["TemperatureScaling"];
+
+    fn validate(&self) -> Result<()> {
+        let t = self.temperature;
+        if !(t > 0.0 && t.is_finite()) {
+            return Err(Error::invalid(
+                "temperature",
+                t,
+                "must be a finite number > 0",
+            ));
+        }
+        Ok(())
     }
 }
 

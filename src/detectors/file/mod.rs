@@ -57,14 +57,20 @@
 //! ```
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
-use ndarray::{Array, ArrayView, Dimension, IxDyn};
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorView};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use super::ModelShape;
+pub mod array;
+
+use array::{Encoded, FromArray, Table, ToArray};
+
 use crate::datasets::files::write_atomically;
 use crate::error::{Error, Result};
 
@@ -96,7 +102,7 @@ pub trait Persist: Sized + sealed::Stored {
     fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = read_file(path)?;
-        let file = Reader::parse(path, &bytes)?;
+        let file = Reader::parse(path, bytes)?;
         if !Self::accepts(file.kind()) {
             return Err(Error::WrongFile {
                 path: path.to_path_buf(),
@@ -135,7 +141,7 @@ pub struct FileInfo {
 pub fn describe(path: impl AsRef<Path>) -> Result<FileInfo> {
     let path = path.as_ref();
     let bytes = read_file(path)?;
-    let file = Reader::parse(path, &bytes)?;
+    let file = Reader::parse(path, bytes)?;
     Ok(FileInfo {
         kind: file.kind().to_owned(),
         format_version: file.version,
@@ -188,54 +194,12 @@ pub(crate) mod sealed {
 
 pub(crate) use sealed::Stored;
 
-/// A [`ModelShape`] in a header (null when unknown).
-pub(crate) fn shape_json(shape: Option<ModelShape>) -> Value {
-    shape.map_or(
-        Value::Null,
-        |e| json!({"input": e.input, "classes": e.classes}),
-    )
-}
-
 /// The arrays and JSON header of a file being written.
 #[derive(Debug, Default)]
 pub struct Writer {
     meta: Map<String, Value>,
-    arrays: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+    arrays: Vec<(String, Encoded)>,
 }
-
-/// Element types stored in files.
-pub(crate) trait Element: Copy {
-    const DTYPE: Dtype;
-    const NAME: &'static str;
-    fn put(self, out: &mut Vec<u8>);
-    fn get(bytes: &[u8]) -> Self;
-    fn finite(self) -> bool;
-}
-
-macro_rules! element {
-    ($t:ty, $dtype:ident, $name:literal, $finite:expr) => {
-        impl Element for $t {
-            const DTYPE: Dtype = Dtype::$dtype;
-            const NAME: &'static str = $name;
-            fn put(self, out: &mut Vec<u8>) {
-                out.extend_from_slice(&self.to_le_bytes());
-            }
-            fn get(bytes: &[u8]) -> Self {
-                let mut raw = [0; size_of::<$t>()];
-                raw.copy_from_slice(bytes);
-                <$t>::from_le_bytes(raw)
-            }
-            fn finite(self) -> bool {
-                let check: fn($t) -> bool = $finite;
-                check(self)
-            }
-        }
-    };
-}
-
-element!(f32, F32, "F32", f32::is_finite);
-element!(f64, F64, "F64", f64::is_finite);
-element!(i64, I64, "I64", |_| true);
 
 impl Writer {
     /// Sets a top-level entry of the JSON header (`detector`, `shaping`,
@@ -245,13 +209,22 @@ impl Writer {
     }
 
     /// Adds an array.
-    pub(crate) fn array<T: Element, D: Dimension>(&mut self, key: &str, array: ArrayView<T, D>) {
-        let mut bytes = Vec::with_capacity(array.len() * size_of::<T>());
-        for &v in array.iter() {
-            v.put(&mut bytes);
+    pub(crate) fn array(&mut self, key: &str, array: &impl ToArray) {
+        self.arrays.push((key.to_owned(), array.encode()));
+    }
+
+    /// Writes `value`'s serde form: its array fields (see [`array`]) into
+    /// the table under `prefix`, the rest returned as JSON for the header.
+    pub(crate) fn state<T: Serialize + ?Sized>(
+        &mut self,
+        prefix: &str,
+        value: &T,
+    ) -> Result<Value> {
+        let (json, arrays) = array::to_json(value)?;
+        for (path, encoded) in arrays {
+            self.arrays.push((format!("{prefix}{path}"), encoded));
         }
-        self.arrays
-            .push((key.to_owned(), T::DTYPE, array.shape().to_vec(), bytes));
+        Ok(json)
     }
 
     fn write_to(mut self, path: &Path, kind: &str) -> Result<()> {
@@ -265,8 +238,8 @@ impl Writer {
         let views = self
             .arrays
             .iter()
-            .map(|(key, dtype, shape, bytes)| {
-                TensorView::new(*dtype, shape.clone(), bytes).map(|v| (key.as_str(), v))
+            .map(|(key, a)| {
+                TensorView::new(a.dtype, a.shape.clone(), &a.bytes).map(|v| (key.as_str(), v))
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::custom(format!("encoding a detector's arrays: {e}")))?;
@@ -277,35 +250,51 @@ impl Writer {
 }
 
 /// A detector file read and checked: its header and arrays.
-pub struct Reader<'a> {
+pub struct Reader {
     path: PathBuf,
     version: u64,
     meta: Map<String, Value>,
-    tensors: SafeTensors<'a>,
+    table: Rc<Table>,
 }
 
-impl<'a> Reader<'a> {
-    fn parse(path: &Path, bytes: &'a [u8]) -> Result<Self> {
+impl Reader {
+    fn parse(path: &Path, bytes: Vec<u8>) -> Result<Self> {
         let corrupt = |reason: String| Error::corrupt(path, None, reason);
-        let tensors = SafeTensors::deserialize(bytes).map_err(|e| {
-            corrupt(format!(
-                "not a readable safetensors file ({e}); it may be truncated or damaged: save \
-                 the detector again"
-            ))
-        })?;
-        let (_, header) = SafeTensors::read_metadata(bytes)
-            .map_err(|e| corrupt(format!("unreadable safetensors header ({e})")))?;
-        let text = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(META_KEY))
-            .ok_or_else(|| {
+        let (index, text) = {
+            let tensors = SafeTensors::deserialize(&bytes).map_err(|e| {
                 corrupt(format!(
-                    "a safetensors file without the \"{META_KEY}\" metadata: not a detector \
-                     file written by oodkit"
+                    "not a readable safetensors file ({e}); it may be truncated or damaged: \
+                     save the detector again"
                 ))
             })?;
-        let meta = match serde_json::from_str::<Value>(text) {
+            let start = bytes.as_ptr() as usize;
+            let index: HashMap<String, (Dtype, Vec<usize>, Range<usize>)> = tensors
+                .iter()
+                .map(|(name, view)| {
+                    let offset = view.data().as_ptr() as usize - start;
+                    let range = offset..offset + view.data().len();
+                    (
+                        name.to_owned(),
+                        (view.dtype(), view.shape().to_vec(), range),
+                    )
+                })
+                .collect();
+            let (_, header) = SafeTensors::read_metadata(&bytes)
+                .map_err(|e| corrupt(format!("unreadable safetensors header ({e})")))?;
+            let text = header
+                .metadata()
+                .as_ref()
+                .and_then(|m| m.get(META_KEY))
+                .cloned()
+                .ok_or_else(|| {
+                    corrupt(format!(
+                        "a safetensors file without the \"{META_KEY}\" metadata: not a detector \
+                         file written by oodkit"
+                    ))
+                })?;
+            (index, text)
+        };
+        let meta = match serde_json::from_str::<Value>(&text) {
             Ok(Value::Object(meta)) => meta,
             Ok(_) => return Err(corrupt("the oodkit header is not a JSON object".into())),
             Err(e) => return Err(corrupt(format!("the oodkit header is not JSON ({e})"))),
@@ -335,8 +324,27 @@ impl<'a> Reader<'a> {
             path: path.to_path_buf(),
             version,
             meta,
-            tensors,
+            table: Rc::new(Table { bytes, index }),
         })
+    }
+
+    /// Reads a `T` that has no array field from the header entry `json`;
+    /// `what` names it in errors.
+    pub(crate) fn header<T: DeserializeOwned>(&self, what: &str, json: &Value) -> Result<T> {
+        T::deserialize(json)
+            .map_err(|e| self.corrupt(format!("its {what} does not read back: {e}")))
+    }
+
+    /// Reads a `T` from the header entry `json` and its array fields from
+    /// the arrays under `prefix` (see [`array`]); `what` names it in errors.
+    pub(crate) fn state<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        prefix: &str,
+        json: &Value,
+    ) -> Result<T> {
+        array::from_json(json, &self.table, prefix)
+            .map_err(|e| self.corrupt(format!("its {what} does not read back: {e}")))
     }
 
     /// The file's path.
@@ -365,91 +373,18 @@ impl<'a> Reader<'a> {
             .ok_or_else(|| self.corrupt(format!("the header has no \"{key}\" entry")))
     }
 
-    /// `object[name]`, which must be there.
-    pub(crate) fn field<'v>(&self, object: &'v Value, name: &str) -> Result<&'v Value> {
-        object
-            .get(name)
-            .ok_or_else(|| self.corrupt(format!("the header has no \"{name}\" field")))
-    }
-
-    /// `object[name]` as a finite number.
-    pub(crate) fn number(&self, object: &Value, name: &str) -> Result<f64> {
-        self.field(object, name)?
-            .as_f64()
-            .filter(|v| v.is_finite())
-            .ok_or_else(|| self.corrupt(format!("the header's \"{name}\" is not a finite number")))
-    }
-
-    /// `object[name]` as a non-negative integer.
-    pub(crate) fn count(&self, object: &Value, name: &str) -> Result<usize> {
-        self.field(object, name)?
-            .as_u64()
-            .and_then(|v| usize::try_from(v).ok())
-            .ok_or_else(|| {
-                self.corrupt(format!(
-                    "the header's \"{name}\" is not a non-negative integer"
-                ))
-            })
-    }
-
-    /// `object[name]` as a string.
-    pub(crate) fn text<'v>(&self, object: &'v Value, name: &str) -> Result<&'v str> {
-        self.field(object, name)?
-            .as_str()
-            .ok_or_else(|| self.corrupt(format!("the header's \"{name}\" is not a string")))
-    }
-
-    /// A [`ModelShape`] written by [`shape_json`], or `None` for null.
-    pub(crate) fn model_shape(&self, value: &Value) -> Result<Option<ModelShape>> {
-        if value.is_null() {
-            return Ok(None);
-        }
-        let input = self.field(value, "input")?;
-        let dims: Vec<usize> = input
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_u64)
-                    .filter_map(|d| usize::try_from(d).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let input: [usize; 3] = dims.try_into().map_err(|_| {
-            self.corrupt(format!("the stored input shape is not (C, H, W): {input}"))
-        })?;
-        if input.contains(&0) {
-            return Err(self.corrupt(format!("the stored input shape {input:?} is empty")));
-        }
-        Ok(Some(ModelShape {
-            input,
-            classes: self.count(value, "classes")?,
-        }))
-    }
-
-    /// Whether the file has an array named `key`.
-    pub(crate) fn has(&self, key: &str) -> bool {
-        self.tensors.tensor(key).is_ok()
-    }
-
-    /// The array `key`, of element type `T`, with `dims` (`None`: any
-    /// length), every value finite.
-    pub(crate) fn array<T: Element, D: Dimension>(
+    /// The array `key`, with `dims` (`None`: any length), every value
+    /// finite.
+    pub(crate) fn array<A: FromArray + ToArray>(
         &self,
         key: &str,
         dims: &[Option<usize>],
-    ) -> Result<Array<T, D>> {
-        let view = self
-            .tensors
-            .tensor(key)
-            .map_err(|_| self.corrupt(format!("the array \"{key}\" is missing")))?;
-        if view.dtype() != T::DTYPE {
-            return Err(self.corrupt(format!(
-                "the array \"{key}\" is {:?}, not {}",
-                view.dtype(),
-                T::NAME
-            )));
-        }
-        let shape = view.shape();
+    ) -> Result<A> {
+        let (dtype, shape, range) = self
+            .table
+            .index
+            .get(key)
+            .ok_or_else(|| self.corrupt(format!("the array \"{key}\" is missing")))?;
         let fits = shape.len() == dims.len()
             && shape
                 .iter()
@@ -465,25 +400,11 @@ impl<'a> Reader<'a> {
                 expected.join(", ")
             )));
         }
-        let values: Vec<T> = view
-            .data()
-            .chunks_exact(size_of::<T>())
-            .map(T::get)
-            .collect();
-        if let Some(i) = values.iter().position(|v| !v.finite()) {
-            return Err(self.corrupt(format!(
-                "the array \"{key}\" holds a value that is not finite at flat index {i}: the \
-                 stored statistics are unusable"
-            )));
-        }
-        Array::from_shape_vec(IxDyn(shape), values)
-            .map_err(Error::from)?
-            .into_dimensionality::<D>()
-            .map_err(Error::from)
+        A::decode(key, *dtype, shape, &self.table.bytes[range.clone()]).map_err(|e| self.corrupt(e))
     }
 }
 
-impl std::fmt::Debug for Reader<'_> {
+impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader")
             .field("path", &self.path)
