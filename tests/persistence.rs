@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use common::detector_file::rewrite;
 use ndarray::{Array1, Array2, Array4, ArrayView4};
 use oodkit::calibration::Calibrated;
 use oodkit::datasets::{OodDataset, PrepareConfig};
@@ -24,8 +24,6 @@ use oodkit::model::{LayerId, Model, Shaping, from_fn_with_features};
 use oodkit::{Batch, Error};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use safetensors::SafeTensors;
-use safetensors::tensor::TensorView;
 
 const WIDTH: usize = 6;
 const HIDDEN: usize = 4;
@@ -493,40 +491,6 @@ fn knn_file(dir: &tempfile::TempDir) -> (PathBuf, Vec<u8>) {
     state.save(&path).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     (path, bytes)
-}
-
-/// Rewrites the file at `path` from `bytes` with its header JSON and
-/// arrays changed by `edit`.
-fn rewrite(
-    path: &Path,
-    bytes: &[u8],
-    edit: impl FnOnce(
-        &mut serde_json::Value,
-        &mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>,
-    ),
-) {
-    let tensors = SafeTensors::deserialize(bytes).unwrap();
-    let (_, meta) = SafeTensors::read_metadata(bytes).unwrap();
-    let mut header: serde_json::Value =
-        serde_json::from_str(&meta.metadata().as_ref().unwrap()["oodkit"]).unwrap();
-    let mut arrays: Vec<_> = tensors
-        .iter()
-        .map(|(name, view)| {
-            (
-                name.to_owned(),
-                view.dtype(),
-                view.shape().to_vec(),
-                view.data().to_vec(),
-            )
-        })
-        .collect();
-    edit(&mut header, &mut arrays);
-    let views: Vec<_> = arrays
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    let meta = HashMap::from([("oodkit".to_owned(), header.to_string())]);
-    std::fs::write(path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
 }
 
 fn corrupt_message(path: &Path) -> String {

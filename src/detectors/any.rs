@@ -78,11 +78,9 @@ impl AnyDetector {
                 info.crate_version
             ),
         })?;
-        let inner = registration.load(path, &info)?;
-        Ok(AnyDetector {
-            inner,
-            info: Some(info),
-        })
+        let mut loaded = registration.load(path, &info)?;
+        loaded.info = Some(info);
+        Ok(loaded)
     }
 
     /// A detector just fitted (no file behind it).

@@ -38,6 +38,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::RwLock;
 
 use super::any::{Erased, Erasing};
 use super::file::{FileInfo, Persist};
@@ -230,11 +231,23 @@ impl fmt::Display for Params {
     }
 }
 
-/// Builds a kind's detector from parameters.
-pub(crate) type BuildFn = fn(&Params) -> Result<Box<dyn FitAny>>;
+/// Builds a kind's detector from parameters: reads the names it takes
+/// from [`Params`] and wraps the detector with [`built`].
+pub type BuildFn = fn(&Params) -> Result<BoxedDetector>;
 
-/// Reads a kind's fitted state from a file (its header read as `info`).
-pub(crate) type LoadFn = fn(&Path, &FileInfo) -> Result<Box<dyn Erased>>;
+/// Reads a kind's fitted detector from a file (its header read as `info`):
+/// [`load_logits`], [`load_features`] or [`load_as`] for the kind's types.
+pub type LoadFn = fn(&Path, &FileInfo) -> Result<AnyDetector>;
+
+/// A detector's parameters behind one type, as a [`BuildFn`] returns them
+/// ([`built`] makes one).
+pub struct BoxedDetector(Box<dyn FitAny>);
+
+impl fmt::Debug for BoxedDetector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// A detector kind: its names, needs and parameters, how it is built and
 /// how its files are read. Declared in the detector's own file and listed
@@ -260,8 +273,13 @@ impl fmt::Debug for Registration {
 }
 
 impl Registration {
-    /// A registration (the crate's detectors declare theirs in their files).
-    pub(crate) const fn new(
+    /// A registration: the kind written in files (e.g. `"KNN"`), the name
+    /// on the command line (`"knn"`), one line on what it scores, the
+    /// parameters it takes by name, what it needs, how it is built from
+    /// parameters and how its files are read. The crate's detectors declare
+    /// theirs in their files; declare yours as a `static` and [`register`]
+    /// it.
+    pub const fn new(
         kind: &'static str,
         name: &'static str,
         summary: &'static str,
@@ -330,14 +348,14 @@ impl Registration {
             });
         }
         Ok(UnfittedDetector {
-            inner: (self.build)(params)?,
+            inner: (self.build)(params)?.0,
             registration: self,
         })
     }
 
     /// Reads its file (called by [`AnyDetector::load`] after the header
     /// named this kind).
-    pub(crate) fn load(&self, path: &Path, info: &FileInfo) -> Result<Box<dyn Erased>> {
+    pub(crate) fn load(&self, path: &Path, info: &FileInfo) -> Result<AnyDetector> {
         (self.load)(path, info)
     }
 }
@@ -398,58 +416,105 @@ where
     }
 }
 
-/// Boxes `detector` for a [`BuildFn`].
-pub(crate) fn built<D>(detector: D) -> Result<Box<dyn FitAny>>
+/// Boxes `detector` for a [`BuildFn`]: any [`Detector`] whose fitted
+/// state saves ([`Persist`]: a [`StoredLogits`](super::StoredLogits), or
+/// a [`FittedFeatures`] of a [`StoredState`](super::StoredState)).
+pub fn built<D>(detector: D) -> Result<BoxedDetector>
 where
     D: Detector + Send + Sync + fmt::Debug + 'static,
     D::Fitted: Persist + 'static,
     Calibrated<D::Fitted>: Persist,
 {
-    Ok(Box::new(detector))
+    Ok(BoxedDetector(Box::new(detector)))
 }
 
-/// Reads a file of fitted state `F` (calibrated or not): a [`LoadFn`].
-pub(crate) fn load_as<F>(path: &Path, info: &FileInfo) -> Result<Box<dyn Erased>>
+/// Reads a file of fitted detector `F` (calibrated or not): a [`LoadFn`]
+/// for a kind with one fitted type.
+pub fn load_as<F>(path: &Path, info: &FileInfo) -> Result<AnyDetector>
 where
     F: FittedDetector + Persist + 'static,
     Calibrated<F>: Persist,
 {
-    Ok(if info.calibrated {
+    Ok(AnyDetector::fitted(if info.calibrated {
         Erasing::boxed_calibrated(Calibrated::<F>::load(path)?)
     } else {
         Erasing::boxed(F::load(path)?)
-    })
+    }))
 }
 
-/// Every registered kind, in the order the command line lists them.
-pub fn all() -> &'static [Registration] {
-    REGISTRY
+/// Every registered kind: the crate's, in the order the command line lists
+/// them, then those [`register`]ed, in their order.
+pub fn all() -> Vec<&'static Registration> {
+    let added = ADDED
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    REGISTRY.iter().chain(added.iter().copied()).collect()
+}
+
+/// Adds a kind defined outside the crate: [`find`], [`AnyDetector::load`]
+/// and [`all`] know it from then on (in this process). Errors when its kind
+/// or its name is taken (by the crate's detectors or one registered
+/// before), or is empty.
+///
+/// A detector of your own implements the crate's traits —
+/// [`FeatureDetector`] with a [`StoredState`](super::StoredState) fitted
+/// state, or [`ScoreLogits`] with [`StoredLogits`](super::StoredLogits) —
+/// and its registration names [`built`] and [`load_features`] /
+/// [`load_logits`]; the example `own_detector` shows one end to end.
+pub fn register(registration: &'static Registration) -> Result<()> {
+    let mut added = ADDED
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (kind, name) = (registration.kind, registration.name);
+    if kind.is_empty() || name.is_empty() {
+        return Err(Error::invalid(
+            "registration",
+            format!("kind {kind:?}, name {name:?}"),
+            "a detector needs a kind (in files) and a name (on the command line)",
+        ));
+    }
+    if let Some(taken) = REGISTRY
+        .iter()
+        .chain(added.iter().copied())
+        .find(|r| r.kind == kind || r.name == name || r.kind == name || r.name == kind)
+    {
+        return Err(Error::invalid(
+            "registration",
+            format!("kind {kind:?}, name {name:?}"),
+            format!(
+                "taken by the detector {} (kind {}): choose another kind and name",
+                taken.name, taken.kind
+            ),
+        ));
+    }
+    added.push(registration);
+    Ok(())
 }
 
 /// The kind named `name` on the command line (e.g. `"knn"`) or in files
 /// (e.g. `"KNN"`). Errors listing the names there are.
 pub fn find(name: &str) -> Result<&'static Registration> {
-    REGISTRY
-        .iter()
+    let all = all();
+    all.iter()
+        .copied()
         .find(|r| r.name == name || r.kind == name)
         .ok_or_else(|| Error::InvalidParameter {
             name: "detector",
             value: name.to_owned(),
             reason: format!(
                 "no detector of that name; the detectors are {}",
-                REGISTRY
-                    .iter()
-                    .map(|r| r.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                all.iter().map(|r| r.name).collect::<Vec<_>>().join(", ")
             ),
         })
 }
 
 /// The kind written in files as `kind`, if registered.
 pub(crate) fn by_kind(kind: &str) -> Option<&'static Registration> {
-    REGISTRY.iter().find(|r| r.kind == kind)
+    all().into_iter().find(|r| r.kind == kind)
 }
+
+/// Kinds [`register`]ed at run time.
+static ADDED: RwLock<Vec<&'static Registration>> = RwLock::new(Vec::new());
 
 /// The registry: one line per detector file.
 static REGISTRY: &[Registration] = &[
@@ -481,7 +546,7 @@ static REGISTRY: &[Registration] = &[
 ];
 
 /// Reads a logit detector's file, plain or on shaped logits (a [`LoadFn`]).
-pub(crate) fn load_logits<D>(path: &Path, info: &FileInfo) -> Result<Box<dyn Erased>>
+pub fn load_logits<D>(path: &Path, info: &FileInfo) -> Result<AnyDetector>
 where
     D: ScoreLogits + Persist + 'static,
     Calibrated<D>: Persist,
@@ -496,7 +561,7 @@ where
 }
 
 /// Reads a feature detector's file fitted through a model (a [`LoadFn`]).
-pub(crate) fn load_features<S>(path: &Path, info: &FileInfo) -> Result<Box<dyn Erased>>
+pub fn load_features<S>(path: &Path, info: &FileInfo) -> Result<AnyDetector>
 where
     S: ScoreFeatures + 'static,
     FittedFeatures<S>: Persist,

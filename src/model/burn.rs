@@ -58,6 +58,8 @@ pub trait BurnClassifier: Module {
     /// The last convolutional feature map `(N, C, H, W)` of a batch, which
     /// [`logits_from_map`](Self::logits_from_map) finishes into logits:
     /// what RankFeat edits. The default (`None`) makes RankFeat an error.
+    /// Say so in [`has_feature_map`](Self::has_feature_map) when you
+    /// implement it.
     fn last_feature_map(&self, inputs: Tensor<4>) -> Option<Tensor<4>> {
         let _ = inputs;
         None
@@ -76,7 +78,8 @@ pub trait BurnClassifier: Module {
     /// share it by every input of the batch (a `(1, D)` mask broadcast):
     /// an input's logits then depend on the seed alone, not on the batch
     /// it came in or its place there. The default (`None`: the module has
-    /// no dropout) makes it an error.
+    /// no dropout) makes it an error. Say so in
+    /// [`has_dropout`](Self::has_dropout) when you implement it.
     fn stochastic_logits(&self, inputs: Tensor<4>, seed: u64) -> Option<Tensor<2>> {
         let _ = (inputs, seed);
         None
@@ -90,6 +93,22 @@ pub trait BurnClassifier: Module {
             .iter()
             .map(|&seed| self.stochastic_logits(inputs.clone(), seed))
             .collect()
+    }
+
+    /// Whether [`last_feature_map`](Self::last_feature_map) and
+    /// [`logits_from_map`](Self::logits_from_map) are implemented: the
+    /// model then offers [`MapEditing`] (RankFeat), and a detector that
+    /// needs it is refused at fit / attach when not. Default `false`.
+    fn has_feature_map(&self) -> bool {
+        false
+    }
+
+    /// Whether [`stochastic_logits`](Self::stochastic_logits) is
+    /// implemented (the module has dropout): the model then offers
+    /// [`StochasticPasses`] (Monte Carlo dropout), and MC dropout is
+    /// refused at fit / attach when not. Default `false`.
+    fn has_dropout(&self) -> bool {
+        false
     }
 }
 
@@ -122,6 +141,11 @@ pub trait BurnClassifier: Module {
 /// let model = BurnModel::new(module, &device);
 /// let logits = model.forward(ndarray::Array4::zeros((5, 1, 2, 2)).view())?;
 /// assert_eq!(logits.shape(), &[5, 3]);
+/// // No dropout declared (BurnClassifier::has_dropout): MC dropout is
+/// // refused when fitted, not at its first score.
+/// assert!(model.as_stochastic().is_none());
+/// let err = oodkit::detectors::Detector::fit(&oodkit::detectors::McDropout::default(), &model, None);
+/// assert!(err.unwrap_err().to_string().contains("dropout"));
 /// # Ok::<(), oodkit::Error>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -272,12 +296,19 @@ impl<M: BurnClassifier> Model for BurnModel<M> {
         Some(self)
     }
 
+    /// When the module says it has a last feature map
+    /// ([`BurnClassifier::has_feature_map`]).
     fn as_map_editing(&self) -> Option<&dyn MapEditing> {
-        Some(self)
+        self.module
+            .has_feature_map()
+            .then_some(self as &dyn MapEditing)
     }
 
+    /// When the module says it has dropout ([`BurnClassifier::has_dropout`]).
     fn as_stochastic(&self) -> Option<&dyn StochasticPasses> {
-        Some(self)
+        self.module
+            .has_dropout()
+            .then_some(self as &dyn StochasticPasses)
     }
 }
 

@@ -185,11 +185,11 @@ impl Capability {
             }
             Capability::MapEditing => {
                 "it needs the network itself: a BurnModel of a module implementing \
-                 BurnClassifier::last_feature_map and logits_from_map"
+                 BurnClassifier::last_feature_map and logits_from_map (and has_feature_map)"
             }
             Capability::StochasticPasses => {
                 "it needs the network itself, with dropout: a BurnModel of a module \
-                 implementing BurnClassifier::stochastic_logits"
+                 implementing BurnClassifier::stochastic_logits (and has_dropout)"
             }
         }
     }

@@ -443,6 +443,10 @@ impl BurnClassifier for CifarResNet {
         Some(&self.linear)
     }
 
+    fn has_feature_map(&self) -> bool {
+        true
+    }
+
     /// The output of the last stage, `(N, 64, 8, 8)` on 32x32 inputs.
     fn last_feature_map(&self, inputs: Tensor<4>) -> Option<Tensor<4>> {
         let [_, _, last] = self.stages(inputs);

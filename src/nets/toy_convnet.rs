@@ -219,6 +219,14 @@ impl BurnClassifier for ToyConvnet {
         Some(self.head(map.flatten(1, 3)))
     }
 
+    fn has_feature_map(&self) -> bool {
+        true
+    }
+
+    fn has_dropout(&self) -> bool {
+        true
+    }
+
     /// Dropout of the flattened features at the training rate, whatever the
     /// module's mode and device (burn's own dropout runs only while
     /// training under autodiff).

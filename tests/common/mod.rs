@@ -27,4 +27,6 @@ impl Xorshift {
         (self.0 % n as u64) as usize
     }
 }
+#[allow(dead_code)] // not every test binary edits files
+pub mod detector_file;
 pub mod fixture_net;

@@ -33,6 +33,12 @@
 //!     meta = json.loads(f.metadata()["oodkit"])
 //! ```
 //!
+//! The entries are the serde form of the detector's types: a state's
+//! scalar fields are its JSON, its array fields (marked with [`array`])
+//! the arrays under its prefix. A detector of your own saves the same way
+//! ([`StoredState`](super::StoredState),
+//! [`StoredLogits`](super::StoredLogits)).
+//!
 //! Files are written atomically (a temporary file beside the target, then
 //! a rename): a crash never leaves a half-written file under the name.
 //! Loading checks the format, its version, the kind (the typed loaders
