@@ -319,3 +319,179 @@ fn parameters_a_kind_does_not_take_are_refused_and_bad_values_too() {
     assert!(vim.build(&Params::new().set("dims", 0_usize)).is_err());
     assert!(vim.build(&Params::new().set("dims", 0.99)).is_ok());
 }
+
+/// The model, counting its forward passes (plain and with features).
+struct Counting {
+    net: FixtureNet,
+    passes: std::sync::atomic::AtomicUsize,
+}
+
+impl Counting {
+    fn tick(&self) {
+        self.passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl oodkit::model::Model for Counting {
+    fn forward(&self, inputs: ndarray::ArrayView4<f32>) -> oodkit::Result<ndarray::Array2<f32>> {
+        self.tick();
+        self.net.forward(inputs)
+    }
+    fn as_features(&self) -> Option<&dyn oodkit::model::FeatureModel> {
+        Some(self)
+    }
+    fn as_last_layer(&self) -> Option<&dyn oodkit::model::LastLayer> {
+        self.net.as_last_layer()
+    }
+    fn as_input_gradient(&self) -> Option<&dyn oodkit::model::InputGradient> {
+        self.net.as_input_gradient()
+    }
+}
+
+impl oodkit::model::FeatureModel for Counting {
+    fn layer_names(&self) -> Vec<String> {
+        oodkit::model::FeatureModel::layer_names(&self.net)
+    }
+    fn forward_features(
+        &self,
+        inputs: ndarray::ArrayView4<f32>,
+        layers: &[oodkit::model::LayerId],
+    ) -> oodkit::Result<oodkit::model::ModelOutput> {
+        self.tick();
+        oodkit::model::FeatureModel::forward_features(&self.net, inputs, layers)
+    }
+}
+
+#[test]
+fn every_kind_on_recorded_outputs_scores_as_through_the_model() {
+    use oodkit::model::Recording;
+    use std::sync::atomic::Ordering;
+    let problem = fixture_problem();
+    let model = Counting {
+        net: FixtureNet::default(),
+        passes: Default::default(),
+    };
+    let mut recording = Recording::new(&model, &[(-2).into()], 1 << 24).unwrap();
+    let fit = recording.record(&model, &problem.fit).unwrap();
+    let near = recording.record(&model, &problem.near).unwrap();
+    let far = recording.record(&model, &problem.far).unwrap();
+    let recorded_passes = model.passes.load(Ordering::Relaxed);
+    assert_eq!(recording.len(), 90 + 40 + 40);
+    let mut replayed = 0;
+    for registration in registry::all() {
+        if needs_network(registration) {
+            continue;
+        }
+        let kind = registration.kind();
+        let detector = registration.build(&test_params(registration)).unwrap();
+        let fit_data = registration
+            .needs()
+            .fit_data
+            .then_some(&fit as &dyn BatchSource);
+        if registration
+            .needs()
+            .capabilities
+            .contains(&Capability::InputGradient)
+        {
+            // ODIN's step needs the network: refused at fit, naming it.
+            let err = detector.fit(&recording, fit_data).unwrap_err();
+            assert!(matches!(err, Error::Unsupported { .. }), "{kind}: {err}");
+            continue;
+        }
+        let through_recording = detector.fit(&recording, fit_data).unwrap();
+        let direct = detector
+            .fit(
+                &model,
+                registration
+                    .needs()
+                    .fit_data
+                    .then_some(&problem.fit as &dyn BatchSource),
+            )
+            .unwrap();
+        for (set, data) in [(&near, &problem.near), (&far, &problem.far)] {
+            let a = through_recording.score(&recording, set).unwrap().scores;
+            let b = direct.score(&model, data).unwrap().scores;
+            for (x, y) in a.iter().zip(&b) {
+                assert!(
+                    (x - y).abs() <= 1e-5 * y.abs().max(1.0),
+                    "{kind}: {x} vs {y}"
+                );
+            }
+        }
+        replayed += 1;
+    }
+    assert!(replayed >= 20, "{replayed} kinds replayed");
+    // The recording never ran the network again: only the direct fits did.
+    let mut second = Recording::new(&model, &[(-2).into()], 1 << 24).unwrap();
+    let before = model.passes.load(Ordering::Relaxed);
+    let set = second.record(&model, &problem.near).unwrap();
+    let after = model.passes.load(Ordering::Relaxed);
+    registry::find("knn")
+        .unwrap()
+        .build(&test_params(registry::find("knn").unwrap()))
+        .unwrap()
+        .fit(&second, Some(&set))
+        .unwrap()
+        .score(&second, &set)
+        .unwrap();
+    assert_eq!(model.passes.load(Ordering::Relaxed), after);
+    assert!(after > before && recorded_passes > 0);
+    // A batch the recording did not make is refused.
+    assert!(
+        oodkit::model::Model::forward(&recording, Array4::from_elem((1, 1, 1, WIDTH), 1e9).view())
+            .is_err()
+    );
+}
+
+#[test]
+fn a_recording_refuses_what_it_cannot_hold_or_replay() {
+    use oodkit::model::Recording;
+    let problem = fixture_problem();
+    let net = FixtureNet::default();
+    // Over budget: an error naming it, and nothing of that set kept.
+    let mut small = Recording::new(&net, &[(-2).into()], 1000).unwrap();
+    let err = small.record(&net, &problem.fit).unwrap_err();
+    assert!(err.to_string().contains("budget"), "{err}");
+    assert!(small.is_empty());
+    // A layer the model does not have, and layers of a logits-only model.
+    assert!(Recording::new(&net, &["no-such-layer".into()], 1 << 20).is_err());
+    let logits_only = oodkit::model::from_fn(|x: ndarray::ArrayView4<f32>| {
+        Ok(x.to_shape((x.shape()[0], WIDTH))?.to_owned())
+    });
+    assert!(Recording::new(&logits_only, &[(-2).into()], 1 << 20).is_err());
+    // Logits alone: logit detectors replay, feature detectors are refused
+    // at fit (no layers recorded).
+    let mut logits = Recording::new(&logits_only, &[], 1 << 20).unwrap();
+    let set = logits.record(&logits_only, &problem.near).unwrap();
+    let mls = registry::find("mls")
+        .unwrap()
+        .build(&Params::new())
+        .unwrap();
+    assert_eq!(
+        mls.fit(&logits, None)
+            .unwrap()
+            .score(&logits, &set)
+            .unwrap()
+            .scores
+            .len(),
+        40
+    );
+    let knn = registry::find("knn")
+        .unwrap()
+        .build(&Params::new())
+        .unwrap();
+    assert!(matches!(
+        knn.fit(&logits, Some(&set)),
+        Err(Error::Unsupported { .. })
+    ));
+    // NaN in the inputs' activations is refused as the model's pass does.
+    let nan = OodDataset::from_arrays(
+        Array4::from_elem((2, 1, 1, WIDTH), f32::NAN),
+        Array1::zeros(2),
+    )
+    .unwrap();
+    let mut rec = Recording::new(&net, &[(-2).into()], 1 << 20).unwrap();
+    assert!(rec.record(&net, &nan).is_err());
+    assert!(rec.is_empty());
+}

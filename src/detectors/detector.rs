@@ -113,6 +113,14 @@ pub trait Detector {
         fit_data: Option<&dyn BatchSource>,
     ) -> Result<Self::Fitted>;
 
+    /// Errors when `fit_samples` in-distribution samples cannot be enough
+    /// for these parameters (e.g. NNGuide's bank smaller than its k), so
+    /// the mistake shows before a pass over the data. Fine by default.
+    fn check_fit_size(&self, fit_samples: usize) -> Result<()> {
+        let _ = fit_samples;
+        Ok(())
+    }
+
     /// Fits on `model` (by value or by reference: `&model` works) and
     /// `fit_data`, and keeps the model beside what was learned, ready to
     /// [`score`](Scorer::score).

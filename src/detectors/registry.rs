@@ -390,6 +390,13 @@ impl UnfittedDetector {
     ) -> Result<AnyDetector> {
         Ok(AnyDetector::fitted(self.inner.fit(model, fit_data)?))
     }
+
+    /// Errors when `fit_samples` in-distribution samples cannot be enough
+    /// for its parameters ([`Detector::check_fit_size`]): check before a
+    /// long pass over the data.
+    pub fn check_fit_size(&self, fit_samples: usize) -> Result<()> {
+        self.inner.check_fit_size(fit_samples)
+    }
 }
 
 /// A detector's parameters behind one type: fits through any model.
@@ -399,6 +406,8 @@ pub(crate) trait FitAny: Send + Sync + fmt::Debug {
         model: &AnyModel<'_>,
         fit_data: Option<&dyn BatchSource>,
     ) -> Result<Box<dyn Erased>>;
+
+    fn check_fit_size(&self, fit_samples: usize) -> Result<()>;
 }
 
 impl<D> FitAny for D
@@ -413,6 +422,10 @@ where
         fit_data: Option<&dyn BatchSource>,
     ) -> Result<Box<dyn Erased>> {
         Ok(Erasing::boxed(self.fit_model(model, fit_data)?))
+    }
+
+    fn check_fit_size(&self, fit_samples: usize) -> Result<()> {
+        Detector::check_fit_size(self, fit_samples)
     }
 }
 

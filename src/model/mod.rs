@@ -67,6 +67,7 @@ mod evaluate;
 mod onnx;
 #[cfg(feature = "onnx")]
 mod onnx_head;
+mod recorded;
 mod shaping;
 
 #[cfg(feature = "burn")]
@@ -80,6 +81,7 @@ pub use closure::{
 pub use evaluate::evaluate;
 #[cfg(feature = "onnx")]
 pub use onnx::OnnxModel;
+pub use recorded::{MAX_RECORDED_INPUTS, RecordedSet, Recording};
 pub use shaping::Shaping;
 pub(crate) use shaping::check_react_quantile;
 
@@ -166,6 +168,20 @@ impl fmt::Display for Capability {
 }
 
 impl Capability {
+    /// Whether `model` offers it (its `as_*` method gives it). The last
+    /// layer counts only when the model can read it.
+    pub fn is_offered_by(self, model: &dyn Model) -> bool {
+        match self {
+            Capability::Features => model.as_features().is_some(),
+            Capability::LastLayer => model
+                .as_last_layer()
+                .is_some_and(|l| l.head_parameters().is_ok()),
+            Capability::InputGradient => model.as_input_gradient().is_some(),
+            Capability::MapEditing => model.as_map_editing().is_some(),
+            Capability::StochasticPasses => model.as_stochastic().is_some(),
+        }
+    }
+
     /// How a model gets this capability.
     pub fn how_to_provide(self) -> &'static str {
         match self {

@@ -11,7 +11,9 @@ use tract_onnx::prelude::{
 
 use super::closure::LOGITS;
 use super::onnx_head::{Reason, affine_head};
-use super::{FeatureModel, LastLayer, LayerId, Model, ModelOutput, pick_layers, resolve_layers};
+use super::{
+    Capability, FeatureModel, LastLayer, LayerId, Model, ModelOutput, pick_layers, resolve_layers,
+};
 use crate::error::{Error, Result};
 
 /// An ONNX graph as a [`Model`] and a [`FeatureModel`]: `(N, C, H, W)`
@@ -269,8 +271,11 @@ impl LastLayer for OnnxModel {
     /// named at load; else an [`Error::Unsupported`] saying why.
     fn head_parameters(&self) -> Result<(Array2<f32>, Array1<f32>)> {
         self.head.clone().map_err(|reason| Error::Unsupported {
-            what: "the last layer's weights of this ONNX graph".into(),
-            hint: format!("{reason} (or give the detector the weights: Vim::with_head)"),
+            what: "reading the last layer's weights from this ONNX graph".into(),
+            hint: format!(
+                "{reason}; or give the detector the weights ({})",
+                Capability::LastLayer.how_to_provide()
+            ),
         })
     }
 }

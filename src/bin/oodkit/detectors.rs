@@ -2,10 +2,11 @@
 //! kind of the crate's registry.
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
-use oodkit::Result;
-use oodkit::detectors::PrincipalDims;
-use oodkit::detectors::registry::{self, Registration, UnfittedDetector};
+use oodkit::datasets::image_folder::ImageFolder;
+use oodkit::detectors::registry::{self, Capability, Registration, UnfittedDetector};
+use oodkit::detectors::{AnyModel, PrincipalDims};
 use oodkit::model::LayerId;
+use oodkit::{Error, Result};
 
 /// A detector `fit` and `eval` know: a registered kind.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +46,80 @@ impl Name {
             given = given.with_layers(layers.to_vec());
         }
         self.0.build(&given.only(self.0.params()))
+    }
+}
+
+/// Checks, before any image is read, what `detector` needs: the network's
+/// capabilities, class folders when it learns per class, and enough fit
+/// images for its parameters (`fit`: the fit folder, when there is one).
+/// The errors say which flag to change.
+pub fn check_needs(
+    name: Name,
+    detector: &UnfittedDetector,
+    model: &AnyModel<'_>,
+    fit: Option<&ImageFolder>,
+) -> Result<()> {
+    let needs = detector.registration().needs();
+    for &capability in needs.capabilities {
+        if capability.is_offered_by(model) {
+            continue;
+        }
+        // A graph whose last layer reads another node says which.
+        if let Some(Err(Error::Unsupported { hint, .. })) = (capability == Capability::LastLayer)
+            .then(|| model.as_last_layer().map(|l| l.head_parameters()))
+            .flatten()
+        {
+            let reason = hint.split("; or give").next().unwrap_or_default();
+            return Err(Error::custom(format!(
+                "{} needs the network's last linear layer, which could not be read: {reason}",
+                name.as_str()
+            )));
+        }
+        return Err(Error::Unsupported {
+            what: format!("{} (it needs {capability})", name.as_str()),
+            hint: capability_hint(capability, name.as_str()),
+        });
+    }
+    let Some(fit) = fit else {
+        return Ok(());
+    };
+    if needs.labels && !fit.is_labelled() {
+        return Err(Error::MissingInput {
+            what: format!("class labels for {}", name.as_str()),
+            hint: "it learns per-class statistics: give --fit-data as class folders (one \
+                   folder per class, in the model's class order)"
+                .into(),
+        });
+    }
+    if needs.fit_data {
+        detector.check_fit_size(fit.len()).map_err(|e| {
+            Error::custom(format!(
+                "{}: {e} (flags --bank-fraction and --k)",
+                name.as_str()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// What to do about a capability the network lacks, in flags.
+fn capability_hint(capability: Capability, name: &str) -> String {
+    match capability {
+        Capability::Features => {
+            "the network exposes no internal layer: with --model, name one with --layer".into()
+        }
+        Capability::LastLayer => "the network's last linear layer could not be read: check \
+                                  that the graph ends in a linear layer (Gemm, or MatMul and \
+                                  Add) whose weights are in the file or beside it"
+            .into(),
+        Capability::InputGradient => format!(
+            "an ONNX graph (--model) gives no input gradients: use --resnet or --toy-convnet, \
+             or leave {name} out of --detectors"
+        ),
+        Capability::MapEditing | Capability::StochasticPasses => format!(
+            "{name} runs the network itself: use --toy-convnet (or --resnet for rankfeat), or \
+             leave {name} out of --detectors"
+        ),
     }
 }
 

@@ -5,14 +5,16 @@
 use std::path::PathBuf;
 
 use oodkit::datasets::BatchSource;
-use oodkit::detectors::ScoreOutput;
+use oodkit::datasets::image_folder::ImageFolder;
+use oodkit::detectors::registry::{Capability, UnfittedDetector};
+use oodkit::detectors::{AnyModel, ScoreOutput};
 use oodkit::metrics::bench_metrics;
-use oodkit::model::LayerId;
+use oodkit::model::{LayerId, RecordedSet, Recording};
 use oodkit::{Error, Result};
 use serde_json::{Map, Value, json};
 
-use crate::detectors::{Name, Params, names};
-use crate::inputs::{ModelArgs, Network, layer_ids, report_skipped};
+use crate::detectors::{Name, Params, check_needs, names};
+use crate::inputs::{ModelArgs, layer_ids, report_skipped};
 use crate::metrics::{METRICS, plot, report_json};
 use crate::progress::Progress;
 use crate::report::write_json;
@@ -51,12 +53,22 @@ pub struct EvalArgs {
     /// (scores_<detector>.png, roc_<detector>.png).
     #[arg(long, value_name = "DIR")]
     pub plots: Option<PathBuf>,
-    /// Write the report as JSON to this file.
+    /// Write the report as JSON to this file (rewritten as each detector
+    /// completes).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// The memory the one pass over the images may keep (logits and the
+    /// feature layers of every image), in MB; beyond it, each detector
+    /// runs the network itself.
+    #[arg(long, value_name = "MB", default_value_t = 4096)]
+    pub memory_budget: usize,
 }
 
-/// Runs `oodkit eval`.
+/// Runs `oodkit eval`: every detector's needs are checked first; then the
+/// network runs once over the fit, ID and OOD images (its logits and
+/// layers kept in memory), and the detectors that need nothing more of
+/// the network fit and score from that one pass. Each detector's result
+/// goes to the report as soon as it is known.
 pub fn run(args: &EvalArgs, quiet: bool) -> Result<()> {
     let needs_fit = args.detectors.iter().find(|d| d.needs_fit_data());
     let fit_folder = match (&args.fit_data, needs_fit) {
@@ -72,6 +84,12 @@ pub fn run(args: &EvalArgs, quiet: bool) -> Result<()> {
     let id_folder = args.model.open(&args.id)?;
     let ood_folder = args.model.open(&args.ood)?;
     let model = args.model.load(&args.layers, Some(&id_folder))?;
+    let layers = layer_ids(&args.layers);
+    let plans = args
+        .detectors
+        .iter()
+        .map(|&name| Plan::new(name, args, &layers, &*model, fit_folder.as_ref()))
+        .collect::<Result<Vec<_>>>()?;
     let config = args.model.batches();
     let fit_batches = fit_folder
         .as_ref()
@@ -91,46 +109,72 @@ pub fn run(args: &EvalArgs, quiet: bool) -> Result<()> {
             f.root().display()
         ))
     );
-    let layers = layer_ids(&args.layers);
+    let sets = Sets {
+        fit: fit_batches.as_ref().map(|b| b as &dyn BatchSource),
+        id: &id_batches,
+        ood: &ood_batches,
+    };
+    let replay = record(args, &plans, &layers, &*model, &sets, quiet)?;
     let mut detectors = Map::new();
     let mut accuracy = None;
+    let mut report = json!({
+        "id": {"folder": args.id, "images": id_folder.len()},
+        "ood": {"folder": args.ood, "images": ood_folder.len()},
+    });
     println!(
         "{:<12} {:>8} {:>9} {:>8} {:>9}",
         "detector", "AUROC", "FPR@95TPR", "AUPR-In", "AUPR-Out"
     );
-    for &name in &args.detectors {
-        let fit_progress = fit_batches
-            .as_ref()
-            .map(|b| Progress::new(b, format!("fitting {}", name.as_str()), quiet));
-        let id_progress = Progress::new(&id_batches, format!("{}: ID", name.as_str()), quiet);
-        let ood_progress = Progress::new(&ood_batches, format!("{}: OOD", name.as_str()), quiet);
-        let [id_out, ood_out] = fit_and_score(
-            name,
-            &args.params,
-            &layers,
-            &model,
-            fit_progress.as_ref().map(|p| p as &dyn BatchSource),
-            [&id_progress, &ood_progress],
-        )
-        .map_err(|e| Error::custom(format!("{}: {e}", name.as_str())))?;
+    for plan in &plans {
+        let name = plan.name.as_str();
+        let [id_out, ood_out] = match (&replay, plan.replayable) {
+            (Some((recording, recorded)), true) => {
+                fit_and_score(plan, &**recording, recorded.as_sources())
+            }
+            _ => {
+                let fit = sets
+                    .fit
+                    .map(|f| Progress::new(f, format!("{name}: fitting"), quiet));
+                let id = Progress::new(sets.id, format!("{name}: ID"), quiet);
+                let ood = Progress::new(sets.ood, format!("{name}: OOD"), quiet);
+                fit_and_score(
+                    plan,
+                    &*model,
+                    Sets {
+                        fit: fit.as_ref().map(|p| p as &dyn BatchSource),
+                        id: &id,
+                        ood: &ood,
+                    },
+                )
+            }
+        }
+        .map_err(|e| Error::custom(format!("{name}: {e}")))?;
         if accuracy.is_none() && id_folder.is_labelled() {
             accuracy = accuracy_of(&id_out);
         }
-        let report = bench_metrics(&id_out.scores, &ood_out.scores, &METRICS)?;
-        let get = |m: &str| report.get(m).unwrap_or(f64::NAN);
+        let metrics = bench_metrics(&id_out.scores, &ood_out.scores, &METRICS)?;
+        let get = |m: &str| metrics.get(m).unwrap_or(f64::NAN);
         println!(
             "{:<12} {:>8.4} {:>9.4} {:>8.4} {:>9.4}",
-            name.as_str(),
+            name,
             get("auroc"),
             get("fpr95tpr"),
             get("aupr_in"),
             get("aupr_out")
         );
         if let Some(dir) = &args.plots {
-            let suffix = format!("_{}", name.as_str());
-            plot(dir, &suffix, name.as_str(), &id_out.scores, &ood_out.scores)?;
+            let suffix = format!("_{name}");
+            plot(dir, &suffix, name, &id_out.scores, &ood_out.scores)?;
         }
-        detectors.insert(name.as_str().to_owned(), report_json(&report));
+        detectors.insert(name.to_owned(), report_json(&metrics));
+        // The report so far: a later detector's failure keeps these.
+        if let Some(path) = &args.json {
+            report["detectors"] = Value::Object(detectors.clone());
+            if let Some(accuracy) = accuracy {
+                report["accuracy"] = Value::from(accuracy);
+            }
+            write_json(path, &report)?;
+        }
     }
     for batches in fit_batches.iter().chain([&id_batches, &ood_batches]) {
         report_skipped(batches);
@@ -141,18 +185,127 @@ pub fn run(args: &EvalArgs, quiet: bool) -> Result<()> {
     if let Some(dir) = &args.plots {
         println!("figures in {}", dir.display());
     }
-    if let Some(path) = &args.json {
-        let mut report = json!({
-            "id": {"folder": args.id, "images": id_folder.len()},
-            "ood": {"folder": args.ood, "images": ood_folder.len()},
-            "detectors": detectors,
-        });
-        if let Some(accuracy) = accuracy {
-            report["accuracy"] = Value::from(accuracy);
-        }
-        write_json(path, &report)?;
-    }
     Ok(())
+}
+
+/// The fit (if any), ID and OOD images.
+#[derive(Clone, Copy)]
+struct Sets<'a> {
+    fit: Option<&'a dyn BatchSource>,
+    id: &'a dyn BatchSource,
+    ood: &'a dyn BatchSource,
+}
+
+/// The three sets as recorded.
+struct RecordedSets {
+    fit: Option<RecordedSet>,
+    id: RecordedSet,
+    ood: RecordedSet,
+}
+
+impl RecordedSets {
+    fn as_sources(&self) -> Sets<'_> {
+        Sets {
+            fit: self.fit.as_ref().map(|f| f as &dyn BatchSource),
+            id: &self.id,
+            ood: &self.ood,
+        }
+    }
+}
+
+/// One detector of the run, built and checked before any image is read.
+struct Plan {
+    name: Name,
+    detector: UnfittedDetector,
+    /// It needs nothing of the network but logits, layers and the last
+    /// layer: it runs on the recorded pass.
+    replayable: bool,
+}
+
+impl Plan {
+    fn new(
+        name: Name,
+        args: &EvalArgs,
+        layers: &[LayerId],
+        model: &AnyModel<'_>,
+        fit: Option<&ImageFolder>,
+    ) -> Result<Self> {
+        let detector = name.build(&args.params, layers)?;
+        check_needs(name, &detector, model, fit)?;
+        let needs = detector.registration().needs();
+        let replayable = needs
+            .capabilities
+            .iter()
+            .all(|c| matches!(c, Capability::Features | Capability::LastLayer));
+        Ok(Plan {
+            name,
+            detector,
+            replayable,
+        })
+    }
+}
+
+/// One pass of the network over the sets, when a detector can use it:
+/// the recording and the sets as recorded. `None` when no detector can, or
+/// when the pass would not fit in `--memory-budget` (said, and each
+/// detector then runs the network itself).
+fn record(
+    args: &EvalArgs,
+    plans: &[Plan],
+    layers: &[LayerId],
+    model: &AnyModel<'_>,
+    sets: &Sets<'_>,
+    quiet: bool,
+) -> Result<Option<(Box<Recording>, RecordedSets)>> {
+    let replayed: Vec<&Plan> = plans.iter().filter(|p| p.replayable).collect();
+    if replayed.is_empty() {
+        return Ok(None);
+    }
+    let needs = |c: Capability| {
+        replayed
+            .iter()
+            .any(|p| p.detector.registration().needs().capabilities.contains(&c))
+    };
+    let layers = if needs(Capability::Features) {
+        layers
+    } else {
+        &[]
+    };
+    let budget = args.memory_budget.saturating_mul(1 << 20);
+    let mut recording = Box::new(Recording::new(model, layers, budget)?);
+    let mut pass = |what: &str, source: &dyn BatchSource| -> Result<RecordedSet> {
+        let progress = Progress::new(source, format!("network: {what}"), quiet);
+        recording.record(model, &progress)
+    };
+    let fit_needed = replayed
+        .iter()
+        .any(|p| p.detector.registration().needs().fit_data);
+    let recorded = (|| -> Result<RecordedSets> {
+        Ok(RecordedSets {
+            fit: match sets.fit {
+                Some(fit) if fit_needed => Some(pass("fit", fit)?),
+                _ => None,
+            },
+            id: pass("ID", sets.id)?,
+            ood: pass("OOD", sets.ood)?,
+        })
+    })();
+    match recorded {
+        Ok(recorded) => Ok(Some((recording, recorded))),
+        Err(Error::InvalidParameter {
+            name: "memory budget",
+            reason,
+            ..
+        }) => {
+            eprintln!(
+                "note: one pass would keep more than --memory-budget {} MB ({reason}); each \
+                 detector runs the network itself instead",
+                args.memory_budget
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The share of inputs whose predicted class is their label.
@@ -167,15 +320,11 @@ fn accuracy_of(out: &ScoreOutput) -> Option<f64> {
     Some(right as f64 / labels.len().max(1) as f64)
 }
 
-/// Fits on the fit data, then scores each of two sets.
-fn fit_and_score(
-    name: Name,
-    params: &Params,
-    layers: &[LayerId],
-    model: &Network,
-    fit_data: Option<&dyn BatchSource>,
-    [id, ood]: [&dyn BatchSource; 2],
-) -> Result<[ScoreOutput; 2]> {
-    let fitted = name.build(params, layers)?.fit(&**model, fit_data)?;
-    Ok([fitted.score(&**model, id)?, fitted.score(&**model, ood)?])
+/// Fits on the fit data, then scores the ID and the OOD sets.
+fn fit_and_score(plan: &Plan, model: &AnyModel<'_>, sets: Sets<'_>) -> Result<[ScoreOutput; 2]> {
+    let fitted = plan.detector.fit(model, sets.fit)?;
+    Ok([
+        fitted.score(model, sets.id)?,
+        fitted.score(model, sets.ood)?,
+    ])
 }

@@ -7,7 +7,7 @@ use oodkit::datasets::BatchSource;
 use oodkit::detectors::registry::UnfittedDetector;
 use oodkit::{Error, Result};
 
-use crate::detectors::{Name, Params, names};
+use crate::detectors::{Name, Params, check_needs, names};
 use crate::inputs::{ModelArgs, Network, layer_ids, report_skipped};
 use crate::progress::Progress;
 
@@ -66,6 +66,10 @@ pub fn run(args: &FitArgs, quiet: bool) -> Result<()> {
         &args.layers,
         fit_folder.as_ref().or(calibration_folder.as_ref()),
     )?;
+    let detector = args
+        .detector
+        .build(&args.params, &layer_ids(&args.layers))?;
+    check_needs(args.detector, &detector, &*model, fit_folder.as_ref())?;
     let config = args.model.batches();
     let fit_batches = fit_folder
         .as_ref()
@@ -88,9 +92,6 @@ pub fn run(args: &FitArgs, quiet: bool) -> Result<()> {
     let calibration_progress = calibration_batches
         .as_ref()
         .map(|b| Progress::new(b, "calibrating", quiet));
-    let detector = args
-        .detector
-        .build(&args.params, &layer_ids(&args.layers))?;
     let summary = fit_and_save(
         &detector,
         &model,

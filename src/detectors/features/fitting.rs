@@ -24,6 +24,10 @@ impl<D: FeatureDetector> Detector for D {
     ) -> Result<Self::Fitted> {
         fit_layers(self, model, fit_data)
     }
+
+    fn check_fit_size(&self, fit_samples: usize) -> Result<()> {
+        FeatureDetector::check_fit_size(self, fit_samples)
+    }
 }
 
 /// Fits `detector` on every layer it names, on `fit_data` through `model`:

@@ -153,6 +153,25 @@ impl FeatureDetector for NnGuide {
     fn options_mut(&mut self) -> &mut FeatureOptions {
         &mut self.options
     }
+
+    /// The bank keeps ⌊n · fraction⌋ of n fit samples: fewer than k is an
+    /// error before the fit data is read.
+    fn check_fit_size(&self, fit_samples: usize) -> Result<()> {
+        let bank = (fit_samples as f64 * self.fraction).floor() as usize;
+        if bank < self.k {
+            return Err(Error::invalid(
+                "k",
+                self.k,
+                format!(
+                    "exceeds the guide bank of {bank} samples ({} of {fit_samples} fit \
+                     samples): raise bank_fraction to {:.4} or more, or lower k",
+                    self.fraction,
+                    (self.k as f64 / fit_samples.max(1) as f64).min(1.0)
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Keeps every (1/fraction)-th fit feature, normalised and scaled by its

@@ -161,6 +161,14 @@ pub trait FeatureDetector: Clone + fmt::Debug {
     /// The shared options.
     fn options(&self) -> &FeatureOptions;
 
+    /// Errors when `fit_samples` samples cannot be enough for these
+    /// parameters ([`Detector::check_fit_size`](crate::detectors::Detector::check_fit_size)).
+    /// Fine by default.
+    fn check_fit_size(&self, fit_samples: usize) -> Result<()> {
+        let _ = fit_samples;
+        Ok(())
+    }
+
     /// The shared options, to change.
     fn options_mut(&mut self) -> &mut FeatureOptions;
 
