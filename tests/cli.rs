@@ -161,7 +161,7 @@ fn metrics_of_npy_files_match_the_library() {
     let json = dir.path().join("m.json");
     let plots = dir.path().join("figures");
     let out = ok(oodkit(args![
-        "metrics", "--id", id_path, "--ood", ood_path, "--json", json, "--plot", plots,
+        "metrics", "--id", id_path, "--ood", ood_path, "--json", json, "--plots", plots,
     ]));
     assert!(
         stdout(&out).contains("300 ID and 200 OOD scores"),
@@ -388,6 +388,34 @@ fn fit_and_score_through_onnx_give_the_directly_computed_knn_scores_and_verdicts
     ]));
     let id_scores: Array1<f32> = read_csv(&id_csv).iter().map(|r| r.score).collect();
     assert_metrics(&read_json(&json), &id_scores, &csv_scores, 0.0);
+
+    // The input recipe travels with the detector: scoring with another
+    // normalisation than the fit's is refused, naming the fit's.
+    let err = fails_naming(
+        s.run(
+            "score",
+            args![
+                "--detector",
+                detector,
+                "--data",
+                s.dir("incoming"),
+                "--out",
+                s.dir("other.csv"),
+                "--normalize",
+                "imagenet"
+            ],
+        ),
+        "--normalize",
+    );
+    assert!(
+        err.contains("fitted on images prepared with --normalize unit"),
+        "{err}"
+    );
+    let recipe = &oodkit::detectors::file::describe(detector)
+        .unwrap()
+        .metadata["annotations"]["input"];
+    assert_eq!(recipe["normalize"], "unit", "{recipe}");
+    assert_eq!(recipe["channels"], "grey", "{recipe}");
 }
 
 #[test]

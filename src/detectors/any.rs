@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::Path;
 
-use super::file::{FileInfo, Persist, describe};
+use super::file::{FileInfo, Persist, describe, save_to};
 use super::registry::by_kind;
 use super::{FittedDetector, ModelShape, ScoreOutput};
 use crate::batch::Batch;
@@ -91,7 +91,17 @@ impl AnyDetector {
     /// Writes the detector (with its calibration, if any) to `path`, as
     /// [`Persist::save`] does for the typed detector.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        self.inner.save(path.as_ref())
+        self.inner.save(path.as_ref(), None)
+    }
+
+    /// Like [`save`](Self::save), with `annotations` in the file (see
+    /// [`Persist::save_annotated`]).
+    pub fn save_annotated(
+        &self,
+        path: impl AsRef<Path>,
+        annotations: &serde_json::Value,
+    ) -> Result<()> {
+        self.inner.save(path.as_ref(), Some(annotations))
     }
 
     /// Calibrates on the scores of `id_data` through `model`, held-out
@@ -193,7 +203,7 @@ pub(crate) trait Erased: Send + Sync {
     fn score(&self, model: &AnyModel<'_>, data: &dyn BatchSource) -> Result<ScoreOutput>;
     fn calibration(&self) -> Option<(&Calibration, f64)>;
     fn expects(&self) -> Option<ModelShape>;
-    fn save(&self, path: &Path) -> Result<()>;
+    fn save(&self, path: &Path, annotations: Option<&serde_json::Value>) -> Result<()>;
     fn calibrate(
         self: Box<Self>,
         model: &AnyModel<'_>,
@@ -271,10 +281,10 @@ where
         }
     }
 
-    fn save(&self, path: &Path) -> Result<()> {
+    fn save(&self, path: &Path, annotations: Option<&serde_json::Value>) -> Result<()> {
         match self {
-            Erasing::Plain(f) => f.save(path),
-            Erasing::Calibrated(c) => c.save(path),
+            Erasing::Plain(f) => save_to(f, path, annotations),
+            Erasing::Calibrated(c) => save_to(c, path, annotations),
         }
     }
 

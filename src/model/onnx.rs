@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ndarray::{Array1, Array2, Array4, ArrayView4};
+use ndarray::{Array1, Array2, Array4, ArrayView4, Axis, concatenate};
+use rayon::prelude::*;
 use tract_onnx::prelude::{
     Framework, InferenceModelExt, IntoRunnable, TValue, Tensor, TypedRunnableModel, tvec,
 };
@@ -15,6 +16,9 @@ use super::{
     Capability, FeatureModel, LastLayer, LayerId, Model, ModelOutput, pick_layers, resolve_layers,
 };
 use crate::error::{Error, Result};
+
+/// The fewest inputs a thread runs when a batch is split across threads.
+const MIN_PART: usize = 8;
 
 /// An ONNX graph as a [`Model`] and a [`FeatureModel`]: `(N, C, H, W)`
 /// `f32` batches in, its first output (the logits, `(N, classes)`) out,
@@ -170,7 +174,36 @@ impl OnnxModel {
     }
 
     /// Runs the graph; every output flattened to `(N, D)`.
+    /// Runs the graph on a batch: tract runs a graph on one thread, so a
+    /// batch of a dynamic-batch graph is cut into one part per thread of
+    /// rayon's pool (parts of at least [`MIN_PART`] inputs), run side by
+    /// side and joined in order.
     fn run(&self, inputs: Array4<f32>) -> Result<Vec<Array2<f32>>> {
+        let n = inputs.shape()[0];
+        let parts = rayon::current_num_threads().min(n / MIN_PART).max(1);
+        if parts < 2 || self.fixed_batch.is_some() {
+            return self.run_one(inputs);
+        }
+        let size = n.div_ceil(parts);
+        let pieces: Vec<Array4<f32>> = inputs
+            .axis_chunks_iter(Axis(0), size)
+            .map(|part| part.to_owned())
+            .collect();
+        drop(inputs);
+        let outputs = pieces
+            .into_par_iter()
+            .map(|part| self.run_one(part))
+            .collect::<Result<Vec<_>>>()?;
+        let count = outputs.first().map_or(0, Vec::len);
+        (0..count)
+            .map(|k| {
+                let views: Vec<_> = outputs.iter().map(|o| o[k].view()).collect();
+                Ok(concatenate(Axis(0), &views)?)
+            })
+            .collect()
+    }
+
+    fn run_one(&self, inputs: Array4<f32>) -> Result<Vec<Array2<f32>>> {
         let n = inputs.shape()[0];
         if let Some(fixed) = self.fixed_batch
             && fixed != n

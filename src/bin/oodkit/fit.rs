@@ -99,6 +99,8 @@ pub fn run(args: &FitArgs, quiet: bool) -> Result<()> {
         calibration_progress.as_ref().map(|p| p as &dyn BatchSource),
         args.alpha,
         &args.out,
+        // How the images were prepared: `oodkit score` prepares its own so.
+        &serde_json::json!({ "input": args.model.recipe() }),
     )?;
     for batches in fit_batches.iter().chain(&calibration_batches) {
         report_skipped(batches);
@@ -115,13 +117,14 @@ fn fit_and_save(
     calibration: Option<&dyn BatchSource>,
     alpha: f64,
     out: &Path,
+    annotations: &serde_json::Value,
 ) -> Result<String> {
     let fitted = detector.fit(&**model, fit_data)?;
     let kind = fitted.kind();
     match calibration {
         Some(data) => {
             let calibrated = fitted.calibrate(&**model, data, alpha)?;
-            calibrated.save(out)?;
+            calibrated.save_annotated(out, annotations)?;
             let (calibration, alpha) = calibrated
                 .calibration()
                 .ok_or_else(|| Error::custom("the calibration was lost"))?;
@@ -134,7 +137,7 @@ fn fit_and_save(
             ))
         }
         None => {
-            fitted.save(out)?;
+            fitted.save_annotated(out, annotations)?;
             Ok(format!(
                 "saved the {kind} detector to {} (uncalibrated: it scores, it does not decide; \
                  pass --calibrate DIR for verdicts)",

@@ -10,13 +10,15 @@ use oodkit::detectors::AnyModel;
 use oodkit::model::{BurnModel, LayerId, OnnxModel};
 use oodkit::nets::{CifarResNet, ToyConvnetConfig};
 use oodkit::{Batch, Error, PrepareConfig, Result};
+use serde_json::{Value, json};
 
 /// The network: exactly one of `--model`, `--resnet`, `--toy-convnet`.
 #[derive(clap::Args, Debug, Clone)]
 #[group(id = "network", required = true, multiple = false)]
 pub struct NetworkArgs {
     /// An ONNX graph (its first output the logits; export with a dynamic
-    /// batch axis). Feature detectors read the node named by --layer.
+    /// batch axis). The node feature detectors read is `fit`'s and `eval`'s
+    /// --layer; `score` takes it from the detector file.
     #[arg(long, value_name = "FILE.onnx", group = "network")]
     pub model: Option<PathBuf>,
     /// A pretrained CIFAR ResNet: a PyTorch state dict saved as
@@ -82,6 +84,23 @@ pub enum Normalize {
     /// Divided by 255, then the ImageNet channel mean and standard
     /// deviation (what torchvision's pretrained networks expect).
     Imagenet,
+}
+
+impl Normalize {
+    /// Its name on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            Normalize::None => "none",
+            Normalize::Unit => "unit",
+            Normalize::Imagenet => "imagenet",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        [Normalize::None, Normalize::Unit, Normalize::Imagenet]
+            .into_iter()
+            .find(|n| n.name() == name)
+    }
 }
 
 /// A positive integer.
@@ -155,6 +174,87 @@ impl ModelArgs {
             }),
             Normalize::Imagenet => config.preprocess(imagenet_preprocess),
         }
+    }
+
+    /// How images become the network's inputs, as saved with a detector:
+    /// the effective `--channels`, `--size`, `--crop` and `--normalize`.
+    pub fn recipe(&self) -> Value {
+        json!({
+            "channels": match self.channels() {
+                Channels::Grey => "grey",
+                Channels::Rgb => "rgb",
+            },
+            "size": self.size.map(|(h, w)| vec![h, w]),
+            "crop": self.crop,
+            "normalize": self.normalize().name(),
+        })
+    }
+
+    /// Takes the input options a detector was fitted with (`recipe`, from
+    /// its file) where none is given; one given that differs is an error
+    /// saying what the detector was fitted with. A file without a recipe
+    /// (saved by the library) changes nothing.
+    pub fn follow(&mut self, recipe: &Value) -> Result<()> {
+        let differs = |flag: &str, fitted: String, given: String| Error::InvalidParameter {
+            name: "input option",
+            value: format!("--{flag} {given}"),
+            reason: format!(
+                "the detector was fitted on images prepared with --{flag} {fitted}: drop \
+                 --{flag} (the detector's is used) or pass --{flag} {fitted}"
+            ),
+        };
+        if let Some(channels) = recipe["channels"].as_str() {
+            let fitted = match channels {
+                "grey" => ChannelArg::Grey,
+                _ => ChannelArg::Rgb,
+            };
+            match self.channels {
+                Some(given) if given != fitted => {
+                    return Err(differs(
+                        "channels",
+                        channels.into(),
+                        format!("{given:?}").to_lowercase(),
+                    ));
+                }
+                _ => self.channels = Some(fitted),
+            }
+        }
+        if let Some(normalize) = recipe["normalize"].as_str() {
+            let fitted = Normalize::from_name(normalize).ok_or_else(|| {
+                Error::custom(format!(
+                    "the detector file's input recipe names an unknown normalisation {normalize:?}"
+                ))
+            })?;
+            match self.normalize {
+                Some(given) if given != fitted => {
+                    return Err(differs("normalize", normalize.into(), given.name().into()));
+                }
+                _ => self.normalize = Some(fitted),
+            }
+        }
+        let fitted_size = recipe["size"].as_array().and_then(|hw| {
+            Some((
+                u32::try_from(hw.first()?.as_u64()?).ok()?,
+                u32::try_from(hw.get(1)?.as_u64()?).ok()?,
+            ))
+        });
+        // Fitted at the images' own size: the input shape check that
+        // follows names the size the detector expects.
+        match (self.size, fitted_size) {
+            (Some(given), Some(fitted)) if given != fitted => {
+                let show = |(h, w): (u32, u32)| format!("{h}x{w}");
+                return Err(differs("size", show(fitted), show(given)));
+            }
+            (None, fitted) => self.size = fitted,
+            _ => {}
+        }
+        if let Some(crop) = recipe["crop"].as_bool() {
+            if self.crop && !crop {
+                return Err(differs("crop", "(off)".into(), "(on)".into()));
+            }
+            self.crop = crop;
+        }
+        Ok(())
     }
 
     /// Loads the network. `layers` are the feature layers a detector

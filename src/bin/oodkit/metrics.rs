@@ -25,8 +25,8 @@ pub struct MetricsArgs {
     pub ood: PathBuf,
     /// Draw the score histograms (scores.png) and the ROC curve (roc.png)
     /// in this folder.
-    #[arg(long, value_name = "DIR")]
-    pub plot: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", alias = "plot")]
+    pub plots: Option<PathBuf>,
     /// Write the metrics as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -39,7 +39,7 @@ pub fn run(args: &MetricsArgs) -> Result<()> {
     let report = bench_metrics(&id, &ood, &METRICS)?;
     println!("{} ID and {} OOD scores", id.len(), ood.len());
     println!("{report}");
-    if let Some(dir) = &args.plot {
+    if let Some(dir) = &args.plots {
         plot(dir, "", "", &id, &ood)?;
         println!("figures in {}", dir.display());
     }

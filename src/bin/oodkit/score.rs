@@ -34,15 +34,24 @@ pub struct ScoreArgs {
 pub fn run(args: &ScoreArgs, quiet: bool) -> Result<()> {
     scores::format_of(&args.out)?;
     let detector = AnyDetector::load(&args.detector)?;
-    let folder = args.model.open(&args.data)?;
+    // The images are prepared as they were for fitting.
+    let mut model_args = args.model.clone();
+    if let Some(recipe) = detector
+        .info()
+        .and_then(|info| info.annotations())
+        .and_then(|a| a.get("input"))
+    {
+        model_args.follow(recipe)?;
+    }
+    let folder = model_args.open(&args.data)?;
     // An ONNX graph exposes the layers the detector was fitted on.
     let layers = detector
         .info()
         .map(|info| named_layers(&info.metadata))
         .unwrap_or_default();
-    let model = args.model.load(&layers, Some(&folder))?;
+    let model = model_args.load(&layers, Some(&folder))?;
     detector.check_model(&*model)?;
-    let config = args.model.batches();
+    let config = model_args.batches();
     let batches = folder.prepare(&config)?;
     if let Some(fitted) = detector.expects() {
         same_inputs_as_fit(fitted.input, &batches, &args.data)?;

@@ -96,10 +96,15 @@ pub trait Persist: Sized + sealed::Stored {
     /// Writes the detector to `path` (atomically; an existing file is
     /// replaced). `.oodkit` is the usual extension.
     fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let mut file = Writer::default();
-        self.write(&mut file)?;
-        file.write_to(path, self.kind_name())
+        save_to(self, path.as_ref(), None)
+    }
+
+    /// Like [`save`](Self::save), with `annotations` — any JSON an
+    /// application wants kept beside the detector (e.g. how its inputs
+    /// were prepared) — in the header's `annotations` entry, read back by
+    /// [`FileInfo::annotations`].
+    fn save_annotated(&self, path: impl AsRef<Path>, annotations: &Value) -> Result<()> {
+        save_to(self, path.as_ref(), Some(annotations))
     }
 
     /// Reads a detector of this type from `path`. Errors naming the file
@@ -124,6 +129,28 @@ pub trait Persist: Sized + sealed::Stored {
 }
 
 impl<T: sealed::Stored> Persist for T {}
+
+/// Writes `detector` to `path`, with `annotations` when given.
+pub(crate) fn save_to<T: sealed::Stored>(
+    detector: &T,
+    path: &Path,
+    annotations: Option<&Value>,
+) -> Result<()> {
+    let mut file = Writer::default();
+    detector.write(&mut file)?;
+    if let Some(annotations) = annotations {
+        file.set("annotations", annotations.clone());
+    }
+    file.write_to(path, detector.kind_name())
+}
+
+impl FileInfo {
+    /// What the application that saved it kept beside the detector
+    /// ([`Persist::save_annotated`]), if anything.
+    pub fn annotations(&self) -> Option<&Value> {
+        self.metadata.get("annotations")
+    }
+}
 
 /// What a detector file holds, read from its header alone.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,13 +193,13 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
         return Err(Error::InvalidParameter {
             name: "path",
             value: path.display().to_string(),
-            reason: "is a directory: name a detector file (saved with Persist::save)".into(),
+            reason: "is a directory: name a detector file".into(),
         });
     }
     std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::MissingFile {
             path: path.to_path_buf(),
-            hint: "save a fitted detector there first (Persist::save)".into(),
+            hint: "save a fitted detector there first".into(),
         },
         _ => Error::io(path, e),
     })
