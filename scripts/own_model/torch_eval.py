@@ -57,7 +57,7 @@ def knn(k=50):
     return score
 
 def vim(explained=0.99):
-    w, b = net.linear.weight.double(), net.linear.bias.double()
+    w, b = net.linear.weight.detach().double(), net.linear.bias.detach().double()
     u = -torch.linalg.pinv(w) @ b
     x = fit_f - u
     vals, vecs = torch.linalg.eigh(x.T @ x / len(x))

@@ -67,6 +67,8 @@ mod evaluate;
 mod onnx;
 #[cfg(feature = "onnx")]
 mod onnx_head;
+#[cfg(feature = "onnx")]
+mod onnx_inspect;
 mod recorded;
 mod shaping;
 
@@ -81,6 +83,8 @@ pub use closure::{
 pub use evaluate::evaluate;
 #[cfg(feature = "onnx")]
 pub use onnx::OnnxModel;
+#[cfg(feature = "onnx")]
+pub use onnx_inspect::{GraphNode, GraphSummary};
 pub use recorded::{MAX_RECORDED_INPUTS, RecordedSet, Recording};
 pub use shaping::Shaping;
 pub(crate) use shaping::check_react_quantile;

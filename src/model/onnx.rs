@@ -11,7 +11,7 @@ use tract_onnx::prelude::{
 };
 
 use super::closure::LOGITS;
-use super::onnx_head::{Reason, affine_head};
+use super::onnx_head::{Reason, affine_head, last_layer_input};
 use super::{
     Capability, FeatureModel, LastLayer, LayerId, Model, ModelOutput, pick_layers, resolve_layers,
 };
@@ -72,6 +72,103 @@ fn tract_error(what: &str, path: &Path) -> impl Fn(tract_onnx::prelude::TractErr
     move |e| Error::backend_with(format!("ONNX ({}): {what}", path.display()), e)
 }
 
+/// The folder beside the graph (its external data lives there).
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// The graph's protobuf alone (no weights read), checked to exist.
+fn read_proto(path: &Path) -> Result<tract_onnx::pb::ModelProto> {
+    if !path.is_file() {
+        return Err(Error::MissingFile {
+            path: path.to_path_buf(),
+            hint: "give the path of an .onnx file".into(),
+        });
+    }
+    tract_onnx::onnx()
+        .proto_model_for_path(path)
+        .map_err(|e| Error::corrupt(path, None, format!("not a readable ONNX graph: {e:#}")))
+}
+
+/// Errors naming the file when a tensor's external data (the `.onnx.data`
+/// today's PyTorch exporter writes) is not beside the graph.
+fn missing_external_data(
+    proto: &tract_onnx::pb::ModelProto,
+    dir: &Path,
+    path: &Path,
+) -> Result<()> {
+    let Some(graph) = proto.graph.as_ref() else {
+        return Ok(());
+    };
+    for tensor in &graph.initializer {
+        let Some(location) = tensor
+            .external_data
+            .iter()
+            .find(|e| e.key == "location")
+            .map(|e| e.value.as_str())
+        else {
+            continue;
+        };
+        if !dir.join(location).is_file() {
+            return Err(Error::MissingFile {
+                path: dir.join(location),
+                hint: format!(
+                    "{} keeps its weights in this file: copy it beside the graph (or export \
+                     with external_data=False to keep them inside)",
+                    path.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The node of `model` that a layer `name` designates: a node of that
+/// name, else the node computing a value of that name (its first output).
+fn node_of(
+    model: &tract_onnx::prelude::InferenceModel,
+    graph: Option<&tract_onnx::pb::GraphProto>,
+    name: &str,
+    path: &Path,
+) -> Result<String> {
+    if model.node_by_name(name).is_ok() {
+        return Ok(name.to_owned());
+    }
+    let node = graph.and_then(|g| super::onnx_head::producer(g, name));
+    match node {
+        Some(node) if node.output.first().is_some_and(|o| o == name) => {
+            if model.node_by_name(&node.name).is_ok() {
+                Ok(node.name.clone())
+            } else {
+                Err(Error::InvalidParameter {
+                    name: "layer",
+                    value: name.to_owned(),
+                    reason: format!("its node has no name tract knows in {}", path.display()),
+                })
+            }
+        }
+        Some(node) => Err(Error::InvalidParameter {
+            name: "layer",
+            value: name.to_owned(),
+            reason: format!(
+                "is not the first output of its node {:?}: name a node or a first output",
+                node.name
+            ),
+        }),
+        None => Err(Error::InvalidParameter {
+            name: "layer",
+            value: name.to_owned(),
+            reason: format!(
+                "no node or value of that name in {} (`oodkit inspect` lists them)",
+                path.display()
+            ),
+        }),
+    }
+}
+
 impl OnnxModel {
     /// Loads the graph at `path`; its first output is the logits.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
@@ -94,10 +191,10 @@ impl OnnxModel {
         };
         let onnx = tract_onnx::onnx();
         let proto = onnx.proto_model_for_path(path).map_err(unreadable)?;
+        let dir = folder_of(path);
+        missing_external_data(&proto, dir, path)?;
         // The folder resolves weights stored beside the graph.
-        let parsed = onnx
-            .parse(&proto, path.parent().and_then(Path::to_str))
-            .map_err(unreadable)?;
+        let parsed = onnx.parse(&proto, dir.to_str()).map_err(unreadable)?;
         if !parsed.unresolved_inputs.is_empty() {
             return Err(Error::corrupt(
                 path,
@@ -121,24 +218,19 @@ impl OnnxModel {
             .cloned()
             .unwrap_or_else(|| model.node(logits.node).name.clone());
         let mut names: Vec<String> = features.iter().map(|s| (*s).to_owned()).collect();
-        for name in &names {
-            if model.node_by_name(name).is_err() {
-                return Err(Error::InvalidParameter {
-                    name: "features",
-                    value: name.clone(),
-                    reason: format!("no node of that name in {}", path.display()),
-                });
+        // A layer is a node's name or the name of a value a node computes
+        // (e.g. an output named at export): the node is what tract selects.
+        let graph = proto.graph.as_ref();
+        let mut outputs = names
+            .iter()
+            .map(|name| node_of(&model, graph, name, path))
+            .collect::<Result<Vec<String>>>()?;
+        let head = match graph.and_then(|g| Some((g, g.output.first()?))) {
+            Some((graph, output)) => {
+                affine_head(graph, dir, &output.name, features.last().copied())
             }
-        }
-        let head = match proto
-            .graph
-            .as_ref()
-            .and_then(|g| Some((g, g.output.first()?)))
-        {
-            Some((graph, output)) => affine_head(graph, &output.name, features.last().copied()),
             None => Err("the graph declares no output".to_owned()),
         };
-        let mut outputs = names.clone();
         outputs.push(logits_name);
         model
             .select_outputs_by_name(&outputs)
@@ -166,6 +258,29 @@ impl OnnxModel {
             fixed_batch,
             head,
         })
+    }
+
+    /// The value the graph's last linear layer reads — the features it maps
+    /// to the logits (the graph's first output): the default feature layer
+    /// of a graph. Errors saying why when the logits do not come from a
+    /// `Gemm` (or a `MatMul` then an `Add`).
+    pub fn last_layer_input(path: impl AsRef<Path>) -> Result<String> {
+        let path = path.as_ref();
+        let proto = read_proto(path)?;
+        let graph = proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| Error::corrupt(path, None, "the file holds no graph"))?;
+        let logits = graph
+            .output
+            .first()
+            .ok_or_else(|| Error::corrupt(path, None, "the graph has no output"))?;
+        last_layer_input(graph, &logits.name)
+            .map(|(input, _)| input)
+            .map_err(|reason| Error::Unsupported {
+                what: format!("finding the feature layer of {}", path.display()),
+                hint: format!("{reason}; name the layer explicitly"),
+            })
     }
 
     /// The batch size the graph fixes, `None` when it is dynamic.

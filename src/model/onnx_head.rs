@@ -3,6 +3,9 @@
 //! [`OnnxModel`](super::OnnxModel) as `head_parameters`.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
 
 use ndarray::{Array1, Array2};
 use tract_onnx::pb::tensor_proto::{DataLocation, DataType};
@@ -11,12 +14,56 @@ use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
 /// Why there is no head, said to the user.
 pub(super) type Reason = String;
 
+/// The graph's constants, and the folder its external data is read from.
+struct Constants<'a> {
+    tensors: HashMap<&'a str, &'a TensorProto>,
+    dir: &'a Path,
+}
+
+/// The value the last layer reads (the features it maps to the logits,
+/// the graph's output `logits`), and the node that computes the logits:
+/// a `Gemm`, or an `Add` of a `MatMul` and a constant.
+pub(super) fn last_layer_input(
+    graph: &GraphProto,
+    logits: &str,
+) -> Result<(String, String), Reason> {
+    let node = producer(graph, logits)
+        .ok_or_else(|| format!("no node produces the logits output {logits:?}"))?;
+    let read = match node.op_type.as_str() {
+        "Gemm" => node.input.first(),
+        "Add" => node
+            .input
+            .iter()
+            .filter_map(|i| producer(graph, i))
+            .find(|n| n.op_type == "MatMul")
+            .and_then(|m| m.input.first()),
+        _ => None,
+    };
+    read.map(|input| (input.clone(), node.name.clone()))
+        .ok_or_else(|| {
+            format!(
+                "the logits come from a {} node, not an affine layer (Gemm, or MatMul then Add)",
+                node.op_type
+            )
+        })
+}
+
+/// The node whose outputs include the value `name`.
+pub(super) fn producer<'g>(graph: &'g GraphProto, name: &str) -> Option<&'g NodeProto> {
+    graph
+        .node
+        .iter()
+        .find(|n| n.output.iter().any(|o| o == name))
+}
+
 /// `(weights (classes, D), bias (classes,))` with logits = f · weightsᵀ +
-/// bias, f the output of the node named `feature`. The logits (the graph's
-/// output `logits`) must come from a `Gemm` on f, or an `Add` of a
-/// `MatMul` on f and a constant, with constant weights.
+/// bias, f the output of the node (or the value) named `feature`. The
+/// logits (the graph's output `logits`) must come from a `Gemm` on f, or an
+/// `Add` of a `MatMul` on f and a constant, with constant weights (in the
+/// file, or in its external data beside it in `dir`).
 pub(super) fn affine_head(
     graph: &GraphProto,
+    dir: &Path,
     logits: &str,
     feature: Option<&str>,
 ) -> Result<(Array2<f32>, Array1<f32>), Reason> {
@@ -27,17 +74,15 @@ pub(super) fn affine_head(
                 .into(),
         );
     };
-    let constants: HashMap<&str, &TensorProto> = graph
-        .initializer
-        .iter()
-        .map(|t| (t.name.as_str(), t))
-        .collect();
-    let producer = |name: &str| {
-        graph
-            .node
+    let constants = Constants {
+        tensors: graph
+            .initializer
             .iter()
-            .find(|n| n.output.iter().any(|o| o == name))
+            .map(|t| (t.name.as_str(), t))
+            .collect(),
+        dir,
     };
+    let producer = |name: &str| producer(graph, name);
     let feature_outputs: Vec<&str> = graph
         .node
         .iter()
@@ -82,7 +127,7 @@ pub(super) fn affine_head(
             let [x, y] = node.input.as_slice() else {
                 return Err("its Add does not have two inputs".into());
             };
-            let (product, offset) = if constants.contains_key(y.as_str()) {
+            let (product, offset) = if constants.tensors.contains_key(y.as_str()) {
                 (x, y)
             } else {
                 (y, x)
@@ -124,24 +169,28 @@ fn float_attribute(node: &NodeProto, name: &str, default: f32) -> f32 {
     attribute(node, name).map_or(default, |a| a.f)
 }
 
-/// The values of a constant f32 tensor, with its shape.
-fn values(
-    constants: &HashMap<&str, &TensorProto>,
-    name: &str,
-) -> Result<(Vec<usize>, Vec<f32>), Reason> {
+/// The values of a constant f32 tensor, with its shape: in the graph, or
+/// in its external data file (a relative path beside the graph, read only
+/// where the tensor says, its length checked first).
+fn values(constants: &Constants, name: &str) -> Result<(Vec<usize>, Vec<f32>), Reason> {
     let t = constants
+        .tensors
         .get(name)
         .ok_or_else(|| format!("the last layer's {name:?} is computed, not a constant"))?;
     if t.data_type != DataType::Float as i32 {
         return Err(format!("the last layer's {name:?} is not float32"));
     }
-    if t.data_location == Some(DataLocation::External as i32) {
-        return Err(format!(
-            "the last layer's {name:?} is stored outside the .onnx file"
-        ));
-    }
     let shape: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
-    let data: Vec<f32> = if t.float_data.is_empty() {
+    let count = shape
+        .iter()
+        .try_fold(1_usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("the last layer's {name:?} has an absurd shape {shape:?}"))?;
+    let data: Vec<f32> = if t.data_location == Some(DataLocation::External as i32) {
+        external(constants.dir, t, count)?
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    } else if t.float_data.is_empty() {
         t.raw_data
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -149,7 +198,7 @@ fn values(
     } else {
         t.float_data.clone()
     };
-    if data.len() != shape.iter().product::<usize>() {
+    if data.len() != count {
         return Err(format!(
             "the last layer's {name:?} holds {} values for the shape {shape:?}",
             data.len()
@@ -158,7 +207,73 @@ fn values(
     Ok((shape, data))
 }
 
-fn matrix(constants: &HashMap<&str, &TensorProto>, name: &str) -> Result<Array2<f32>, Reason> {
+/// The bytes of tensor `t` kept in an external data file: `count` f32.
+fn external(dir: &Path, t: &TensorProto, count: usize) -> Result<Vec<u8>, Reason> {
+    let entry = |key: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| e.value.as_str())
+    };
+    let location = entry("location")
+        .ok_or_else(|| format!("the external tensor {:?} names no file", t.name))?;
+    let relative = Path::new(location);
+    if relative.is_absolute()
+        || relative
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(format!(
+            "the external tensor {:?} points outside the graph's folder ({location:?})",
+            t.name
+        ));
+    }
+    let number = |key: &str| -> Result<Option<u64>, Reason> {
+        entry(key)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("the external tensor {:?} has {key} {v:?}", t.name))
+            })
+            .transpose()
+    };
+    let offset = number("offset")?.unwrap_or(0);
+    let length = count.checked_mul(4).ok_or("an absurd tensor length")?;
+    if let Some(stated) = number("length")?
+        && stated != length as u64
+    {
+        return Err(format!(
+            "the external tensor {:?} states {stated} bytes for {count} float32 values",
+            t.name
+        ));
+    }
+    let path = dir.join(relative);
+    let mut file = File::open(&path).map_err(|e| {
+        format!(
+            "the last layer's weights are in {}, which cannot be read ({e}): keep it beside the \
+             .onnx file",
+            path.display()
+        )
+    })?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if offset
+        .checked_add(length as u64)
+        .is_none_or(|end| end > size)
+    {
+        return Err(format!(
+            "{} is too short for the tensor {:?} ({length} bytes at offset {offset}, the file \
+             has {size})",
+            path.display(),
+            t.name
+        ));
+    }
+    let mut bytes = vec![0; length];
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(&mut bytes))
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    Ok(bytes)
+}
+
+fn matrix(constants: &Constants, name: &str) -> Result<Array2<f32>, Reason> {
     match values(constants, name)? {
         (shape, data) if shape.len() == 2 => Array2::from_shape_vec((shape[0], shape[1]), data)
             .map_err(|e| format!("the last layer's {name:?}: {e}")),
@@ -169,11 +284,7 @@ fn matrix(constants: &HashMap<&str, &TensorProto>, name: &str) -> Result<Array2<
 }
 
 /// A bias of `classes` values (or one, broadcast).
-fn bias(
-    constants: &HashMap<&str, &TensorProto>,
-    name: &str,
-    classes: usize,
-) -> Result<Array1<f32>, Reason> {
+fn bias(constants: &Constants, name: &str, classes: usize) -> Result<Array1<f32>, Reason> {
     let (shape, data) = values(constants, name)?;
     match data.len() {
         n if n == classes => Ok(Array1::from(data)),

@@ -1,47 +1,4 @@
-//! One network pass for many detectors: a [`Recording`] runs a model once
-//! over each data set, keeps the logits and the activations of chosen
-//! layers in memory (up to a budget), and then stands in for the model.
-//! Each data set comes back as a [`RecordedSet`] whose batches stand for
-//! the recorded inputs, so any number of detectors fit and score from one
-//! extraction: the network never runs again.
-//!
-//! The recording offers what it recorded — the logits, the named layers and
-//! the model's last linear layer — and nothing that needs the network
-//! itself (input gradients for ODIN's or a feature detector's input step,
-//! RankFeat's map editing, MC dropout): a detector that needs one is refused
-//! when it is fitted, naming it. Detectors fitted on a recording record the
-//! inputs' real shape, so they attach to the real model afterwards.
-//!
-//! ```
-//! use ndarray::{Array1, Array4, Axis};
-//! use oodkit::detectors::{Detector, Knn, Mls};
-//! use oodkit::model::{Recording, from_fn_with_features};
-//!
-//! let calls = std::sync::atomic::AtomicUsize::new(0);
-//! let model = from_fn_with_features(["pixels"], |x| {
-//!     calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-//!     let flat = x.to_shape((x.shape()[0], 2))?.to_owned();
-//!     Ok((vec![flat.clone()], flat))
-//! });
-//! let images = |n, v: f32| Array4::from_shape_fn((n, 1, 1, 2), |(i, _, _, j)| v + (i + j) as f32);
-//! let fit = oodkit::OodDataset::from_arrays(images(20, 0.0), Array1::zeros(20))?;
-//! let test = oodkit::OodDataset::from_arrays(images(5, 40.0), Array1::zeros(5))?;
-//!
-//! let mut recording = Recording::new(&model, &[(-2).into()], 1 << 20)?;
-//! let fit_set = recording.record(&model, &fit)?;
-//! let test_set = recording.record(&model, &test)?;
-//! let passes = calls.load(std::sync::atomic::Ordering::Relaxed);
-//!
-//! // Two detectors, fitted and scored without running the network again,
-//! // with the scores the network itself gives.
-//! let knn = Knn::new(3)?.fit(&recording, Some(&fit_set))?;
-//! let mls = Mls::new().fit(&recording, None)?;
-//! assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), passes);
-//! let direct = Knn::new(3)?.fit(&model, Some(&fit))?;
-//! assert_eq!(knn.score(&test_set)?.scores, direct.score(&test)?.scores);
-//! assert_eq!(mls.score(&test_set)?.scores.len(), 5);
-//! # Ok::<(), oodkit::Error>(())
-//! ```
+//! One network pass for many detectors: [`Recording`] and [`RecordedSet`].
 
 use std::fmt;
 
@@ -59,10 +16,54 @@ use crate::error::{Error, Result};
 /// an `f32`, exact up to 2²⁴.
 pub const MAX_RECORDED_INPUTS: usize = 1 << 24;
 
-/// A model's logits and chosen layers on one or more data sets, recorded
-/// once; a [`Model`] (with [`FeatureModel`] and, when the model has one,
-/// [`LastLayer`]) that replays them for the batches of its
-/// [`RecordedSet`]s. See the [module docs](self).
+/// One network pass for many detectors: a [`Recording`] runs a model once
+/// over each data set, keeps the logits and the activations of chosen
+/// layers in memory (up to a budget), and then stands in for the model.
+/// Each data set comes back as a [`RecordedSet`] whose batches stand for
+/// the recorded inputs, so any number of detectors fit and score from one
+/// extraction: the network never runs again.
+///
+/// The recording offers what it recorded — the logits, the named layers and
+/// the model's last linear layer — and nothing that needs the network
+/// itself (input gradients for ODIN's or a feature detector's input step,
+/// RankFeat's map editing, MC dropout): a detector that needs one is refused
+/// when it is fitted, naming it. Detectors fitted on a recording record the
+/// inputs' real shape, so they attach to the real model afterwards.
+///
+/// ```
+/// use ndarray::{Array1, Array4, Axis};
+/// use oodkit::detectors::{Detector, Knn, Mls};
+/// use oodkit::model::{Recording, from_fn_with_features};
+///
+/// let calls = std::sync::atomic::AtomicUsize::new(0);
+/// let model = from_fn_with_features(["pixels"], |x| {
+///     calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+///     let flat = x.to_shape((x.shape()[0], 2))?.to_owned();
+///     Ok((vec![flat.clone()], flat))
+/// });
+/// let images = |n, v: f32| Array4::from_shape_fn((n, 1, 1, 2), |(i, _, _, j)| v + (i + j) as f32);
+/// let fit = oodkit::OodDataset::from_arrays(images(20, 0.0), Array1::zeros(20))?;
+/// let test = oodkit::OodDataset::from_arrays(images(5, 40.0), Array1::zeros(5))?;
+///
+/// let mut recording = Recording::new(&model, &[(-2).into()], 1 << 20)?;
+/// let fit_set = recording.record(&model, &fit)?;
+/// let test_set = recording.record(&model, &test)?;
+/// let passes = calls.load(std::sync::atomic::Ordering::Relaxed);
+///
+/// // Two detectors, fitted and scored without running the network again,
+/// // with the scores the network itself gives.
+/// let knn = Knn::new(3)?.fit(&recording, Some(&fit_set))?;
+/// let mls = Mls::new().fit(&recording, None)?;
+/// assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), passes);
+/// let direct = Knn::new(3)?.fit(&model, Some(&fit))?;
+/// assert_eq!(knn.score(&test_set)?.scores, direct.score(&test)?.scores);
+/// assert_eq!(mls.score(&test_set)?.scores.len(), 5);
+/// # Ok::<(), oodkit::Error>(())
+/// ```
+///
+/// It is a [`Model`] (with [`FeatureModel`] and, when the recorded model
+/// has one, [`LastLayer`]) that replays the recorded outputs for the
+/// batches of its [`RecordedSet`]s.
 pub struct Recording {
     /// The model's layer names (logits last), for resolving layer ids.
     names: Vec<String>,
@@ -76,8 +77,11 @@ pub struct Recording {
     features: Vec<Vec<f32>>,
     /// The model's last layer when it has one (or why it could not give
     /// it).
-    head: Option<std::result::Result<(Array2<f32>, Array1<f32>), String>>,
+    head: Option<std::result::Result<Head, String>>,
 }
+
+/// A last layer: weights `(classes, D)` and bias.
+type Head = (Array2<f32>, Array1<f32>);
 
 impl fmt::Debug for Recording {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -138,23 +142,20 @@ impl Recording {
                 f.truncate(len);
             }
         }
-        let (shape, batch, labels, ood_labels) = result?;
+        let layout = result?;
         Ok(RecordedSet {
             start,
             len: self.rows - start,
-            batch,
-            shape,
-            labels,
-            ood_labels,
+            batch: layout.batch,
+            shape: layout.shape,
+            labels: layout.labels,
+            ood_labels: layout.ood_labels,
         })
     }
 
-    #[allow(clippy::type_complexity)]
-    fn record_batches(
-        &mut self,
-        model: &dyn Model,
-        data: &dyn BatchSource,
-    ) -> Result<([usize; 3], usize, Option<Vec<i64>>, Option<Vec<u8>>)> {
+    /// The pass over `data`: the recorded set's input shape, batch size
+    /// and labels (its rows are appended).
+    fn record_batches(&mut self, model: &dyn Model, data: &dyn BatchSource) -> Result<SetLayout> {
         let ids: Vec<LayerId> = self
             .positions
             .iter()
@@ -245,7 +246,12 @@ impl Recording {
             what: "a data set to record".into(),
             hint: "give it at least one input".into(),
         })?;
-        Ok((shape, batch_len, labels, ood_labels))
+        Ok(SetLayout {
+            shape,
+            batch: batch_len,
+            labels,
+            ood_labels,
+        })
     }
 
     /// The bytes held (logits and activations, `f32`).
@@ -368,6 +374,14 @@ impl LastLayer for Recording {
             None => Err(Error::custom("the recorded model has no last layer")),
         }
     }
+}
+
+/// What a pass learns of a data set besides its outputs.
+struct SetLayout {
+    shape: [usize; 3],
+    batch: usize,
+    labels: Option<Vec<i64>>,
+    ood_labels: Option<Vec<u8>>,
 }
 
 /// One data set of a [`Recording`]: a [`BatchSource`] whose batches stand

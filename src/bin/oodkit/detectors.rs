@@ -106,7 +106,9 @@ pub fn check_needs(
 fn capability_hint(capability: Capability, name: &str) -> String {
     match capability {
         Capability::Features => {
-            "the network exposes no internal layer: with --model, name one with --layer".into()
+            "the network exposes no internal layer: with --model, name one with --layer (`oodkit \
+             inspect FILE.onnx` lists them)"
+                .into()
         }
         Capability::LastLayer => "the network's last linear layer could not be read: check \
                                   that the graph ends in a linear layer (Gemm, or MatMul and \

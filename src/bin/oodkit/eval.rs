@@ -83,8 +83,9 @@ pub fn run(args: &EvalArgs, quiet: bool) -> Result<()> {
     };
     let id_folder = args.model.open(&args.id)?;
     let ood_folder = args.model.open(&args.ood)?;
-    let model = args.model.load(&args.layers, Some(&id_folder))?;
-    let layers = layer_ids(&args.layers);
+    let layer_names = args.model.feature_layers(&args.layers);
+    let model = args.model.load(&layer_names, Some(&id_folder))?;
+    let layers = layer_ids(&layer_names);
     let plans = args
         .detectors
         .iter()

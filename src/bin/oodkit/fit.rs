@@ -62,13 +62,14 @@ pub fn run(args: &FitArgs, quiet: bool) -> Result<()> {
         .as_deref()
         .map(|d| args.model.open(d))
         .transpose()?;
+    let layer_names = args.model.feature_layers(&args.layers);
     let model = args.model.load(
-        &args.layers,
+        &layer_names,
         fit_folder.as_ref().or(calibration_folder.as_ref()),
     )?;
     let detector = args
         .detector
-        .build(&args.params, &layer_ids(&args.layers))?;
+        .build(&args.params, &layer_ids(&layer_names))?;
     check_needs(args.detector, &detector, &*model, fit_folder.as_ref())?;
     let config = args.model.batches();
     let fit_batches = fit_folder

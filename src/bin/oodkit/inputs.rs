@@ -257,6 +257,17 @@ impl ModelArgs {
         Ok(())
     }
 
+    /// The feature layers to expose: `--layer` values as given, or for an
+    /// ONNX graph without any, the value its last linear layer reads (none
+    /// when the graph's logits are not an affine layer: the feature
+    /// detectors then ask for --layer).
+    pub fn feature_layers(&self, layers: &[String]) -> Vec<String> {
+        match (&self.network.model, layers.is_empty()) {
+            (Some(path), true) => OnnxModel::last_layer_input(path).into_iter().collect(),
+            _ => layers.to_vec(),
+        }
+    }
+
     /// Loads the network. `layers` are the feature layers a detector
     /// reads: ONNX node names are exposed as outputs; the crate's networks
     /// have theirs already. `sample` (a folder of the data) gives the toy

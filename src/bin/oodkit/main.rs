@@ -9,6 +9,7 @@ mod detectors;
 mod eval;
 mod fit;
 mod inputs;
+mod inspect;
 mod metrics;
 mod progress;
 mod report;
@@ -27,10 +28,15 @@ Examples:
   # Score new images with it: score, p-value and verdict per image
   oodkit score --model net.onnx --detector knn.oodkit --data incoming/ --out scores.csv
   # The whole benchmark in one command
-  oodkit eval --model net.onnx --layer penultimate --fit-data train/ --id test/ \\
+  oodkit eval --model net.onnx --fit-data train/ --id test/ \\
       --ood other/ --detectors mls,energy,knn,vim --plots figures/ --json report.json
+  # What a graph offers: inputs, outputs, its last linear layer, feature nodes
+  oodkit inspect net.onnx
   # Metrics of scores computed elsewhere
   oodkit metrics --id scores_in.npy --ood scores_out.npy --json metrics.json
+
+Feature detectors read the input of the graph's last linear layer unless --layer
+names a node or an output (oodkit inspect lists them).
 
 Images: a folder of class folders (root/<class>/<image>, classes sorted by
 name) or a flat folder; PNG and JPEG. Exit codes: 0 ok, 1 error, 2 usage.";
@@ -56,6 +62,9 @@ enum Command {
     Score(score::ScoreArgs),
     /// Fit detectors, score an ID and an OOD folder, report their metrics.
     Eval(eval::EvalArgs),
+    /// An ONNX graph's inputs, outputs, last linear layer and the nodes
+    /// --layer can name, with their shapes.
+    Inspect(inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +75,7 @@ fn main() -> ExitCode {
         Command::Fit(args) => fit::run(args, cli.quiet),
         Command::Score(args) => score::run(args, cli.quiet),
         Command::Eval(args) => eval::run(args, cli.quiet),
+        Command::Inspect(args) => inspect::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,7 +34,7 @@
 //! ```
 //!
 //! The entries are the serde form of the detector's types: a state's
-//! scalar fields are its JSON, its array fields (marked with [`array`])
+//! scalar fields are its JSON, its array fields (marked with [`array`](mod@array))
 //! the arrays under its prefix. A detector of your own saves the same way
 //! ([`StoredState`](super::StoredState),
 //! [`StoredLogits`](super::StoredLogits)).
@@ -246,7 +246,7 @@ impl Writer {
         self.arrays.push((key.to_owned(), array.encode()));
     }
 
-    /// Writes `value`'s serde form: its array fields (see [`array`]) into
+    /// Writes `value`'s serde form: its array fields (see [`array`](mod@array)) into
     /// the table under `prefix`, the rest returned as JSON for the header.
     pub(crate) fn state<T: Serialize + ?Sized>(
         &mut self,
@@ -369,7 +369,7 @@ impl Reader {
     }
 
     /// Reads a `T` from the header entry `json` and its array fields from
-    /// the arrays under `prefix` (see [`array`]); `what` names it in errors.
+    /// the arrays under `prefix` (see [`array`](mod@array)); `what` names it in errors.
     pub(crate) fn state<T: DeserializeOwned>(
         &self,
         what: &str,
