@@ -231,14 +231,8 @@ impl StoredState for FittedDice {
                 self.sparsity
             )));
         }
-        if self.mean.len() != self.sparse.width() {
-            return Err(Error::custom(format!(
-                "DICE's mean activation has {} features, its last layer {}",
-                self.mean.len(),
-                self.sparse.width()
-            )));
-        }
-        self.sparse.validate()
+        self.sparse
+            .validate_with(self.mean.len(), "DICE's mean activation")
     }
 }
 

@@ -287,14 +287,7 @@ impl StoredState for FittedFdbd {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.mean.len() != self.head.width() {
-            return Err(Error::custom(format!(
-                "fDBD's mean has {} features, its last layer {}",
-                self.mean.len(),
-                self.head.width()
-            )));
-        }
-        self.head.validate()
+        self.head.validate_with(self.mean.len(), "fDBD's mean")
     }
 }
 

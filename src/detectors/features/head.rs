@@ -96,6 +96,18 @@ impl Head {
     pub(crate) fn validate(&self) -> Result<()> {
         check_head(&self.weights, &self.bias, "the stored last layer")
     }
+
+    /// [`validate`](Self::validate), and that a vector of the state,
+    /// `what` (e.g. "NCI's mean"), has the head's `len` features.
+    pub(crate) fn validate_with(&self, len: usize, what: &str) -> Result<()> {
+        if len != self.width() {
+            return Err(Error::custom(format!(
+                "{what} has {len} features, its last layer {}",
+                self.width()
+            )));
+        }
+        self.validate()
+    }
 }
 
 /// The index of a row's largest entry (the first of ties).

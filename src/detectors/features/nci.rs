@@ -208,14 +208,7 @@ impl StoredState for FittedNci {
                 self.alpha
             )));
         }
-        if self.mean.len() != self.head.width() {
-            return Err(Error::custom(format!(
-                "NCI's mean has {} features, its last layer {}",
-                self.mean.len(),
-                self.head.width()
-            )));
-        }
-        self.head.validate()
+        self.head.validate_with(self.mean.len(), "NCI's mean")
     }
 }
 

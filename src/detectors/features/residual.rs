@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::head::Head;
 use super::moments::ClassMoments;
 use super::stored::StoredState;
-use super::subspace::residual_basis;
+use super::subspace::{check_residual, residual_basis};
 use super::{
     FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, PrincipalDims, ScoreFeatures,
 };
@@ -15,7 +15,7 @@ use crate::detectors::file::array;
 use crate::detectors::registry::{
     Capability, DIMS, Needs, Registration, built, load_features, on_layers, principal_dims,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::linalg::{gemm, pinv};
 use crate::model::Model;
 
@@ -194,18 +194,7 @@ impl StoredState for FittedResidual {
     }
 
     fn validate(&self) -> Result<()> {
-        let width = self.origin.len();
-        if self.residual.nrows() != width
-            || self.residual.ncols() == 0
-            || self.residual.ncols() >= width
-        {
-            return Err(Error::custom(format!(
-                "Residual's space is {:?} for {width} features: it needs 1 to {} dimensions",
-                self.residual.shape(),
-                width.saturating_sub(1)
-            )));
-        }
-        Ok(())
+        check_residual(self.origin.len(), &self.residual, "Residual")
     }
 }
 

@@ -64,3 +64,18 @@ pub(crate) fn residual_basis(
     // Eigenvalues ascend: the residual space is spanned by the first ones.
     Ok(vectors.slice(s![.., ..dim - principal]).to_owned())
 }
+
+/// Errors unless `residual` is a basis `(D, D − k)` of a residual space of
+/// `width` = D features, 1 ≤ D − k < D (a state read back); `detector`
+/// names it.
+pub(crate) fn check_residual(width: usize, residual: &Array2<f64>, detector: &str) -> Result<()> {
+    if residual.nrows() != width || residual.ncols() == 0 || residual.ncols() >= width {
+        return Err(Error::custom(format!(
+            "{detector}'s residual space is {:?} for {width} features: it needs 1 to {} \
+             dimensions",
+            residual.shape(),
+            width.saturating_sub(1)
+        )));
+    }
+    Ok(())
+}

@@ -4,7 +4,7 @@ use ndarray::{Array1, Array2, ArrayView2, Axis, CowArray, Ix2};
 
 use super::moments::ClassMoments;
 use super::stored::StoredState;
-use super::subspace::residual_basis;
+use super::subspace::{check_residual, residual_basis};
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
@@ -330,16 +330,7 @@ impl StoredState for FittedVim {
 
     fn validate(&self) -> Result<()> {
         let width = self.origin.len();
-        if self.residual.nrows() != width
-            || self.residual.ncols() == 0
-            || self.residual.ncols() >= width
-        {
-            return Err(Error::custom(format!(
-                "ViM's residual space is {:?} for {width} features: it needs 1 to {} dimensions",
-                self.residual.shape(),
-                width.saturating_sub(1)
-            )));
-        }
+        check_residual(width, &self.residual, "ViM")?;
         if self.weights.ncols() != width {
             return Err(Error::custom(format!(
                 "ViM's last layer is {:?} for {width} features",
