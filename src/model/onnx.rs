@@ -73,7 +73,7 @@ fn tract_error(what: &str, path: &Path) -> impl Fn(tract_onnx::prelude::TractErr
 }
 
 /// The folder beside the graph (its external data lives there).
-fn folder_of(path: &Path) -> &Path {
+pub(super) fn folder_of(path: &Path) -> &Path {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -81,7 +81,7 @@ fn folder_of(path: &Path) -> &Path {
 }
 
 /// The graph's protobuf alone (no weights read), checked to exist.
-fn read_proto(path: &Path) -> Result<tract_onnx::pb::ModelProto> {
+pub(super) fn read_proto(path: &Path) -> Result<tract_onnx::pb::ModelProto> {
     if !path.is_file() {
         return Err(Error::MissingFile {
             path: path.to_path_buf(),
@@ -95,7 +95,7 @@ fn read_proto(path: &Path) -> Result<tract_onnx::pb::ModelProto> {
 
 /// Errors naming the file when a tensor's external data (the `.onnx.data`
 /// today's PyTorch exporter writes) is not beside the graph.
-fn missing_external_data(
+pub(super) fn missing_external_data(
     proto: &tract_onnx::pb::ModelProto,
     dir: &Path,
     path: &Path,
@@ -180,17 +180,11 @@ impl OnnxModel {
     /// logits (the graph's first output). An unknown name is an error.
     pub fn load_with_features(path: impl AsRef<Path>, features: &[&str]) -> Result<Self> {
         let path = path.as_ref();
-        if !path.is_file() {
-            return Err(Error::MissingFile {
-                path: path.to_path_buf(),
-                hint: "give the path of an .onnx file".into(),
-            });
-        }
         let unreadable = |e: tract_onnx::prelude::TractError| {
             Error::corrupt(path, None, format!("not a readable ONNX graph: {e:#}"))
         };
         let onnx = tract_onnx::onnx();
-        let proto = onnx.proto_model_for_path(path).map_err(unreadable)?;
+        let proto = read_proto(path)?;
         let dir = folder_of(path);
         missing_external_data(&proto, dir, path)?;
         // The folder resolves weights stored beside the graph.

@@ -8,6 +8,7 @@ use std::path::Path;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
+use super::onnx::{folder_of, missing_external_data, read_proto};
 use super::onnx_head::last_layer_input;
 use crate::error::{Error, Result};
 
@@ -46,16 +47,14 @@ impl GraphSummary {
     /// weights, external data included, are read as for running it).
     pub fn of(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let model = super::OnnxModel::load(path)?;
-        drop(model); // loading checks the file, its external data and its input
         let unreadable =
             |e: TractError| Error::corrupt(path, None, format!("not a readable ONNX graph: {e:#}"));
+        // The checks loading makes of the file and its external data,
+        // without optimising the graph for running.
+        let proto = read_proto(path)?;
+        let dir = folder_of(path);
+        missing_external_data(&proto, dir, path)?;
         let onnx = tract_onnx::onnx();
-        let proto = onnx.proto_model_for_path(path).map_err(unreadable)?;
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
         // The graph's own nodes (before tract splits them for running),
         // their shapes inferred.
         let mut typed = onnx.parse(&proto, dir.to_str()).map_err(unreadable)?.model;
@@ -87,12 +86,21 @@ impl GraphSummary {
                 .map(str::to_owned)
                 .unwrap_or_else(|| typed.node(outlet.node).name.clone())
         };
-        let inputs = typed
+        let inputs: Vec<(String, String)> = typed
             .input_outlets()
             .map_err(unreadable)?
             .iter()
             .map(|&o| (label(o), shape_of(o)))
             .collect();
+        // As loading does: the graph takes image batches.
+        if let Some((name, shape)) = inputs.first()
+            && shape.split(',').count() != 4
+        {
+            return Err(Error::Unsupported {
+                what: format!("an ONNX input {name} of shape ({shape})"),
+                hint: "OnnxModel takes image batches (N, C, H, W)".into(),
+            });
+        }
         let outputs: Vec<(String, String)> = typed
             .output_outlets()
             .map_err(unreadable)?
