@@ -69,6 +69,8 @@ mod onnx;
 mod onnx_head;
 #[cfg(feature = "onnx")]
 mod onnx_inspect;
+#[cfg(feature = "onnxruntime")]
+mod onnx_runtime;
 mod recorded;
 mod shaping;
 
@@ -85,6 +87,8 @@ pub use evaluate::evaluate;
 pub use onnx::OnnxModel;
 #[cfg(feature = "onnx")]
 pub use onnx_inspect::{GraphNode, GraphSummary};
+#[cfg(feature = "onnxruntime")]
+pub use onnx_runtime::{Device, LIBRARY_VARIABLE, OnnxRuntimeModel, RuntimeOptions, find_library};
 pub use recorded::{MAX_RECORDED_INPUTS, RecordedSet, Recording};
 pub use shaping::Shaping;
 pub(crate) use shaping::check_react_quantile;

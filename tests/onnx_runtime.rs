@@ -1,0 +1,181 @@
+//! The graphs of tests/fixtures/onnx_exporters run by ONNX Runtime: the
+//! same logits, feature layers and last layer as PyTorch gave (and as
+//! tract gives), node and output names as layers, external data read from
+//! the graph's folder, and a detector fitted through tract scoring the same
+//! through ONNX Runtime.
+//!
+//! They need ONNX Runtime's library (`pip install onnxruntime`, or
+//! `ORT_DYLIB_PATH`): ignored by default, CI runs them with the library
+//! installed.
+#![cfg(feature = "onnxruntime")]
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array1, Array2, Array4, Axis};
+use oodkit::detectors::registry::{self, Params};
+use oodkit::detectors::{AnyDetector, Detector, PrincipalDims, Vim};
+use oodkit::model::{
+    Device, FeatureModel, LastLayer, Model, OnnxModel, OnnxRuntimeModel, RuntimeOptions,
+};
+use oodkit::{Batch, Error, OodDataset};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx_exporters")
+}
+
+fn matrix(v: &Value) -> Array2<f32> {
+    let rows: Vec<Vec<f32>> = serde_json::from_value(v.clone()).unwrap();
+    let cols = rows[0].len();
+    Array2::from_shape_vec((rows.len(), cols), rows.concat()).unwrap()
+}
+
+/// PyTorch's inputs, logits, penultimate features and last layer.
+fn expected() -> (Array4<f32>, Array2<f32>, Array2<f32>, Array2<f32>, Array1<f32>) {
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
+            .unwrap();
+    let shape: Vec<usize> = serde_json::from_value(v["input_shape"].clone()).unwrap();
+    let input: Vec<f32> = serde_json::from_value(v["input"].clone()).unwrap();
+    let bias: Vec<f32> = serde_json::from_value(v["bias"].clone()).unwrap();
+    (
+        Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), input).unwrap(),
+        matrix(&v["logits"]),
+        matrix(&v["penultimate"]),
+        matrix(&v["weights"]),
+        bias.into(),
+    )
+}
+
+fn assert_close(a: &Array2<f32>, b: &Array2<f32>, what: &str) {
+    assert_eq!(a.shape(), b.shape(), "{what}");
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() < 1e-5, "{what}: {x} vs {y}");
+    }
+}
+
+fn options() -> RuntimeOptions {
+    RuntimeOptions {
+        device: Device::Cpu,
+        threads: Some(2),
+        library: None,
+    }
+}
+
+#[test]
+#[ignore = "needs ONNX Runtime's library (pip install onnxruntime)"]
+fn todays_exports_run_to_pytorchs_figures() {
+    let (inputs, logits, penultimate, weights, bias) = expected();
+    for (graph, layer) in [
+        ("dynamo.onnx", "mean"),
+        ("dynamo_inline.onnx", "node_mean"),
+        ("legacy.onnx", "penultimate"),
+        ("legacy.onnx", "/ReduceMean"),
+    ] {
+        let path = fixtures().join(graph);
+        let model = OnnxRuntimeModel::load_with_features(&path, &[layer], &options()).unwrap();
+        let what = format!("{graph} {layer}");
+        assert_close(&model.forward(inputs.view()).unwrap(), &logits, &what);
+        assert_eq!(model.layer_names(), [layer, "logits"], "{what}");
+        let out = model
+            .forward_features(inputs.view(), &[layer.into()])
+            .unwrap();
+        assert_close(&out.features[0], &penultimate, &what);
+        assert_close(&out.logits, &logits, &what);
+        // The last layer, from the .data file for the dynamo export.
+        let (w, b) = model.head_parameters().unwrap();
+        assert_close(&w, &weights, &what);
+        assert_close(
+            &b.insert_axis(Axis(0)),
+            &bias.clone().insert_axis(Axis(0)),
+            &what,
+        );
+        // One input at a time and the whole batch agree (a dynamic batch).
+        let one = model.forward(inputs.slice(ndarray::s![2..3, .., .., ..])).unwrap();
+        assert_close(&one, &logits.slice(ndarray::s![2..3, ..]).to_owned(), &what);
+        // So ViM fits on it.
+        let fit = OodDataset::from_arrays(inputs.clone(), Array1::zeros(inputs.shape()[0])).unwrap();
+        Vim::new(PrincipalDims::Count(3))
+            .unwrap()
+            .fit(&model, Some(&fit))
+            .unwrap();
+    }
+}
+
+#[test]
+#[ignore = "needs ONNX Runtime's library (pip install onnxruntime)"]
+fn wrong_inputs_and_names_are_errors_that_say_what_to_do() {
+    let (inputs, ..) = expected();
+    let path = fixtures().join("dynamo.onnx");
+    let err = OnnxRuntimeModel::load_with_features(&path, &["no_such_node"], &options())
+        .unwrap_err();
+    assert!(err.to_string().contains("inspect"), "{err}");
+    let model = OnnxRuntimeModel::load(&path).unwrap();
+    assert_eq!(model.fixed_batch(), None);
+    // An image of another size than the graph's.
+    let wrong = Array4::<f32>::zeros((2, 1, 7, 7));
+    let err = model.forward(wrong.view()).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    assert!(err.to_string().contains(&format!("{}", inputs.shape()[2])), "{err}");
+    // Without a feature layer, the last layer says which layer to name.
+    let err = model.head_parameters().unwrap_err();
+    assert!(err.to_string().contains("--layer"), "{err}");
+    // Zero threads is refused, not a hang or a default in disguise.
+    let zero = RuntimeOptions {
+        threads: Some(0),
+        ..options()
+    };
+    assert!(OnnxRuntimeModel::load_with_features(&path, &[], &zero).is_err());
+    // A graph moved without its .data file names the missing file.
+    let dir = tempfile::tempdir().unwrap();
+    let moved = dir.path().join("net.onnx");
+    std::fs::copy(&path, &moved).unwrap();
+    let err = OnnxRuntimeModel::load(&moved).unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingFile { path, .. } if path.ends_with("dynamo.onnx.data")),
+        "{err}"
+    );
+    // Not a graph at all.
+    let junk = dir.path().join("junk.onnx");
+    std::fs::write(&junk, b"\x08\x07not a graph").unwrap();
+    assert!(OnnxRuntimeModel::load(&junk).is_err());
+    // Another library once one is loaded: refused, naming the one in use.
+    let other = RuntimeOptions {
+        library: Some(junk.clone()),
+        ..options()
+    };
+    let err = OnnxRuntimeModel::load_with_features(&path, &[], &other).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&OnnxRuntimeModel::library().unwrap().display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+#[ignore = "needs ONNX Runtime's library (pip install onnxruntime)"]
+fn a_detector_fitted_through_tract_scores_the_same_through_onnx_runtime() {
+    let (inputs, ..) = expected();
+    let path = fixtures().join("dynamo.onnx");
+    let tract = OnnxModel::load_with_features(&path, &["mean"]).unwrap();
+    let runtime = OnnxRuntimeModel::load_with_features(&path, &["mean"], &options()).unwrap();
+    let fit = OodDataset::from_arrays(inputs.clone(), Array1::zeros(inputs.shape()[0])).unwrap();
+    let knn = registry::find("knn")
+        .unwrap()
+        .build(&Params::new().set("k", 2_usize))
+        .unwrap()
+        .fit(&tract, Some(&fit))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("knn.oodkit");
+    knn.save(&file).unwrap();
+    let loaded = AnyDetector::load(&file).unwrap();
+    loaded.check_model(&runtime).unwrap();
+    let shifted = inputs.mapv(|x| x * 1.5 + 0.25);
+    let through_tract = knn.score_batch(&tract, Batch::new(shifted.clone())).unwrap();
+    let through_runtime = loaded.score_batch(&runtime, Batch::new(shifted)).unwrap();
+    assert_close(&through_tract.logits, &through_runtime.logits, "logits");
+    for (a, b) in through_tract.scores.iter().zip(&through_runtime.scores) {
+        assert!((a - b).abs() < 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+    }
+}
