@@ -500,6 +500,51 @@ fn eval_through_onnx_reports_the_directly_computed_metrics() {
         }
     }
 
+    // Beyond --memory-budget, the pass goes to --spill-dir: the same
+    // report, said, and nothing left there after.
+    let spill = s.dir("spill");
+    std::fs::create_dir(&spill).unwrap();
+    let spilled_report = s.dir("spilled.json");
+    let eval_spilling = |dir: &Path| {
+        s.run(
+            "eval",
+            args![
+                "--fit-data",
+                s.dir("train"),
+                "--id",
+                s.dir("heldout"),
+                "--ood",
+                s.dir("incoming"),
+                "--detectors",
+                "mls,energy,knn,vim",
+                "--k",
+                "3",
+                "--vim-dims",
+                "1",
+                "--json",
+                spilled_report,
+                "--memory-budget",
+                "0",
+                "--spill-dir",
+                dir,
+            ],
+        )
+    };
+    let out = ok(eval_spilling(&spill));
+    assert!(
+        stderr(&out).contains("--memory-budget 0 MB"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains(&spill.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(read_json(&spilled_report)["detectors"], report["detectors"]);
+    assert_eq!(std::fs::read_dir(&spill).unwrap().count(), 0);
+    fails_naming(eval_spilling(&s.dir("no-such-dir")), "--spill-dir");
+
     // ViM on a layer the last layer does not read: an error naming the node to use.
     let err = fails_naming(
         oodkit(args![
@@ -523,6 +568,154 @@ fn eval_through_onnx_reports_the_directly_computed_metrics() {
         "vim",
     );
     assert!(err.contains("\"penultimate\""), "{err}");
+}
+
+#[test]
+#[ignore = "needs ONNX Runtime's library (pip install onnxruntime, or ORT_DYLIB_PATH)"]
+fn onnx_runtime_scores_as_tract_does_and_its_options_are_checked() {
+    let s = onnx_setup();
+    let detector = s.dir("knn.oodkit");
+    // Fitted through tract, scored through either engine: the same scores.
+    ok(s.run(
+        "fit",
+        args![
+            "--data",
+            s.dir("train"),
+            "--detector",
+            "knn",
+            "--k",
+            "2",
+            "--out",
+            detector
+        ],
+    ));
+    let mut scores = Vec::new();
+    for engine in ["tract", "onnxruntime"] {
+        let csv = s.dir(&format!("{engine}.csv"));
+        ok(s.run(
+            "score",
+            args![
+                "--detector",
+                detector,
+                "--data",
+                s.dir("incoming"),
+                "--out",
+                csv,
+                "--engine",
+                engine
+            ],
+        ));
+        scores.push(read_csv(&csv));
+    }
+    assert_eq!(scores[0].len(), 12);
+    for (a, b) in scores[0].iter().zip(&scores[1]) {
+        assert!(
+            (a.score - b.score).abs() < 1e-5,
+            "{} vs {}",
+            a.score,
+            b.score
+        );
+        assert_eq!(a.class, b.class);
+    }
+    // eval through ONNX Runtime: the report tract gives.
+    let mut aurocs = Vec::new();
+    for engine in ["tract", "onnxruntime"] {
+        let report = s.dir(&format!("{engine}.json"));
+        ok(s.run(
+            "eval",
+            args![
+                "--fit-data",
+                s.dir("train"),
+                "--id",
+                s.dir("heldout"),
+                "--ood",
+                s.dir("incoming"),
+                "--detectors",
+                "mls,knn,vim",
+                "--k",
+                "3",
+                "--vim-dims",
+                "1",
+                "--engine",
+                engine,
+                "--json",
+                report
+            ],
+        ));
+        let report = read_json(&report);
+        aurocs
+            .push(["mls", "knn", "vim"].map(|d| report["detectors"][d]["auroc"].as_f64().unwrap()));
+    }
+    assert_eq!(aurocs[0], aurocs[1]);
+
+    let eval = |extra: Vec<OsString>| {
+        s.run(
+            "eval",
+            [
+                args![
+                    "--id",
+                    s.dir("heldout"),
+                    "--ood",
+                    s.dir("incoming"),
+                    "--detectors",
+                    "mls"
+                ],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    // A GPU with tract, or ONNX Runtime for the crate's networks: the flag to use.
+    fails_naming(eval(args!["--device", "cuda"]), "--engine onnxruntime");
+    // Not a library where ORT_DYLIB_PATH points: an error naming the file, no crash.
+    let junk = s.dir("libonnxruntime.so");
+    std::fs::write(&junk, b"not a shared library").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_oodkit"))
+        .args(
+            [
+                args!["eval"],
+                onnx_args(&s),
+                args![
+                    "--engine",
+                    "onnxruntime",
+                    "--id",
+                    s.dir("heldout"),
+                    "--ood",
+                    s.dir("incoming"),
+                    "--detectors",
+                    "mls"
+                ],
+            ]
+            .concat(),
+        )
+        .env("ORT_DYLIB_PATH", &junk)
+        .output()
+        .unwrap();
+    let err = fails_naming(out, &junk.display().to_string());
+    assert!(err.contains("ORT_DYLIB_PATH"), "{err}");
+    // Named but missing.
+    let out = Command::new(env!("CARGO_BIN_EXE_oodkit"))
+        .args(
+            [
+                args!["eval"],
+                onnx_args(&s),
+                args![
+                    "--engine",
+                    "onnxruntime",
+                    "--id",
+                    s.dir("heldout"),
+                    "--ood",
+                    s.dir("incoming"),
+                    "--detectors",
+                    "mls"
+                ],
+            ]
+            .concat(),
+        )
+        .env("ORT_DYLIB_PATH", s.dir("nowhere.so"))
+        .output()
+        .unwrap();
+    fails_naming(out, "nowhere.so");
 }
 
 /// The OpenOOD detectors that need no labels, through ONNX (the last layer

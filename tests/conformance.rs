@@ -445,6 +445,87 @@ fn every_kind_on_recorded_outputs_scores_as_through_the_model() {
 }
 
 #[test]
+fn a_recording_beyond_its_budget_spills_to_npy_shards_and_replays_the_same() {
+    use oodkit::model::Recording;
+    let problem = fixture_problem();
+    let net = FixtureNet::default();
+    let layers = [(-2).into()];
+    let record_all = |recording: &mut Recording| {
+        [&problem.fit, &problem.near, &problem.far].map(|set| recording.record(&net, set).unwrap())
+    };
+    let mut in_memory = Recording::new(&net, &layers, 1 << 24).unwrap();
+    let memory_sets = record_all(&mut in_memory);
+    let row_bytes = in_memory.bytes() / in_memory.len();
+    // Room for 25 of the 170 rows: the rest goes to disk.
+    let budget = 25 * row_bytes;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spilled = Recording::new(&net, &layers, budget).unwrap();
+    spilled.spill_to(dir.path());
+    let spilled_sets = record_all(&mut spilled);
+    assert!(spilled.bytes() <= budget, "{} > {budget}", spilled.bytes());
+    assert_eq!(spilled.bytes() + spilled.spilled_bytes(), in_memory.bytes());
+    let folder = spilled.spill_folder().unwrap().to_path_buf();
+    assert!(folder.starts_with(dir.path()));
+    // The shards are NumPy files any .npy reader takes: the far set's
+    // logits, as the network gives them, are in its first shard.
+    let first_far = 90 + 40;
+    #[cfg(feature = "npy")]
+    {
+        let far_logits = oodkit::model::Model::forward(&net, problem.far.inputs().view()).unwrap();
+        let shard =
+            oodkit::datasets::npy::read_matrix(folder.join(format!("{first_far}-0.npy"))).unwrap();
+        assert_eq!(shard, far_logits.slice(s![..shard.nrows(), ..]));
+    }
+    // Every kind that replays gives the same scores from disk as from memory.
+    let mut compared = 0;
+    for registration in registry::all() {
+        if needs_network(registration)
+            || registration
+                .needs()
+                .capabilities
+                .contains(&Capability::InputGradient)
+        {
+            continue;
+        }
+        let detector = registration.build(&test_params(registration)).unwrap();
+        let fitted = |recording: &Recording, sets: &[oodkit::model::RecordedSet; 3]| {
+            let fit_data = registration
+                .needs()
+                .fit_data
+                .then_some(&sets[0] as &dyn BatchSource);
+            let fitted = detector.fit(recording, fit_data).unwrap();
+            [&sets[1], &sets[2]].map(|set| fitted.score(recording, set).unwrap().scores)
+        };
+        assert_eq!(
+            fitted(&spilled, &spilled_sets),
+            fitted(&in_memory, &memory_sets),
+            "{}",
+            registration.kind()
+        );
+        compared += 1;
+    }
+    assert!(compared >= 20, "{compared}");
+    // A shard changed behind the recording's back: an error naming it.
+    let victim = folder.join(format!("{first_far}-1.npy"));
+    std::fs::write(&victim, b"\x93NUMPY").unwrap();
+    let knn = registry::find("knn")
+        .unwrap()
+        .build(&Params::new().set("k", 2_usize))
+        .unwrap();
+    let err = knn
+        .fit(&spilled, Some(&spilled_sets[0]))
+        .and_then(|k| k.score(&spilled, &spilled_sets[2]))
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::CorruptFile { path, .. } if path == &victim),
+        "{err}"
+    );
+    // The shards go with the recording.
+    drop(spilled);
+    assert!(!folder.exists());
+}
+
+#[test]
 fn a_recording_refuses_what_it_cannot_hold_or_replay() {
     use oodkit::model::Recording;
     let problem = fixture_problem();

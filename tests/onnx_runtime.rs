@@ -31,20 +31,28 @@ fn matrix(v: &Value) -> Array2<f32> {
 }
 
 /// PyTorch's inputs, logits, penultimate features and last layer.
-fn expected() -> (Array4<f32>, Array2<f32>, Array2<f32>, Array2<f32>, Array1<f32>) {
+struct Expected {
+    inputs: Array4<f32>,
+    logits: Array2<f32>,
+    penultimate: Array2<f32>,
+    weights: Array2<f32>,
+    bias: Array1<f32>,
+}
+
+fn expected() -> Expected {
     let v: Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
             .unwrap();
     let shape: Vec<usize> = serde_json::from_value(v["input_shape"].clone()).unwrap();
     let input: Vec<f32> = serde_json::from_value(v["input"].clone()).unwrap();
     let bias: Vec<f32> = serde_json::from_value(v["bias"].clone()).unwrap();
-    (
-        Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), input).unwrap(),
-        matrix(&v["logits"]),
-        matrix(&v["penultimate"]),
-        matrix(&v["weights"]),
-        bias.into(),
-    )
+    Expected {
+        inputs: Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), input).unwrap(),
+        logits: matrix(&v["logits"]),
+        penultimate: matrix(&v["penultimate"]),
+        weights: matrix(&v["weights"]),
+        bias: bias.into(),
+    }
 }
 
 fn assert_close(a: &Array2<f32>, b: &Array2<f32>, what: &str) {
@@ -65,7 +73,13 @@ fn options() -> RuntimeOptions {
 #[test]
 #[ignore = "needs ONNX Runtime's library (pip install onnxruntime)"]
 fn todays_exports_run_to_pytorchs_figures() {
-    let (inputs, logits, penultimate, weights, bias) = expected();
+    let Expected {
+        inputs,
+        logits,
+        penultimate,
+        weights,
+        bias,
+    } = expected();
     for (graph, layer) in [
         ("dynamo.onnx", "mean"),
         ("dynamo_inline.onnx", "node_mean"),
@@ -91,10 +105,13 @@ fn todays_exports_run_to_pytorchs_figures() {
             &what,
         );
         // One input at a time and the whole batch agree (a dynamic batch).
-        let one = model.forward(inputs.slice(ndarray::s![2..3, .., .., ..])).unwrap();
+        let one = model
+            .forward(inputs.slice(ndarray::s![2..3, .., .., ..]))
+            .unwrap();
         assert_close(&one, &logits.slice(ndarray::s![2..3, ..]).to_owned(), &what);
         // So ViM fits on it.
-        let fit = OodDataset::from_arrays(inputs.clone(), Array1::zeros(inputs.shape()[0])).unwrap();
+        let fit =
+            OodDataset::from_arrays(inputs.clone(), Array1::zeros(inputs.shape()[0])).unwrap();
         Vim::new(PrincipalDims::Count(3))
             .unwrap()
             .fit(&model, Some(&fit))
@@ -105,10 +122,10 @@ fn todays_exports_run_to_pytorchs_figures() {
 #[test]
 #[ignore = "needs ONNX Runtime's library (pip install onnxruntime)"]
 fn wrong_inputs_and_names_are_errors_that_say_what_to_do() {
-    let (inputs, ..) = expected();
+    let inputs = expected().inputs;
     let path = fixtures().join("dynamo.onnx");
-    let err = OnnxRuntimeModel::load_with_features(&path, &["no_such_node"], &options())
-        .unwrap_err();
+    let err =
+        OnnxRuntimeModel::load_with_features(&path, &["no_such_node"], &options()).unwrap_err();
     assert!(err.to_string().contains("inspect"), "{err}");
     let model = OnnxRuntimeModel::load(&path).unwrap();
     assert_eq!(model.fixed_batch(), None);
@@ -116,7 +133,10 @@ fn wrong_inputs_and_names_are_errors_that_say_what_to_do() {
     let wrong = Array4::<f32>::zeros((2, 1, 7, 7));
     let err = model.forward(wrong.view()).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
-    assert!(err.to_string().contains(&format!("{}", inputs.shape()[2])), "{err}");
+    assert!(
+        err.to_string().contains(&format!("{}", inputs.shape()[2])),
+        "{err}"
+    );
     // Without a feature layer, the last layer says which layer to name.
     let err = model.head_parameters().unwrap_err();
     assert!(err.to_string().contains("--layer"), "{err}");
@@ -155,7 +175,7 @@ fn wrong_inputs_and_names_are_errors_that_say_what_to_do() {
 #[test]
 #[ignore = "needs ONNX Runtime's library (pip install onnxruntime)"]
 fn a_detector_fitted_through_tract_scores_the_same_through_onnx_runtime() {
-    let (inputs, ..) = expected();
+    let inputs = expected().inputs;
     let path = fixtures().join("dynamo.onnx");
     let tract = OnnxModel::load_with_features(&path, &["mean"]).unwrap();
     let runtime = OnnxRuntimeModel::load_with_features(&path, &["mean"], &options()).unwrap();
@@ -172,7 +192,9 @@ fn a_detector_fitted_through_tract_scores_the_same_through_onnx_runtime() {
     let loaded = AnyDetector::load(&file).unwrap();
     loaded.check_model(&runtime).unwrap();
     let shifted = inputs.mapv(|x| x * 1.5 + 0.25);
-    let through_tract = knn.score_batch(&tract, Batch::new(shifted.clone())).unwrap();
+    let through_tract = knn
+        .score_batch(&tract, Batch::new(shifted.clone()))
+        .unwrap();
     let through_runtime = loaded.score_batch(&runtime, Batch::new(shifted)).unwrap();
     assert_close(&through_tract.logits, &through_runtime.logits, "logits");
     for (a, b) in through_tract.scores.iter().zip(&through_runtime.scores) {

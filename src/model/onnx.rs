@@ -27,7 +27,7 @@ const MIN_PART: usize = 8;
 /// When the logits are a `Gemm` (or a `MatMul` then an `Add`) with constant
 /// weights on the last feature layer named, as PyTorch exports a final
 /// `Linear`, those weights are its
-/// [`head_parameters`](FeatureModel::head_parameters), so ViM runs on it.
+/// [`head_parameters`](LastLayer::head_parameters), so ViM runs on it.
 ///
 /// The batch size is whatever the graph declares: a dynamic first axis
 /// (`torch.onnx.export(..., dynamic_axes={"input": {0: "batch"}})`) takes

@@ -133,7 +133,11 @@ fn python_package_dirs(prefix: &Path) -> Vec<PathBuf> {
         };
         let mut pythons: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("python3")))
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with("python3"))
+            })
             .map(|e| e.path())
             .collect();
         pythons.sort();
@@ -190,16 +194,25 @@ pub fn find_library() -> Result<PathBuf> {
         prefixes.push(home.join(".local"));
     }
     prefixes.extend(["/usr/local", "/usr", "/opt/conda"].map(PathBuf::from));
-    let mut dirs: Vec<PathBuf> = prefixes.iter().flat_map(|p| python_package_dirs(p)).collect();
+    let mut dirs: Vec<PathBuf> = prefixes
+        .iter()
+        .flat_map(|p| python_package_dirs(p))
+        .collect();
     if let Some(paths) = std::env::var_os("LD_LIBRARY_PATH") {
         dirs.extend(std::env::split_paths(&paths));
     }
     dirs.extend(
-        ["/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib64"]
-            .map(PathBuf::from),
+        [
+            "/usr/local/lib",
+            "/usr/lib",
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib64",
+        ]
+        .map(PathBuf::from),
     );
-    dirs.iter().find_map(|dir| library_in(dir)).ok_or_else(|| {
-        Error::MissingFile {
+    dirs.iter()
+        .find_map(|dir| library_in(dir))
+        .ok_or_else(|| Error::MissingFile {
             path: PathBuf::from(if cfg!(target_os = "windows") {
                 "onnxruntime.dll"
             } else {
@@ -210,15 +223,16 @@ pub fn find_library() -> Result<PathBuf> {
                  (or onnxruntime-gpu) in the active Python environment, or set {LIBRARY_VARIABLE} \
                  to a libonnxruntime file (ONNX Runtime 1.18 or newer)"
             ),
-        }
-    })
+        })
 }
 
 /// The process's ONNX Runtime, loaded from `library` (or the one
 /// [`find_library`] gives) the first time. A process loads one library:
 /// asking for another afterwards is an error.
 fn runtime(library: Option<&Path>) -> Result<&'static Runtime> {
-    let _first = LOADING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _first = LOADING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(runtime) = RUNTIME.get() {
         return match library {
             Some(asked) if !same_file(asked, &runtime.library) => Err(Error::InvalidParameter {
@@ -284,9 +298,11 @@ fn value_of(graph: &GraphProto, name: &str, path: &Path) -> Result<String> {
         return Ok(name.to_owned());
     }
     match graph.node.iter().find(|n| n.name == name) {
-        Some(node) => node.output.first().cloned().ok_or_else(|| {
-            Error::corrupt(path, None, format!("its node {name:?} has no output"))
-        }),
+        Some(node) => {
+            node.output.first().cloned().ok_or_else(|| {
+                Error::corrupt(path, None, format!("its node {name:?} has no output"))
+            })
+        }
         None => Err(Error::InvalidParameter {
             name: "layer",
             value: name.to_owned(),
@@ -447,14 +463,14 @@ impl OnnxRuntimeModel {
                     .with_device_id(index)
                     .build()
                     .error_on_failure()])
-                .map_err(|e| Error::Unsupported {
-                    what: format!("running on {}", options.device),
-                    hint: format!(
-                        "ONNX Runtime from {} could not use CUDA ({e}): install \
-                         onnxruntime-gpu with the CUDA and cuDNN versions it names, or run on \
-                         the cpu",
-                        runtime.library.display()
+                .map_err(|e| Error::Backend {
+                    what: format!(
+                        "ONNX Runtime from {} cannot run on {} ({e}): install onnxruntime-gpu \
+                         with the CUDA and cuDNN versions it names, or run on the cpu",
+                        runtime.library.display(),
+                        options.device
                     ),
+                    source: None,
                 })?;
         }
         let session = builder
@@ -564,17 +580,21 @@ impl OnnxRuntimeModel {
         })?;
         let results = session
             .run(ort::inputs![self.input.as_str() => tensor])
-            .map_err(runtime_error(format!("running the graph on inputs of shape {shape:?}")))?;
+            .map_err(runtime_error(format!(
+                "running the graph on inputs of shape {shape:?}"
+            )))?;
         self.outputs
             .iter()
             .map(|name| {
                 let value = results.get(name.as_str()).ok_or_else(|| {
                     Error::backend(format!("ONNX Runtime returned no output {name:?}"))
                 })?;
-                let view = value.try_extract_array::<f32>().map_err(|e| Error::Backend {
-                    what: format!("the ONNX output {name:?} is not f32: {e}"),
-                    source: None,
-                })?;
+                let view = value
+                    .try_extract_array::<f32>()
+                    .map_err(|e| Error::Backend {
+                        what: format!("the ONNX output {name:?} is not f32: {e}"),
+                        source: None,
+                    })?;
                 let rows = view.shape().first().copied().unwrap_or(0);
                 if rows != n {
                     return Err(Error::ShapeMismatch {
@@ -686,7 +706,10 @@ mod tests {
             assert_eq!(library_in(&capi), None);
             std::fs::write(capi.join("libonnxruntime.so.1.30.0"), b"").unwrap();
             std::fs::write(capi.join("libonnxruntime_providers_shared.so"), b"").unwrap();
-            assert_eq!(library_in(&capi), Some(capi.join("libonnxruntime.so.1.30.0")));
+            assert_eq!(
+                library_in(&capi),
+                Some(capi.join("libonnxruntime.so.1.30.0"))
+            );
         }
     }
 }

@@ -1,6 +1,9 @@
 //! One network pass for many detectors: [`Recording`] and [`RecordedSet`].
 
 use std::fmt;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array2, Array4, ArrayView4};
 
@@ -18,7 +21,9 @@ pub const MAX_RECORDED_INPUTS: usize = 1 << 24;
 
 /// One network pass for many detectors: a [`Recording`] runs a model once
 /// over each data set, keeps the logits and the activations of chosen
-/// layers in memory (up to a budget), and then stands in for the model.
+/// layers in memory (up to a budget; beyond it, in `.npy` shards on disk
+/// when given a folder by [`spill_to`](Self::spill_to)), and then stands in
+/// for the model.
 /// Each data set comes back as a [`RecordedSet`] whose batches stand for
 /// the recorded inputs, so any number of detectors fit and score from one
 /// extraction: the network never runs again.
@@ -73,8 +78,12 @@ pub struct Recording {
     classes: Option<usize>,
     widths: Option<Vec<usize>>,
     rows: usize,
+    /// The first rows, held in memory: logits, then each layer's.
     logits: Vec<f32>,
     features: Vec<Vec<f32>>,
+    /// How many rows are in memory; the others (after them) are in shards.
+    memory_rows: usize,
+    spill: Spill,
     /// The model's last layer when it has one (or why it could not give
     /// it).
     head: Option<std::result::Result<Head, String>>,
@@ -89,6 +98,7 @@ impl fmt::Debug for Recording {
             .field("layers", &self.recorded_names())
             .field("inputs", &self.rows)
             .field("bytes", &self.bytes())
+            .field("spilled_bytes", &self.spilled_bytes())
             .finish_non_exhaustive()
     }
 }
@@ -116,22 +126,39 @@ impl Recording {
             widths: None,
             rows: 0,
             logits: Vec::new(),
+            memory_rows: 0,
+            spill: Spill::default(),
             head: model
                 .as_last_layer()
                 .map(|l| l.head_parameters().map_err(|e| e.to_string())),
         })
     }
 
+    /// Beyond the budget, writes what is recorded to `.npy` shards (one
+    /// per batch and layer, `(batch, width)` `f32`) in a new folder inside
+    /// `dir`, read back when replayed and deleted with the recording.
+    /// Without it, going beyond the budget is an error.
+    pub fn spill_to(&mut self, dir: impl Into<PathBuf>) {
+        self.spill.parent = Some(dir.into());
+    }
+
+    /// The folder the shards are written to, once one is.
+    pub fn spill_folder(&self) -> Option<&Path> {
+        self.spill.dir.as_ref().map(|d| d.path())
+    }
+
     /// Runs `model` (the one the recording was made for) once over `data`
     /// and keeps what it returns; the set comes back as a [`RecordedSet`]
-    /// to fit and score on. Errors as the model's checked pass does, and
-    /// when the recording would exceed its budget (nothing of `data` is
-    /// kept then) or [`MAX_RECORDED_INPUTS`].
+    /// to fit and score on. Errors as the model's checked pass does, when
+    /// the recording would exceed its budget without a folder to spill to
+    /// (nothing of `data` is kept then), when a shard cannot be written,
+    /// or beyond [`MAX_RECORDED_INPUTS`].
     pub fn record(&mut self, model: &dyn Model, data: &dyn BatchSource) -> Result<RecordedSet> {
         let start = self.rows;
         let kept = (
             self.logits.len(),
             self.features.iter().map(Vec::len).collect::<Vec<_>>(),
+            self.memory_rows,
         );
         let result = self.record_batches(model, data);
         if result.is_err() {
@@ -141,6 +168,8 @@ impl Recording {
             for (f, &len) in self.features.iter_mut().zip(&kept.1) {
                 f.truncate(len);
             }
+            self.memory_rows = kept.2;
+            self.spill.drop_from(start);
         }
         let layout = result?;
         Ok(RecordedSet {
@@ -224,21 +253,31 @@ impl Recording {
                 .get_or_insert_with(|| features.iter().map(|f| f.ncols()).collect());
             let needed = self.bytes()
                 + n * 4 * (classes + features.iter().map(|f| f.ncols()).sum::<usize>());
-            if needed > self.budget {
-                return Err(Error::invalid(
-                    "memory budget",
-                    format!("{} bytes", self.budget),
-                    format!(
-                        "recording {} inputs of {classes} logits and {} features needs more; \
-                         raise the budget or record fewer layers",
-                        self.rows + n,
-                        features.iter().map(|f| f.ncols()).sum::<usize>()
-                    ),
-                ));
-            }
-            self.logits.extend(logits.iter().copied());
-            for (kept, f) in self.features.iter_mut().zip(&features) {
-                kept.extend(f.iter().copied());
+            // Once spilling, every later row goes to shards: memory holds
+            // the first rows only.
+            if self.memory_rows < self.rows || needed > self.budget {
+                if self.spill.parent.is_none() {
+                    return Err(Error::invalid(
+                        "memory budget",
+                        format!("{} bytes", self.budget),
+                        format!(
+                            "recording {} inputs of {classes} logits and {} features needs \
+                             more; raise the budget, record fewer layers or give a folder to \
+                             spill to",
+                            self.rows + n,
+                            features.iter().map(|f| f.ncols()).sum::<usize>()
+                        ),
+                    ));
+                }
+                let columns: Vec<&Array2<f32>> =
+                    std::iter::once(&logits).chain(&features).collect();
+                self.spill.write(self.rows, &columns)?;
+            } else {
+                self.logits.extend(logits.iter().copied());
+                for (kept, f) in self.features.iter_mut().zip(&features) {
+                    kept.extend(f.iter().copied());
+                }
+                self.memory_rows += n;
             }
             self.rows += n;
         }
@@ -254,9 +293,15 @@ impl Recording {
         })
     }
 
-    /// The bytes held (logits and activations, `f32`).
+    /// The bytes held in memory (logits and activations, `f32`).
     pub fn bytes(&self) -> usize {
         4 * (self.logits.len() + self.features.iter().map(Vec::len).sum::<usize>())
+    }
+
+    /// The bytes written to shards on disk (their values; each file adds
+    /// a header of 128 bytes).
+    pub fn spilled_bytes(&self) -> usize {
+        self.spill.bytes
     }
 
     /// The number of inputs recorded.
@@ -299,16 +344,45 @@ impl Recording {
             .collect()
     }
 
-    fn gather(values: &[f32], width: usize, rows: &[usize]) -> Result<Array2<f32>> {
+    /// The rows of one column (0 the logits, k + 1 the k-th layer), from
+    /// memory or, for those after the first `memory_rows`, from the shards
+    /// (a run of consecutive rows in one shard is one read).
+    fn gather(&self, column: usize, rows: &[usize]) -> Result<Array2<f32>> {
+        let (values, width) = match column {
+            0 => (&self.logits, self.classes.unwrap_or(0)),
+            k => (
+                &self.features[k - 1],
+                self.widths
+                    .as_deref()
+                    .and_then(|w| w.get(k - 1))
+                    .copied()
+                    .unwrap_or(0),
+            ),
+        };
         let mut out = Vec::with_capacity(rows.len() * width);
-        for &r in rows {
-            out.extend_from_slice(&values[r * width..(r + 1) * width]);
+        let mut i = 0;
+        while let Some(&r) = rows.get(i) {
+            if r < self.memory_rows {
+                out.extend_from_slice(&values[r * width..(r + 1) * width]);
+                i += 1;
+                continue;
+            }
+            let shard = self.spill.shard_of(r)?;
+            let mut j = i + 1;
+            while rows
+                .get(j)
+                .is_some_and(|&next| next == rows[j - 1] + 1 && next < shard.first + shard.rows)
+            {
+                j += 1;
+            }
+            shard.read(column, width, r - shard.first, j - i, &mut out)?;
+            i = j;
         }
         Ok(Array2::from_shape_vec((rows.len(), width), out)?)
     }
 
     fn logits_of(&self, rows: &[usize]) -> Result<Array2<f32>> {
-        Self::gather(&self.logits, self.classes.unwrap_or(0), rows)
+        self.gather(0, rows)
     }
 }
 
@@ -335,7 +409,6 @@ impl FeatureModel for Recording {
 
     fn forward_features(&self, inputs: ArrayView4<f32>, layers: &[LayerId]) -> Result<ModelOutput> {
         let rows = self.rows_of(inputs)?;
-        let widths = self.widths.as_deref().unwrap_or_default();
         let features = resolve_layers(layers, &self.names)?
             .into_iter()
             .zip(layers)
@@ -350,11 +423,7 @@ impl FeatureModel for Recording {
                         ),
                     )
                 })?;
-                Self::gather(
-                    &self.features[k],
-                    widths.get(k).copied().unwrap_or(0),
-                    &rows,
-                )
+                self.gather(k + 1, &rows)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(ModelOutput {
@@ -373,6 +442,151 @@ impl LastLayer for Recording {
             ))),
             None => Err(Error::custom("the recorded model has no last layer")),
         }
+    }
+}
+
+/// The part of a recording beyond its memory budget: `.npy` shards in a
+/// folder of their own, deleted with it.
+#[derive(Default)]
+struct Spill {
+    /// Where the shards' folder is made, when spilling is allowed.
+    parent: Option<PathBuf>,
+    /// The shards' folder, once one is written.
+    dir: Option<tempfile::TempDir>,
+    /// In row order, contiguous, after the rows in memory.
+    shards: Vec<Shard>,
+    bytes: usize,
+}
+
+/// One spilled batch: rows `first..first + rows`, a file per column.
+struct Shard {
+    first: usize,
+    rows: usize,
+    files: Vec<(PathBuf, usize)>,
+}
+
+/// The header of a shard: `.npy` version 1.0 of `(rows, width)` little-
+/// endian `f32`, padded to 128 bytes.
+fn npy_header(rows: usize, width: usize) -> Vec<u8> {
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {width}), }}");
+    let mut header = b"\x93NUMPY\x01\x00".to_vec();
+    let len = 128 - 10;
+    header.extend_from_slice(&(len as u16).to_le_bytes());
+    header.extend_from_slice(dict.as_bytes());
+    header.resize(127, b' ');
+    header.push(b'\n');
+    header
+}
+
+impl Spill {
+    /// Writes one batch's columns (logits, then each layer) as shards of
+    /// rows `first..`.
+    fn write(&mut self, first: usize, columns: &[&Array2<f32>]) -> Result<()> {
+        let Some(parent) = self.parent.as_ref() else {
+            return Err(Error::custom("spilling without a folder"));
+        };
+        if self.dir.is_none() {
+            let dir = tempfile::Builder::new()
+                .prefix("oodkit-recording-")
+                .tempdir_in(parent)
+                .map_err(|source| Error::Io {
+                    path: parent.clone(),
+                    source,
+                })?;
+            self.dir = Some(dir);
+        }
+        let dir = self
+            .dir
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+            .unwrap_or_default();
+        let rows = columns.first().map_or(0, |c| c.nrows());
+        let mut files = Vec::with_capacity(columns.len());
+        for (k, column) in columns.iter().enumerate() {
+            let path = dir.join(format!("{first}-{k}.npy"));
+            let io = |source| Error::Io {
+                path: path.clone(),
+                source,
+            };
+            let mut bytes = npy_header(rows, column.ncols());
+            bytes.reserve(column.len() * 4);
+            for v in column.iter() {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+            let mut file = File::create(&path).map_err(io)?;
+            file.write_all(&bytes).map_err(io)?;
+            self.bytes += column.len() * 4;
+            files.push((path, column.ncols()));
+        }
+        self.shards.push(Shard { first, rows, files });
+        Ok(())
+    }
+
+    /// Deletes the shards of rows `first..`.
+    fn drop_from(&mut self, first: usize) {
+        while self.shards.last().is_some_and(|s| s.first >= first) {
+            if let Some(shard) = self.shards.pop() {
+                for (path, width) in &shard.files {
+                    // Best effort: the folder goes with the recording.
+                    let _ = std::fs::remove_file(path);
+                    self.bytes = self.bytes.saturating_sub(shard.rows * width * 4);
+                }
+            }
+        }
+    }
+
+    fn shard_of(&self, row: usize) -> Result<&Shard> {
+        let at = self.shards.partition_point(|s| s.first + s.rows <= row);
+        self.shards
+            .get(at)
+            .filter(|s| s.first <= row)
+            .ok_or_else(|| Error::custom(format!("row {row} is in no shard of the recording")))
+    }
+}
+
+impl Shard {
+    /// Appends `count` rows from row `from` (of this shard) of `column`.
+    fn read(
+        &self,
+        column: usize,
+        width: usize,
+        from: usize,
+        count: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let Some((path, written)) = self.files.get(column) else {
+            return Err(Error::custom(format!(
+                "the recording has no column {column}"
+            )));
+        };
+        let io = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
+        let header = npy_header(self.rows, *written);
+        let mut file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if *written != width || len != (header.len() + self.rows * width * 4) as u64 {
+            return Err(Error::corrupt(
+                path,
+                None,
+                format!(
+                    "a shard of {} x {width} values is {len} bytes: it was changed after it \
+                     was written; record again",
+                    self.rows
+                ),
+            ));
+        }
+        file.seek(SeekFrom::Start((header.len() + from * width * 4) as u64))
+            .map_err(io)?;
+        let mut bytes = vec![0_u8; count * width * 4];
+        file.read_exact(&mut bytes).map_err(io)?;
+        out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        );
+        Ok(())
     }
 }
 

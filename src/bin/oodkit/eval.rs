@@ -58,10 +58,15 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// The memory the one pass over the images may keep (logits and the
-    /// feature layers of every image), in MB; beyond it, each detector
-    /// runs the network itself.
+    /// feature layers of every image), in MB; beyond it, the rest is
+    /// written to --spill-dir and read back from there.
     #[arg(long, value_name = "MB", default_value_t = 4096)]
     pub memory_budget: usize,
+    /// Where the one pass goes beyond --memory-budget: .npy files in a
+    /// folder of their own, deleted at the end [default: the system's
+    /// temporary folder, $TMPDIR].
+    #[arg(long, value_name = "DIR")]
+    pub spill_dir: Option<PathBuf>,
 }
 
 /// Runs `oodkit eval`: every detector's needs are checked first; then the
@@ -247,9 +252,8 @@ impl Plan {
 }
 
 /// One pass of the network over the sets, when a detector can use it:
-/// the recording and the sets as recorded. `None` when no detector can, or
-/// when the pass would not fit in `--memory-budget` (said, and each
-/// detector then runs the network itself).
+/// the recording and the sets as recorded (`None` when no detector can).
+/// Beyond `--memory-budget`, the pass is written to `--spill-dir` (said).
 fn record(
     args: &EvalArgs,
     plans: &[Plan],
@@ -274,6 +278,16 @@ fn record(
     };
     let budget = args.memory_budget.saturating_mul(1 << 20);
     let mut recording = Box::new(Recording::new(model, layers, budget)?);
+    let spill_dir = args.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+    if !spill_dir.is_dir() {
+        return Err(Error::MissingFile {
+            path: spill_dir,
+            hint: "--spill-dir names a folder to write the pass to beyond --memory-budget: \
+                   create it or name another"
+                .into(),
+        });
+    }
+    recording.spill_to(&spill_dir);
     let mut pass = |what: &str, source: &dyn BatchSource| -> Result<RecordedSet> {
         let progress = Progress::new(source, format!("network: {what}"), quiet);
         recording.record(model, &progress)
@@ -291,22 +305,17 @@ fn record(
             ood: pass("OOD", sets.ood)?,
         })
     })();
-    match recorded {
-        Ok(recorded) => Ok(Some((recording, recorded))),
-        Err(Error::InvalidParameter {
-            name: "memory budget",
-            reason,
-            ..
-        }) => {
-            eprintln!(
-                "note: one pass would keep more than --memory-budget {} MB ({reason}); each \
-                 detector runs the network itself instead",
-                args.memory_budget
-            );
-            Ok(None)
-        }
-        Err(e) => Err(e),
+    let recorded = recorded?;
+    if let Some(folder) = recording.spill_folder() {
+        eprintln!(
+            "note: the pass keeps more than --memory-budget {} MB: {} MB more are in {} \
+             (deleted at the end)",
+            args.memory_budget,
+            recording.spilled_bytes().div_ceil(1 << 20),
+            folder.display()
+        );
     }
+    Ok(Some((recording, recorded)))
 }
 
 /// The share of inputs whose predicted class is their label.

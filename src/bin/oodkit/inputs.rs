@@ -3,11 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
 use oodkit::datasets::image_folder::{Channels, Fit, FolderBatches, ImageFolder};
 use oodkit::datasets::transforms::imagenet_preprocess;
 use oodkit::detectors::AnyModel;
-use oodkit::model::{BurnModel, LayerId, OnnxModel};
+use oodkit::model::{BurnModel, Device, LayerId, OnnxModel, OnnxRuntimeModel, RuntimeOptions};
 use oodkit::nets::{CifarResNet, ToyConvnetConfig};
 use oodkit::{Batch, Error, PrepareConfig, Result};
 use serde_json::{Value, json};
@@ -63,6 +62,32 @@ pub struct ModelArgs {
     /// Images per batch.
     #[arg(long, default_value_t = 128, value_name = "N", value_parser = positive)]
     pub batch_size: usize,
+    /// What runs a --model graph: tract (built in) or onnxruntime (ONNX
+    /// Runtime's library, several times faster, GPUs: `pip install
+    /// onnxruntime`, found in the active or PATH Python, or named by
+    /// ORT_DYLIB_PATH).
+    #[arg(long, value_enum, default_value_t = Engine::Tract)]
+    pub engine: Engine,
+    /// Where --engine onnxruntime runs the graph: cpu, cuda (the first
+    /// GPU; needs onnxruntime-gpu) or cuda:N.
+    #[arg(long, default_value = "cpu", value_name = "DEVICE", value_parser = parse_device)]
+    pub device: Device,
+}
+
+/// `--engine`: what runs an ONNX graph.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// tract: pure Rust, nothing to install; runs batches across the cores.
+    Tract,
+    /// ONNX Runtime, loaded from its library at run time.
+    Onnxruntime,
+}
+
+/// `cpu`, `cuda` or `cuda:N`.
+fn parse_device(value: &str) -> std::result::Result<Device, String> {
+    value
+        .parse::<Device>()
+        .map_err(|_| format!("expected cpu, cuda or cuda:N (N the GPU's index), not {value:?}"))
 }
 
 /// `--channels`.
@@ -257,6 +282,40 @@ impl ModelArgs {
         Ok(())
     }
 
+    /// --engine and --device apply to an ONNX graph, and a GPU to ONNX
+    /// Runtime.
+    fn check_engine(&self) -> Result<()> {
+        let flag = |name: &str, value: String, reason: &str| Error::InvalidParameter {
+            name: "option",
+            value: format!("--{name} {value}"),
+            reason: reason.into(),
+        };
+        if self.network.model.is_none() {
+            if self.engine != Engine::Tract {
+                return Err(flag(
+                    "engine",
+                    "onnxruntime".into(),
+                    "it runs ONNX graphs: use it with --model FILE.onnx",
+                ));
+            }
+            if self.device != Device::Cpu {
+                return Err(flag(
+                    "device",
+                    self.device.to_string(),
+                    "it applies to --model FILE.onnx with --engine onnxruntime (the crate's \
+                     networks run on the CPU)",
+                ));
+            }
+        } else if self.engine == Engine::Tract && self.device != Device::Cpu {
+            return Err(flag(
+                "device",
+                self.device.to_string(),
+                "tract runs on the CPU: add --engine onnxruntime to run on a GPU",
+            ));
+        }
+        Ok(())
+    }
+
     /// The feature layers to expose: `--layer` values as given, or for an
     /// ONNX graph without any, the value its last linear layer reads (none
     /// when the graph's logits are not an affine layer: the feature
@@ -273,10 +332,22 @@ impl ModelArgs {
     /// have theirs already. `sample` (a folder of the data) gives the toy
     /// convnet its image size.
     pub fn load(&self, layers: &[String], sample: Option<&ImageFolder>) -> Result<Network> {
-        let device = Device::flex();
+        let device = burn::tensor::Device::flex();
+        self.check_engine()?;
         if let Some(path) = &self.network.model {
             let names: Vec<&str> = layers.iter().map(String::as_str).collect();
-            return Ok(Box::new(OnnxModel::load_with_features(path, &names)?));
+            return Ok(match self.engine {
+                Engine::Tract => Box::new(OnnxModel::load_with_features(path, &names)?),
+                Engine::Onnxruntime => {
+                    let options = RuntimeOptions {
+                        device: self.device,
+                        ..RuntimeOptions::default()
+                    };
+                    Box::new(OnnxRuntimeModel::load_with_features(
+                        path, &names, &options,
+                    )?)
+                }
+            });
         }
         if let Some(path) = &self.network.resnet {
             let net = CifarResNet::from_safetensors(path, self.depth, &device)?;
