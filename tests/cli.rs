@@ -718,6 +718,154 @@ fn onnx_runtime_scores_as_tract_does_and_its_options_are_checked() {
     fails_naming(out, "nowhere.so");
 }
 
+/// Runs oodkit, failing the test (and killing it) if it has not ended
+/// within 60 s: a command that blocks on a pipe must not hang the suite.
+fn oodkit_within_a_minute(args: Vec<OsString>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oodkit"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("oodkit still ran after 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn outputs_never_replace_inputs_or_special_files_and_csv_rows_survive_odd_names() {
+    let s = onnx_setup();
+    let graph_bytes = std::fs::read(&s.graph).unwrap();
+    let fit = |out: &Path| {
+        s.run(
+            "fit",
+            args!["--data", s.dir("train"), "--detector", "mls", "--out", out],
+        )
+    };
+    // The network, an image of the fit data: refused, left as they were.
+    let err = fails_naming(fit(&s.graph), "--out");
+    assert!(err.contains("--model"), "{err}");
+    assert_eq!(std::fs::read(&s.graph).unwrap(), graph_bytes);
+    let image = s.dir("train").join("000.png");
+    let image_bytes = std::fs::read(&image).unwrap();
+    let err = fails_naming(fit(&image), "--out");
+    assert!(err.contains("inside --data"), "{err}");
+    assert_eq!(std::fs::read(&image).unwrap(), image_bytes);
+    // A folder as the output file.
+    fails_naming(fit(&s.dir("heldout")), "not a regular file");
+
+    let detector = s.dir("mls.oodkit");
+    ok(fit(&detector));
+    let detector_bytes = std::fs::read(&detector).unwrap();
+    let score = |out: &Path| {
+        s.run(
+            "score",
+            args![
+                "--detector",
+                detector,
+                "--data",
+                s.dir("incoming"),
+                "--out",
+                out
+            ],
+        )
+    };
+    // The detector file as the scores' output (a .csv name is required, so
+    // through a link named .csv).
+    let link = s.dir("link.csv");
+    std::fs::hard_link(&detector, &link).unwrap();
+    fails_naming(score(&link), "--detector");
+    assert_eq!(std::fs::read(&detector).unwrap(), detector_bytes);
+
+    // Image names with a comma, a quote and a line break: one row each.
+    for (i, name) in ["a,b.png", "say \"hi\".png", "two\nlines.png"]
+        .iter()
+        .enumerate()
+    {
+        std::fs::copy(
+            s.dir("incoming").join(format!("{i:03}.png")),
+            s.dir("incoming").join(name),
+        )
+        .unwrap();
+    }
+    let scores = s.dir("scores.csv");
+    ok(score(&scores));
+    let id_npy = s.dir("id.npy");
+    npy::write_vector(&id_npy, Array1::from(vec![0.0_f32, 1.0, 2.0]).view()).unwrap();
+    let out = ok(oodkit(args!["metrics", "--id", id_npy, "--ood", scores]));
+    assert!(
+        stdout(&out).contains("3 ID and 15 OOD scores"),
+        "{}",
+        stdout(&out)
+    );
+    // The metrics' report over one of its inputs, its figures into a file.
+    let metrics = |extra: Vec<OsString>| {
+        oodkit([args!["metrics", "--id", id_npy, "--ood", scores], extra].concat())
+    };
+    fails_naming(metrics(args!["--json", id_npy]), "--id");
+    fails_naming(metrics(args!["--plots", scores]), "not a folder");
+    // eval's report over the network, its figures into an input folder.
+    let eval = |extra: Vec<OsString>| {
+        s.run(
+            "eval",
+            [
+                args![
+                    "--id",
+                    s.dir("heldout"),
+                    "--ood",
+                    s.dir("incoming"),
+                    "--detectors",
+                    "mls"
+                ],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    fails_naming(eval(args!["--json", s.graph]), "--model");
+    fails_naming(
+        eval(args!["--plots", s.dir("heldout").join("figures")]),
+        "inside --id",
+    );
+    assert_eq!(std::fs::read(&s.graph).unwrap(), graph_bytes);
+
+    // Pipes: as an output, refused and left a pipe; as an input, an error
+    // at once rather than a reader blocked forever.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let fifo = s.dir("pipe.csv");
+        let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        fails_naming(score(&fifo), "not a regular file");
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        let out = oodkit_within_a_minute(args!["metrics", "--id", fifo, "--ood", scores]);
+        fails_naming(out, "pipe");
+        let out = oodkit_within_a_minute(
+            [
+                args!["score"],
+                onnx_args(&s),
+                args![
+                    "--detector",
+                    fifo,
+                    "--data",
+                    s.dir("incoming"),
+                    "--out",
+                    s.dir("x.csv")
+                ],
+            ]
+            .concat(),
+        );
+        fails_naming(out, "pipe");
+    }
+}
+
 /// The OpenOOD detectors that need no labels, through ONNX (the last layer
 /// read from the graph), against the library on the same features.
 #[test]

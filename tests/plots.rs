@@ -207,10 +207,12 @@ fn bad_scores_and_paths_are_errors_and_leave_no_file() {
     ));
     let folder = dir.path().join("taken.png");
     fs::create_dir(&folder).unwrap();
-    assert!(matches!(
-        plot_roc_curve(&s_in, &s_out, &RocPlot::new(), &folder),
-        Err(Error::Io { .. })
-    ));
+    let err = plot_roc_curve(&s_in, &s_out, &RocPlot::new(), &folder).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidParameter { .. })
+            && err.to_string().contains("not a regular file"),
+        "{err}"
+    );
     // Nothing written but the folder made above: no partial files.
     assert_eq!(listing(dir.path()), vec!["taken.png"]);
     assert!(listing(&folder).is_empty());

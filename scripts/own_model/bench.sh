@@ -26,6 +26,7 @@ mkdir -p "$WORK"
 ORT_DYLIB_PATH="$(ls "$PEER_DIR"/venv_torch/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so* | head -n 1)"
 export ORT_DYLIB_PATH
 cargo build --release --features cli --bin oodkit
+oodkit="${CARGO_TARGET_DIR:-target}/release/oodkit"
 grep -m1 "model name" /proc/cpuinfo
 echo "cores: $(nproc)"
 
@@ -42,10 +43,10 @@ run() {
 results="$WORK/results.txt"
 : > "$results"
 for round in $(seq "$ROUNDS"); do
-  run oodkit_tract ./target/release/oodkit eval --model "$WORK/resnet20.onnx" \
+  run oodkit_tract "$oodkit" eval --model "$WORK/resnet20.onnx" \
     --size 32x32 --normalize imagenet --fit-data "$WORK/data/fit" --id "$WORK/data/id" \
     --ood "$WORK/data/ood" --detectors mls,energy,knn,vim --quiet --json "$WORK/oodkit.json" | tee -a "$results"
-  run oodkit_onnxruntime ./target/release/oodkit eval --model "$WORK/resnet20.onnx" --engine onnxruntime \
+  run oodkit_onnxruntime "$oodkit" eval --model "$WORK/resnet20.onnx" --engine onnxruntime \
     --size 32x32 --normalize imagenet --fit-data "$WORK/data/fit" --id "$WORK/data/id" \
     --ood "$WORK/data/ood" --detectors mls,energy,knn,vim --quiet --json "$WORK/oodkit_ort.json" | tee -a "$results"
   run pytorch "$py" scripts/own_model/torch_eval.py "$weights" "$WORK/data" "$(nproc)" | tee -a "$results"

@@ -28,12 +28,61 @@ pub(crate) fn find_file(dir: &Path, names: &[&str], hint: &str) -> Result<PathBu
         })
 }
 
+/// The whole content of the regular file `path` (its size in memory, no
+/// more). A missing path is an [`Error::MissingFile`] saying to give
+/// `what`; a folder, a pipe or a device is refused before it is opened (a
+/// pipe could block forever, a device never end).
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("scores.csv");
+/// std::fs::write(&path, "score\n1.5\n")?;
+/// assert_eq!(oodkit::datasets::read_regular_file(&path, "a score file")?, b"score\n1.5\n");
+/// assert!(oodkit::datasets::read_regular_file(dir.path(), "a score file").is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn read_regular_file(path: &Path, what: &str) -> Result<Vec<u8>> {
+    let meta = fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::MissingFile {
+            path: path.to_path_buf(),
+            hint: format!("give {what}"),
+        },
+        _ => Error::io(path, e),
+    })?;
+    if !meta.is_file() {
+        return Err(Error::InvalidParameter {
+            name: "path",
+            value: path.display().to_string(),
+            reason: format!(
+                "is {}, not a regular file: give {what}",
+                if meta.is_dir() {
+                    "a folder"
+                } else {
+                    "a pipe, a socket or a device"
+                }
+            ),
+        });
+    }
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(meta.len() as usize)
+        .map_err(|_| Error::InvalidParameter {
+            name: "file size",
+            value: format!("{} bytes ({})", meta.len(), path.display()),
+            reason: "more than this machine can hold in memory".into(),
+        })?;
+    fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| Error::io(path, e))?;
+    Ok(bytes)
+}
+
 /// The whole content of `path`, gunzipped when it is gzip data.
 ///
 /// A file named `*.gz` that is not gzip, or a gzip stream that is cut short
 /// or damaged, is a [`Error::CorruptFile`].
 pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let raw = read_regular_file(path, "the dataset's file")?;
     let is_gz = raw.starts_with(&GZIP_MAGIC);
     if !is_gz {
         if path.extension().is_some_and(|e| e == "gz") {
@@ -77,24 +126,52 @@ pub(crate) fn be_u32(path: &Path, bytes: &[u8], offset: usize) -> Result<u32> {
         })
 }
 
-/// Writes `bytes` to a temporary file beside `path` and renames it over
-/// `path`, so a failure never leaves a partial file under its name.
-#[cfg_attr(not(any(feature = "plots", feature = "npy")), allow(dead_code))]
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidParameter {
-            name: "path",
+/// Writes `bytes` to `path` whole: into a temporary file in the same
+/// folder, flushed to disk, then renamed over `path`, so a failure or a
+/// kill never leaves a partial file under its name (the temporary file is
+/// removed on failure). An existing `path` that is not a regular file (a
+/// folder, a pipe, a device) is refused, not replaced.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("report.json");
+/// oodkit::datasets::write_atomically(&path, b"{}")?;
+/// assert_eq!(std::fs::read(&path)?, b"{}");
+/// assert!(oodkit::datasets::write_atomically(dir.path(), b"{}").is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Ok(meta) = fs::metadata(path)
+        && !meta.is_file()
+    {
+        return Err(Error::InvalidParameter {
+            name: "output path",
+            value: path.display().to_string(),
+            reason: "exists and is not a regular file (a folder, a pipe or a device): name a \
+                     new file, or a regular file to replace"
+                .into(),
+        });
+    }
+    if path.file_name().is_none() {
+        return Err(Error::InvalidParameter {
+            name: "output path",
             value: path.display().to_string(),
             reason: "names no file".into(),
-        })?
-        .to_string_lossy();
-    let temp: PathBuf = path.with_file_name(format!(".{name}.{}.partial", std::process::id()));
-    let written = fs::File::create(&temp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| fs::rename(&temp, path));
-    written.map_err(|e| {
-        let _ = fs::remove_file(&temp);
-        Error::io(path, e)
-    })
+        });
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut temp = tempfile::Builder::new()
+        .prefix(".oodkit-")
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(path, e))?;
+    temp.write_all(bytes)
+        .and_then(|()| temp.as_file().sync_all())
+        .map_err(|e| Error::io(path, e))?;
+    // Dropping `temp` on an error above removes it.
+    temp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
 }

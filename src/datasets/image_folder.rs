@@ -296,6 +296,17 @@ fn listing(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
             .extension()
             .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
         {
+            // A pipe or a device named like an image would block or never
+            // end when decoded: refused here, before any is read.
+            if !fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                return Err(Error::InvalidParameter {
+                    name: "image",
+                    value: path.display().to_string(),
+                    reason: "is not a regular file (a pipe, a device or a broken link): remove \
+                             it from the folder"
+                        .into(),
+                });
+            }
             images.push(path);
         }
     }

@@ -16,6 +16,7 @@ mod dataset;
 #[cfg(feature = "download")]
 pub mod download;
 pub(crate) mod files;
+pub use files::{read_regular_file, write_atomically};
 #[cfg(feature = "images")]
 pub mod image_folder;
 pub mod mnist;

@@ -21,7 +21,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -176,19 +175,9 @@ fn read_file(path: &Path) -> Result<NpyBytes> {
     NpyBytes::new(path, path.display().to_string(), bytes)
 }
 
-/// The whole file, or a missing-file error naming it.
+/// The whole file (a regular one), or a missing-file error naming it.
 fn read_all(path: &Path) -> Result<Vec<u8>> {
-    if !path.is_file() {
-        return Err(Error::MissingFile {
-            path: path.to_path_buf(),
-            hint: if path.is_dir() {
-                "this is a folder; give the path of a .npy file".into()
-            } else {
-                "no such file".into()
-            },
-        });
-    }
-    fs::read(path).map_err(|e| Error::io(path, e))
+    crate::datasets::files::read_regular_file(path, "a .npy or .npz file")
 }
 
 /// A 2-D array `(N, D)` of float32 or float64 values (features or logits),

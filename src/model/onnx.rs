@@ -112,7 +112,19 @@ pub(super) fn missing_external_data(
         else {
             continue;
         };
-        if !dir.join(location).is_file() {
+        let data = dir.join(location);
+        if data.exists() && !data.is_file() {
+            return Err(Error::InvalidParameter {
+                name: "external data",
+                value: data.display().to_string(),
+                reason: format!(
+                    "{} keeps its weights there, but it is not a regular file (a folder, a pipe \
+                     or a device): put the graph's .data file there",
+                    path.display()
+                ),
+            });
+        }
+        if !data.is_file() {
             return Err(Error::MissingFile {
                 path: dir.join(location),
                 hint: format!(

@@ -46,6 +46,11 @@ pub struct FitArgs {
 
 /// Runs `oodkit fit`.
 pub fn run(args: &FitArgs, quiet: bool) -> Result<()> {
+    args.model
+        .inputs()
+        .with("--data", args.data.as_deref())
+        .with("--calibrate", args.calibrate.as_deref())
+        .check_file("--out", &args.out)?;
     let fit_folder = args
         .data
         .as_deref()

@@ -282,6 +282,14 @@ impl ModelArgs {
         Ok(())
     }
 
+    /// The files of the network, as inputs a command must not write over.
+    pub fn inputs(&self) -> crate::outputs::Inputs<'_> {
+        crate::outputs::Inputs::default()
+            .with("--model", self.network.model.as_deref())
+            .with("--resnet", self.network.resnet.as_deref())
+            .with("--toy-convnet", self.network.toy_convnet.as_deref())
+    }
+
     /// --engine and --device apply to an ONNX graph, and a GPU to ONNX
     /// Runtime.
     fn check_engine(&self) -> Result<()> {

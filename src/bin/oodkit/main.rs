@@ -11,6 +11,7 @@ mod fit;
 mod inputs;
 mod inspect;
 mod metrics;
+mod outputs;
 mod progress;
 mod report;
 mod score;

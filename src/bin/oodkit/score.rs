@@ -33,6 +33,11 @@ pub struct ScoreArgs {
 /// Runs `oodkit score`.
 pub fn run(args: &ScoreArgs, quiet: bool) -> Result<()> {
     scores::format_of(&args.out)?;
+    args.model
+        .inputs()
+        .with("--detector", Some(&args.detector))
+        .with("--data", Some(&args.data))
+        .check_file("--out", &args.out)?;
     let detector = AnyDetector::load(&args.detector)?;
     // The images are prepared as they were for fitting.
     let mut model_args = args.model.clone();

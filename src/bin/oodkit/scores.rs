@@ -1,7 +1,6 @@
 //! Score files: `.npy` (one vector of scores) and `.csv` (one row per
 //! input: score, p-value, verdict, predicted class, file).
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use ndarray::Array1;
@@ -9,8 +8,9 @@ use oodkit::calibration::Verdict;
 use oodkit::datasets::npy;
 use oodkit::{Error, Result};
 
-/// The columns of a score CSV; the file name last, as it may hold commas.
-const HEADER: &str = "score,p_value,is_ood,class,file";
+/// The columns of a score CSV (file names holding commas, quotes or line
+/// breaks are quoted).
+const HEADER: [&str; 5] = ["score", "p_value", "is_ood", "class", "file"];
 
 /// What `oodkit score` writes.
 pub enum Format {
@@ -46,25 +46,21 @@ pub fn read(path: &Path) -> Result<Array1<f32>> {
 }
 
 fn read_csv(path: &Path) -> Result<Array1<f32>> {
-    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::MissingFile {
-            path: path.to_path_buf(),
-            hint: "give a score file written by `oodkit score`".into(),
-        },
-        _ => Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        },
-    })?;
-    let mut lines = text.lines();
-    let header = lines.next().unwrap_or_default();
+    let bytes =
+        oodkit::datasets::read_regular_file(path, "a score file written by `oodkit score`")?;
+    let mut reader = csv::ReaderBuilder::new().from_reader(bytes.as_slice());
+    let header = reader
+        .headers()
+        .map_err(|e| corrupt(path, format!("its header is not CSV: {e}")))?
+        .clone();
     let column = header
-        .split(',')
+        .iter()
         .position(|c| c.trim() == "score")
         .ok_or_else(|| corrupt(path, format!("no `score` column in the header {header:?}")))?;
     let mut scores = Vec::new();
-    for (row, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let field = line.split(',').nth(column).unwrap_or_default().trim();
+    for (row, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| corrupt(path, format!("row {}: {e}", row + 2)))?;
+        let field = record.get(column).unwrap_or_default().trim();
         let score = field.parse::<f32>().map_err(|_| {
             corrupt(
                 path,
@@ -93,16 +89,12 @@ pub fn write(
     classes: &Array1<i64>,
     files: &[PathBuf],
 ) -> Result<()> {
-    let io = |e| Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    };
     match format_of(path)? {
         Format::Npy => npy::write_vector(path, scores.view()),
         Format::Csv => {
-            let mut text = String::with_capacity(64 * scores.len());
-            text.push_str(HEADER);
-            text.push('\n');
+            let mut csv = csv::Writer::from_writer(Vec::with_capacity(64 * scores.len()));
+            let encode = |e: csv::Error| Error::custom(format!("encoding the score CSV: {e}"));
+            csv.write_record(HEADER).map_err(encode)?;
             for (i, score) in scores.iter().enumerate() {
                 let (p, flag) = match verdicts.get(i) {
                     Some(v) => (v.p_value.to_string(), u8::from(v.is_ood).to_string()),
@@ -112,9 +104,13 @@ pub fn write(
                     .get(i)
                     .map(|f| f.display().to_string())
                     .unwrap_or_default();
-                let _ = writeln!(text, "{score},{p},{flag},{},{file}", classes[i]);
+                csv.write_record([score.to_string(), p, flag, classes[i].to_string(), file])
+                    .map_err(encode)?;
             }
-            std::fs::write(path, text).map_err(io)
+            let bytes = csv
+                .into_inner()
+                .map_err(|e| Error::custom(format!("encoding the score CSV: {e}")))?;
+            crate::outputs::write_atomically(path, &bytes)
         }
     }
 }

@@ -189,20 +189,7 @@ pub fn describe(path: impl AsRef<Path>) -> Result<FileInfo> {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    if path.is_dir() {
-        return Err(Error::InvalidParameter {
-            name: "path",
-            value: path.display().to_string(),
-            reason: "is a directory: name a detector file".into(),
-        });
-    }
-    std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::MissingFile {
-            path: path.to_path_buf(),
-            hint: "save a fitted detector there first".into(),
-        },
-        _ => Error::io(path, e),
-    })
+    crate::datasets::files::read_regular_file(path, "a detector file saved by oodkit")
 }
 
 pub(crate) mod sealed {
