@@ -1,6 +1,6 @@
-//! Where a command writes: never over one of its own inputs, never over
-//! something that is not a regular file, and always a whole file (written
-//! beside the output, then renamed over it).
+//! Where a command writes: never over one of its own inputs, nor over
+//! something that is not a regular file (files are written whole by
+//! `oodkit::datasets::write_atomically`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -120,11 +120,4 @@ fn refused(flag: &str, output: &Path, why: &str) -> Error {
         value: format!("{flag} {}", output.display()),
         reason: why.into(),
     }
-}
-
-/// Writes `bytes` to `path` whole: into a temporary file in the same
-/// folder, renamed over `path` once complete (a failure or a kill leaves
-/// `path` as it was; the temporary file is removed on failure).
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    oodkit::datasets::write_atomically(path, bytes)
 }

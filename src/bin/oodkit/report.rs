@@ -8,7 +8,7 @@ use oodkit::{Error, Result};
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Error::custom(format!("encoding the report: {e}")))?;
-    crate::outputs::write_atomically(path, (text + "\n").as_bytes())?;
+    oodkit::datasets::write_atomically(path, (text + "\n").as_bytes())?;
     println!("report written to {}", path.display());
     Ok(())
 }

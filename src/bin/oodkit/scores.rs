@@ -110,7 +110,7 @@ pub fn write(
             let bytes = csv
                 .into_inner()
                 .map_err(|e| Error::custom(format!("encoding the score CSV: {e}")))?;
-            crate::outputs::write_atomically(path, &bytes)
+            oodkit::datasets::write_atomically(path, &bytes)
         }
     }
 }
