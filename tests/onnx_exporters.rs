@@ -7,55 +7,14 @@
 //! its `.data` file is.
 #![cfg(feature = "onnx")]
 
-use std::path::{Path, PathBuf};
+#[path = "common/exporter_fixtures.rs"]
+mod exporter_fixtures;
 
-use ndarray::{Array1, Array2, Array4};
+use exporter_fixtures::{assert_close, expected, fixtures};
+use ndarray::Array1;
 use oodkit::Error;
 use oodkit::detectors::{Detector, Vim};
 use oodkit::model::{FeatureModel, GraphSummary, LastLayer, Model, OnnxModel};
-use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx_exporters")
-}
-
-struct Expected {
-    inputs: Array4<f32>,
-    logits: Array2<f32>,
-    penultimate: Array2<f32>,
-    weights: Array2<f32>,
-    bias: Array1<f32>,
-}
-
-fn matrix(v: &Value) -> Array2<f32> {
-    let rows: Vec<Vec<f32>> = serde_json::from_value(v.clone()).unwrap();
-    let cols = rows[0].len();
-    Array2::from_shape_vec((rows.len(), cols), rows.concat()).unwrap()
-}
-
-fn expected() -> Expected {
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
-            .unwrap();
-    let shape: Vec<usize> = serde_json::from_value(v["input_shape"].clone()).unwrap();
-    let input: Vec<f32> = serde_json::from_value(v["input"].clone()).unwrap();
-    Expected {
-        inputs: Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), input).unwrap(),
-        logits: matrix(&v["logits"]),
-        penultimate: matrix(&v["penultimate"]),
-        weights: matrix(&v["weights"]),
-        bias: serde_json::from_value::<Vec<f32>>(v["bias"].clone())
-            .unwrap()
-            .into(),
-    }
-}
-
-fn assert_close(a: &Array2<f32>, b: &Array2<f32>, what: &str) {
-    assert_eq!(a.shape(), b.shape(), "{what}");
-    for (x, y) in a.iter().zip(b) {
-        assert!((x - y).abs() < 1e-5, "{what}: {x} vs {y}");
-    }
-}
 
 #[test]
 fn todays_exports_run_find_their_feature_layer_and_read_their_last_layer() {

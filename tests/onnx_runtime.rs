@@ -9,58 +9,17 @@
 //! installed.
 #![cfg(feature = "onnxruntime")]
 
-use std::path::{Path, PathBuf};
+#[path = "common/exporter_fixtures.rs"]
+mod exporter_fixtures;
 
-use ndarray::{Array1, Array2, Array4, Axis};
+use exporter_fixtures::{Expected, assert_close, expected, fixtures};
+use ndarray::{Array1, Array4, Axis};
 use oodkit::detectors::registry::{self, Params};
 use oodkit::detectors::{AnyDetector, Detector, PrincipalDims, Vim};
 use oodkit::model::{
     Device, FeatureModel, LastLayer, Model, OnnxModel, OnnxRuntimeModel, RuntimeOptions,
 };
 use oodkit::{Batch, Error, OodDataset};
-use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx_exporters")
-}
-
-fn matrix(v: &Value) -> Array2<f32> {
-    let rows: Vec<Vec<f32>> = serde_json::from_value(v.clone()).unwrap();
-    let cols = rows[0].len();
-    Array2::from_shape_vec((rows.len(), cols), rows.concat()).unwrap()
-}
-
-/// PyTorch's inputs, logits, penultimate features and last layer.
-struct Expected {
-    inputs: Array4<f32>,
-    logits: Array2<f32>,
-    penultimate: Array2<f32>,
-    weights: Array2<f32>,
-    bias: Array1<f32>,
-}
-
-fn expected() -> Expected {
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
-            .unwrap();
-    let shape: Vec<usize> = serde_json::from_value(v["input_shape"].clone()).unwrap();
-    let input: Vec<f32> = serde_json::from_value(v["input"].clone()).unwrap();
-    let bias: Vec<f32> = serde_json::from_value(v["bias"].clone()).unwrap();
-    Expected {
-        inputs: Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), input).unwrap(),
-        logits: matrix(&v["logits"]),
-        penultimate: matrix(&v["penultimate"]),
-        weights: matrix(&v["weights"]),
-        bias: bias.into(),
-    }
-}
-
-fn assert_close(a: &Array2<f32>, b: &Array2<f32>, what: &str) {
-    assert_eq!(a.shape(), b.shape(), "{what}");
-    for (x, y) in a.iter().zip(b) {
-        assert!((x - y).abs() < 1e-5, "{what}: {x} vs {y}");
-    }
-}
 
 fn options() -> RuntimeOptions {
     RuntimeOptions {

@@ -11,10 +11,8 @@ use tract_onnx::prelude::{
 };
 
 use super::closure::LOGITS;
-use super::onnx_head::{Reason, affine_head, last_layer_input};
-use super::{
-    Capability, FeatureModel, LastLayer, LayerId, Model, ModelOutput, pick_layers, resolve_layers,
-};
+use super::onnx_head::{Reason, affine_head, head_unreadable, last_layer_input};
+use super::{FeatureModel, LastLayer, LayerId, Model, ModelOutput, pick_layers, resolve_layers};
 use crate::error::{Error, Result};
 
 /// The fewest inputs a thread runs when a batch is split across threads.
@@ -136,6 +134,44 @@ pub(super) fn missing_external_data(
         }
     }
     Ok(())
+}
+
+/// The name of the graph's first output: the logits.
+pub(super) fn logits_name(graph: &tract_onnx::pb::GraphProto, path: &Path) -> Result<String> {
+    graph
+        .output
+        .first()
+        .map(|o| o.name.clone())
+        .ok_or_else(|| Error::corrupt(path, None, "the graph has no output"))
+}
+
+/// One output of a run over `n` inputs as `(N, D)`: its `values` in
+/// standard layout, of `shape`, which must have a row per input.
+pub(super) fn output_rows(
+    what: &str,
+    n: usize,
+    shape: &[usize],
+    values: Vec<f32>,
+) -> Result<Array2<f32>> {
+    if shape.first().copied().unwrap_or(0) != n {
+        return Err(Error::ShapeMismatch {
+            what: what.into(),
+            expected: format!("({n}, ...): one row per input"),
+            found: format!("{shape:?}"),
+        });
+    }
+    let width = values.len() / n.max(1);
+    Ok(Array2::from_shape_vec((n, width), values)?)
+}
+
+/// The outputs of a run (the feature layers, then the logits) as the
+/// layers at `positions` and the logits.
+pub(super) fn split_outputs(mut all: Vec<Array2<f32>>, positions: &[usize]) -> Result<ModelOutput> {
+    let logits = all
+        .pop()
+        .ok_or_else(|| Error::backend("the ONNX graph returned nothing"))?;
+    let features = pick_layers(positions, &all, &logits);
+    Ok(ModelOutput { features, logits })
 }
 
 /// The node of `model` that a layer `name` designates: a node of that
@@ -277,11 +313,7 @@ impl OnnxModel {
             .graph
             .as_ref()
             .ok_or_else(|| Error::corrupt(path, None, "the file holds no graph"))?;
-        let logits = graph
-            .output
-            .first()
-            .ok_or_else(|| Error::corrupt(path, None, "the graph has no output"))?;
-        last_layer_input(graph, &logits.name)
+        last_layer_input(graph, &logits_name(graph, path)?)
             .map(|(input, _)| input)
             .map_err(|reason| Error::Unsupported {
                 what: format!("finding the feature layer of {}", path.display()),
@@ -354,19 +386,11 @@ impl OnnxModel {
                 let view = value
                     .to_plain_array_view::<f32>()
                     .map_err(|e| Error::backend_with("an ONNX output is not f32", e))?;
-                let rows = view.shape().first().copied().unwrap_or(0);
-                if rows != n {
-                    return Err(Error::ShapeMismatch {
-                        what: "ONNX output".into(),
-                        expected: format!("({n}, ...): one row per input"),
-                        found: format!("{:?}", view.shape()),
-                    });
-                }
-                let width = view.len() / n.max(1);
-                Ok(view
-                    .as_standard_layout()
-                    .into_owned()
-                    .into_shape_with_order((n, width))?)
+                let values = match view.as_slice() {
+                    Some(values) => values.to_vec(),
+                    None => view.iter().copied().collect(),
+                };
+                output_rows("ONNX output", n, view.shape(), values)
             })
             .collect()
     }
@@ -410,12 +434,7 @@ impl FeatureModel for OnnxModel {
         layers: &[LayerId],
     ) -> Result<ModelOutput> {
         let positions = resolve_layers(layers, &self.layer_names)?;
-        let mut all = self.run(inputs)?;
-        let logits = all
-            .pop()
-            .ok_or_else(|| Error::backend("the ONNX graph returned nothing"))?;
-        let features = pick_layers(&positions, &all, &logits);
-        Ok(ModelOutput { features, logits })
+        split_outputs(self.run(inputs)?, &positions)
     }
 }
 
@@ -424,12 +443,6 @@ impl LastLayer for OnnxModel {
     /// a `Gemm` (or a `MatMul` then an `Add`) of the last feature layer
     /// named at load; else an [`Error::Unsupported`] saying why.
     fn head_parameters(&self) -> Result<(Array2<f32>, Array1<f32>)> {
-        self.head.clone().map_err(|reason| Error::Unsupported {
-            what: "reading the last layer's weights from this ONNX graph".into(),
-            hint: format!(
-                "{reason}; or give the detector the weights ({})",
-                Capability::LastLayer.how_to_provide()
-            ),
-        })
+        self.head.clone().map_err(|reason| head_unreadable(&reason))
     }
 }

@@ -14,6 +14,17 @@ use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
 /// Why there is no head, said to the user.
 pub(super) type Reason = String;
 
+/// The error for a graph whose last layer could not be read, and why.
+pub(super) fn head_unreadable(reason: &str) -> crate::error::Error {
+    crate::error::Error::Unsupported {
+        what: "reading the last layer's weights from this ONNX graph".into(),
+        hint: format!(
+            "{reason}; or give the detector the weights ({})",
+            super::Capability::LastLayer.how_to_provide()
+        ),
+    }
+}
+
 /// The graph's constants, and the folder its external data is read from.
 struct Constants<'a> {
     tensors: HashMap<&'a str, &'a TensorProto>,

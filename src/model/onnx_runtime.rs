@@ -16,11 +16,11 @@ use prost::Message;
 use tract_onnx::pb::{GraphProto, ModelProto, ValueInfoProto};
 
 use super::closure::LOGITS;
-use super::onnx::{folder_of, missing_external_data, read_proto};
-use super::onnx_head::{Reason, affine_head, producer};
-use super::{
-    Capability, FeatureModel, LastLayer, LayerId, Model, ModelOutput, pick_layers, resolve_layers,
+use super::onnx::{
+    folder_of, logits_name, missing_external_data, output_rows, read_proto, split_outputs,
 };
+use super::onnx_head::{Reason, affine_head, head_unreadable, producer};
+use super::{FeatureModel, LastLayer, LayerId, Model, ModelOutput, resolve_layers};
 use crate::error::{Error, Result};
 
 /// The environment variable naming ONNX Runtime's shared library
@@ -402,11 +402,7 @@ impl OnnxRuntimeModel {
             .graph
             .as_mut()
             .ok_or_else(|| Error::corrupt(path, None, "the file holds no graph"))?;
-        let logits = graph
-            .output
-            .first()
-            .map(|o| o.name.clone())
-            .ok_or_else(|| Error::corrupt(path, None, "the graph has no output"))?;
+        let logits = logits_name(graph, path)?;
         let mut outputs = features
             .iter()
             .map(|name| value_of(graph, name, path))
@@ -589,25 +585,18 @@ impl OnnxRuntimeModel {
                 let value = results.get(name.as_str()).ok_or_else(|| {
                     Error::backend(format!("ONNX Runtime returned no output {name:?}"))
                 })?;
-                let view = value
-                    .try_extract_array::<f32>()
-                    .map_err(|e| Error::Backend {
-                        what: format!("the ONNX output {name:?} is not f32: {e}"),
-                        source: None,
-                    })?;
-                let rows = view.shape().first().copied().unwrap_or(0);
-                if rows != n {
-                    return Err(Error::ShapeMismatch {
-                        what: format!("ONNX output {name:?}"),
-                        expected: format!("({n}, ...): one row per input"),
-                        found: format!("{:?}", view.shape()),
-                    });
-                }
-                let width = view.len() / n.max(1);
-                Ok(view
-                    .as_standard_layout()
-                    .into_owned()
-                    .into_shape_with_order((n, width))?)
+                let (shape, values) =
+                    value
+                        .try_extract_tensor::<f32>()
+                        .map_err(|e| Error::Backend {
+                            what: format!("the ONNX output {name:?} is not f32: {e}"),
+                            source: None,
+                        })?;
+                let shape: Vec<usize> = shape
+                    .iter()
+                    .map(|&d| usize::try_from(d).unwrap_or(0))
+                    .collect();
+                output_rows(&format!("ONNX output {name:?}"), n, &shape, values.to_vec())
             })
             .collect()
     }
@@ -643,12 +632,7 @@ impl FeatureModel for OnnxRuntimeModel {
 
     fn forward_features(&self, inputs: ArrayView4<f32>, layers: &[LayerId]) -> Result<ModelOutput> {
         let positions = resolve_layers(layers, &self.layer_names)?;
-        let mut all = self.run(inputs)?;
-        let logits = all
-            .pop()
-            .ok_or_else(|| Error::backend("the ONNX graph returned nothing"))?;
-        let features = pick_layers(&positions, &all, &logits);
-        Ok(ModelOutput { features, logits })
+        split_outputs(self.run(inputs)?, &positions)
     }
 }
 
@@ -657,13 +641,7 @@ impl LastLayer for OnnxRuntimeModel {
     /// a `Gemm` (or a `MatMul` then an `Add`) of the last feature layer
     /// named at load; else an [`Error::Unsupported`] saying why.
     fn head_parameters(&self) -> Result<(Array2<f32>, Array1<f32>)> {
-        self.head.clone().map_err(|reason| Error::Unsupported {
-            what: "reading the last layer's weights from this ONNX graph".into(),
-            hint: format!(
-                "{reason}; or give the detector the weights ({})",
-                Capability::LastLayer.how_to_provide()
-            ),
-        })
+        self.head.clone().map_err(|reason| head_unreadable(&reason))
     }
 }
 

@@ -75,18 +75,12 @@ pub struct EvalArgs {
 /// the network fit and score from that one pass. Each detector's result
 /// goes to the report as soon as it is known.
 pub fn run(args: &EvalArgs, quiet: bool) -> Result<()> {
-    let inputs = args
-        .model
+    args.model
         .inputs()
         .with("--fit-data", args.fit_data.as_deref())
         .with("--id", Some(&args.id))
-        .with("--ood", Some(&args.ood));
-    if let Some(path) = &args.json {
-        inputs.check_file("--json", path)?;
-    }
-    if let Some(dir) = &args.plots {
-        inputs.check_folder("--plots", dir)?;
-    }
+        .with("--ood", Some(&args.ood))
+        .check_reports(args.json.as_deref(), args.plots.as_deref())?;
     let needs_fit = args.detectors.iter().find(|d| d.needs_fit_data());
     let fit_folder = match (&args.fit_data, needs_fit) {
         (Some(dir), _) => Some(args.model.open(dir)?),

@@ -34,15 +34,10 @@ pub struct MetricsArgs {
 
 /// Runs `oodkit metrics`.
 pub fn run(args: &MetricsArgs) -> Result<()> {
-    let inputs = crate::outputs::Inputs::default()
+    crate::outputs::Inputs::default()
         .with("--id", Some(&args.id))
-        .with("--ood", Some(&args.ood));
-    if let Some(path) = &args.json {
-        inputs.check_file("--json", path)?;
-    }
-    if let Some(dir) = &args.plots {
-        inputs.check_folder("--plots", dir)?;
-    }
+        .with("--ood", Some(&args.ood))
+        .check_reports(args.json.as_deref(), args.plots.as_deref())?;
     let id = scores::read(&args.id)?;
     let ood = scores::read(&args.ood)?;
     let report = bench_metrics(&id, &ood, &METRICS)?;

@@ -52,6 +52,18 @@ impl<'a> Inputs<'a> {
         self.check_against_inputs(flag, output)
     }
 
+    /// Checks a report's outputs, when given: `--json` (a file) and
+    /// `--plots` (a folder).
+    pub fn check_reports(&self, json: Option<&Path>, plots: Option<&Path>) -> Result<()> {
+        if let Some(path) = json {
+            self.check_file("--json", path)?;
+        }
+        if let Some(dir) = plots {
+            self.check_folder("--plots", dir)?;
+        }
+        Ok(())
+    }
+
     fn check_against_inputs(&self, flag: &str, output: &Path) -> Result<()> {
         let Some(target) = resolved(output) else {
             return Ok(());
