@@ -276,3 +276,168 @@ fn detectors_fit_and_score_from_npy_files() {
         .unwrap();
     assert_eq!(mls, Array1::from(vec![-2.0_f32, -0.0]));
 }
+
+/// An `.npz` holding `entries` (name, bytes), deflated or stored.
+fn npz(path: &Path, entries: &[(&str, &[u8])], method: zip::CompressionMethod) {
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(method)
+        .large_file(true);
+    for (name, bytes) in entries {
+        zip.start_file(*name, options).unwrap();
+        zip.write_all(bytes).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+/// Declared sizes are checked before anything is allocated, archive entries
+/// are inflated only as far as their header says, and a corrupt entry
+/// fails its CRC.
+#[test]
+fn declared_sizes_are_checked_before_memory_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let deflated = zip::CompressionMethod::Deflated;
+
+    // A version-2 header claiming a 4 GB header: refused unread.
+    let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
+    v2.extend(0xffff_fff0_u32.to_le_bytes());
+    v2.extend(b"{'descr': '<f4'");
+    let path = write(dir.path(), "v2.npy", &v2);
+    let err = npy::read_vector(&path).unwrap_err();
+    assert!(err.to_string().contains("header claims"), "{err}");
+
+    // A header promising a GiB of floats in a file of a few bytes: the
+    // file's size gives it away before the GiB is reserved.
+    let path = write(
+        dir.path(),
+        "promise.npy",
+        &npy_bytes("<f4", false, &[1 << 28], &le_f32(&[1.0])),
+    );
+    let err = npy::read_vector(&path).unwrap_err();
+    assert!(err.to_string().contains("truncated or corrupt"), "{err}");
+
+    // An archive bomb: 256 MiB of zeros compress to a few hundred KiB; the
+    // header inside says 4 floats. Reading stops after them and says so.
+    let mut bomb = npy_bytes("<f4", false, &[4], &le_f32(&[1.0, 2.0, 3.0, 4.0]));
+    bomb.resize(bomb.len() + (256 << 20), 0);
+    let path = dir.path().join("bomb.npz");
+    npz(&path, &[("scores.npy", &bomb)], deflated);
+    assert!(std::fs::metadata(&path).unwrap().len() < 2 << 20);
+    let err = npy::Npz::open(&path).unwrap().vector("scores").unwrap_err();
+    assert!(err.to_string().contains("truncated or corrupt"), "{err}");
+    drop(bomb);
+
+    // A genuine array of 16 MiB of zeros, compressed: read under the
+    // default limit, refused under a smaller one before it is inflated.
+    let zeros = npy_bytes("<f4", false, &[4 << 20], &vec![0; 16 << 20]);
+    let path = dir.path().join("zeros.npz");
+    npz(&path, &[("scores.npy", &zeros)], deflated);
+    let scores = npy::Npz::open(&path).unwrap().vector("scores").unwrap();
+    assert_eq!(scores.len(), 4 << 20);
+    assert!(scores.iter().all(|&v| v == 0.0));
+    let err = npy::Npz::open(&path)
+        .unwrap()
+        .entry_limit(1 << 20)
+        .vector("scores")
+        .unwrap_err();
+    assert!(err.to_string().contains("above the limit"), "{err}");
+
+    // A stored entry with one data byte flipped: its CRC no longer matches.
+    let data = npy_bytes("<f4", false, &[4], &le_f32(&[1.0, 2.0, 3.0, 4.0]));
+    let path = dir.path().join("flipped.npz");
+    npz(
+        &path,
+        &[("scores.npy", &data)],
+        zip::CompressionMethod::Stored,
+    );
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .windows(4)
+        .position(|w| w == 3.0_f32.to_le_bytes())
+        .unwrap();
+    bytes[at] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = npy::Npz::open(&path).unwrap().vector("scores").unwrap_err();
+    assert!(matches!(err, Error::CorruptFile { .. }), "{err}");
+}
+
+mod mutations {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A byte flipped, bytes cut off or inserted: the file as a damaged
+    /// copy or a hostile hand would leave it.
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Flip(usize, u8),
+        Truncate(usize),
+        Insert(usize, u8),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            (any::<usize>(), 1..=255_u8).prop_map(|(i, b)| Mutation::Flip(i, b)),
+            any::<usize>().prop_map(Mutation::Truncate),
+            (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
+        ]
+    }
+
+    fn apply(bytes: &[u8], mutations: &[Mutation]) -> Vec<u8> {
+        let mut out = bytes.to_vec();
+        for m in mutations {
+            match *m {
+                Mutation::Flip(i, b) if !out.is_empty() => {
+                    let i = i % out.len();
+                    out[i] ^= b;
+                }
+                Mutation::Truncate(i) => out.truncate(i % (out.len() + 1)),
+                Mutation::Insert(i, b) => out.insert(i % (out.len() + 1), b),
+                Mutation::Flip(..) => {}
+            }
+        }
+        out
+    }
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 400,
+            failure_persistence: None,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(34),
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// A damaged `.npy` is an error or reads with the shape it had:
+        /// never a panic, never another shape (the format has no checksum,
+        /// so a flipped data byte can only change a value).
+        #[test]
+        fn damaged_npy_files(mutations in prop::collection::vec(mutation(), 1..4)) {
+            let original = npy_bytes("<f4", false, &[3, 2], &le_f32(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+            let dir = tempfile::tempdir().unwrap();
+            let path = write(dir.path(), "m.npy", &apply(&original, &mutations));
+            if let Ok(m) = npy::read_matrix(&path) {
+                prop_assert_eq!(m.dim(), (3, 2));
+            }
+        }
+
+        /// A damaged `.npz` (stored or deflated) is an error or reads the
+        /// very values it held: the entries' CRCs catch changed data.
+        #[test]
+        fn damaged_npz_files(mutations in prop::collection::vec(mutation(), 1..4), deflate: bool) {
+            let values = [1.5_f32, -2.0, 3.25, 4.0];
+            let data = npy_bytes("<f4", false, &[4], &le_f32(&values));
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("m.npz");
+            let method = if deflate { zip::CompressionMethod::Deflated } else { zip::CompressionMethod::Stored };
+            npz(&path, &[("scores.npy", &data)], method);
+            let damaged = apply(&std::fs::read(&path).unwrap(), &mutations);
+            std::fs::write(&path, damaged).unwrap();
+            if let Ok(v) = npy::Npz::open(&path).and_then(|mut z| z.vector("scores")) {
+                prop_assert_eq!(v, Array1::from(values.to_vec()));
+            }
+        }
+    }
+}

@@ -42,6 +42,37 @@ pub(crate) fn find_file(dir: &Path, names: &[&str], hint: &str) -> Result<PathBu
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn read_regular_file(path: &Path, what: &str) -> Result<Vec<u8>> {
+    let (mut file, size) = open_regular_file(path, what)?;
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(size as usize)
+        .map_err(|_| Error::InvalidParameter {
+            name: "file size",
+            value: format!("{size} bytes ({})", path.display()),
+            reason: "more than this machine can hold in memory".into(),
+        })?;
+    file.read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(bytes)
+}
+
+/// The regular file `path`, open for reading, with its size. A missing
+/// path is an [`Error::MissingFile`] saying to give `what`; a folder, a
+/// pipe or a device is refused before it is opened (a pipe could block
+/// forever, a device never end).
+pub(crate) fn open_regular_file(path: &Path, what: &str) -> Result<(fs::File, u64)> {
+    let not_regular = |meta: &fs::Metadata| Error::InvalidParameter {
+        name: "path",
+        value: path.display().to_string(),
+        reason: format!(
+            "is {}, not a regular file: give {what}",
+            if meta.is_dir() {
+                "a folder"
+            } else {
+                "a pipe, a socket or a device"
+            }
+        ),
+    };
     let meta = fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::MissingFile {
             path: path.to_path_buf(),
@@ -50,31 +81,15 @@ pub fn read_regular_file(path: &Path, what: &str) -> Result<Vec<u8>> {
         _ => Error::io(path, e),
     })?;
     if !meta.is_file() {
-        return Err(Error::InvalidParameter {
-            name: "path",
-            value: path.display().to_string(),
-            reason: format!(
-                "is {}, not a regular file: give {what}",
-                if meta.is_dir() {
-                    "a folder"
-                } else {
-                    "a pipe, a socket or a device"
-                }
-            ),
-        });
+        return Err(not_regular(&meta));
     }
-    let mut bytes = Vec::new();
-    bytes
-        .try_reserve_exact(meta.len() as usize)
-        .map_err(|_| Error::InvalidParameter {
-            name: "file size",
-            value: format!("{} bytes ({})", meta.len(), path.display()),
-            reason: "more than this machine can hold in memory".into(),
-        })?;
-    fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| Error::io(path, e))?;
-    Ok(bytes)
+    let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // Checked again on the open file: the path may have been swapped.
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    Ok((file, meta.len()))
 }
 
 /// The whole content of `path`, gunzipped when it is gzip data.

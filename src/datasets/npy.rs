@@ -24,10 +24,14 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array, Array1, Array2, ArrayView, ArrayView1, ArrayView2, Dimension, Ix1, Ix2};
+use ndarray::{
+    Array, Array1, Array2, ArrayD, ArrayView, ArrayView1, ArrayView2, Dimension, Ix1, Ix2, IxDyn,
+    ShapeBuilder,
+};
 use ndarray_npy::npy::header::Header;
-use ndarray_npy::{ReadNpyExt, ReadableElement, WritableElement, WriteNpyExt};
+use ndarray_npy::{WritableElement, WriteNpyExt};
 
+use crate::datasets::files;
 use crate::error::{Error, Result};
 
 /// The element types read, by NumPy's descriptor.
@@ -66,24 +70,71 @@ impl Dtype {
     }
 }
 
-/// The bytes of one `.npy` array (a file, or an entry of an `.npz`), with
-/// its checked header.
-struct NpyBytes {
+/// The longest `.npy` header read (NumPy's own `np.load` refuses headers
+/// above 10 000 bytes; a simple array's is under 200).
+const MAX_HEADER_BYTES: usize = 64 << 10;
+
+/// The bytes decoded at a time: an array grows with the data that arrives,
+/// never ahead of it by more than this.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// One `.npy` array (a file, or an entry of an `.npz`) whose header has
+/// been read and checked, its data still in `reader`.
+struct NpyStream<R> {
     /// The file, and the entry inside an `.npz`.
     source: String,
     path: PathBuf,
-    bytes: Vec<u8>,
+    reader: R,
     dtype: Dtype,
     shape: Vec<usize>,
+    fortran: bool,
+    /// The bytes of data the header calls for.
+    data_bytes: u64,
 }
 
-impl NpyBytes {
-    /// Parses and checks the header of `bytes`: a known dtype, and exactly
-    /// the data the shape calls for.
-    fn new(path: &Path, source: String, bytes: Vec<u8>) -> Result<Self> {
+impl<R: Read> NpyStream<R> {
+    /// Reads and checks the header: its length against [`MAX_HEADER_BYTES`]
+    /// before it is read, a known dtype, and data the size of the shape
+    /// that fits in `limit` bytes. `total`, when the whole length is known
+    /// (a file's size, an entry's stated size), must be header plus data
+    /// exactly: a truncated or padded file is an error before any array is
+    /// allocated.
+    fn new(
+        path: &Path,
+        source: String,
+        mut reader: R,
+        total: Option<u64>,
+        limit: u64,
+    ) -> Result<Self> {
         let corrupt = |reason: String| Error::corrupt(path, None, format!("{source}: {reason}"));
-        let mut reader = bytes.as_slice();
-        let header = Header::from_reader(&mut reader)
+        let mut prefix = vec![0u8; 8];
+        reader
+            .read_exact(&mut prefix)
+            .map_err(|_| corrupt("too short to be a .npy array (no header)".into()))?;
+        if &prefix[..6] != b"\x93NUMPY" {
+            return Err(corrupt(
+                "not a .npy array (it does not start with \\x93NUMPY)".into(),
+            ));
+        }
+        let length_bytes = if prefix[6] == 1 { 2 } else { 4 };
+        let mut length = [0u8; 4];
+        reader
+            .read_exact(&mut length[..length_bytes])
+            .map_err(|_| corrupt("the file ends inside its header".into()))?;
+        prefix.extend_from_slice(&length[..length_bytes]);
+        let header_len = u32::from_le_bytes(length) as usize;
+        if header_len > MAX_HEADER_BYTES {
+            return Err(corrupt(format!(
+                "the header claims {header_len} bytes, above the {MAX_HEADER_BYTES} a .npy \
+                 array's header may take: the file is corrupt"
+            )));
+        }
+        let start = prefix.len();
+        prefix.resize(start + header_len, 0);
+        reader
+            .read_exact(&mut prefix[start..])
+            .map_err(|_| corrupt("the file ends inside its header".into()))?;
+        let header = Header::from_reader(&mut prefix.as_slice())
             .map_err(|e| corrupt(format!("not a .npy array ({e})")))?;
         let descriptor = header.type_descriptor.to_string();
         let dtype = Dtype::parse(&descriptor).ok_or_else(|| {
@@ -92,26 +143,46 @@ impl NpyBytes {
                  values or int32/int64 labels (e.g. array.astype(np.float32))"
             ))
         })?;
-        let data = reader.len();
-        let expected = header
+        let data_bytes = header
             .shape
             .iter()
-            .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d));
-        if expected != Some(data) {
+            .try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64));
+        let Some(data_bytes) = data_bytes else {
             return Err(corrupt(format!(
-                "the header describes shape {:?} of {descriptor} ({} bytes) but {data} bytes \
-                 of data follow: the file is truncated or corrupt",
-                header.shape,
-                expected.map_or("too many".to_owned(), |e| e.to_string())
+                "the header describes shape {:?}, too many values to exist",
+                header.shape
+            )));
+        };
+        if let Some(total) = total {
+            let data = total.saturating_sub(prefix.len() as u64);
+            if data != data_bytes {
+                return Err(corrupt(format!(
+                    "the header describes shape {:?} of {descriptor} ({data_bytes} bytes) but \
+                     {data} bytes of data follow: the file is truncated or corrupt",
+                    header.shape
+                )));
+            }
+        }
+        if data_bytes > limit {
+            return Err(corrupt(format!(
+                "shape {:?} of {descriptor} takes {data_bytes} bytes, above the limit of {limit} \
+                 bytes for one array (raise it with Npz::entry_limit if the data is genuine)",
+                header.shape
             )));
         }
-        Ok(NpyBytes {
+        Ok(NpyStream {
             source,
             path: path.to_path_buf(),
-            bytes,
+            reader,
             dtype,
             shape: header.shape,
+            fortran: header.layout.is_fortran(),
+            data_bytes,
         })
+    }
+
+    fn corrupt(&self, reason: impl std::fmt::Display) -> Error {
+        Error::corrupt(&self.path, None, format!("{}: {reason}", self.source))
     }
 
     fn check_rank(&self, rank: usize, what: &str) -> Result<()> {
@@ -125,59 +196,109 @@ impl NpyBytes {
         Ok(())
     }
 
-    /// The array as stored, in standard (C) layout.
-    fn read<T: ReadableElement + Clone, D: Dimension>(&self) -> Result<Array<T, D>> {
-        let array = Array::<T, D>::read_npy(self.bytes.as_slice())
-            .map_err(|e| Error::corrupt(&self.path, None, format!("{}: {e}", self.source)))?;
-        Ok(if array.is_standard_layout() {
+    /// The values, each of `width` bytes decoded by `decode`, read a chunk
+    /// at a time: memory grows with the data actually read, so a header
+    /// that lies costs no more than the data behind it. Data beyond what
+    /// the header describes is an error.
+    fn values<T>(&mut self, width: usize, decode: impl Fn(&[u8]) -> T) -> Result<Vec<T>> {
+        let count = (self.data_bytes / width as u64) as usize;
+        let mut values = Vec::new();
+        let mut chunk = vec![0u8; CHUNK_BYTES - CHUNK_BYTES % width];
+        let mut left = self.data_bytes as usize;
+        while left > 0 {
+            let take = left.min(chunk.len());
+            self.reader.read_exact(&mut chunk[..take]).map_err(|e| {
+                self.corrupt(format!(
+                    "the data ends early ({} of {} bytes read: {e}): the file is truncated",
+                    self.data_bytes as usize - left,
+                    self.data_bytes
+                ))
+            })?;
+            values
+                .try_reserve(take / width)
+                .map_err(|_| self.corrupt("more data than this machine can hold in memory"))?;
+            values.extend(chunk[..take].chunks_exact(width).map(&decode));
+            left -= take;
+        }
+        debug_assert_eq!(values.len(), count);
+        // One more byte: data beyond the shape is corruption, and the end
+        // of an archive entry is where its CRC is checked.
+        match self.reader.read(&mut [0u8; 1]) {
+            Ok(0) => Ok(values),
+            Ok(_) => Err(self.corrupt(format!(
+                "more data follows the {} bytes its header describes: the file is corrupt",
+                self.data_bytes
+            ))),
+            Err(e) => Err(self.corrupt(format!("{e}: the file is corrupt"))),
+        }
+    }
+
+    /// The array of `values` in the header's shape, in standard (C) layout.
+    fn array<T: Clone, D: Dimension>(&self, values: Vec<T>) -> Result<Array<T, D>> {
+        let dim = IxDyn(&self.shape);
+        let array = if self.fortran {
+            ArrayD::from_shape_vec(dim.f(), values)
+        } else {
+            ArrayD::from_shape_vec(dim, values)
+        }
+        .map_err(|e| self.corrupt(e))?;
+        let array = if array.is_standard_layout() {
             array
         } else {
             array.as_standard_layout().into_owned()
-        })
+        };
+        array
+            .into_dimensionality::<D>()
+            .map_err(|e| self.corrupt(e))
     }
 
-    fn floats<D: Dimension>(&self, what: &str) -> Result<Array<f32, D>> {
+    fn floats<D: Dimension>(mut self, what: &str) -> Result<Array<f32, D>> {
         self.check_rank(D::NDIM.unwrap_or(0), what)?;
-        match self.dtype {
-            Dtype::F32 => self.read::<f32, D>(),
-            // Features and scores are f32 throughout the crate.
-            Dtype::F64 => Ok(self.read::<f64, D>()?.mapv(|v| v as f32)),
-            Dtype::I32 | Dtype::I64 => Err(Error::corrupt(
-                &self.path,
-                None,
-                format!(
-                    "{}: {what} must be float32 or float64, not integers",
-                    self.source
-                ),
-            )),
-        }
+        // Features and scores are f32 throughout the crate.
+        let values = match self.dtype {
+            Dtype::F32 => self.values(4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))?,
+            Dtype::F64 => self.values(8, |b| {
+                f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+            })?,
+            Dtype::I32 | Dtype::I64 => {
+                return Err(
+                    self.corrupt(format!("{what} must be float32 or float64, not integers"))
+                );
+            }
+        };
+        self.array(values)
     }
 
-    fn labels(&self) -> Result<Array1<i64>> {
+    fn labels(mut self) -> Result<Array1<i64>> {
         self.check_rank(1, "labels")?;
-        match self.dtype {
-            Dtype::I64 => self.read::<i64, Ix1>(),
-            Dtype::I32 => Ok(self.read::<i32, Ix1>()?.mapv(i64::from)),
-            Dtype::F32 | Dtype::F64 => Err(Error::corrupt(
-                &self.path,
-                None,
-                format!(
-                    "{}: labels must be int64 or int32, not floats (labels.astype(np.int64))",
-                    self.source
-                ),
-            )),
-        }
+        let values = match self.dtype {
+            Dtype::I64 => self.values(8, |b| {
+                i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+            })?,
+            Dtype::I32 => self.values(4, |b| {
+                i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            })?,
+            Dtype::F32 | Dtype::F64 => {
+                return Err(self.corrupt(
+                    "labels must be int64 or int32, not floats (labels.astype(np.int64))",
+                ));
+            }
+        };
+        self.array(values)
     }
 }
 
-fn read_file(path: &Path) -> Result<NpyBytes> {
-    let bytes = read_all(path)?;
-    NpyBytes::new(path, path.display().to_string(), bytes)
-}
-
-/// The whole file (a regular one), or a missing-file error naming it.
-fn read_all(path: &Path) -> Result<Vec<u8>> {
-    crate::datasets::files::read_regular_file(path, "a .npy or .npz file")
+/// The `.npy` file at `path`, its header checked against the file's size.
+fn read_file(path: &Path) -> Result<NpyStream<std::io::BufReader<std::fs::File>>> {
+    let (file, size) = files::open_regular_file(path, "a .npy file")?;
+    let reader = std::io::BufReader::new(file);
+    NpyStream::new(
+        path,
+        path.display().to_string(),
+        reader,
+        Some(size),
+        u64::MAX,
+    )
 }
 
 /// A 2-D array `(N, D)` of float32 or float64 values (features or logits),
@@ -249,7 +370,8 @@ pub fn write_labels(path: impl AsRef<Path>, labels: ArrayView1<i64>) -> Result<(
 /// ```
 pub struct Npz {
     path: PathBuf,
-    archive: zip::ZipArchive<std::io::Cursor<Vec<u8>>>,
+    archive: zip::ZipArchive<std::io::BufReader<std::fs::File>>,
+    entry_limit: u64,
 }
 
 impl std::fmt::Debug for Npz {
@@ -257,25 +379,39 @@ impl std::fmt::Debug for Npz {
         f.debug_struct("Npz")
             .field("path", &self.path)
             .field("names", &self.names())
+            .field("entry_limit", &self.entry_limit)
             .finish()
     }
 }
 
-/// The largest array an `.npz` entry may expand to (16 GiB): a corrupt or
-/// hostile archive cannot make a read allocate more.
-const MAX_ENTRY_BYTES: u64 = 16 << 30;
-
 impl Npz {
-    /// Opens the archive at `path` (read into memory).
+    /// The default of [`Npz::entry_limit`]: 16 GiB.
+    pub const DEFAULT_ENTRY_LIMIT: u64 = 16 << 30;
+
+    /// Opens the archive at `path` (its directory read; arrays are read
+    /// when asked for, straight from the file).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = read_all(path)?;
-        let archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        let (file, _) = files::open_regular_file(path, "an .npz file")?;
+        let archive = zip::ZipArchive::new(std::io::BufReader::new(file))
             .map_err(|e| Error::corrupt(path, None, format!("not an .npz (zip) archive: {e}")))?;
         Ok(Npz {
             path: path.to_path_buf(),
             archive,
+            entry_limit: Self::DEFAULT_ENTRY_LIMIT,
         })
+    }
+
+    /// The most bytes one array may hold once inflated (default
+    /// [`Npz::DEFAULT_ENTRY_LIMIT`]). An archive compresses a large array
+    /// of repeated values into a few bytes, so its size says nothing of
+    /// what it expands to: an entry whose header calls for more is an
+    /// error before anything is allocated, and below the limit the array
+    /// grows only as its data is inflated (a header that lies costs no
+    /// more than the data behind it).
+    pub fn entry_limit(mut self, bytes: u64) -> Self {
+        self.entry_limit = bytes;
+        self
     }
 
     /// The names of the arrays, without the `.npy` suffix, in stored order.
@@ -286,7 +422,10 @@ impl Npz {
             .collect()
     }
 
-    fn entry(&mut self, name: &str) -> Result<NpyBytes> {
+    fn entry(
+        &mut self,
+        name: &str,
+    ) -> Result<NpyStream<zip::read::ZipFile<'_, std::io::BufReader<std::fs::File>>>> {
         let stored = if name.ends_with(".npy") {
             name.to_owned()
         } else {
@@ -294,7 +433,8 @@ impl Npz {
         };
         let names = self.names();
         let path = self.path.clone();
-        let mut file = self.archive.by_name(&stored).map_err(|e| match e {
+        let limit = self.entry_limit;
+        let file = self.archive.by_name(&stored).map_err(|e| match e {
             zip::result::ZipError::FileNotFound => Error::missing(
                 format!("array \"{name}\" in {}", path.display()),
                 format!("the archive holds {names:?}"),
@@ -302,20 +442,13 @@ impl Npz {
             other => Error::corrupt(&path, None, format!("entry {stored}: {other}")),
         })?;
         let size = file.size();
-        if size > MAX_ENTRY_BYTES {
-            return Err(Error::corrupt(
-                &path,
-                None,
-                format!("entry {stored} claims {size} bytes, above the 16 GiB limit"),
-            ));
-        }
-        // The stored size may lie: reserve a bounded amount, let it grow.
-        let mut bytes = Vec::with_capacity(size.min(64 << 20) as usize);
-        file.by_ref()
-            .take(MAX_ENTRY_BYTES)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::corrupt(&path, None, format!("entry {stored}: {e}")))?;
-        NpyBytes::new(&path, format!("{} [{stored}]", path.display()), bytes)
+        NpyStream::new(
+            &path,
+            format!("{} [{stored}]", path.display()),
+            file,
+            Some(size),
+            limit,
+        )
     }
 
     /// The 2-D float array `name` (features or logits), as `f32`.
