@@ -253,3 +253,86 @@ fn bad_folders_and_images_are_errors_naming_the_path() {
     assert!(matches!(err, Error::MissingInput { .. }), "{err}");
     assert!(lenient.prepare(&PrepareConfig::new(0)).is_err());
 }
+
+/// A `side` x `side` black grey PNG, streamed row by row (a few hundred KB
+/// on disk, whatever its pixel count).
+fn black_png(path: &Path, side: u32) {
+    use std::io::Write;
+    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut encoder = png::Encoder::new(file, side, side);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Fast);
+    let mut writer = encoder.write_header().unwrap();
+    let mut stream = writer.stream_writer().unwrap();
+    let row = vec![0u8; side as usize];
+    for _ in 0..side {
+        stream.write_all(&row).unwrap();
+    }
+    stream.finish().unwrap();
+}
+
+/// An image's size is read from its header and held against the budget
+/// for one image before its pixels are decoded; a --size that could never
+/// fit is refused before any image is read.
+#[test]
+fn images_beyond_the_budget_are_errors_before_they_are_decoded() {
+    let root = tempfile::tempdir().unwrap();
+    // 20000 x 20000: 400 MB decoded, 4.8 GB as RGB f32, in a small file.
+    black_png(&root.path().join("huge.png"), 20_000);
+    assert!(
+        std::fs::metadata(root.path().join("huge.png"))
+            .unwrap()
+            .len()
+            < 4 << 20
+    );
+    let folder = ImageFolder::open(root.path()).unwrap();
+    let prepared = folder.prepare(&PrepareConfig::new(4)).unwrap();
+    let err = first_error(&prepared);
+    let message = err.to_string();
+    assert!(matches!(err, Error::InvalidParameter { .. }), "{err}");
+    assert!(
+        message.contains("huge.png") && message.contains("20000x20000"),
+        "{message}"
+    );
+    assert!(message.contains("--max-image-mb"), "{message}");
+    // Not unreadable: skipping unreadable images does not hide it.
+    let lenient = folder.clone().skip_unreadable(true);
+    assert!(
+        first_error(&lenient.prepare(&PrepareConfig::new(4)).unwrap())
+            .to_string()
+            .contains("huge.png")
+    );
+    // Resized to 8x8 it needs its 400 MB of decoded pixels (and little
+    // more): read under the default budget, refused under 256 MiB.
+    let fitted = folder
+        .fit(Fit::Resize(8, 8))
+        .unwrap()
+        .channels(Channels::Grey);
+    let batches = all_batches(&fitted.prepare(&PrepareConfig::new(4)).unwrap());
+    assert_eq!(batches[0].inputs.shape(), &[1, 1, 8, 8]);
+    assert!(batches[0].inputs.iter().all(|&v| v == 0.0));
+    let tight = fitted.image_budget(256 << 20);
+    let err = first_error(&tight.prepare(&PrepareConfig::new(4)).unwrap());
+    assert!(err.to_string().contains("huge.png"), "{err}");
+    std::fs::remove_file(root.path().join("huge.png")).unwrap();
+
+    // The budget, by hand: a 64x64 grey image decodes to 4096 bytes, and
+    // takes 4096 x 5 more as 8-bit and f32 planes.
+    grey(&root.path().join("small.png"), 64, 64, |x, _| x as u8);
+    let folder = ImageFolder::open(root.path())
+        .unwrap()
+        .channels(Channels::Grey);
+    let tight = folder.clone().image_budget(4096 * 6 - 1);
+    let err = first_error(&tight.prepare(&PrepareConfig::new(4)).unwrap());
+    assert!(err.to_string().contains("64x64"), "{err}");
+    let enough = folder.clone().image_budget(4096 * 6);
+    let batches = all_batches(&enough.prepare(&PrepareConfig::new(4)).unwrap());
+    assert_eq!(batches[0].inputs.shape(), &[1, 1, 64, 64]);
+    assert_eq!(batches[0].inputs[[0, 0, 3, 5]], 5.0);
+
+    // A size no image could take: refused when the batches are prepared.
+    let absurd = folder.fit(Fit::Resize(100_000, 100_000)).unwrap();
+    let err = absurd.prepare(&PrepareConfig::new(4)).unwrap_err();
+    assert!(err.to_string().contains("--size"), "{err}");
+}

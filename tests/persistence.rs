@@ -516,19 +516,55 @@ fn truncated_or_damaged_files_are_errors_never_panics() {
             "cut at {len}"
         );
     }
-    // Flipped bytes: an error or a valid index that scores finitely.
+    // A bit flipped in every byte in turn: the checksums of the arrays and
+    // of the header make each an error.
     let mut rng = StdRng::seed_from_u64(7);
     let queries = Array2::from_shape_fn((4, 3), |(i, j)| (i * j) as f32);
-    for _ in 0..300 {
+    let expected = FittedKnn::load(&path)
+        .unwrap()
+        .score_features(queries.view())
+        .unwrap();
+    let mut loaded = 0;
+    for at in 0..bytes.len() {
         let mut damaged = bytes.clone();
-        let at = rng.random_range(0..damaged.len());
         damaged[at] ^= 1 << rng.random_range(0..8);
         std::fs::write(&cut, &damaged).unwrap();
-        if let Ok(index) = FittedKnn::load(&cut) {
-            let scores = index.score_features(queries.view()).unwrap();
-            assert!(scores.iter().all(|s| s.is_finite()), "flip at {at}");
+        match FittedKnn::load(&cut) {
+            Ok(index) => {
+                loaded += 1;
+                assert_eq!(
+                    index.score_features(queries.view()).unwrap(),
+                    expected,
+                    "flip at {at}"
+                );
+            }
+            Err(e) => assert!(matches!(e, Error::CorruptFile { .. }), "flip at {at}: {e}"),
         }
     }
+    assert_eq!(loaded, 0, "{loaded} of {} flips loaded", bytes.len());
+    // Bytes cut out, inserted or overwritten anywhere, several at once.
+    for _ in 0..300 {
+        let mut damaged = bytes.clone();
+        for _ in 0..rng.random_range(1..4) {
+            let at = rng.random_range(0..damaged.len());
+            match rng.random_range(0..3) {
+                0 => {
+                    damaged.remove(at);
+                }
+                1 => damaged.insert(at, rng.random()),
+                _ => damaged[at] = rng.random(),
+            }
+        }
+        std::fs::write(&cut, &damaged).unwrap();
+        if let Ok(index) = FittedKnn::load(&cut) {
+            assert_eq!(index.score_features(queries.view()).unwrap(), expected);
+        }
+    }
+    // A header claiming 60 MB: refused before it is parsed.
+    let mut big = 60_000_000_u64.to_le_bytes().to_vec();
+    big.resize(60_000_008, b' ');
+    std::fs::write(&cut, &big).unwrap();
+    assert!(corrupt_message(&cut).contains("header claims 60000000 bytes"));
     // Missing, a directory, and not safetensors at all.
     assert!(matches!(
         FittedKnn::load(dir.path().join("none.oodkit")),

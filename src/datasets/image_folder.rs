@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use image::imageops::FilterType;
-use image::{DynamicImage, GenericImageView};
-use ndarray::{Array1, Array4, s};
+use image::{DynamicImage, GenericImageView, ImageDecoder};
+use ndarray::{Array1, Array4};
 
 use super::{BatchIter, BatchSource, PrepareConfig};
 use crate::batch::Batch;
@@ -87,6 +87,7 @@ pub struct ImageFolder {
     channels: Channels,
     fit: Option<Fit>,
     skip_unreadable: bool,
+    image_budget: u64,
 }
 
 impl ImageFolder {
@@ -139,7 +140,24 @@ impl ImageFolder {
             channels: Channels::default(),
             fit: None,
             skip_unreadable: false,
+            image_budget: Self::DEFAULT_IMAGE_BUDGET,
         })
+    }
+
+    /// The default of [`ImageFolder::image_budget`]: 1 GiB.
+    pub const DEFAULT_IMAGE_BUDGET: u64 = 1 << 30;
+
+    /// The most memory one image may take while it is decoded, resized and
+    /// converted to `f32` (default [`ImageFolder::DEFAULT_IMAGE_BUDGET`],
+    /// room for a 50-megapixel photograph). An image's size is read from
+    /// its header first: one that would need more is an error naming it
+    /// before its pixels are decoded (a PNG of a few hundred KB can hold
+    /// 20000 x 20000 black pixels). A batch takes at most its images'
+    /// `f32` values (twice that while it grows), so memory stays near
+    /// `batch size x C x H x W x 4` bytes plus one image's budget.
+    pub fn image_budget(mut self, bytes: u64) -> Self {
+        self.image_budget = bytes;
+        self
     }
 
     /// Converts every image to these channels (default RGB).
@@ -220,6 +238,22 @@ impl ImageFolder {
                 "an image folder has none: score the ID and OOD folders separately",
             ));
         }
+        if let Some(Fit::Resize(h, w) | Fit::ResizeCrop(h, w) | Fit::CentreCrop(h, w)) = self.fit {
+            let bytes = u64::from(h) * u64::from(w) * self.channels.count() as u64 * 4;
+            if bytes > self.image_budget {
+                return Err(Error::InvalidParameter {
+                    name: "image size",
+                    value: format!("{h}x{w}"),
+                    reason: format!(
+                        "one image of that size takes {} as f32, above the budget of {} for \
+                         one image: give a smaller size (--size), or raise the budget \
+                         (--max-image-mb; ImageFolder::image_budget)",
+                        mib(bytes),
+                        mib(self.image_budget)
+                    ),
+                });
+            }
+        }
         Ok(FolderBatches {
             folder: self,
             config: config.clone(),
@@ -227,31 +261,83 @@ impl ImageFolder {
         })
     }
 
-    /// One image as `(C, H, W)` values in 0..=255.
-    fn decode(&self, path: &Path) -> Result<Array4<f32>> {
-        let image = image::ImageReader::open(path)
+    /// One image as `(C, H, W)` values in 0..=255: its shape and planes.
+    /// Its size is checked against the budget from its header, before its
+    /// pixels are decoded.
+    fn decode(&self, path: &Path) -> Result<([usize; 3], Vec<f32>)> {
+        let corrupt = |e: image::ImageError| {
+            Error::corrupt(path, None, format!("cannot decode the image: {e}"))
+        };
+        let mut reader = image::ImageReader::open(path)
             .map_err(|e| Error::io(path, e))?
             .with_guessed_format()
-            .map_err(|e| Error::io(path, e))?
-            .decode()
-            .map_err(|e| Error::corrupt(path, None, format!("cannot decode the image: {e}")))?;
+            .map_err(|e| Error::io(path, e))?;
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(self.image_budget);
+        reader.limits(limits);
+        let decoder = reader.into_decoder().map_err(|e| match e {
+            image::ImageError::Limits(_) => self.over_budget(path, None),
+            e => corrupt(e),
+        })?;
+        let (iw, ih) = decoder.dimensions();
+        let c = self.channels.count() as u64;
+        let (oh, ow) = match self.fit {
+            None => (u64::from(ih), u64::from(iw)),
+            Some(Fit::Resize(h, w) | Fit::ResizeCrop(h, w) | Fit::CentreCrop(h, w)) => {
+                (u64::from(h), u64::from(w))
+            }
+        };
+        // Decoded pixels, a resize's f32 rows (up to 4 channels), the
+        // 8-bit channels asked for, their f32 planes.
+        let resize = if self.fit.is_some() {
+            u64::from(iw) * oh * 16
+        } else {
+            0
+        };
+        let need = decoder
+            .total_bytes()
+            .saturating_add(resize)
+            .saturating_add(oh * ow * c * 5);
+        if need > self.image_budget {
+            return Err(self.over_budget(path, Some((iw, ih, need))));
+        }
+        let image = DynamicImage::from_decoder(decoder).map_err(|e| match e {
+            image::ImageError::Limits(_) => self.over_budget(path, Some((iw, ih, need))),
+            e => corrupt(e),
+        })?;
         let image = self.fitted(image, path)?;
         let (w, h) = image.dimensions();
-        let (w, h) = (w as usize, h as usize);
-        let c = self.channels.count();
-        let values: Vec<f32> = match self.channels {
+        let (w, h, c) = (w as usize, h as usize, c as usize);
+        let interleaved = match self.channels {
             Channels::Grey => image.into_luma8().into_raw(),
             Channels::Rgb => image.into_rgb8().into_raw(),
-        }
-        .into_iter()
-        .map(f32::from)
-        .collect();
+        };
         // Interleaved (H, W, C) to planes (C, H, W).
-        let hwc = Array4::from_shape_vec((1, h, w, c), values)?;
-        Ok(hwc
-            .permuted_axes([0, 3, 1, 2])
-            .as_standard_layout()
-            .into_owned())
+        let mut planes = vec![0.0_f32; c * h * w];
+        for (pixel, values) in interleaved.chunks_exact(c).enumerate() {
+            for (channel, &v) in values.iter().enumerate() {
+                planes[channel * h * w + pixel] = f32::from(v);
+            }
+        }
+        Ok(([c, h, w], planes))
+    }
+
+    /// The error for an image above the budget (its size and the memory
+    /// it needs, when its header said).
+    fn over_budget(&self, path: &Path, size: Option<(u32, u32, u64)>) -> Error {
+        let what = match size {
+            Some((w, h, need)) => format!("is {w}x{h} pixels and needs {} to decode", mib(need)),
+            None => "needs more memory to decode".to_owned(),
+        };
+        Error::InvalidParameter {
+            name: "image",
+            value: path.display().to_string(),
+            reason: format!(
+                "{what}, above the budget of {} for one image: shrink it, or raise the \
+                 budget (--max-image-mb; ImageFolder::image_budget)",
+                mib(self.image_budget)
+            ),
+        }
     }
 
     fn fitted(&self, image: DynamicImage, path: &Path) -> Result<DynamicImage> {
@@ -272,6 +358,11 @@ impl ImageFolder {
             }
         })
     }
+}
+
+/// `bytes` in MiB, for messages.
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
 /// The subfolders and the image files of `dir`, each sorted by name
@@ -342,12 +433,16 @@ impl FolderBatches<'_> {
 
     fn build(&self, indices: &[usize]) -> Result<Option<Batch>> {
         let folder = self.folder;
-        let mut inputs: Option<Array4<f32>> = None;
+        // The batch grows with the images decoded, never sized from the
+        // first one alone: a large first image followed by small ones is
+        // an error after one image's memory, not a batch's.
+        let mut shape: Option<[usize; 3]> = None;
+        let mut values: Vec<f32> = Vec::new();
         let mut labels = Vec::with_capacity(indices.len());
         let mut rows = 0;
         for &i in indices {
             let (path, label) = &folder.files[i];
-            let image = match folder.decode(path) {
+            let (image_shape, planes) = match folder.decode(path) {
                 Ok(image) => image,
                 Err(Error::CorruptFile { .. }) if folder.skip_unreadable => {
                     let mut skipped = self.skipped.lock().unwrap_or_else(|p| p.into_inner());
@@ -358,33 +453,37 @@ impl FolderBatches<'_> {
                 }
                 Err(e) => return Err(e),
             };
-            let (_, c, h, w) = image.dim();
-            let all = inputs.get_or_insert_with(|| Array4::zeros((indices.len(), c, h, w)));
-            if all.shape()[1..] != image.shape()[1..] {
+            let expected = *shape.get_or_insert(image_shape);
+            if expected != image_shape {
                 let advice = if folder.fit.is_none() {
-                    "; give the folder a size (ImageFolder::fit, e.g. Fit::ResizeCrop)"
+                    "; give the images one size (--size HxW; ImageFolder::fit)"
                 } else {
                     ""
                 };
                 return Err(Error::ShapeMismatch {
                     what: format!("image {}", path.display()),
-                    expected: format!(
-                        "{:?} (C, H, W) like the images before it{advice}",
-                        &all.shape()[1..]
-                    ),
-                    found: format!("{:?}", &image.shape()[1..]),
+                    expected: format!("{expected:?} (C, H, W) like the images before it{advice}"),
+                    found: format!("{image_shape:?}"),
                 });
             }
-            all.slice_mut(s![rows..rows + 1, .., .., ..]).assign(&image);
+            values
+                .try_reserve(planes.len())
+                .map_err(|_| Error::InvalidParameter {
+                    name: "batch size",
+                    value: indices.len().to_string(),
+                    reason: format!(
+                        "a batch of {expected:?} images does not fit in memory: give a \
+                         smaller batch size (--batch-size) or image size (--size)"
+                    ),
+                })?;
+            values.extend_from_slice(&planes);
             labels.push(label.unwrap_or(0));
             rows += 1;
         }
-        let Some(mut inputs) = inputs else {
+        let Some([c, h, w]) = shape else {
             return Ok(None);
         };
-        if rows < indices.len() {
-            inputs = inputs.slice(s![..rows, .., .., ..]).to_owned();
-        }
+        let inputs = Array4::from_shape_vec((rows, c, h, w), values)?;
         let labelled = folder.is_labelled() && self.config.labels_wanted();
         self.config
             .apply(Batch {

@@ -25,6 +25,10 @@ pub struct ToyConvnetConfig {
     pub dropout: f64,
 }
 
+/// The most weights the toy convnet's dense layer may take (256 Mi, 1 GiB
+/// of `f32`: images of about 1000x1000 with 10 classes).
+const MAX_DENSE_WEIGHTS: usize = 1 << 28;
+
 impl ToyConvnetConfig {
     /// The network for `in_channels` x `image_size` x `image_size` images and
     /// `num_classes` classes, with dropout 0.5.
@@ -71,6 +75,20 @@ impl ToyConvnetConfig {
                 "two 3x3 convolutions and 2x2 poolings need images of at least 10x10",
             )
         })?;
+        // The dense layer grows with the square of the side: a size typed
+        // wrong (or read from a hostile image) would take all memory.
+        let dense_weights = (64 * side * side).checked_mul(self.num_classes);
+        if dense_weights.is_none_or(|n| n > MAX_DENSE_WEIGHTS) {
+            return Err(Error::invalid(
+                "image_size",
+                format!("{} with {} classes", self.image_size, self.num_classes),
+                format!(
+                    "its last layer would hold more than {MAX_DENSE_WEIGHTS} weights: the toy \
+                     convnet is meant for small images (e.g. 28x28 or 32x32; give a smaller \
+                     --size)"
+                ),
+            ));
+        }
         let conv = |channels: [usize; 2]| {
             let mut conv = Conv2dConfig::new(channels, [3, 3])
                 .with_initializer(glorot())

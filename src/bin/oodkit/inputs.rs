@@ -62,6 +62,11 @@ pub struct ModelArgs {
     /// Images per batch.
     #[arg(long, default_value_t = 128, value_name = "N", value_parser = positive)]
     pub batch_size: usize,
+    /// The most memory one image may take while it is decoded and
+    /// converted, in MiB: a larger image is an error naming it, found from
+    /// its header before its pixels are read.
+    #[arg(long, default_value_t = 1024, value_name = "MiB", value_parser = positive)]
+    pub max_image_mb: usize,
     /// What runs a --model graph: tract (built in) or onnxruntime (ONNX
     /// Runtime's library, several times faster, GPUs: `pip install
     /// onnxruntime`, found in the active or PATH Python, or named by
@@ -179,7 +184,8 @@ impl ModelArgs {
     pub fn open(&self, dir: &Path) -> Result<ImageFolder> {
         let folder = ImageFolder::open(dir)?
             .channels(self.channels())
-            .skip_unreadable(self.skip_unreadable);
+            .skip_unreadable(self.skip_unreadable)
+            .image_budget((self.max_image_mb as u64).saturating_mul(1 << 20));
         match self.size {
             Some((h, w)) if self.crop => folder.fit(Fit::ResizeCrop(h, w)),
             Some((h, w)) => folder.fit(Fit::Resize(h, w)),

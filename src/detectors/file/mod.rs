@@ -17,9 +17,16 @@
 //! A [safetensors](https://github.com/huggingface/safetensors) file:
 //! little-endian arrays, no code, readable from Python without oodkit.
 //! Its header's metadata has one entry, `"oodkit"`, a JSON object:
-//! `format` (`"oodkit-detector"`), `format_version` (1), `crate_version`,
-//! `kind` (e.g. `"KNN"`), `detector` (the parameters and structure), and
-//! `shaping` / `calibration` when there are. The arrays are named by what
+//! `format` (`"oodkit-detector"`), `format_version` (2), `crate_version`,
+//! `kind` (e.g. `"KNN"`), `detector` (the parameters and structure),
+//! `shaping` / `calibration` when there are, and `checksums`: each
+//! array's CRC-32 (IEEE, as `zlib.crc32` computes it, eight hex digits),
+//! checked on load so that a damaged array is an error, never changed
+//! scores; beside it, the metadata entry `"oodkit.crc32"` is the CRC-32 of
+//! the `"oodkit"` JSON text itself, so a damaged parameter is caught too
+//! (version 1 files, written before, have neither). The checksums guard
+//! against damage, not against someone who edits the file on purpose:
+//! load detector files from sources you trust. The arrays are named by what
 //! they hold: `layer.{l}.{name}` for layer `l`'s state (e.g.
 //! `layer.0.features`, `layer.0.sq_norms` for KNN; `layer.0.precision`
 //! for Mahalanobis), `aggregator.{name}`, `calibration.scores`.
@@ -42,8 +49,11 @@
 //! Files are written atomically (a temporary file beside the target, then
 //! a rename): a crash never leaves a half-written file under the name.
 //! Loading checks the format, its version, the kind (the typed loaders
-//! refuse another detector's file), every array's dtype and shape against
-//! the parameters, and that stored statistics are finite.
+//! refuse another detector's file), every array's checksum, dtype and
+//! shape against the parameters, and that stored statistics are finite.
+//! Memory: the file is read whole (a regular file only) and its arrays
+//! decoded from it, about twice the file's size at the peak; the JSON
+//! header is parsed once and may take at most [`MAX_HEADER_BYTES`].
 //!
 //! ```
 //! use ndarray::{Array1, Array2};
@@ -84,10 +94,19 @@ use crate::error::{Error, Result};
 pub const FORMAT: &str = "oodkit-detector";
 
 /// The format version this oodkit writes; it reads this and older ones.
-pub const FORMAT_VERSION: u64 = 1;
+/// Version 2 added the arrays' checksums.
+pub const FORMAT_VERSION: u64 = 2;
+
+/// The largest safetensors header a detector file may have (8 MiB): the
+/// arrays are in the table, so a header holds parameters and
+/// annotations, a few KiB. A longer one is refused before it is parsed.
+pub const MAX_HEADER_BYTES: u64 = 8 << 20;
 
 /// The metadata key of the JSON header.
 const META_KEY: &str = "oodkit";
+
+/// The metadata key of the JSON header's checksum.
+const META_CHECKSUM_KEY: &str = "oodkit.crc32";
 
 /// A fitted detector that saves to and loads from a file (see the
 /// [module docs](self) for the format). Implemented by every fitted
@@ -254,7 +273,17 @@ impl Writer {
         meta.insert("crate_version".into(), json!(env!("CARGO_PKG_VERSION")));
         meta.insert("kind".into(), json!(kind));
         meta.append(&mut self.meta);
-        let header = HashMap::from([(META_KEY.to_owned(), Value::Object(meta).to_string())]);
+        let checksums: Map<String, Value> = self
+            .arrays
+            .iter()
+            .map(|(key, a)| (key.clone(), json!(checksum(&a.bytes))))
+            .collect();
+        meta.insert("checksums".into(), Value::Object(checksums));
+        let text = Value::Object(meta).to_string();
+        let header = HashMap::from([
+            (META_CHECKSUM_KEY.to_owned(), checksum(text.as_bytes())),
+            (META_KEY.to_owned(), text),
+        ]);
         let views = self
             .arrays
             .iter()
@@ -280,45 +309,51 @@ pub struct Reader {
 impl Reader {
     fn parse(path: &Path, bytes: Vec<u8>) -> Result<Self> {
         let corrupt = |reason: String| Error::corrupt(path, None, reason);
-        let (index, text) = {
-            let tensors = SafeTensors::deserialize(&bytes).map_err(|e| {
-                corrupt(format!(
-                    "not a readable safetensors file ({e}); it may be truncated or damaged: \
-                     save the detector again"
-                ))
-            })?;
-            let start = bytes.as_ptr() as usize;
-            let index: HashMap<String, (Dtype, Vec<usize>, Range<usize>)> = tensors
-                .iter()
-                .map(|(name, view)| {
-                    let offset = view.data().as_ptr() as usize - start;
-                    let range = offset..offset + view.data().len();
-                    (
-                        name.to_owned(),
-                        (view.dtype(), view.shape().to_vec(), range),
-                    )
-                })
-                .collect();
-            let (_, header) = SafeTensors::read_metadata(&bytes)
-                .map_err(|e| corrupt(format!("unreadable safetensors header ({e})")))?;
-            let text = header
-                .metadata()
-                .as_ref()
-                .and_then(|m| m.get(META_KEY))
-                .cloned()
-                .ok_or_else(|| {
-                    corrupt(format!(
-                        "a safetensors file without the \"{META_KEY}\" metadata: not a detector \
-                         file written by oodkit"
-                    ))
-                })?;
-            (index, text)
-        };
-        let meta = match serde_json::from_str::<Value>(&text) {
+        let header_len = bytes
+            .get(..8)
+            .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+        if let Some(n) = header_len.filter(|&n| n > MAX_HEADER_BYTES) {
+            return Err(corrupt(format!(
+                "its header claims {n} bytes, above the {MAX_HEADER_BYTES} a detector file's \
+                 header may take: the file is damaged, or not a detector file"
+            )));
+        }
+        // One parse of the header: the arrays' places and the metadata.
+        let (n, header) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+            corrupt(format!(
+                "not a readable safetensors file ({e}); it may be truncated or damaged: save \
+                 the detector again"
+            ))
+        })?;
+        let start = 8 + n;
+        let index: HashMap<String, (Dtype, Vec<usize>, Range<usize>)> = header
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| {
+                let (s, e) = info.data_offsets;
+                (name, (info.dtype, info.shape.clone(), start + s..start + e))
+            })
+            .collect();
+        let entries = header.metadata().as_ref();
+        let text_checksum = entries.and_then(|m| m.get(META_CHECKSUM_KEY));
+        let text = entries.and_then(|m| m.get(META_KEY)).ok_or_else(|| {
+            corrupt(format!(
+                "a safetensors file without the \"{META_KEY}\" metadata: not a detector \
+                     file written by oodkit"
+            ))
+        })?;
+        if text_checksum.is_some_and(|sum| *sum != checksum(text.as_bytes())) {
+            return Err(corrupt(format!(
+                "its header does not match its checksum: {DAMAGED}"
+            )));
+        }
+        let has_text_checksum = text_checksum.is_some();
+        let meta = match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(meta)) => meta,
             Ok(_) => return Err(corrupt("the oodkit header is not a JSON object".into())),
             Err(e) => return Err(corrupt(format!("the oodkit header is not JSON ({e})"))),
         };
+        drop(header);
         if meta.get("format").and_then(Value::as_str) != Some(FORMAT) {
             return Err(corrupt(format!(
                 "the header's format is {}, not \"{FORMAT}\"",
@@ -339,6 +374,14 @@ impl Reader {
         }
         if meta.get("kind").and_then(Value::as_str).is_none() {
             return Err(corrupt("the header names no detector kind".into()));
+        }
+        if version >= 2 {
+            if !has_text_checksum {
+                return Err(corrupt(format!(
+                    "its header has no \"{META_CHECKSUM_KEY}\" checksum: {DAMAGED}"
+                )));
+            }
+            check_arrays(&meta, &index, &bytes).map_err(corrupt)?;
         }
         Ok(Reader {
             path: path.to_path_buf(),
@@ -422,6 +465,43 @@ impl Reader {
         }
         A::decode(key, *dtype, shape, &self.table.bytes[range.clone()]).map_err(|e| self.corrupt(e))
     }
+}
+
+/// What a checksum that does not match means, and what to do.
+const DAMAGED: &str = "the file was damaged after it was written (a copy or a disk went \
+                       wrong): save or copy the detector again";
+
+/// The checksum of an array's bytes as the file stores it: CRC-32 (IEEE),
+/// eight hex digits.
+fn checksum(bytes: &[u8]) -> String {
+    format!("{:08x}", crc32fast::hash(bytes))
+}
+
+/// Every array of the file has its checksum in the header, and matches it.
+fn check_arrays(
+    meta: &Map<String, Value>,
+    index: &HashMap<String, (Dtype, Vec<usize>, Range<usize>)>,
+    bytes: &[u8],
+) -> std::result::Result<(), String> {
+    let sums = meta
+        .get("checksums")
+        .and_then(Value::as_object)
+        .ok_or_else(|| format!("the header has no checksums of its arrays: {DAMAGED}"))?;
+    for (key, (_, _, range)) in index {
+        let stored = sums
+            .get(key)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("the array \"{key}\" has no checksum: {DAMAGED}"))?;
+        if stored != checksum(&bytes[range.clone()]) {
+            return Err(format!(
+                "the array \"{key}\" does not match its checksum: {DAMAGED}"
+            ));
+        }
+    }
+    if let Some(key) = sums.keys().find(|k| !index.contains_key(*k)) {
+        return Err(format!("the array \"{key}\" is missing: {DAMAGED}"));
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for Reader {
