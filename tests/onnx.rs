@@ -134,3 +134,44 @@ fn the_last_layer_is_read_from_the_graph_for_vim() {
         "{err}"
     );
 }
+
+/// A graph's first output is read as logits only when it is `(N, K)`; an
+/// input of another size is an error that says which flags set it.
+#[test]
+fn outputs_that_are_not_logits_and_inputs_of_another_size_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, shape) in [("identity", "[5, 1, 2, 2]"), ("mean", "[5]")] {
+        let path = dir.path().join(format!("{kind}.onnx"));
+        onnx_mlp::write_without_logits(&path, kind);
+        let model = OnnxModel::load(&path).unwrap();
+        let err = model.forward(inputs(5).view()).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, Error::ShapeMismatch { .. }), "{kind}: {err}");
+        assert!(
+            message.contains("first output") && message.contains(shape),
+            "{message}"
+        );
+        let data = oodkit::OodDataset::from_arrays(inputs(5), Array1::zeros(5)).unwrap();
+        let mls = Mls::new().fit(&model, None).unwrap();
+        assert!(mls.score(&data).is_err(), "{kind} scored");
+    }
+    let path = dir.path().join("mlp.onnx");
+    write(&path, None);
+    let model = OnnxModel::load(&path).unwrap();
+    let rgb = Array4::<f32>::zeros((2, 3, 2, 2));
+    let err = model.forward(rgb.view()).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    assert!(
+        message.contains("(any, 1, 2, 2)") && message.contains("--channels"),
+        "{message}"
+    );
+    let large = Array4::<f32>::zeros((2, 1, 4, 4));
+    assert!(
+        model
+            .forward(large.view())
+            .unwrap_err()
+            .to_string()
+            .contains("--size")
+    );
+}

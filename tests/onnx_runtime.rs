@@ -11,6 +11,8 @@
 
 #[path = "common/exporter_fixtures.rs"]
 mod exporter_fixtures;
+#[path = "common/onnx_mlp.rs"]
+mod onnx_mlp;
 
 use exporter_fixtures::{Expected, assert_close, expected, fixtures};
 use ndarray::{Array1, Array4, Axis};
@@ -96,6 +98,21 @@ fn wrong_inputs_and_names_are_errors_that_say_what_to_do() {
         err.to_string().contains(&format!("{}", inputs.shape()[2])),
         "{err}"
     );
+    assert!(err.to_string().contains("--size"), "{err}");
+    // A graph whose first output is no logits is never scored.
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, shape) in [("identity", "[3, 1, 2, 2]"), ("mean", "[3]")] {
+        let path = dir.path().join(format!("{kind}.onnx"));
+        onnx_mlp::write_without_logits(&path, kind);
+        let model = OnnxRuntimeModel::load_with_features(&path, &[], &options()).unwrap();
+        let err = model
+            .forward(Array4::<f32>::zeros((3, 1, 2, 2)).view())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("first output") && err.to_string().contains(shape),
+            "{err}"
+        );
+    }
     // Without a feature layer, the last layer says which layer to name.
     let err = model.head_parameters().unwrap_err();
     assert!(err.to_string().contains("--layer"), "{err}");
@@ -106,7 +123,6 @@ fn wrong_inputs_and_names_are_errors_that_say_what_to_do() {
     };
     assert!(OnnxRuntimeModel::load_with_features(&path, &[], &zero).is_err());
     // A graph moved without its .data file names the missing file.
-    let dir = tempfile::tempdir().unwrap();
     let moved = dir.path().join("net.onnx");
     std::fs::copy(&path, &moved).unwrap();
     let err = OnnxRuntimeModel::load(&moved).unwrap_err();

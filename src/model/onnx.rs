@@ -51,6 +51,9 @@ pub struct OnnxModel {
     layer_names: Vec<String>,
     /// The batch size the graph fixes, if it does.
     fixed_batch: Option<usize>,
+    /// The input's channels, height and width where the graph fixes them
+    /// (the batch is `fixed_batch`'s).
+    input_dims: [Option<usize>; 4],
     /// The last layer read from the graph, or why it could not be.
     head: std::result::Result<(Array2<f32>, Array1<f32>), Reason>,
 }
@@ -146,12 +149,15 @@ pub(super) fn logits_name(graph: &tract_onnx::pb::GraphProto, path: &Path) -> Re
 }
 
 /// One output of a run over `n` inputs as `(N, D)`: its `values` in
-/// standard layout, of `shape`, which must have a row per input.
+/// standard layout, of `shape`, which must have a row per input. The
+/// `logits` (the graph's first output) must be `(N, K)`, `K >= 2`: a graph
+/// whose first output is something else is an error, never scored.
 pub(super) fn output_rows(
     what: &str,
     n: usize,
     shape: &[usize],
     values: Vec<f32>,
+    logits: bool,
 ) -> Result<Array2<f32>> {
     if shape.first().copied().unwrap_or(0) != n {
         return Err(Error::ShapeMismatch {
@@ -160,8 +166,50 @@ pub(super) fn output_rows(
             found: format!("{shape:?}"),
         });
     }
+    if logits && (shape.len() != 2 || shape[1] < 2) {
+        return Err(Error::ShapeMismatch {
+            what: format!("{what}, the graph's first output, read as its logits"),
+            expected: format!(
+                "({n}, K): one logit per class (K at least 2); export the classifier with its \
+                 logits as the first output (before softmax; no probabilities, no single score)"
+            ),
+            found: format!("{shape:?}"),
+        });
+    }
     let width = values.len() / n.max(1);
     Ok(Array2::from_shape_vec((n, width), values)?)
+}
+
+/// Checks a batch of `shape` against the graph's input `dims` (`None`
+/// where the graph leaves a dimension free): a clash is an error that
+/// says what the graph takes and how to give it that.
+pub(super) fn check_input(dims: &[Option<usize>; 4], shape: &[usize]) -> Result<()> {
+    if !dims
+        .iter()
+        .zip(shape)
+        .any(|(dim, &size)| dim.is_some_and(|d| d != size))
+    {
+        return Ok(());
+    }
+    let show = |d: &Option<usize>| d.map_or("any".to_owned(), |d| d.to_string());
+    let batch = dims[0].is_some_and(|d| d != shape[0]);
+    let advice = if batch {
+        "the graph fixes its batch size: export it with a dynamic batch axis"
+    } else {
+        "the images' channels and size must be the graph's: --channels grey|rgb and \
+         --size HxW on the command line (ImageFolder::channels and ImageFolder::fit)"
+    };
+    Err(Error::ShapeMismatch {
+        what: "input batch (N, C, H, W) for the ONNX graph".into(),
+        expected: format!(
+            "({}, {}, {}, {}); {advice}",
+            show(&dims[0]),
+            show(&dims[1]),
+            show(&dims[2]),
+            show(&dims[3]),
+        ),
+        found: format!("{shape:?}"),
+    })
 }
 
 /// The outputs of a run (the feature layers, then the logits) as the
@@ -290,6 +338,11 @@ impl OnnxModel {
             });
         }
         let fixed_batch = input.shape[0].to_i64().ok().map(|b| b as usize);
+        // The batch is checked on its own (a fixed batch is run in parts).
+        let mut input_dims = [None; 4];
+        for (k, dim) in input_dims.iter_mut().enumerate().skip(1) {
+            *dim = input.shape[k].to_i64().ok().map(|d| d as usize);
+        }
         let plan = typed
             .into_runnable()
             .map_err(tract_error("planning the graph", path))?;
@@ -298,6 +351,7 @@ impl OnnxModel {
             plan,
             layer_names: names,
             fixed_batch,
+            input_dims,
             head,
         })
     }
@@ -371,18 +425,28 @@ impl OnnxModel {
             });
         }
         let shape = inputs.shape().to_vec();
-        let outputs = self
-            .plan
-            .run(tvec![TValue::from(Tensor::from(inputs))])
-            .map_err(|e| {
-                Error::backend_with(
-                    format!("the ONNX graph failed on inputs of shape {shape:?}"),
-                    e,
-                )
-            })?;
+        check_input(&self.input_dims, &shape)?;
+        let failed = || format!("the ONNX graph failed on inputs of shape {shape:?}");
+        // tract panics on some shapes it cannot compute (e.g. a size that
+        // overflows): an error for the caller, not the end of the process.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.plan.run(tvec![TValue::from(Tensor::from(inputs))])
+        }));
+        let outputs = match run {
+            Ok(outputs) => outputs.map_err(|e| Error::backend_with(failed(), e))?,
+            Err(_) => {
+                return Err(Error::backend(format!(
+                    "{} (tract stopped on them): check that the images' channels and size \
+                     are the graph's (oodkit inspect shows its input)",
+                    failed()
+                )));
+            }
+        };
+        let last = outputs.len().saturating_sub(1);
         outputs
             .iter()
-            .map(|value| {
+            .enumerate()
+            .map(|(k, value)| {
                 let view = value
                     .to_plain_array_view::<f32>()
                     .map_err(|e| Error::backend_with("an ONNX output is not f32", e))?;
@@ -390,7 +454,7 @@ impl OnnxModel {
                     Some(values) => values.to_vec(),
                     None => view.iter().copied().collect(),
                 };
-                output_rows("ONNX output", n, view.shape(), values)
+                output_rows("ONNX output", n, view.shape(), values, k == last)
             })
             .collect()
     }

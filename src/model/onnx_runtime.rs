@@ -17,7 +17,8 @@ use tract_onnx::pb::{GraphProto, ModelProto, ValueInfoProto};
 
 use super::closure::LOGITS;
 use super::onnx::{
-    folder_of, logits_name, missing_external_data, output_rows, read_proto, split_outputs,
+    check_input, folder_of, logits_name, missing_external_data, output_rows, read_proto,
+    split_outputs,
 };
 use super::onnx_head::{Reason, affine_head, head_unreadable, producer};
 use super::{FeatureModel, LastLayer, LayerId, Model, ModelOutput, resolve_layers};
@@ -544,30 +545,7 @@ impl OnnxRuntimeModel {
     fn run(&self, inputs: ArrayView4<f32>) -> Result<Vec<Array2<f32>>> {
         let shape = inputs.shape();
         let n = shape[0];
-        if self
-            .input_dims
-            .iter()
-            .zip(shape)
-            .any(|(dim, &size)| dim.is_some_and(|d| d != size))
-        {
-            let show = |d: &Option<usize>| d.map_or("any".to_owned(), |d| d.to_string());
-            return Err(Error::ShapeMismatch {
-                what: "input batch for the ONNX graph".into(),
-                expected: format!(
-                    "({}, {}, {}, {}){}",
-                    show(&self.input_dims[0]),
-                    show(&self.input_dims[1]),
-                    show(&self.input_dims[2]),
-                    show(&self.input_dims[3]),
-                    if self.input_dims[0].is_some() {
-                        " (the graph fixes its batch size: export it with a dynamic batch axis)"
-                    } else {
-                        ""
-                    }
-                ),
-                found: format!("{shape:?}"),
-            });
-        }
+        check_input(&self.input_dims, shape)?;
         let inputs = inputs.as_standard_layout();
         let tensor = TensorRef::from_array_view(inputs.view())
             .map_err(runtime_error("taking the input batch".into()))?;
@@ -579,9 +557,11 @@ impl OnnxRuntimeModel {
             .map_err(runtime_error(format!(
                 "running the graph on inputs of shape {shape:?}"
             )))?;
+        let last = self.outputs.len().saturating_sub(1);
         self.outputs
             .iter()
-            .map(|name| {
+            .enumerate()
+            .map(|(k, name)| {
                 let value = results.get(name.as_str()).ok_or_else(|| {
                     Error::backend(format!("ONNX Runtime returned no output {name:?}"))
                 })?;
@@ -596,7 +576,13 @@ impl OnnxRuntimeModel {
                     .iter()
                     .map(|&d| usize::try_from(d).unwrap_or(0))
                     .collect();
-                output_rows(&format!("ONNX output {name:?}"), n, &shape, values.to_vec())
+                output_rows(
+                    &format!("ONNX output {name:?}"),
+                    n,
+                    &shape,
+                    values.to_vec(),
+                    k == last,
+                )
             })
             .collect()
     }

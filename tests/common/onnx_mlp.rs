@@ -163,3 +163,57 @@ fn write_graph(path: &Path, batch: Option<i64>, matmul_head: bool) {
     };
     std::fs::write(path, model.encode_to_vec()).unwrap();
 }
+
+/// A graph whose first output is no logits: `"identity"` returns its
+/// `(N, 1, 2, 2)` input, `"mean"` one value per input, `(N,)`.
+pub fn write_without_logits(path: &Path, kind: &str) {
+    let (nodes, output) = match kind {
+        "identity" => (
+            vec![node("Identity", &["input"], "out", vec![])],
+            value_info("out", &[None, Some(1), Some(2), Some(2)]),
+        ),
+        _ => {
+            let mut mean = node(
+                "ReduceMean",
+                &["flat"],
+                "out",
+                vec![int_attribute("keepdims", 0)],
+            );
+            mean.attribute.push(AttributeProto {
+                name: "axes".into(),
+                r#type: AttributeType::Ints as i32,
+                ints: vec![1],
+                ..Default::default()
+            });
+            (
+                vec![
+                    node(
+                        "Flatten",
+                        &["input"],
+                        "flat",
+                        vec![int_attribute("axis", 1)],
+                    ),
+                    mean,
+                ],
+                value_info("out", &[None]),
+            )
+        }
+    };
+    let graph = GraphProto {
+        name: "not_a_classifier".into(),
+        node: nodes,
+        input: vec![value_info("input", &[None, Some(1), Some(2), Some(2)])],
+        output: vec![output],
+        ..Default::default()
+    };
+    let model = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    };
+    std::fs::write(path, model.encode_to_vec()).unwrap();
+}
