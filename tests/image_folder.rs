@@ -336,3 +336,51 @@ fn images_beyond_the_budget_are_errors_before_they_are_decoded() {
     let err = absurd.prepare(&PrepareConfig::new(4)).unwrap_err();
     assert!(err.to_string().contains("--size"), "{err}");
 }
+
+/// A class's images in nested folders are taken, in torchvision's order
+/// (folder by folder, by the path's characters); a link back up does not
+/// loop; a class folder whose name is not UTF-8 is an error.
+#[test]
+fn nested_folders_are_part_of_their_class() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    for dir in ["cats/sub/deeper", "cats/sub-x", "dogs"] {
+        std::fs::create_dir_all(r.join(dir)).unwrap();
+    }
+    for file in [
+        "cats/z.png",
+        "cats/sub/b.png",
+        "cats/sub/a.png",
+        "cats/sub/deeper/c.png",
+        "cats/sub-x/d.png",
+        "dogs/e.png",
+    ] {
+        grey(&r.join(file), 2, 2, |_, _| 1);
+    }
+    std::os::unix::fs::symlink(r.join("cats"), r.join("cats/sub/loop")).unwrap();
+    let folder = ImageFolder::open(r).unwrap();
+    let files: Vec<String> = folder
+        .files()
+        .iter()
+        .map(|(p, l)| format!("{}:{}", p.strip_prefix(r).unwrap().display(), l.unwrap()))
+        .collect();
+    // sorted(os.walk("cats")): cats, cats/sub, cats/sub-x, cats/sub/deeper.
+    assert_eq!(
+        files,
+        [
+            "cats/z.png:0",
+            "cats/sub/a.png:0",
+            "cats/sub/b.png:0",
+            "cats/sub-x/d.png:0",
+            "cats/sub/deeper/c.png:0",
+            "dogs/e.png:1"
+        ]
+    );
+    // A class folder named in Latin-1 bytes.
+    use std::os::unix::ffi::OsStrExt;
+    let latin1 = r.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    std::fs::create_dir(&latin1).unwrap();
+    grey(&latin1.join("f.png"), 2, 2, |_, _| 1);
+    let err = ImageFolder::open(r).unwrap_err();
+    assert!(err.to_string().contains("UTF-8"), "{err}");
+}

@@ -92,9 +92,14 @@ pub struct ImageFolder {
 
 impl ImageFolder {
     /// The images under `root`: with class subfolders, one class per
-    /// subfolder (sorted by name, labels 0, 1, ...); without, the images in
-    /// `root`, unlabelled. Errors when `root` is missing, holds no image, a
-    /// class folder holds none, or images lie beside class folders.
+    /// subfolder (sorted by name, labels 0, 1, ...) holding the images in
+    /// it and in its own subfolders at any depth (as torchvision's
+    /// `ImageFolder` takes them, in its order: folder by folder, each
+    /// sorted); without, the images in `root`, unlabelled. Hidden entries
+    /// (names starting with `.`) are left out. Errors when `root` is
+    /// missing, holds no image, a class folder holds none, images lie
+    /// beside class folders, or a class folder's name is not UTF-8 (two
+    /// such names could display alike).
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref();
         let (dirs, images) = listing(root)?;
@@ -112,7 +117,7 @@ impl ImageFolder {
             let mut files = Vec::new();
             let mut names = Vec::new();
             for (label, dir) in dirs.iter().enumerate() {
-                let (_, images) = listing(dir)?;
+                let images = images_within(dir)?;
                 if images.is_empty() {
                     return Err(Error::Empty {
                         what: format!("class folder {}", dir.display()),
@@ -120,10 +125,17 @@ impl ImageFolder {
                     });
                 }
                 files.extend(images.into_iter().map(|p| (p, Some(label as i64))));
-                names.push(
-                    dir.file_name()
-                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-                );
+                let name = dir.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+                    Error::InvalidParameter {
+                        name: "class folder",
+                        value: format!("{:?}", dir.display().to_string()),
+                        reason: "its name is not valid UTF-8, so it cannot be shown as the \
+                                 class's name (two such names could look the same): rename \
+                                 the folder"
+                            .into(),
+                    }
+                })?;
+                names.push(name.to_owned());
             }
             (files, names)
         };
@@ -358,6 +370,33 @@ impl ImageFolder {
             }
         })
     }
+}
+
+/// The images in `dir` and in its subfolders at any depth: folder by
+/// folder (sorted by path), each folder's images sorted by name, as
+/// torchvision's `ImageFolder` walks a class. A folder reached twice
+/// through links is read once (no endless loop).
+fn images_within(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut folders = vec![dir.to_path_buf()];
+    let mut seen = std::collections::HashSet::new();
+    let mut walked = Vec::new();
+    while let Some(folder) = folders.pop() {
+        let real = fs::canonicalize(&folder).map_err(|e| Error::io(&folder, e))?;
+        if !seen.insert(real) {
+            continue;
+        }
+        let (dirs, images) = listing(&folder)?;
+        walked.push((folder, images));
+        folders.extend(dirs);
+    }
+    // By the path's bytes, as Python sorts its strings ("a/b-c" before
+    // "a/b/d"), not component by component.
+    walked.sort_by(|a, b| {
+        a.0.as_os_str()
+            .as_encoded_bytes()
+            .cmp(b.0.as_os_str().as_encoded_bytes())
+    });
+    Ok(walked.into_iter().flat_map(|(_, images)| images).collect())
 }
 
 /// `bytes` in MiB, for messages.
