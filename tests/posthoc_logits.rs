@@ -164,30 +164,39 @@ fn weibull_ll(x: &[f64], k: f64, l: f64) -> f64 {
 fn weibull_fits_are_maximum_likelihood_on_libmr_shifted_tails() {
     let mut rng = StdRng::seed_from_u64(6);
     let distances: Vec<f64> = (0..60).map(|_| 2.0 + normal(&mut rng).abs()).collect();
-    let w = Weibull::fit_high(&distances, 20).unwrap();
     let mut tail = distances.clone();
     tail.sort_by(|a, b| b.total_cmp(a));
     tail.truncate(20);
     let smallest = *tail.last().unwrap();
-    assert!((w.shift() - (10_000.0 - smallest)).abs() < 1e-9);
-    let shifted: Vec<f64> = tail.iter().map(|v| v + w.shift()).collect();
-    let best = weibull_ll(&shifted, w.shape(), w.scale());
-    for (dk, dl) in [
-        (1.001, 1.0),
-        (0.999, 1.0),
-        (1.0, 1.000_001),
-        (1.0, 0.999_999),
-    ] {
-        let other = weibull_ll(&shifted, w.shape() * dk, w.scale() * dl);
-        assert!(best >= other - 1e-6, "({dk}, {dl}): {other} > {best}");
+    // libMR >= 0.1.9 (translate 1, OpenOOD's) and before (10 000): the
+    // tail shifted to start there, then the maximum-likelihood fit.
+    for translate in [1.0, 10_000.0] {
+        let w = Weibull::fit_high(&distances, 20, translate).unwrap();
+        assert!((w.shift() - (translate - smallest)).abs() < 1e-9);
+        let shifted: Vec<f64> = tail.iter().map(|v| v + w.shift()).collect();
+        assert!((shifted.last().unwrap() - translate).abs() < 1e-9);
+        let best = weibull_ll(&shifted, w.shape(), w.scale());
+        for (dk, dl) in [
+            (1.001, 1.0),
+            (0.999, 1.0),
+            (1.0, 1.000_001),
+            (1.0, 0.999_999),
+        ] {
+            let other = weibull_ll(&shifted, w.shape() * dk, w.scale() * dl);
+            assert!(best >= other - 1e-6, "({dk}, {dl}): {other} > {best}");
+        }
     }
+    let w = Weibull::fit_high(&distances, 20, 1.0).unwrap();
     // The CDF rises across the tail: 0 well below it, 1 well above.
     assert!(w.cdf(smallest - 20.0) < 1e-6);
     assert!(w.cdf(tail[0] + 20.0) > 1.0 - 1e-6);
     assert!(w.cdf(smallest) < w.cdf(tail[0]));
     // No spread, no fit.
-    assert!(Weibull::fit_high(&[1.0, 1.0, 1.0], 20).is_err());
-    assert!(Weibull::fit_high(&[1.0], 20).is_err());
+    assert!(Weibull::fit_high(&[1.0, 1.0, 1.0], 20, 1.0).is_err());
+    assert!(Weibull::fit_high(&[1.0], 20, 1.0).is_err());
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        assert!(Weibull::fit_high(&distances, 20, bad).is_err(), "{bad}");
+    }
 }
 
 #[test]
@@ -248,6 +257,21 @@ fn openmax_matches_its_formula() {
     for (s, e) in scores.iter().zip(&expected) {
         assert!((f64::from(*s) - e).abs() < 1e-6, "{s} vs {e}");
     }
+    // Each tail starts at 1 once shifted (libMR >= 0.1.9, OpenOOD's);
+    // 10 000 reproduces older libMR: the same tail, shifted 9 999 further.
+    assert_eq!(OpenMax::default().translate(), 1.0);
+    let old = OpenMax::default()
+        .with_translate(10_000.0)
+        .unwrap()
+        .fit_logits(x.view(), labels.view())
+        .unwrap();
+    for k in 0..C {
+        let (new, old) = (openmax.weibulls()[k].unwrap(), old.weibulls()[k].unwrap());
+        assert!((old.shift() - new.shift() - 9_999.0).abs() < 1e-6);
+    }
+    assert_ne!(old.score_logits(test.view()).unwrap(), scores);
+    assert!(OpenMax::default().with_translate(0.0).is_err());
+    assert!(OpenMax::default().with_translate(f64::NAN).is_err());
 }
 
 /// ID logits: one class well above the others. OOD logits: flat and low,

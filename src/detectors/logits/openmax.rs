@@ -14,13 +14,10 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use serde::{Deserialize, Serialize};
 
-/// libMR's shift of the fitted tail (its `translate_amount`).
-const TRANSLATE: f64 = 10_000.0;
-
 /// A two-parameter Weibull distribution of `x + shift`, as libMR's
 /// `FitHigh` fits the largest distances: the tail is shifted so that its
-/// smallest value sits at 10 000, and the shape and scale are the maximum
-/// likelihood ones of the shifted tail.
+/// smallest value sits at libMR's `translate_amount`, and the shape and
+/// scale are the maximum likelihood ones of the shifted tail.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Weibull {
     shape: f64,
@@ -29,10 +26,14 @@ pub struct Weibull {
 }
 
 impl Weibull {
-    /// Fits the largest `tail` values of `values` (libMR's `FitHigh`).
-    /// Errors with fewer than 2 values or when the tail's values are all
-    /// equal (no spread to fit).
-    pub fn fit_high(values: &[f64], tail: usize) -> Result<Weibull> {
+    /// Fits the largest `tail` values of `values` (libMR's `FitHigh`),
+    /// shifted so that the smallest of them sits at `translate` (libMR's
+    /// `translate_amount`: 1 in libMR 0.1.9 and later, which OpenOOD v1.5
+    /// runs; 10 000 in earlier versions). Errors with fewer than 2 values,
+    /// when the tail's values are all equal (no spread to fit), or on a
+    /// `translate` that is not finite and positive.
+    pub fn fit_high(values: &[f64], tail: usize, translate: f64) -> Result<Weibull> {
+        check_translate(translate)?;
         let mut sorted: Vec<f64> = values.to_vec();
         sorted.sort_by(|a, b| b.total_cmp(a));
         sorted.truncate(tail.max(2));
@@ -47,7 +48,7 @@ impl Weibull {
                 ),
             ));
         }
-        let shift = TRANSLATE - smallest;
+        let shift = translate - smallest;
         let x: Vec<f64> = sorted.iter().map(|v| v + shift).collect();
         let (shape, scale) = weibull_mle(&x);
         Ok(Weibull {
@@ -100,6 +101,21 @@ impl Weibull {
     }
 }
 
+/// A translate amount is finite and positive (the shifted tail is then
+/// positive, as a Weibull's support).
+fn check_translate(translate: f64) -> Result<()> {
+    if translate.is_finite() && translate > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "translate",
+            translate,
+            "the shifted tail must start above 0: give a finite amount > 0 (libMR's default is \
+             1; before libMR 0.1.9 it was 10000)",
+        ))
+    }
+}
+
 /// Maximum-likelihood shape and scale of positive samples `x` (not all
 /// equal): the root in k of Σ xᵏ ln x / Σ xᵏ − 1/k − mean ln x, by
 /// bisection in ln k, with x scaled by its maximum so that no power
@@ -143,7 +159,9 @@ fn weibull_mle(x: &[f64]) -> (f64, f64) {
 ///
 /// As OpenOOD v1.5's `openmax` postprocessor, which runs libMR: Euclidean
 /// distances, a tail of 20, alpha 3, and libMR's `FitHigh` (see
-/// [`Weibull`]), written here. Fit data must be labelled; every class it
+/// [`Weibull`]), written here, with libMR's translate amount of 1 (that of
+/// libMR 0.1.9 and later, which OpenOOD installs; earlier versions shifted
+/// by 10 000, [`OpenMax::with_translate`]). Fit data must be labelled; every class it
 /// holds needs at least 2 correctly classified fit samples at distinct
 /// distances (the error names the class). A class of the network absent
 /// from the fit labels (a network with more outputs than the classes it
@@ -171,16 +189,39 @@ fn weibull_mle(x: &[f64]) -> (f64, f64) {
 pub struct OpenMax {
     tail: usize,
     alpha: usize,
+    translate: f64,
 }
 
 impl Default for OpenMax {
-    /// A tail of 20, alpha 3 (OpenOOD's values).
+    /// A tail of 20, alpha 3, translate 1 (OpenOOD's values).
     fn default() -> Self {
-        OpenMax { tail: 20, alpha: 3 }
+        OpenMax {
+            tail: 20,
+            alpha: 3,
+            translate: Self::DEFAULT_TRANSLATE,
+        }
     }
 }
 
 impl OpenMax {
+    /// libMR's default translate amount since 0.1.9 (what OpenOOD v1.5
+    /// runs).
+    pub const DEFAULT_TRANSLATE: f64 = 1.0;
+
+    /// Shifts each class's fitted tail so that its smallest distance sits
+    /// at `translate` (default [`OpenMax::DEFAULT_TRANSLATE`]; 10 000
+    /// reproduces libMR before 0.1.9). Errors unless finite and > 0.
+    pub fn with_translate(mut self, translate: f64) -> Result<Self> {
+        check_translate(translate)?;
+        self.translate = translate;
+        Ok(self)
+    }
+
+    /// The translate amount of the Weibull fits.
+    pub fn translate(&self) -> f64 {
+        self.translate
+    }
+
     /// OpenMax fitting the largest `tail` distances of each class (≥ 2) and
     /// revising an input's top `alpha` classes (≥ 1).
     pub fn new(tail: usize, alpha: usize) -> Result<Self> {
@@ -198,7 +239,11 @@ impl OpenMax {
                 "revise at least the top class (OpenOOD uses 3)",
             ));
         }
-        Ok(OpenMax { tail, alpha })
+        Ok(OpenMax {
+            tail,
+            alpha,
+            translate: Self::DEFAULT_TRANSLATE,
+        })
     }
 
     /// Fits on precomputed logits `(N, C)` of in-distribution data and
@@ -255,9 +300,11 @@ impl OpenMax {
                 .map(|&i| distance(logits.row(i), mean.view()))
                 .collect();
             let weibull =
-                Weibull::fit_high(&distances, self.tail).map_err(|e| Error::InvalidLabel {
-                    label: k as i64,
-                    reason: format!("class {k}: {e}"),
+                Weibull::fit_high(&distances, self.tail, self.translate).map_err(|e| {
+                    Error::InvalidLabel {
+                        label: k as i64,
+                        reason: format!("class {k}: {e}"),
+                    }
                 })?;
             means.row_mut(k).assign(&mean);
             weibulls.push(Some(weibull));
@@ -480,6 +527,11 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
             name: "alpha",
             doc: "the top classes revised [default: 3]",
         },
+        Param {
+            name: "translate",
+            doc: "where each class's tail starts once shifted, libMR's translate_amount \
+                  [default: 1, as libMR >= 0.1.9 and OpenOOD; 10000 before]",
+        },
     ],
     Needs {
         fit_data: true,
@@ -488,10 +540,13 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
     },
     |p| {
         let default = OpenMax::default();
-        built(OpenMax::new(
-            p.count("tail")?.unwrap_or(default.tail),
-            p.count("alpha")?.unwrap_or(default.alpha),
-        )?)
+        built(
+            OpenMax::new(
+                p.count("tail")?.unwrap_or(default.tail),
+                p.count("alpha")?.unwrap_or(default.alpha),
+            )?
+            .with_translate(p.number("translate")?.unwrap_or(default.translate))?,
+        )
     },
     load_as::<FittedOpenMax>,
 );
