@@ -1196,3 +1196,72 @@ fn eval_on_mnist_png_folders_matches_the_library_to_1e_6() {
     let got = report["accuracy"].as_f64().unwrap();
     assert!((got - accuracy).abs() < 1e-12, "{got} vs {accuracy}");
 }
+
+/// Score files damaged at random (bytes flipped, cut out, inserted, the
+/// file cut short): `oodkit metrics` reads each as the scores it holds or
+/// exits 1 with one line naming the file — never a panic, never more
+/// scores than rows written, never a score that is not a number.
+#[test]
+fn damaged_score_files_are_errors_or_the_scores_they_hold() {
+    use rand::{RngExt, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let id = Array1::from_iter((0..40).map(|i| ((i * 37) % 11) as f32 / 4.0));
+    let ood = Array1::from_iter((0..30).map(|i| ((i * 53) % 13) as f32 / 3.0 + 1.0));
+    let ood_path = dir.path().join("out.npy");
+    npy::write_vector(&ood_path, ood.view()).unwrap();
+    // A CSV as `oodkit score` writes it, names with a comma and a quote.
+    let mut csv = String::from("score,p_value,is_ood,class,file\n");
+    for (i, s) in id.iter().enumerate() {
+        csv.push_str(&format!("{s},,,{},\"img, \"\"{i}\"\".png\"\n", i % 3));
+    }
+    let npy_path = dir.path().join("in.npy");
+    npy::write_vector(&npy_path, id.view()).unwrap();
+    let originals = [
+        ("in.csv", csv.into_bytes()),
+        ("in.npy", std::fs::read(&npy_path).unwrap()),
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(34);
+    let json = dir.path().join("m.json");
+    for trial in 0..240 {
+        let (name, original) = &originals[trial % 2];
+        let mut damaged = original.clone();
+        for _ in 0..rng.random_range(1..4) {
+            let at = rng.random_range(0..damaged.len().max(1));
+            match rng.random_range(0..4) {
+                0 if !damaged.is_empty() => damaged[at] ^= 1 << rng.random_range(0..8),
+                1 if !damaged.is_empty() => {
+                    damaged.remove(at);
+                }
+                2 => damaged.insert(at.min(damaged.len()), rng.random()),
+                _ => damaged.truncate(at),
+            }
+        }
+        let path = dir.path().join(name);
+        std::fs::write(&path, &damaged).unwrap();
+        let _ = std::fs::remove_file(&json);
+        let out = oodkit(args![
+            "metrics", "--id", path, "--ood", ood_path, "--json", json
+        ]);
+        match out.status.code() {
+            Some(0) => {
+                let report = read_json(&json);
+                let said = stdout(&out);
+                let count: usize = said
+                    .split(" ID and ")
+                    .next()
+                    .and_then(|s| s.split_whitespace().last())
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| panic!("trial {trial}: {said}"));
+                assert!(count <= id.len() + 3, "trial {trial}: {count} scores");
+                for metric in METRICS {
+                    let value = report[metric].as_f64();
+                    assert!(value.is_some_and(f64::is_finite), "trial {trial}: {report}");
+                }
+            }
+            Some(1) => {
+                fails_naming(out, name);
+            }
+            other => panic!("trial {trial}: exit {other:?}: {}", stderr(&out)),
+        }
+    }
+}

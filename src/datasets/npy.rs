@@ -81,8 +81,8 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// One `.npy` array (a file, or an entry of an `.npz`) whose header has
 /// been read and checked, its data still in `reader`.
 struct NpyStream<R> {
-    /// The file, and the entry inside an `.npz`.
-    source: String,
+    /// The entry inside an `.npz` (`None` for a `.npy` file).
+    entry: Option<String>,
     path: PathBuf,
     reader: R,
     dtype: Dtype,
@@ -101,12 +101,12 @@ impl<R: Read> NpyStream<R> {
     /// allocated.
     fn new(
         path: &Path,
-        source: String,
+        entry: Option<String>,
         mut reader: R,
         total: Option<u64>,
         limit: u64,
     ) -> Result<Self> {
-        let corrupt = |reason: String| Error::corrupt(path, None, format!("{source}: {reason}"));
+        let corrupt = |reason: String| corrupt_in(path, entry.as_deref(), reason);
         let mut prefix = vec![0u8; 8];
         reader
             .read_exact(&mut prefix)
@@ -134,8 +134,12 @@ impl<R: Read> NpyStream<R> {
         reader
             .read_exact(&mut prefix[start..])
             .map_err(|_| corrupt("the file ends inside its header".into()))?;
-        let header = Header::from_reader(&mut prefix.as_slice())
-            .map_err(|e| corrupt(format!("not a .npy array ({e})")))?;
+        let header = Header::from_reader(&mut prefix.as_slice()).map_err(|e| {
+            // The header parser's messages span lines: one line each.
+            let e = e.to_string();
+            let e: Vec<&str> = e.split_whitespace().collect();
+            corrupt(format!("not a .npy array ({})", e.join(" ")))
+        })?;
         let descriptor = header.type_descriptor.to_string();
         let dtype = Dtype::parse(&descriptor).ok_or_else(|| {
             corrupt(format!(
@@ -171,7 +175,7 @@ impl<R: Read> NpyStream<R> {
             )));
         }
         Ok(NpyStream {
-            source,
+            entry,
             path: path.to_path_buf(),
             reader,
             dtype,
@@ -182,13 +186,16 @@ impl<R: Read> NpyStream<R> {
     }
 
     fn corrupt(&self, reason: impl std::fmt::Display) -> Error {
-        Error::corrupt(&self.path, None, format!("{}: {reason}", self.source))
+        corrupt_in(&self.path, self.entry.as_deref(), reason)
     }
 
     fn check_rank(&self, rank: usize, what: &str) -> Result<()> {
         if self.shape.len() != rank {
             return Err(Error::ShapeMismatch {
-                what: format!("{} ({what})", self.source),
+                what: match &self.entry {
+                    Some(entry) => format!("{} [{entry}] ({what})", self.path.display()),
+                    None => format!("{} ({what})", self.path.display()),
+                },
                 expected: format!("an array of rank {rank}"),
                 found: format!("shape {:?}", self.shape),
             });
@@ -288,17 +295,19 @@ impl<R: Read> NpyStream<R> {
     }
 }
 
+/// A corrupt-file error about `path`, or its `.npz` entry.
+fn corrupt_in(path: &Path, entry: Option<&str>, reason: impl std::fmt::Display) -> Error {
+    match entry {
+        Some(entry) => Error::corrupt(path, None, format!("entry {entry}: {reason}")),
+        None => Error::corrupt(path, None, reason.to_string()),
+    }
+}
+
 /// The `.npy` file at `path`, its header checked against the file's size.
 fn read_file(path: &Path) -> Result<NpyStream<std::io::BufReader<std::fs::File>>> {
     let (file, size) = files::open_regular_file(path, "a .npy file")?;
     let reader = std::io::BufReader::new(file);
-    NpyStream::new(
-        path,
-        path.display().to_string(),
-        reader,
-        Some(size),
-        u64::MAX,
-    )
+    NpyStream::new(path, None, reader, Some(size), u64::MAX)
 }
 
 /// A 2-D array `(N, D)` of float32 or float64 values (features or logits),
@@ -442,13 +451,7 @@ impl Npz {
             other => Error::corrupt(&path, None, format!("entry {stored}: {other}")),
         })?;
         let size = file.size();
-        NpyStream::new(
-            &path,
-            format!("{} [{stored}]", path.display()),
-            file,
-            Some(size),
-            limit,
-        )
+        NpyStream::new(&path, Some(stored), file, Some(size), limit)
     }
 
     /// The 2-D float array `name` (features or logits), as `f32`.

@@ -37,12 +37,32 @@ fn extension(path: &Path) -> Option<String> {
     path.extension().map(|e| e.to_string_lossy().to_lowercase())
 }
 
-/// The scores of a `.npy` vector or of a score `.csv`.
+/// The scores of a `.npy` vector or of a score `.csv`: at least one, each
+/// a finite number (errors name the file).
 pub fn read(path: &Path) -> Result<Array1<f32>> {
-    match extension(path).as_deref() {
-        Some("csv") => read_csv(path),
-        _ => npy::read_vector(path),
+    let scores = match extension(path).as_deref() {
+        Some("csv") => read_csv(path)?,
+        _ => npy::read_vector(path)?,
+    };
+    if scores.is_empty() {
+        return Err(Error::Empty {
+            what: format!("the score file {}", path.display()),
+            hint: "it holds no score: give the file `oodkit score` wrote for a folder of \
+                   images"
+                .into(),
+        });
     }
+    if let Some((i, v)) = scores.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(corrupt(
+            path,
+            format!(
+                "score {} of {} is {v}: scores must be finite numbers",
+                i + 1,
+                scores.len()
+            ),
+        ));
+    }
+    Ok(scores)
 }
 
 fn read_csv(path: &Path) -> Result<Array1<f32>> {
