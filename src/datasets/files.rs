@@ -112,8 +112,9 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
         }
         return Ok(raw);
     }
-    let mut out = Vec::with_capacity(raw.len() * 4);
+    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(MAX_GUNZIPPED as usize));
     GzDecoder::new(raw.as_slice())
+        .take(MAX_GUNZIPPED + 1)
         .read_to_end(&mut out)
         .map_err(|e| {
             Error::corrupt(
@@ -124,8 +125,24 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
                 ),
             )
         })?;
+    if out.len() as u64 > MAX_GUNZIPPED {
+        return Err(Error::corrupt(
+            path,
+            None,
+            format!(
+                "it expands beyond {} GiB, more than any dataset file this loader reads: \
+                 delete the file and fetch it again",
+                MAX_GUNZIPPED >> 30
+            ),
+        ));
+    }
     Ok(out)
 }
+
+/// The most a gzipped dataset file may expand to (2 GiB; MNIST's largest,
+/// EMNIST's included, are under 1): a damaged or hostile file cannot take
+/// more memory.
+const MAX_GUNZIPPED: u64 = 2 << 30;
 
 /// Reads a big-endian `u32` at `offset` of `bytes`, or says the file is too short.
 pub(crate) fn be_u32(path: &Path, bytes: &[u8], offset: usize) -> Result<u32> {

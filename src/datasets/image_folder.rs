@@ -505,6 +505,13 @@ impl FolderBatches<'_> {
                     found: format!("{image_shape:?}"),
                 });
             }
+            if values.is_empty() {
+                // The first image's planes become the batch: no copy.
+                values = planes;
+                labels.push(label.unwrap_or(0));
+                rows += 1;
+                continue;
+            }
             values
                 .try_reserve(planes.len())
                 .map_err(|_| Error::InvalidParameter {
