@@ -3,8 +3,11 @@
 //! KNN (k = 50) on the penultimate features of 30 596 fit images (the
 //! size of the MNIST 0-4 training set), each call timed on its own; the
 //! p50 and p99 of all timed calls are printed after each benchmark.
+//! Then one query of precomputed features through KNN (k = 50),
+//! Mahalanobis and ViM fitted on 50 000 x 512 features of 100 classes (the
+//! scale issue's set (a)): the detectors' own latency, without a network.
 //!
-//! `cargo bench --bench serving`
+//! `cargo bench --bench serving` (`-- one_query` for the second part)
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -15,7 +18,11 @@ use ndarray::{Array1, Array4, Axis};
 use oodkit::Batch;
 use oodkit::calibration::Calibrated;
 use oodkit::datasets::{OodDataset, PrepareConfig};
-use oodkit::detectors::{Detector, FittedDetector, Knn, Mls, Scorer};
+use ndarray::Array2;
+use oodkit::detectors::{
+    Detector, FeatureDetector, FittedDetector, Knn, Mahalanobis, Mls, PrincipalDims,
+    ScoreFeatures, Scorer, Vim,
+};
 use oodkit::model::BurnModel;
 use oodkit::nets::ToyConvnetConfig;
 use rand::rngs::StdRng;
@@ -26,6 +33,20 @@ const FIT_IMAGES: usize = 30_596;
 fn images(n: usize, seed: u64) -> Array4<f32> {
     let mut rng = StdRng::seed_from_u64(seed);
     Array4::from_shape_simple_fn((n, 1, 28, 28), || rng.random::<f32>())
+}
+
+/// The p50 and p99 of `timed` (sorted here), printed after `name`.
+fn report(name: &str, what: &str, timed: &mut [Duration]) {
+    timed.sort();
+    if let Some(last) = timed.len().checked_sub(1) {
+        let at = |q: f64| timed[((q * timed.len() as f64) as usize).min(last)];
+        println!(
+            "{name}: {} {what}, p50 {:.3} ms, p99 {:.3} ms",
+            timed.len(),
+            at(0.5).as_secs_f64() * 1e3,
+            at(0.99).as_secs_f64() * 1e3
+        );
+    }
 }
 
 /// Times `scorer.verdict_batch` on single images, one call per sample.
@@ -55,16 +76,7 @@ fn bench_verdicts<F: FittedDetector>(
             total
         })
     });
-    timed.sort();
-    if !timed.is_empty() {
-        let at = |q: f64| timed[((q * timed.len() as f64) as usize).min(timed.len() - 1)];
-        println!(
-            "{name}: {} single-image verdicts, p50 {:.3} ms, p99 {:.3} ms",
-            timed.len(),
-            at(0.5).as_secs_f64() * 1e3,
-            at(0.99).as_secs_f64() * 1e3
-        );
-    }
+    report(name, "single-image verdicts", &mut timed);
 }
 
 fn serving(c: &mut Criterion) {
@@ -94,9 +106,76 @@ fn serving(c: &mut Criterion) {
     bench_verdicts(c, "verdict_one_image/knn_30596", &knn, &queries);
 }
 
+/// Set (a) of the scale issue: 100 classes in 512 dimensions, centres drawn
+/// once (seed 0), unit normal samples around them.
+fn class_features(n: usize, seed: u64) -> (Array2<f32>, Array1<i64>) {
+    const DIM: usize = 512;
+    const CLASSES: usize = 100;
+    let normal = |rng: &mut StdRng| {
+        let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+        let u2: f64 = rng.random();
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    };
+    let mut centres_rng = StdRng::seed_from_u64(0);
+    let centres = Array2::from_shape_simple_fn((CLASSES, DIM), || 2.0 * normal(&mut centres_rng));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let labels: Array1<i64> = (0..n).map(|i| (i % CLASSES) as i64).collect();
+    let x = Array2::from_shape_fn((n, DIM), |(i, j)| {
+        centres[[labels[i] as usize, j]] + normal(&mut rng)
+    });
+    (x, labels)
+}
+
+/// Times `fitted.score_features` on one row at a time.
+fn bench_one_query(c: &mut Criterion, name: &str, fitted: &dyn ScoreFeatures, queries: &Array2<f32>) {
+    let mut timed: Vec<Duration> = Vec::new();
+    let mut next = 0;
+    c.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let i = next % queries.nrows();
+                next += 1;
+                let row = queries.slice(ndarray::s![i..i + 1, ..]);
+                let start = Instant::now();
+                black_box(fitted.score_features(row).unwrap());
+                let elapsed = start.elapsed();
+                timed.push(elapsed);
+                total += elapsed;
+            }
+            total
+        })
+    });
+    report(name, "single-query scores", &mut timed);
+}
+
+fn one_query(c: &mut Criterion) {
+    let (fit, labels) = class_features(50_000, 1);
+    let (queries, _) = class_features(500, 2);
+    let knn = Knn::new(50)
+        .unwrap()
+        .fit_features(fit.view(), labels.view())
+        .unwrap();
+    bench_one_query(c, "one_query_50000x512/knn", &knn, &queries);
+    let mahalanobis = Mahalanobis::new()
+        .fit_features(fit.view(), labels.view())
+        .unwrap();
+    bench_one_query(c, "one_query_50000x512/mahalanobis", &mahalanobis, &queries);
+    let mut rng = StdRng::seed_from_u64(3);
+    let weights = Array2::from_shape_simple_fn((100, 512), || 0.05 * (rng.random::<f32>() - 0.5));
+    let bias = Array1::from_shape_simple_fn(100, || 0.1 * (rng.random::<f32>() - 0.5));
+    let vim = Vim::new(PrincipalDims::Explained(0.9))
+        .unwrap()
+        .with_head(weights, bias)
+        .unwrap()
+        .fit_features(fit.view(), labels.view())
+        .unwrap();
+    bench_one_query(c, "one_query_50000x512/vim", &vim, &queries);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(50).measurement_time(Duration::from_secs(15));
-    targets = serving
+    targets = serving, one_query
 }
 criterion_main!(benches);
