@@ -152,13 +152,20 @@ fn mahalanobis_and_rmds_match_the_explicit_inverse() {
         &expected_rmds,
         1e-5,
     );
+    // One row at a time (the few-row path, no matrix product).
+    for (i, row) in test.rows().into_iter().enumerate() {
+        let one = row.insert_axis(Axis(0));
+        assert_close(&md.score_features(one).unwrap(), &expected_md[i..=i], 1e-5);
+        assert_close(&rmds.score_features(one).unwrap(), &expected_rmds[i..=i], 1e-5);
+    }
 }
 
 #[test]
 fn knn_matches_brute_force_across_search_blocks() {
-    // More fit rows than one index block (8192) and queries than one query
-    // block (256).
-    let (x, labels) = labelled(9000, 6, 3, 3);
+    // More fit rows than two index blocks (8192) and queries than one
+    // query block (256); one query at a time searches the index in parts,
+    // one per core.
+    let (x, labels) = labelled(17_000, 6, 3, 3);
     let (test, _) = labelled(300, 6, 3, 4);
     let unit = |r: Vec<f64>| {
         let n = r.iter().map(|v| v * v).sum::<f64>().sqrt();
@@ -184,6 +191,18 @@ fn knn_matches_brute_force_across_search_blocks() {
             .unwrap();
         let found = knn.score_features(test.view()).unwrap();
         for (f, e) in found.iter().zip(&expected) {
+            assert!((*f as f64 - e).abs() < 2e-5, "k = {k}: {f} vs {e}");
+        }
+        for (i, e) in expected.iter().enumerate().take(40) {
+            let one = knn
+                .score_features(test.slice(ndarray::s![i..=i, ..]))
+                .unwrap()[0];
+            assert!((one as f64 - e).abs() < 2e-5, "k = {k}, query {i}: {one} vs {e}");
+        }
+        let few = knn
+            .score_features(test.slice(ndarray::s![..5, ..]))
+            .unwrap();
+        for (f, e) in few.iter().zip(&expected) {
             assert!((*f as f64 - e).abs() < 2e-5, "k = {k}: {f} vs {e}");
         }
     }

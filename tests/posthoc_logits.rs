@@ -8,7 +8,7 @@ use oodkit::Error;
 use oodkit::datasets::{OodDataset, PrepareConfig};
 use oodkit::detectors::{
     AnyDetector, Detector, FittedDetector, FittedKlm, FittedOpenMax, FittedTemperatureScaling, Klm,
-    OpenMax, Persist, ScoreLogits, TemperatureScaling, Weibull,
+    Mls, OpenMax, Persist, ScoreLogits, TemperatureScaling, Weibull,
 };
 use oodkit::metrics::bench_metrics;
 use oodkit::model::{from_fn, from_fn_with_features};
@@ -495,4 +495,27 @@ fn fitted_logit_detectors_round_trip_and_load_as_any() {
         FittedOpenMax,
         "OpenMax"
     );
+}
+
+/// Many logits are scored in parts on every core: the scores are those of
+/// the rows one at a time, in order, and the NaN reported is the first.
+#[test]
+fn many_logits_score_in_parts_as_row_by_row() {
+    let mut rng = StdRng::seed_from_u64(35);
+    let logits = Array2::from_shape_simple_fn((30_000, 10), || 4.0 * rng.random::<f32>());
+    let mls = Mls::new();
+    let all = mls.score_logits(logits.view()).unwrap();
+    for i in [0, 1, 6_553, 6_554, 17_000, 29_999] {
+        let one = mls
+            .score_logits(logits.slice(ndarray::s![i..=i, ..]))
+            .unwrap();
+        assert_eq!(all[i], one[0], "row {i}");
+    }
+    let mut nan = logits.clone();
+    nan[[21_000, 3]] = f32::NAN;
+    nan[[27_000, 0]] = f32::NAN;
+    assert!(matches!(
+        mls.score_logits(nan.view()),
+        Err(Error::NotANumber { index: 21_000, .. })
+    ));
 }

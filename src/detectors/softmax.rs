@@ -27,6 +27,22 @@ pub(crate) fn tempered_exps(row: ArrayView1<f32>, t: f32) -> (f32, Vec<f32>) {
     (max, exps)
 }
 
+/// A row's largest value and `Σ exp((l - max) / t)`, as
+/// [`tempered_exps`] would sum them (to the bit) without a vector per row
+/// or a branch per entry when the max is finite (there `exp(0) = 1`
+/// already).
+pub(crate) fn tempered_exp_sum(row: ArrayView1<f32>, t: f32) -> (f32, f32) {
+    let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum = if max.is_finite() {
+        row.iter().map(|&v| ((v - max) / t).exp()).sum()
+    } else {
+        row.iter()
+            .map(|&v| if v == max { 1.0 } else { ((v - max) / t).exp() })
+            .sum()
+    };
+    (max, sum)
+}
+
 /// The softmax of a row, in `f64` (an infinite logit takes all the mass,
 /// shared among ties).
 pub(crate) fn softmax_f64(row: ArrayView1<f32>) -> Array1<f64> {

@@ -5,7 +5,7 @@
 use ndarray::{Array1, ArrayView2};
 
 use super::aggregation::Aggregator;
-use super::traits::saturated;
+use super::traits::{saturated, score_in_parts};
 use super::{LayerBatch, ScoreFeatures};
 use crate::batch::Batch;
 use crate::detectors::{FittedDetector, InputPerturbation, ModelShape, ScoreOutput};
@@ -157,11 +157,14 @@ impl<S: ScoreFeatures> FittedDetector for FittedFeatures<S> {
         };
         let mut per_layer = Vec::with_capacity(self.states.len());
         for (state, features) in self.states.iter().zip(&out.features) {
-            per_layer.push(saturated(state.score_layer(&LayerBatch {
-                features: features.view(),
-                labels: None,
-                logits: Some(out.logits.view()),
-            })?));
+            per_layer.push(saturated(score_in_parts(
+                state,
+                &LayerBatch {
+                    features: features.view(),
+                    labels: None,
+                    logits: Some(out.logits.view()),
+                },
+            )?));
         }
         let scores = match &self.aggregator {
             Some(agg) => {

@@ -5,6 +5,7 @@
 use ndarray::ArrayView1;
 
 use super::aggregation::Aggregator;
+use super::traits::score_in_parts;
 use super::{FeatureDetector, FittedFeatures, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::batch::Batch;
 use crate::datasets::{BatchSource, require_fit_data};
@@ -96,7 +97,7 @@ fn fit_layers<D: FeatureDetector>(
     let aggregator = if states.len() > 1 {
         let mut scores: Vec<Vec<f32>> = vec![Vec::new(); states.len()];
         pass.run(data, 2, false, |l, batch| {
-            scores[l].extend(states[l].score_layer(batch)?);
+            scores[l].extend(score_in_parts(&states[l], batch)?);
             Ok(())
         })?;
         let views: Vec<_> = scores.iter().map(ArrayView1::from).collect();

@@ -1,7 +1,8 @@
 //! Deep KNN (Sun et al., ICML 2022): distance to the k-th nearest
 //! in-distribution feature, after L2 normalisation.
 
-use ndarray::{Array1, Array2, Axis, s};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, s};
+use rayon::prelude::*;
 
 use super::neighbours::{INDEX_BLOCK, KBest, QUERY_BLOCK, normalised};
 use super::stored::StoredState;
@@ -178,6 +179,9 @@ impl ScoreFeatures for FittedKnn {
 
     fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>> {
         let queries = normalised(batch.features);
+        if queries.nrows() <= FEW_QUERIES {
+            return Ok(self.score_few(queries.view()));
+        }
         let mut scores = Array1::zeros(queries.nrows());
         // Sized to the work: one query needs one row of products, not a
         // whole block (8 MB).
@@ -211,6 +215,76 @@ impl ScoreFeatures for FittedKnn {
             }
         }
         Ok(scores)
+    }
+}
+
+/// Up to this many queries (a service scoring one input), the search reads
+/// each stored feature once and takes its dot product with every query
+/// directly: no packing of the index for a matrix product, whose cost one
+/// query does not repay. The index's parts are searched on every core.
+const FEW_QUERIES: usize = 8;
+
+/// Stored features per part of a few-query search: below twice this, one
+/// thread searches them all.
+const FEW_PART: usize = 8192;
+
+impl FittedKnn {
+    /// The k-th smallest squared distance of each of a few `queries`
+    /// (normalised) to the stored features.
+    fn score_few(&self, queries: ArrayView2<f32>) -> Array1<f32> {
+        let q_norms: Vec<f32> = queries.rows().into_iter().map(|q| dot(q, q)).collect();
+        let n = self.features.nrows();
+        let parts = rayon::current_num_threads().min(n / FEW_PART).max(1);
+        let rows = n.div_ceil(parts);
+        let search = |part: usize| {
+            let range = part * rows..((part + 1) * rows).min(n);
+            let mut best: Vec<KBest> = q_norms.iter().map(|_| KBest::new(self.k)).collect();
+            for (x, &xn) in self
+                .features
+                .slice(s![range.clone(), ..])
+                .rows()
+                .into_iter()
+                .zip(self.sq_norms.slice(s![range]))
+            {
+                for ((kbest, q), &qn) in best.iter_mut().zip(queries.rows()).zip(&q_norms) {
+                    kbest.offer(qn + xn - 2.0 * dot(q, x));
+                }
+            }
+            best
+        };
+        let mut parts: Vec<Vec<KBest>> = if parts == 1 {
+            vec![search(0)]
+        } else {
+            (0..parts).into_par_iter().map(search).collect()
+        };
+        let mut best = parts.swap_remove(0);
+        for other in parts {
+            for (kbest, more) in best.iter_mut().zip(other) {
+                kbest.absorb(more);
+            }
+        }
+        best.into_iter().map(|kbest| kbest.kth().max(0.0)).collect()
+    }
+}
+
+/// `a · b` with sixteen running sums, which the compiler keeps in vector
+/// registers (a single running sum would be one long dependency chain).
+fn dot(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f32 {
+    const LANES: usize = 16;
+    match (a.as_slice(), b.as_slice()) {
+        (Some(a), Some(b)) => {
+            let mut sums = [0.0_f32; LANES];
+            let (a_body, a_tail) = a.split_at(a.len() - a.len() % LANES);
+            let (b_body, b_tail) = b.split_at(a_body.len());
+            for (x, y) in a_body.chunks_exact(LANES).zip(b_body.chunks_exact(LANES)) {
+                for l in 0..LANES {
+                    sums[l] += x[l] * y[l];
+                }
+            }
+            let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
+            sums.iter().sum::<f32>() + tail
+        }
+        _ => a.dot(&b),
     }
 }
 

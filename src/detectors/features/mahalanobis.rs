@@ -3,6 +3,7 @@
 
 use ndarray::{Array1, Array2, Axis, Zip};
 
+use super::derived::Derived;
 use super::moments::ClassMoments;
 use super::stored::StoredState;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
@@ -11,7 +12,7 @@ use crate::detectors::registry::{
     Capability, Needs, Registration, built, load_features, on_layers,
 };
 use crate::error::{Error, Result};
-use crate::linalg::{gemm, symmetric_pinv};
+use crate::linalg::{gemm, symmetric_eigen, symmetric_pinv};
 use crate::model::Model;
 use serde::{Deserialize, Serialize};
 
@@ -206,6 +207,7 @@ impl LayerFitter for GaussianFitter {
             precision,
             offsets,
             background,
+            form: Derived::default(),
         })
     }
 }
@@ -230,16 +232,18 @@ pub struct FittedMahalanobis {
         skip_serializing_if = "Option::is_none"
     )]
     background: Option<Array2<f64>>,
-}
-
-/// Row sums of (X·P) ∘ X: each row's quadratic form xᵀ P x.
-fn quadratic_forms(x: &Array2<f64>, p: &Array2<f64>) -> (Array2<f64>, Array1<f64>) {
-    let xp = gemm(x.view(), p.view(), false);
-    let forms = (&xp * x).sum_axis(Axis(1));
-    (xp, forms)
+    /// Made from the above at the first score.
+    #[serde(skip)]
+    form: Derived<ScoringForm>,
 }
 
 impl FittedMahalanobis {
+    /// The `f32` form scoring reads, made at the first call (an
+    /// eigendecomposition of the D x D precision, about 0.1 s at D = 512).
+    fn form(&self) -> Result<&ScoringForm> {
+        self.form.get_or_try(|| ScoringForm::new(self))
+    }
+
     /// The number of classes.
     pub fn num_classes(&self) -> usize {
         self.means.nrows()
@@ -257,28 +261,132 @@ impl ScoreFeatures for FittedMahalanobis {
     }
 
     fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>> {
-        let x = batch.features.mapv(f64::from) - &self.centre;
-        // ‖x − μ_c‖²_P = xᵀPx − 2 xᵀPμ_c + μ_cᵀPμ_c, for all classes at once.
-        let (xp, forms) = quadratic_forms(&x, &self.precision);
-        let cross = gemm(xp.view(), self.means.view(), true);
+        let form = self.form()?;
+        // Centred in f32: the statistics were accumulated in f64, the
+        // scores only need the distances' ranking to f32's precision.
+        let x = &batch.features - &form.centre;
+        let mut scores = if x.nrows() <= FEW_ROWS {
+            form.nearest_few(&x)
+        } else {
+            form.nearest(&x)
+        };
+        if let Some(background) = &form.background {
+            let z = project(&x, background);
+            Zip::from(&mut scores)
+                .and(z.rows())
+                .for_each(|s, z| *s -= 0.5 * z.dot(&z));
+        }
+        Ok(scores)
+    }
+}
+
+/// Up to this many rows, a score reads the factor once per call with
+/// running sums per row (no matrix product to pack for).
+const FEW_ROWS: usize = 8;
+
+/// What scoring reads, in `f32`, made once from the stored statistics:
+/// with Σ⁺ = F Fᵀ (F from its eigendecomposition, the null directions
+/// left out), ‖x − μ_c‖²_{Σ⁺} = ‖z − w_c‖² for z = xF and w_c = μ_c F, so
+/// a score is a product with F and distances to the class targets w_c.
+#[derive(Debug)]
+struct ScoringForm {
+    centre: Array1<f32>,
+    factor: Array2<f32>,
+    targets: Array2<f32>,
+    target_norms: Array1<f32>,
+    /// RMDS: the background's factor.
+    background: Option<Array2<f32>>,
+}
+
+impl ScoringForm {
+    fn new(fitted: &FittedMahalanobis) -> Result<Self> {
+        let factor = square_root(&fitted.precision, "the shared precision")?;
+        let targets = gemm(fitted.means.view(), factor.view(), false);
+        let target_norms = targets.map_axis(Axis(1), |t| t.dot(&t) as f32);
+        let background = match &fitted.background {
+            Some(b) => Some(square_root(b, "the background precision")?.mapv(|v| v as f32)),
+            None => None,
+        };
+        Ok(ScoringForm {
+            centre: fitted.centre.mapv(|v| v as f32),
+            factor: factor.mapv(|v| v as f32),
+            targets: targets.mapv(|v| v as f32),
+            target_norms,
+            background,
+        })
+    }
+
+    /// ½ min_c ‖z − w_c‖² of each row of `x` (centred), by products:
+    /// ‖z‖² − 2 z·w_c + ‖w_c‖² (x centred on the overall mean keeps the
+    /// terms small).
+    fn nearest(&self, x: &Array2<f32>) -> Array1<f32> {
+        let z = gemm(x.view(), self.factor.view(), false);
+        let cross = gemm(z.view(), self.targets.view(), true);
         let mut scores = Array1::zeros(x.nrows());
         Zip::from(&mut scores)
-            .and(&forms)
+            .and(z.rows())
             .and(cross.rows())
-            .for_each(|s, &form, cross| {
+            .for_each(|s, z, cross| {
+                let zz = z.dot(&z);
                 let nearest = cross
                     .iter()
-                    .zip(&self.offsets)
-                    .map(|(c, o)| form - 2.0 * c + o)
-                    .fold(f64::INFINITY, f64::min);
-                *s = 0.5 * nearest;
+                    .zip(&self.target_norms)
+                    .map(|(c, t)| zz - 2.0 * c + t)
+                    .fold(f32::INFINITY, f32::min);
+                *s = 0.5 * nearest.max(0.0);
             });
-        if let Some(background) = &self.background {
-            let (_, bg) = quadratic_forms(&x, background);
-            scores.scaled_add(-0.5, &bg);
-        }
-        Ok(scores.mapv(|s| s as f32))
+        scores
     }
+
+    /// The same for a few rows: z by running sums over the factor's rows
+    /// (each read once for all the rows), then the distances directly.
+    fn nearest_few(&self, x: &Array2<f32>) -> Array1<f32> {
+        let z = project(x, &self.factor);
+        z.rows()
+            .into_iter()
+            .map(|z| {
+                let nearest = self
+                    .targets
+                    .rows()
+                    .into_iter()
+                    .map(|w| z.iter().zip(&w).map(|(a, b)| (a - b) * (a - b)).sum::<f32>())
+                    .fold(f32::INFINITY, f32::min);
+                0.5 * nearest
+            })
+            .collect()
+    }
+}
+
+/// `x · factor`: a matrix product for many rows; for a few, running sums
+/// over the factor's rows (no packing).
+fn project(x: &Array2<f32>, factor: &Array2<f32>) -> Array2<f32> {
+    if x.nrows() > FEW_ROWS {
+        return gemm(x.view(), factor.view(), false);
+    }
+    let mut z = Array2::<f32>::zeros((x.nrows(), factor.ncols()));
+    for (i, f) in factor.rows().into_iter().enumerate() {
+        for (mut z, x) in z.rows_mut().into_iter().zip(x.rows()) {
+            z.scaled_add(x[i], &f);
+        }
+    }
+    z
+}
+
+/// F with `p` = F Fᵀ, for a symmetric positive semi-definite `p`: the
+/// eigenvectors scaled by the square roots of their eigenvalues, those at
+/// zero (below `D · ε` of the largest) left out.
+fn square_root(p: &Array2<f64>, what: &str) -> Result<Array2<f64>> {
+    let (values, vectors) = symmetric_eigen(p, what)?;
+    let largest = values.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
+    let floor = largest * values.len() as f64 * f64::EPSILON;
+    let kept: Vec<usize> = (0..values.len()).filter(|&i| values[i] > floor).collect();
+    let mut factor = Array2::zeros((p.nrows(), kept.len().max(1)));
+    for (j, &i) in kept.iter().enumerate() {
+        factor
+            .column_mut(j)
+            .assign(&(&vectors.column(i) * values[i].sqrt()));
+    }
+    Ok(factor)
 }
 
 impl StoredState for FittedMahalanobis {

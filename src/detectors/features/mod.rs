@@ -18,6 +18,7 @@
 //! aggregator that combines them.
 
 pub(crate) mod aggregation;
+mod derived;
 pub(super) mod dice;
 pub(super) mod fdbd;
 mod fitted;

@@ -49,6 +49,15 @@ impl KBest {
         }
     }
 
+    /// Takes the values `other` kept (the k smallest of another part of the
+    /// same search).
+    pub(crate) fn absorb(&mut self, mut other: KBest) {
+        other.compact();
+        for value in other.values {
+            self.offer(value);
+        }
+    }
+
     /// Keeps the k smallest; the largest of them bounds later offers.
     fn compact(&mut self) {
         if self.values.len() > self.k {

@@ -5,7 +5,8 @@
 
 use std::fmt;
 
-use ndarray::{Array1, ArrayView1, ArrayView2, Axis, concatenate};
+use ndarray::{Array1, ArrayView1, ArrayView2, Axis, concatenate, s};
+use rayon::prelude::*;
 
 use super::aggregation::Aggregation;
 use crate::detectors::InputPerturbation;
@@ -74,20 +75,53 @@ pub trait ScoreFeatures: fmt::Debug + Send + Sync {
             // Nothing to score, as the logit detectors answer.
             return Ok(Array1::zeros(0));
         }
-        let parts = features
-            .axis_chunks_iter(Axis(0), CHUNK)
-            .map(|features| {
-                self.score_layer(&LayerBatch {
-                    features,
-                    labels: None,
-                    logits: None,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-        Ok(saturated(concatenate(Axis(0), &views)?))
+        Ok(saturated(score_in_parts(
+            self,
+            &LayerBatch {
+                features,
+                labels: None,
+                logits: None,
+            },
+        )?))
     }
 }
+
+/// `state`'s scores of `batch`, its rows cut into parts scored on every
+/// core (rayon's pool) and joined in order: parts of at most [`CHUNK`]
+/// rows, at least two per thread when there are rows enough, so that both
+/// cores of a small machine stay busy to the end.
+pub(crate) fn score_in_parts<S: ScoreFeatures + ?Sized>(
+    state: &S,
+    batch: &LayerBatch,
+) -> Result<Array1<f32>> {
+    let rows = batch.features.nrows();
+    let threads = rayon::current_num_threads();
+    let part = rows
+        .div_ceil(2 * threads)
+        .clamp(MIN_PART.min(rows.max(1)), CHUNK);
+    if rows <= part {
+        return state.score_layer(batch);
+    }
+    let starts: Vec<usize> = (0..rows).step_by(part).collect();
+    let parts = starts
+        .par_iter()
+        .map(|&start| {
+            let range = start..(start + part).min(rows);
+            state.score_layer(&LayerBatch {
+                features: batch.features.slice(s![range.clone(), ..]),
+                labels: batch.labels.map(|l| l.slice_move(s![range.clone()])),
+                logits: batch.logits.map(|l| l.slice_move(s![range.clone(), ..])),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    Ok(concatenate(Axis(0), &views)?)
+}
+
+/// The fewest rows a part of [`score_in_parts`] takes (fewer are not worth
+/// a thread).
+const MIN_PART: usize = 64;
+
 
 /// What every feature detector takes besides its own parameters: the
 /// layers it fits on (default `-2`, the penultimate one), how several

@@ -2,6 +2,7 @@
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, CowArray, Ix2};
 
+use super::derived::Derived;
 use super::moments::ClassMoments;
 use super::stored::StoredState;
 use super::subspace::{check_residual, residual_basis};
@@ -206,6 +207,7 @@ impl LayerFitter for VimFitter {
             alpha: f64::NAN,
             logit_sum: 0.0,
             norm_sum: 0.0,
+            form: Derived::default(),
         });
         Ok(true)
     }
@@ -267,6 +269,9 @@ pub struct FittedVim {
     logit_sum: f64,
     #[serde(rename = "calibration_norm_sum")]
     norm_sum: f64,
+    /// The origin and residual basis in `f32`, for scoring.
+    #[serde(skip)]
+    form: Derived<(Array1<f32>, Array2<f32>)>,
 }
 
 impl FittedVim {
@@ -290,7 +295,7 @@ impl FittedVim {
     fn logits<'a>(&self, batch: &LayerBatch<'a>) -> CowArray<'a, f32, Ix2> {
         match batch.logits {
             Some(logits) => logits.into(),
-            None => (batch.features.dot(&self.weights.t()) + &self.bias).into(),
+            None => (gemm(batch.features, self.weights.view(), true) + &self.bias).into(),
         }
     }
 }
@@ -301,13 +306,20 @@ impl ScoreFeatures for FittedVim {
     }
 
     fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>> {
-        let norms = self.residual_norms(batch.features);
+        // In f32: the fit's statistics and α were found in f64; the scores
+        // need the residual norms only to f32's precision.
+        let (origin, residual) = self
+            .form
+            .get_or_try(|| Ok((self.origin.mapv(|v| v as f32), self.residual.mapv(|v| v as f32))))?;
+        let centred = &batch.features - origin;
+        let coordinates = gemm(centred.view(), residual.view(), false);
         let logits = self.logits(batch);
         Ok(logits
             .rows()
             .into_iter()
-            .zip(&norms)
-            .map(|(row, &r)| {
+            .zip(coordinates.rows())
+            .map(|(row, coordinates)| {
+                let r = f64::from(coordinates.dot(&coordinates).sqrt());
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let lse = f64::from(max)
                     + row

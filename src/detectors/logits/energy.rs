@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use ndarray::{Array1, ArrayView2};
 
 use super::{ScoreLogits, StoredLogits};
-use super::{score_rows, tempered_exps};
+use super::{score_rows, tempered_exp_sum};
 use crate::detectors::registry::{Needs, Param, Registration, built, load_logits};
 use crate::error::{Error, Result};
 
@@ -72,8 +72,8 @@ impl ScoreLogits for Energy {
         // −T·ln Σ exp(l/T) = −max − T·ln Σ exp((l − max)/T): finite for
         // every temperature and finite logits.
         score_rows(logits, |row| {
-            let (max, exps) = tempered_exps(row, t);
-            -(max + t * exps.iter().sum::<f32>().ln())
+            let (max, sum) = tempered_exp_sum(row, t);
+            -(max + t * sum.ln())
         })
     }
 }

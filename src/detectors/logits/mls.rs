@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use ndarray::{Array1, ArrayView1, ArrayView2};
 
 use super::{ScoreLogits, StoredLogits};
-use super::{score_rows, shifted_exps};
+use super::{score_rows, tempered_exp_sum};
 use crate::detectors::registry::{Needs, Registration, built, load_logits};
 use crate::error::Result;
 
@@ -83,7 +83,7 @@ impl Mls {
         match self.activation {
             OutputActivation::Identity => -row.fold(f32::NEG_INFINITY, |m, &v| m.max(v)),
             // max softmax = exp(max) / sum exp(l) = 1 / sum exp(l - max).
-            OutputActivation::Softmax => -1.0 / shifted_exps(row).1.iter().sum::<f32>(),
+            OutputActivation::Softmax => -1.0 / tempered_exp_sum(row, 1.0).1,
         }
     }
 }

@@ -8,11 +8,12 @@
 //! RankFeat and MC dropout score through the network itself
 //! ([`MapEditing::forward_editing_map`](crate::model::MapEditing::forward_editing_map), [`StochasticPasses::forward_stochastic`](crate::model::StochasticPasses::forward_stochastic)).
 
+use rayon::prelude::*;
 use std::fmt;
 
 use ndarray::{Array1, ArrayView1, ArrayView2};
 
-pub(crate) use super::softmax::{shifted_exps, tempered_exps};
+pub(crate) use super::softmax::{shifted_exps, tempered_exp_sum, tempered_exps};
 use super::{Detector, FittedDetector, ScoreOutput};
 use crate::batch::Batch;
 use crate::datasets::BatchSource;
@@ -338,7 +339,7 @@ pub(crate) fn check_label_range(labels: ArrayView1<i64>, classes: usize) -> Resu
 /// class and no NaN (the error names the row).
 pub(super) fn score_rows(
     logits: ArrayView2<f32>,
-    score: impl Fn(ArrayView1<f32>) -> f32,
+    score: impl Fn(ArrayView1<f32>) -> f32 + Sync,
 ) -> Result<Array1<f32>> {
     if logits.ncols() == 0 {
         return Err(Error::ShapeMismatch {
@@ -347,16 +348,39 @@ pub(super) fn score_rows(
             found: format!("{:?}", logits.shape()),
         });
     }
-    let mut scores = Vec::with_capacity(logits.nrows());
-    for (i, row) in logits.rows().into_iter().enumerate() {
-        if row.iter().any(|v| v.is_nan()) {
-            return Err(Error::NotANumber {
-                what: "logits (row = sample)".into(),
-                index: i,
-                hint: "the model produced NaN for this input; check its inputs and weights".into(),
-            });
+    // Parts of rows on every core; a part is worth a thread from about
+    // 64 Ki logits on.
+    let rows = logits.nrows();
+    let part = (PART_VALUES / logits.ncols()).clamp(1, rows.max(1));
+    let starts: Vec<usize> = (0..rows).step_by(part).collect();
+    let score_part = |&start: &usize| -> Result<Vec<f32>> {
+        let end = (start + part).min(rows);
+        let mut scores = Vec::with_capacity(end - start);
+        for (i, row) in logits.slice(ndarray::s![start..end, ..]).rows().into_iter().enumerate() {
+            if row.iter().any(|v| v.is_nan()) {
+                return Err(Error::NotANumber {
+                    what: "logits (row = sample)".into(),
+                    index: start + i,
+                    hint: "the model produced NaN for this input; check its inputs and weights"
+                        .into(),
+                });
+            }
+            scores.push(score(row));
         }
-        scores.push(score(row));
+        Ok(scores)
+    };
+    // In order, so the first NaN reported is the first in the logits.
+    let parts: Vec<Result<Vec<f32>>> = if starts.len() > 1 {
+        starts.par_iter().map(score_part).collect()
+    } else {
+        starts.iter().map(score_part).collect()
+    };
+    let mut scores = Vec::with_capacity(rows);
+    for part in parts {
+        scores.extend(part?);
     }
     Ok(Array1::from(scores))
 }
+
+/// Logits per part of [`score_rows`]'s parallel work.
+const PART_VALUES: usize = 1 << 16;

@@ -7,7 +7,7 @@ use ndarray::{Array1, ArrayView1, ArrayView2};
 
 use super::{
     ScoreLogits, StoredLogits, check_fit_logits, check_label_range, fit_logits, score_rows,
-    tempered_exps,
+    tempered_exp_sum,
 };
 use crate::datasets::BatchSource;
 use crate::detectors::Detector;
@@ -150,7 +150,7 @@ impl ScoreLogits for FittedTemperatureScaling {
 
     fn score_logits(&self, logits: ArrayView2<f32>) -> Result<Array1<f32>> {
         score_rows(logits, |row| {
-            -1.0 / tempered_exps(row, self.temperature).1.iter().sum::<f32>()
+            -1.0 / tempered_exp_sum(row, self.temperature).1
         })
     }
 }
