@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
 use criterion::{Criterion, criterion_group, criterion_main};
+use ndarray::Array2;
 use ndarray::{Array1, Array4, Axis};
 use oodkit::Batch;
 use oodkit::calibration::Calibrated;
 use oodkit::datasets::{OodDataset, PrepareConfig};
-use ndarray::Array2;
 use oodkit::detectors::{
-    Detector, FeatureDetector, FittedDetector, Knn, Mahalanobis, Mls, PrincipalDims,
-    ScoreFeatures, Scorer, Vim,
+    Detector, FeatureDetector, FittedDetector, Knn, Mahalanobis, Mls, PrincipalDims, ScoreFeatures,
+    Scorer, Vim,
 };
 use oodkit::model::BurnModel;
 use oodkit::nets::ToyConvnetConfig;
@@ -127,7 +127,12 @@ fn class_features(n: usize, seed: u64) -> (Array2<f32>, Array1<i64>) {
 }
 
 /// Times `fitted.score_features` on one row at a time.
-fn bench_one_query(c: &mut Criterion, name: &str, fitted: &dyn ScoreFeatures, queries: &Array2<f32>) {
+fn bench_one_query(
+    c: &mut Criterion,
+    name: &str,
+    fitted: &dyn ScoreFeatures,
+    queries: &Array2<f32>,
+) {
     let mut timed: Vec<Duration> = Vec::new();
     let mut next = 0;
     c.bench_function(name, |b| {
