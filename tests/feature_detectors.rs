@@ -156,7 +156,11 @@ fn mahalanobis_and_rmds_match_the_explicit_inverse() {
     for (i, row) in test.rows().into_iter().enumerate() {
         let one = row.insert_axis(Axis(0));
         assert_close(&md.score_features(one).unwrap(), &expected_md[i..=i], 1e-5);
-        assert_close(&rmds.score_features(one).unwrap(), &expected_rmds[i..=i], 1e-5);
+        assert_close(
+            &rmds.score_features(one).unwrap(),
+            &expected_rmds[i..=i],
+            1e-5,
+        );
     }
 }
 
@@ -197,7 +201,10 @@ fn knn_matches_brute_force_across_search_blocks() {
             let one = knn
                 .score_features(test.slice(ndarray::s![i..=i, ..]))
                 .unwrap()[0];
-            assert!((one as f64 - e).abs() < 2e-5, "k = {k}, query {i}: {one} vs {e}");
+            assert!(
+                (one as f64 - e).abs() < 2e-5,
+                "k = {k}, query {i}: {one} vs {e}"
+            );
         }
         let few = knn
             .score_features(test.slice(ndarray::s![..5, ..]))

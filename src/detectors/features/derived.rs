@@ -9,8 +9,14 @@ use std::sync::{Arc, OnceLock};
 use crate::error::Result;
 
 /// A value derived on first use; compares equal to any other.
-#[derive(Clone)]
 pub(crate) struct Derived<T>(OnceLock<Arc<T>>);
+
+impl<T> Clone for Derived<T> {
+    /// Shares what was made (an `Arc`), if anything.
+    fn clone(&self) -> Self {
+        Derived(self.0.clone())
+    }
+}
 
 impl<T> Default for Derived<T> {
     fn default() -> Self {

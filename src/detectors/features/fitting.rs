@@ -6,7 +6,7 @@ use ndarray::ArrayView1;
 
 use super::aggregation::Aggregator;
 use super::traits::score_in_parts;
-use super::{FeatureDetector, FittedFeatures, LayerBatch, LayerFitter, ScoreFeatures};
+use super::{FeatureDetector, FittedFeatures, LayerBatch, LayerFitter};
 use crate::batch::Batch;
 use crate::datasets::{BatchSource, require_fit_data};
 use crate::detectors::{Detector, ModelShape};

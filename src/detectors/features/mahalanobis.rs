@@ -349,7 +349,12 @@ impl ScoringForm {
                     .targets
                     .rows()
                     .into_iter()
-                    .map(|w| z.iter().zip(&w).map(|(a, b)| (a - b) * (a - b)).sum::<f32>())
+                    .map(|w| {
+                        z.iter()
+                            .zip(&w)
+                            .map(|(a, b)| (a - b) * (a - b))
+                            .sum::<f32>()
+                    })
                     .fold(f32::INFINITY, f32::min);
                 0.5 * nearest
             })

@@ -122,7 +122,6 @@ pub(crate) fn score_in_parts<S: ScoreFeatures + ?Sized>(
 /// a thread).
 const MIN_PART: usize = 64;
 
-
 /// What every feature detector takes besides its own parameters: the
 /// layers it fits on (default `-2`, the penultimate one), how several
 /// layers' scores are combined, and an optional input step before the

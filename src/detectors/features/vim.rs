@@ -308,9 +308,12 @@ impl ScoreFeatures for FittedVim {
     fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>> {
         // In f32: the fit's statistics and α were found in f64; the scores
         // need the residual norms only to f32's precision.
-        let (origin, residual) = self
-            .form
-            .get_or_try(|| Ok((self.origin.mapv(|v| v as f32), self.residual.mapv(|v| v as f32))))?;
+        let (origin, residual) = self.form.get_or_try(|| {
+            Ok((
+                self.origin.mapv(|v| v as f32),
+                self.residual.mapv(|v| v as f32),
+            ))
+        })?;
         let centred = &batch.features - origin;
         let coordinates = gemm(centred.view(), residual.view(), false);
         let logits = self.logits(batch);

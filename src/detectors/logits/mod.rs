@@ -356,7 +356,12 @@ pub(super) fn score_rows(
     let score_part = |&start: &usize| -> Result<Vec<f32>> {
         let end = (start + part).min(rows);
         let mut scores = Vec::with_capacity(end - start);
-        for (i, row) in logits.slice(ndarray::s![start..end, ..]).rows().into_iter().enumerate() {
+        for (i, row) in logits
+            .slice(ndarray::s![start..end, ..])
+            .rows()
+            .into_iter()
+            .enumerate()
+        {
             if row.iter().any(|v| v.is_nan()) {
                 return Err(Error::NotANumber {
                     what: "logits (row = sample)".into(),
