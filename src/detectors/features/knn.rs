@@ -194,7 +194,9 @@ impl ScoreFeatures for FittedKnn {
             .zip(scores.axis_chunks_iter_mut(Axis(0), QUERY_BLOCK))
         {
             let q_norms = q_block.map_axis(Axis(1), |r| r.dot(&r));
-            let mut best: Vec<KBest> = (0..q_block.nrows()).map(|_| KBest::new(self.k)).collect();
+            let mut best: Vec<KBest> = (0..q_block.nrows())
+                .map(|_| KBest::new(self.candidates()))
+                .collect();
             for (start, x_block) in self
                 .features
                 .axis_chunks_iter(Axis(0), INDEX_BLOCK)
@@ -205,13 +207,13 @@ impl ScoreFeatures for FittedKnn {
                 let mut dots = products.slice_mut(s![..q_block.nrows(), ..x_block.nrows()]);
                 gemm_into(dots.view_mut(), false, q_block, x_block, true);
                 for ((row, &qn), kbest) in dots.rows().into_iter().zip(&q_norms).zip(&mut best) {
-                    for (&dot, &xn) in row.iter().zip(&x_norms) {
-                        kbest.offer(qn + xn - 2.0 * dot);
+                    for (j, (&dot, &xn)) in row.iter().zip(&x_norms).enumerate() {
+                        kbest.offer(qn + xn - 2.0 * dot, start + j);
                     }
                 }
             }
-            for (o, kbest) in out.iter_mut().zip(best) {
-                *o = kbest.kth().max(0.0);
+            for ((o, kbest), q) in out.iter_mut().zip(best).zip(q_block.rows()) {
+                *o = self.kth_exact(q, kbest.indices());
             }
         }
         Ok(scores)
@@ -238,16 +240,20 @@ impl FittedKnn {
         let rows = n.div_ceil(parts);
         let search = |part: usize| {
             let range = part * rows..((part + 1) * rows).min(n);
-            let mut best: Vec<KBest> = q_norms.iter().map(|_| KBest::new(self.k)).collect();
-            for (x, &xn) in self
+            let mut best: Vec<KBest> = q_norms
+                .iter()
+                .map(|_| KBest::new(self.candidates()))
+                .collect();
+            for (j, (x, &xn)) in self
                 .features
                 .slice(s![range.clone(), ..])
                 .rows()
                 .into_iter()
-                .zip(self.sq_norms.slice(s![range]))
+                .zip(self.sq_norms.slice(s![range.clone()]))
+                .enumerate()
             {
                 for ((kbest, q), &qn) in best.iter_mut().zip(queries.rows()).zip(&q_norms) {
-                    kbest.offer(qn + xn - 2.0 * dot(q, x));
+                    kbest.offer(qn + xn - 2.0 * dot(q, x), range.start + j);
                 }
             }
             best
@@ -263,7 +269,55 @@ impl FittedKnn {
                 kbest.absorb(more);
             }
         }
-        best.into_iter().map(|kbest| kbest.kth().max(0.0)).collect()
+        best.into_iter()
+            .zip(queries.rows())
+            .map(|(kbest, q)| self.kth_exact(q, kbest.indices()))
+            .collect()
+    }
+
+    /// How many candidates a search keeps per query: k, and a few more so
+    /// that a near-tie at the k-th place (within f32 rounding of the
+    /// expanded distance) is settled by [`Self::kth_exact`].
+    fn candidates(&self) -> usize {
+        (self.k + RERANK_MARGIN).min(self.features.nrows())
+    }
+
+    /// The k-th smallest of the squared distances from `query` to the
+    /// `candidates`, each summed directly in f64: the search ranks by the
+    /// expanded ‖q‖² + ‖x‖² − 2 q·x, whose rounding depends on how the
+    /// products were blocked, so without this a query's score would change
+    /// in its last bits with the size of the batch it came in.
+    fn kth_exact(&self, query: ArrayView1<f32>, candidates: Vec<usize>) -> f32 {
+        let mut distances: Vec<f64> = candidates
+            .into_iter()
+            .map(|i| squared_distance(query, self.features.row(i)))
+            .collect();
+        let k = self.k.min(distances.len()).max(1) - 1;
+        let (_, kth, _) = distances.select_nth_unstable_by(k, f64::total_cmp);
+        *kth as f32
+    }
+}
+
+/// Candidates kept beyond k for the exact re-ranking.
+const RERANK_MARGIN: usize = 8;
+
+/// ‖a − b‖² in f64, with four running sums (one vector register).
+fn squared_distance(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f64 {
+    const LANES: usize = 4;
+    let term = |x: &f32, y: &f32| (f64::from(*x) - f64::from(*y)).powi(2);
+    match (a.as_slice(), b.as_slice()) {
+        (Some(a), Some(b)) => {
+            let mut sums = [0.0_f64; LANES];
+            let body = a.len() - a.len() % LANES;
+            for (x, y) in a[..body].chunks_exact(LANES).zip(b[..body].chunks_exact(LANES)) {
+                for l in 0..LANES {
+                    sums[l] += term(&x[l], &y[l]);
+                }
+            }
+            let tail: f64 = a[body..].iter().zip(&b[body..]).map(|(x, y)| term(x, y)).sum();
+            sums.iter().sum::<f64>() + tail
+        }
+        _ => a.iter().zip(&b).map(|(x, y)| term(x, y)).sum(),
     }
 }
 

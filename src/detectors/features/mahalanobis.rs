@@ -1,7 +1,7 @@
 //! Mahalanobis (Lee et al., NeurIPS 2018) and its relative form RMDS (Ren
 //! et al., 2021): class-conditional Gaussians with one shared covariance.
 
-use ndarray::{Array1, Array2, Axis, Zip};
+use ndarray::{Array1, Array2, ArrayView1, Axis, Zip};
 
 use super::derived::Derived;
 use super::moments::ClassMoments;
@@ -276,7 +276,36 @@ impl ScoreFeatures for FittedMahalanobis {
                 .and(z.rows())
                 .for_each(|s, z| *s -= 0.5 * z.dot(&z));
         }
+        // A row whose terms overflow f32 (features near f32::MAX) is scored
+        // again in f64, where they do not: no ∞ − ∞ turns into a NaN.
+        for (i, s) in scores.iter_mut().enumerate() {
+            if !s.is_finite() {
+                *s = self.score_exact(batch.features.row(i));
+            }
+        }
         Ok(scores)
+    }
+}
+
+impl FittedMahalanobis {
+    /// One row's score from the stored `f64` statistics:
+    /// ½ min_c (xᵀPx − 2 xᵀPμ_c + μ_cᵀPμ_c), less ½ xᵀP₀x for RMDS.
+    fn score_exact(&self, row: ArrayView1<f32>) -> f32 {
+        let x = row.mapv(f64::from) - &self.centre;
+        let xp = self.precision.dot(&x);
+        let form = xp.dot(&x);
+        let nearest = self
+            .means
+            .rows()
+            .into_iter()
+            .zip(&self.offsets)
+            .map(|(mean, o)| form - 2.0 * xp.dot(&mean) + o)
+            .fold(f64::INFINITY, f64::min);
+        let background = match &self.background {
+            Some(b) => b.dot(&x).dot(&x),
+            None => 0.0,
+        };
+        (0.5 * (nearest - background)) as f32
     }
 }
 
@@ -333,7 +362,12 @@ impl ScoringForm {
                     .zip(&self.target_norms)
                     .map(|(c, t)| zz - 2.0 * c + t)
                     .fold(f32::INFINITY, f32::min);
-                *s = 0.5 * nearest.max(0.0);
+                // Overflowed terms: left to score_layer's f64 pass.
+                *s = if zz.is_finite() && cross.iter().all(|c| c.is_finite()) {
+                    0.5 * nearest.max(0.0)
+                } else {
+                    f32::NAN
+                };
             });
         scores
     }
@@ -345,6 +379,10 @@ impl ScoringForm {
         z.rows()
             .into_iter()
             .map(|z| {
+                if !z.iter().all(|v| v.is_finite()) {
+                    // Overflowed: left to score_layer's f64 pass.
+                    return f32::NAN;
+                }
                 let nearest = self
                     .targets
                     .rows()

@@ -22,11 +22,12 @@ pub(crate) fn normalised(features: ArrayView2<f32>) -> Array2<f32> {
     out
 }
 
-/// The k smallest values offered so far (unordered), with a bound that
-/// skips most candidates once k have been seen.
+/// The k smallest values offered so far (unordered), each with the index
+/// of the stored feature it came from, with a bound that skips most
+/// candidates once k have been seen.
 pub(crate) struct KBest {
     k: usize,
-    values: Vec<f32>,
+    kept: Vec<(f32, usize)>,
     bound: f32,
 }
 
@@ -34,17 +35,18 @@ impl KBest {
     pub(crate) fn new(k: usize) -> Self {
         KBest {
             k,
-            values: Vec::with_capacity(2 * k),
+            kept: Vec::with_capacity(2 * k),
             bound: f32::INFINITY,
         }
     }
 
-    pub(crate) fn offer(&mut self, value: f32) {
+    /// Offers the value of stored feature `index`.
+    pub(crate) fn offer(&mut self, value: f32, index: usize) {
         if value >= self.bound {
             return;
         }
-        self.values.push(value);
-        if self.values.len() == 2 * self.k {
+        self.kept.push((value, index));
+        if self.kept.len() == 2 * self.k {
             self.compact();
         }
     }
@@ -53,23 +55,23 @@ impl KBest {
     /// same search).
     pub(crate) fn absorb(&mut self, mut other: KBest) {
         other.compact();
-        for value in other.values {
-            self.offer(value);
+        for (value, index) in other.kept {
+            self.offer(value, index);
         }
     }
 
     /// Keeps the k smallest; the largest of them bounds later offers.
     fn compact(&mut self) {
-        if self.values.len() > self.k {
-            self.values
-                .select_nth_unstable_by(self.k - 1, f32::total_cmp);
-            self.values.truncate(self.k);
+        if self.kept.len() > self.k {
+            self.kept
+                .select_nth_unstable_by(self.k - 1, |a, b| a.0.total_cmp(&b.0));
+            self.kept.truncate(self.k);
         }
-        if self.values.len() == self.k {
+        if self.kept.len() == self.k {
             self.bound = self
-                .values
+                .kept
                 .iter()
-                .copied()
+                .map(|&(v, _)| v)
                 .fold(f32::NEG_INFINITY, f32::max);
         }
     }
@@ -77,17 +79,15 @@ impl KBest {
     /// The mean of the k smallest values offered (of all, with fewer).
     pub(crate) fn mean(mut self) -> f64 {
         self.compact();
-        let n = self.values.len().max(1) as f64;
-        self.values.iter().map(|&v| f64::from(v)).sum::<f64>() / n
+        let n = self.kept.len().max(1) as f64;
+        self.kept.iter().map(|&(v, _)| f64::from(v)).sum::<f64>() / n
     }
 
-    /// The k-th smallest value offered.
-    pub(crate) fn kth(mut self) -> f32 {
+    /// The indices of the k smallest values offered (of all, with fewer),
+    /// in no order.
+    pub(crate) fn indices(mut self) -> Vec<usize> {
         self.compact();
-        self.values
-            .iter()
-            .copied()
-            .fold(f32::NEG_INFINITY, f32::max)
+        self.kept.into_iter().map(|(_, i)| i).collect()
     }
 }
 
@@ -111,14 +111,33 @@ mod tests {
     #[test]
     fn kbest_keeps_the_k_smallest() {
         let mut best = KBest::new(3);
-        for v in [9.0, 1.0, 7.0, 3.0, 8.0, 2.0, 6.0, 0.5, 5.0] {
-            best.offer(v);
+        for (i, v) in [9.0, 1.0, 7.0, 3.0, 8.0, 2.0, 6.0, 0.5, 5.0].into_iter().enumerate() {
+            best.offer(v, i);
         }
-        assert_eq!(best.kth(), 2.0);
+        let mut kept = best.indices();
+        kept.sort();
+        assert_eq!(kept, [1, 5, 7]);
         let mut one = KBest::new(1);
-        for v in [4.0, 4.0, 3.0] {
-            one.offer(v);
+        for (i, v) in [4.0, 4.0, 3.0].into_iter().enumerate() {
+            one.offer(v, i);
         }
-        assert_eq!(one.kth(), 3.0);
+        assert_eq!(one.indices(), [2]);
+    }
+
+    #[test]
+    fn parts_absorbed_keep_the_k_smallest_of_all() {
+        let values = [5.0, 0.1, 4.0, 2.0, 9.0, 0.3, 7.0, 1.0];
+        let (mut first, mut second) = (KBest::new(3), KBest::new(3));
+        for (i, &v) in values.iter().enumerate() {
+            if i < 4 {
+                first.offer(v, i);
+            } else {
+                second.offer(v, i);
+            }
+        }
+        first.absorb(second);
+        let mut kept = first.indices();
+        kept.sort();
+        assert_eq!(kept, [1, 5, 7]);
     }
 }

@@ -354,8 +354,8 @@ impl ScoreFeatures for FittedNnGuide {
                 let mut dots = products.slice_mut(s![..q_block.nrows(), ..x_block.nrows()]);
                 gemm_into(dots.view_mut(), false, q_block, x_block, true);
                 for (row, kbest) in dots.rows().into_iter().zip(&mut best) {
-                    for &dot in row {
-                        kbest.offer(-dot);
+                    for (i, &dot) in row.iter().enumerate() {
+                        kbest.offer(-dot, i);
                     }
                 }
             }

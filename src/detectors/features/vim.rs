@@ -1,6 +1,6 @@
 //! ViM, the virtual-logit matching score (Wang et al., CVPR 2022).
 
-use ndarray::{Array1, Array2, ArrayView2, Axis, CowArray, Ix2};
+use ndarray::{Array1, Array2, ArrayView2, Axis, CowArray, Ix2, s};
 
 use super::derived::Derived;
 use super::moments::ClassMoments;
@@ -321,8 +321,13 @@ impl ScoreFeatures for FittedVim {
             .rows()
             .into_iter()
             .zip(coordinates.rows())
-            .map(|(row, coordinates)| {
-                let r = f64::from(coordinates.dot(&coordinates).sqrt());
+            .enumerate()
+            .map(|(i, (row, coordinates))| {
+                let mut r = f64::from(coordinates.dot(&coordinates).sqrt());
+                if !r.is_finite() {
+                    // Overflowed in f32 (features near f32::MAX): in f64.
+                    r = self.residual_norms(batch.features.slice(s![i..=i, ..]))[0];
+                }
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let lse = f64::from(max)
                     + row
