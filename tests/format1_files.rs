@@ -69,7 +69,11 @@ fn a_format1_state_fitted_on_features_scores_as_written() {
     let scored = scored_data();
     let hidden = net_hidden(&scored);
     let scores = index.score_features(hidden.view()).unwrap();
-    same_scores("knn.features.oodkit", scores.view(), &recorded(entry).unwrap());
+    same_scores(
+        "knn.features.oodkit",
+        scores.view(),
+        &recorded(entry).unwrap(),
+    );
     // It names no layer of a model: loading it as a model's detector says so.
     assert!(AnyDetector::load(folder().join("knn.features.oodkit")).is_err());
 }

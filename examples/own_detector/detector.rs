@@ -38,7 +38,7 @@ impl MeanDistance {
 }
 
 /// Streams the sums of one layer's features.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MeanDistanceFitter {
     floor: f64,
     count: usize,
@@ -57,6 +57,19 @@ impl LayerFitter for MeanDistanceFitter {
             }
         }
         self.count += batch.features.nrows();
+        Ok(())
+    }
+
+    /// Another shard's sums add (fits on shards merge into one).
+    fn merge(&mut self, other: Self) -> Result<()> {
+        if self.sum.len() != other.sum.len() || self.floor != other.floor {
+            return Err(Error::custom(
+                "mean-distance: cannot merge fitters of other widths or floors",
+            ));
+        }
+        self.count += other.count;
+        self.sum += &other.sum;
+        self.sum_sq += &other.sum_sq;
         Ok(())
     }
 

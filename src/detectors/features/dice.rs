@@ -7,6 +7,7 @@ use super::head::{Head, logsumexp};
 use super::moments::RunningMean;
 use super::quantile::quantile;
 use super::stored::StoredState;
+use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
@@ -129,7 +130,7 @@ impl FeatureDetector for Dice {
 }
 
 /// Streams the mean activation of one layer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct DiceFitter {
     sparsity: f64,
     head: Head,
@@ -141,6 +142,13 @@ impl LayerFitter for DiceFitter {
 
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
         self.mean.update(batch.features);
+        Ok(())
+    }
+
+    fn merge(&mut self, other: Self) -> Result<()> {
+        merge_check("DICE", "sparsities", &self.sparsity, &other.sparsity)?;
+        merge_check("DICE", "heads", &self.head, &other.head)?;
+        self.mean.absorb(other.mean);
         Ok(())
     }
 

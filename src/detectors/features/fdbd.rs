@@ -7,6 +7,7 @@ use super::head::{Head, argmax_row};
 use super::moments::RunningMean;
 use super::neighbours::distance;
 use super::stored::StoredState;
+use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
@@ -168,7 +169,7 @@ fn boundary_scales(head: &Head) -> Result<Array2<f64>> {
 }
 
 /// Streams the mean feature of one layer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FdbdFitter {
     normalizer: FdbdNormalizer,
     head: Head,
@@ -181,6 +182,13 @@ impl LayerFitter for FdbdFitter {
 
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
         self.mean.update(batch.features);
+        Ok(())
+    }
+
+    fn merge(&mut self, other: Self) -> Result<()> {
+        merge_check("fDBD", "normalizers", &self.normalizer, &other.normalizer)?;
+        merge_check("fDBD", "heads", &self.head, &other.head)?;
+        self.mean.absorb(other.mean);
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::moments::ClassMoments;
 use super::stored::StoredState;
+use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
@@ -125,7 +126,7 @@ impl FeatureDetector for Gmm {
 }
 
 /// Streams each class's mean and scatter.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct GmmFitter {
     regularization: f64,
     width: usize,
@@ -150,6 +151,25 @@ impl LayerFitter for GmmFitter {
                 .entry(label)
                 .or_insert_with(|| ClassMoments::new(self.width, false))
                 .update(features.view(), same.view());
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, other: Self) -> Result<()> {
+        merge_check(
+            "GMM",
+            "regularizations",
+            &self.regularization,
+            &other.regularization,
+        )?;
+        merge_check("GMM", "feature widths", &self.width, &other.width)?;
+        for (label, moments) in other.classes {
+            match self.classes.get_mut(&label) {
+                Some(mine) => mine.absorb(moments),
+                None => {
+                    self.classes.insert(label, moments);
+                }
+            }
         }
         Ok(())
     }

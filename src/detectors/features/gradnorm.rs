@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::head::Head;
 use super::stored::StoredState;
+use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::registry::{
     Capability, Needs, Registration, built, load_features, on_layers,
@@ -104,7 +105,7 @@ impl FeatureDetector for GradNorm {
 }
 
 /// Holds the head; the fit batches only confirm the width.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct GradNormFitter {
     head: Head,
 }
@@ -114,6 +115,11 @@ impl LayerFitter for GradNormFitter {
 
     fn update(&mut self, _batch: &LayerBatch) -> Result<()> {
         Ok(())
+    }
+
+    /// Nothing is gathered: the heads must agree.
+    fn merge(&mut self, other: Self) -> Result<()> {
+        merge_check("GradNorm", "heads", &self.head, &other.head)
     }
 
     fn finish(self) -> Result<FittedGradNorm> {

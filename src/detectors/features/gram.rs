@@ -7,6 +7,7 @@ use ndarray::{Array1, ArrayView1, Axis};
 
 use super::quantile::quantile;
 use super::stored::StoredState;
+use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
@@ -198,7 +199,7 @@ fn classes(batch: &LayerBatch) -> Option<Vec<i64>> {
 }
 
 /// Collects one layer's Gram statistics per class.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct GramFitter {
     dim: usize,
     quantile: f64,
@@ -217,6 +218,18 @@ impl LayerFitter for GramFitter {
         for (row, class) in batch.features.rows().into_iter().zip(classes) {
             self.mult
                 .statistics(row, self.stats.entry(class).or_default());
+        }
+        Ok(())
+    }
+
+    /// Each class's statistics concatenate (its bounds are quantiles,
+    /// which do not depend on the order).
+    fn merge(&mut self, other: Self) -> Result<()> {
+        merge_check("Gram", "feature widths", &self.dim, &other.dim)?;
+        merge_check("Gram", "quantiles", &self.quantile, &other.quantile)?;
+        merge_check("Gram", "orders", &self.mult, &other.mult)?;
+        for (class, values) in other.stats {
+            self.stats.entry(class).or_default().extend(values);
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::neighbours::{INDEX_BLOCK, KBest, QUERY_BLOCK, normalised};
 use super::stored::StoredState;
+use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
@@ -110,7 +111,7 @@ impl FeatureDetector for Knn {
 }
 
 /// Collects one layer's normalised fit features.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct KnnFitter {
     k: usize,
     dim: usize,
@@ -122,6 +123,14 @@ impl LayerFitter for KnnFitter {
 
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
         self.rows.extend(normalised(batch.features));
+        Ok(())
+    }
+
+    /// The stored rows concatenate.
+    fn merge(&mut self, other: Self) -> Result<()> {
+        merge_check("KNN", "k", &self.k, &other.k)?;
+        merge_check("KNN", "feature widths", &self.dim, &other.dim)?;
+        self.rows.extend(other.rows);
         Ok(())
     }
 
@@ -309,12 +318,19 @@ fn squared_distance(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f64 {
         (Some(a), Some(b)) => {
             let mut sums = [0.0_f64; LANES];
             let body = a.len() - a.len() % LANES;
-            for (x, y) in a[..body].chunks_exact(LANES).zip(b[..body].chunks_exact(LANES)) {
+            for (x, y) in a[..body]
+                .chunks_exact(LANES)
+                .zip(b[..body].chunks_exact(LANES))
+            {
                 for l in 0..LANES {
                     sums[l] += term(&x[l], &y[l]);
                 }
             }
-            let tail: f64 = a[body..].iter().zip(&b[body..]).map(|(x, y)| term(x, y)).sum();
+            let tail: f64 = a[body..]
+                .iter()
+                .zip(&b[body..])
+                .map(|(x, y)| term(x, y))
+                .sum();
             sums.iter().sum::<f64>() + tail
         }
         _ => a.iter().zip(&b).map(|(x, y)| term(x, y)).sum(),

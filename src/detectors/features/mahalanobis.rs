@@ -6,6 +6,7 @@ use ndarray::{Array1, Array2, ArrayView1, Axis, Zip};
 use super::derived::Derived;
 use super::moments::ClassMoments;
 use super::stored::StoredState;
+use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
@@ -152,7 +153,7 @@ impl FeatureDetector for Rmds {
 
 /// Streams the class moments of one layer (with the overall ones for
 /// RMDS).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct GaussianFitter {
     moments: ClassMoments,
     name: &'static str,
@@ -174,6 +175,18 @@ impl LayerFitter for GaussianFitter {
         if let Some(labels) = batch.labels {
             self.moments.update(batch.features, labels);
         }
+        Ok(())
+    }
+
+    fn merge(&mut self, other: Self) -> Result<()> {
+        merge_check(self.name, "detectors", &self.name, &other.name)?;
+        merge_check(
+            self.name,
+            "feature widths",
+            &self.moments.dim(),
+            &other.moments.dim(),
+        )?;
+        self.moments.absorb(other.moments);
         Ok(())
     }
 

@@ -99,6 +99,33 @@ impl ClassMoments {
         add_rank_updates(&mut self.within, &merges);
     }
 
+    /// Adds the moments `other` gathered (on other samples of the same
+    /// width, and with the total kept or not alike): the result is that of
+    /// one stream over both, up to rounding.
+    pub(crate) fn absorb(&mut self, other: ClassMoments) {
+        self.within += &other.within;
+        let merges: Vec<(f64, Array1<f64>)> = other
+            .classes
+            .into_iter()
+            .filter(|(_, part)| part.count > 0)
+            .map(|(label, part)| {
+                let running = self.classes.entry(label).or_insert_with(|| Mean {
+                    count: 0,
+                    mean: Array1::zeros(self.dim),
+                });
+                merge(running, &part)
+            })
+            .collect();
+        add_rank_updates(&mut self.within, &merges);
+        if let (Some((total, scatter)), Some((part, part_scatter))) = (&mut self.total, other.total)
+            && part.count > 0
+        {
+            *scatter += &part_scatter;
+            let update = merge(total, &part);
+            add_rank_updates(scatter, &[update]);
+        }
+    }
+
     /// The width of the features.
     pub(crate) fn dim(&self) -> usize {
         self.dim
@@ -197,6 +224,12 @@ impl RunningMean {
             self.sum.zip_mut_with(&row, |s, &v| *s += f64::from(v));
         }
         self.count += features.nrows() as u64;
+    }
+
+    /// Adds what `other` summed (rows of the same width).
+    pub(crate) fn absorb(&mut self, other: RunningMean) {
+        self.sum += &other.sum;
+        self.count += other.count;
     }
 
     /// The mean, or an error naming `detector` when nothing was added.

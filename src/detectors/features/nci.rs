@@ -7,6 +7,7 @@ use super::head::{Head, argmax_row};
 use super::moments::RunningMean;
 use super::neighbours::distance;
 use super::stored::StoredState;
+use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
@@ -122,7 +123,7 @@ impl FeatureDetector for Nci {
 }
 
 /// Streams the mean feature of one layer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NciFitter {
     alpha: f64,
     head: Head,
@@ -134,6 +135,13 @@ impl LayerFitter for NciFitter {
 
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
         self.mean.update(batch.features);
+        Ok(())
+    }
+
+    fn merge(&mut self, other: Self) -> Result<()> {
+        merge_check("NCI", "alphas", &self.alpha, &other.alpha)?;
+        merge_check("NCI", "heads", &self.head, &other.head)?;
+        self.mean.absorb(other.mean);
         Ok(())
     }
 

@@ -111,7 +111,10 @@ mod tests {
     #[test]
     fn kbest_keeps_the_k_smallest() {
         let mut best = KBest::new(3);
-        for (i, v) in [9.0, 1.0, 7.0, 3.0, 8.0, 2.0, 6.0, 0.5, 5.0].into_iter().enumerate() {
+        for (i, v) in [9.0, 1.0, 7.0, 3.0, 8.0, 2.0, 6.0, 0.5, 5.0]
+            .into_iter()
+            .enumerate()
+        {
             best.offer(v, i);
         }
         let mut kept = best.indices();

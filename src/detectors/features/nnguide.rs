@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::head::{Head, logsumexp};
 use super::neighbours::{INDEX_BLOCK, KBest, QUERY_BLOCK, normalised};
 use super::stored::StoredState;
+use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
@@ -176,7 +177,7 @@ impl FeatureDetector for NnGuide {
 
 /// Keeps every (1/fraction)-th fit feature, normalised and scaled by its
 /// energy.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NnGuideFitter {
     k: usize,
     fraction: f64,
@@ -200,6 +201,20 @@ impl LayerFitter for NnGuideFitter {
                 self.bank.extend(row.iter().map(|&v| v * energy as f32));
             }
         }
+        Ok(())
+    }
+
+    /// The banks concatenate. Each shard keeps its own every
+    /// (1/fraction)-th sample, counted from its start: the bank is the one
+    /// pass's when every shard but the last holds a multiple of 1/fraction
+    /// samples, and a sample of the same rate otherwise.
+    fn merge(&mut self, other: Self) -> Result<()> {
+        merge_check("NNGuide", "k", &self.k, &other.k)?;
+        merge_check("NNGuide", "bank fractions", &self.fraction, &other.fraction)?;
+        merge_check("NNGuide", "feature widths", &self.width, &other.width)?;
+        merge_check("NNGuide", "heads", &self.head, &other.head)?;
+        self.seen += other.seen;
+        self.bank.extend(other.bank);
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use super::head::Head;
 use super::moments::ClassMoments;
 use super::stored::StoredState;
 use super::subspace::{check_residual, residual_basis};
+use super::traits::merge_check;
 use super::{
     FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, PrincipalDims, ScoreFeatures,
 };
@@ -128,7 +129,7 @@ impl FeatureDetector for Residual {
 }
 
 /// Streams the second moment of one layer about the head's origin.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ResidualFitter {
     dims: PrincipalDims,
     moments: ClassMoments,
@@ -141,6 +142,19 @@ impl LayerFitter for ResidualFitter {
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
         let all = Array1::zeros(batch.features.nrows());
         self.moments.update(batch.features, all.view());
+        Ok(())
+    }
+
+    fn merge(&mut self, other: Self) -> Result<()> {
+        merge_check("Residual", "principal dimensions", &self.dims, &other.dims)?;
+        merge_check("Residual", "origins", &self.origin, &other.origin)?;
+        merge_check(
+            "Residual",
+            "feature widths",
+            &self.moments.dim(),
+            &other.moments.dim(),
+        )?;
+        self.moments.absorb(other.moments);
         Ok(())
     }
 

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use ndarray::{Array1, Array2, Axis};
 
 use super::stored::StoredState;
+use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
@@ -86,7 +87,7 @@ impl FeatureDetector for She {
 }
 
 /// Sums one layer's correctly classified fit features per class.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SheFitter {
     dim: usize,
     /// Per class: count and sum of the kept samples.
@@ -115,6 +116,22 @@ impl LayerFitter for SheFitter {
                 entry.0 += 1;
                 entry.1 += &row.mapv(f64::from);
             }
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, other: Self) -> Result<()> {
+        merge_check("SHE", "feature widths", &self.dim, &other.dim)?;
+        for (label, (count, sum)) in other.sums {
+            let entry = self
+                .sums
+                .entry(label)
+                .or_insert_with(|| (0, Array1::zeros(self.dim)));
+            entry.0 += count;
+            entry.1 += &sum;
+        }
+        for (label, seen) in other.seen {
+            *self.seen.entry(label).or_default() += seen;
         }
         Ok(())
     }

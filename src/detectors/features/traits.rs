@@ -52,6 +52,49 @@ pub trait LayerFitter {
     }
     /// The fitted state.
     fn finish(self) -> Result<Self::Fitted>;
+
+    /// Merges `other` into this fitter: the same detector's fitter for the
+    /// same layer, fed another shard of the fit data (on another thread,
+    /// process or machine). Finishing the merged fitter gives the state
+    /// one pass over both shards gives, up to rounding: statistics merge
+    /// exactly (moments by Chan et al.'s pairwise update), stored rows
+    /// concatenate (this shard's, then `other`'s).
+    ///
+    /// Both must be in the same pass. For a detector with a second pass
+    /// (ViM), merge the shards' first passes, end the first pass on the
+    /// merged fitter, give each shard a clone of it for its second pass,
+    /// and merge those clones. [`FeatureDetector::fit_shards`] does all of
+    /// this for shards in memory. Errors when the two differ in settings,
+    /// width or pass.
+    fn merge(&mut self, other: Self) -> Result<()>
+    where
+        Self: Sized;
+}
+
+/// The error of a [`LayerFitter::merge`] of two fitters that cannot be
+/// one fit: `why` says how they differ.
+pub(crate) fn cannot_merge(detector: &str, why: impl fmt::Display) -> Error {
+    Error::custom(format!(
+        "cannot merge these partial fits of {detector}: {why}. Merge only fitters made by one \
+         detector (the same settings) for the same layer, each fed its own shard, in the same pass"
+    ))
+}
+
+/// Errors unless the two fitters' `what` agree.
+pub(crate) fn merge_check<T: PartialEq + fmt::Debug>(
+    detector: &str,
+    what: &str,
+    mine: &T,
+    other: &T,
+) -> Result<()> {
+    if mine == other {
+        Ok(())
+    } else {
+        Err(cannot_merge(
+            detector,
+            format!("their {what} differ ({mine:?} and {other:?})"),
+        ))
+    }
 }
 
 /// What a feature detector learned of one layer: it scores that layer's
@@ -169,7 +212,7 @@ impl FeatureOptions {
 /// every layer, a second pass where one is needed, aggregation).
 pub trait FeatureDetector: Clone + fmt::Debug {
     /// The fitter of one layer.
-    type Fitter: LayerFitter<Fitted = Self::Fitted>;
+    type Fitter: LayerFitter<Fitted = Self::Fitted> + Clone + Send + Sync;
     /// What is learned of one layer.
     type Fitted: ScoreFeatures;
 
@@ -264,41 +307,86 @@ pub trait FeatureDetector: Clone + fmt::Debug {
         labels: ArrayView1<i64>,
     ) -> Result<Self::Fitted> {
         let what = format!("fit features of {}", self.name());
-        if features.nrows() == 0 {
-            return Err(Error::Empty {
-                what,
-                hint: "fit on at least one sample".into(),
-            });
-        }
-        if features.ncols() == 0 {
-            return Err(Error::ShapeMismatch {
-                what,
-                expected: "(N, D) with D ≥ 1".into(),
-                found: format!("{:?}", features.shape()),
-            });
-        }
-        check_labels_len(features, labels, &what)?;
-        check_finite(features, &what)?;
-        let chunks = || {
-            features
-                .axis_chunks_iter(Axis(0), CHUNK)
-                .zip(labels.axis_chunks_iter(Axis(0), CHUNK))
-                .map(|(features, labels)| LayerBatch {
-                    features,
-                    labels: Some(labels),
-                    logits: None,
-                })
-        };
+        check_fit_features(features, labels, &what)?;
         let mut fitter = self.fitter(features.ncols(), None)?;
-        for batch in chunks() {
+        for batch in fit_chunks(features, labels) {
             fitter.update(&batch)?;
         }
         if fitter.end_first_pass()? {
-            for batch in chunks() {
+            for batch in fit_chunks(features, labels) {
                 fitter.update_second(&batch)?;
             }
         }
         fitter.finish()
+    }
+
+    /// Fits one layer on `shards` of its precomputed fit features, each
+    /// `(features, labels)`: every shard on its own thread, the partial
+    /// fits merged ([`LayerFitter::merge`]), a second pass (ViM) likewise.
+    /// The state is the one [`fit_features`](Self::fit_features) gives on
+    /// all the rows in the shards' order, up to rounding (NNGuide: see its
+    /// fitter's merge). A cluster engine's workers do the same with
+    /// [`fitter`](Self::fitter), [`LayerFitter::update`] and
+    /// [`LayerFitter::merge`]. Errors on no shard, a shard of no rows,
+    /// shards of different widths, and what `fit_features` refuses.
+    ///
+    /// ```
+    /// use ndarray::{Array1, Array2, s};
+    /// use oodkit::detectors::{FeatureDetector, Mahalanobis, ScoreFeatures};
+    ///
+    /// let features = Array2::from_shape_fn((40, 3), |(i, j)| ((i * 7 + j * 3) % 11) as f32);
+    /// let labels: Array1<i64> = (0..40).map(|i| i % 2).collect();
+    /// let shards: Vec<_> = (0..4)
+    ///     .map(|k| (features.slice(s![k * 10..(k + 1) * 10, ..]), labels.slice(s![k * 10..(k + 1) * 10])))
+    ///     .collect();
+    /// let detector = Mahalanobis::new();
+    /// let sharded = detector.fit_shards(&shards)?;
+    /// let whole = detector.fit_features(features.view(), labels.view())?;
+    /// let (a, b) = (sharded.score_features(features.view())?, whole.score_features(features.view())?);
+    /// assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() <= 1e-5 * b.abs().max(1.0)));
+    /// # Ok::<(), oodkit::Error>(())
+    /// ```
+    fn fit_shards(&self, shards: &[(ArrayView2<f32>, ArrayView1<i64>)]) -> Result<Self::Fitted>
+    where
+        Self: Sync,
+    {
+        let Some(((first, _), _)) = shards.split_first() else {
+            return Err(Error::Empty {
+                what: format!("the shards of fit features of {}", self.name()),
+                hint: "give at least one shard".into(),
+            });
+        };
+        let width = first.ncols();
+        for (i, (features, labels)) in shards.iter().enumerate() {
+            let what = format!("shard {i} of the fit features of {}", self.name());
+            check_fit_features(*features, *labels, &what)?;
+            check_width(width, *features, &what)?;
+        }
+        let firsts = shards
+            .par_iter()
+            .map(|(features, labels)| {
+                let mut fitter = self.fitter(width, None)?;
+                for batch in fit_chunks(*features, *labels) {
+                    fitter.update(&batch)?;
+                }
+                Ok(fitter)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut merged = merge_all(firsts)?;
+        if merged.end_first_pass()? {
+            let seconds = shards
+                .par_iter()
+                .map(|(features, labels)| {
+                    let mut fitter = merged.clone();
+                    for batch in fit_chunks(*features, *labels) {
+                        fitter.update_second(&batch)?;
+                    }
+                    Ok(fitter)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            merged = merge_all(seconds)?;
+        }
+        merged.finish()
     }
 }
 
@@ -336,4 +424,55 @@ pub(super) fn check_width(width: usize, features: ArrayView2<f32>, what: &str) -
         });
     }
     Ok(())
+}
+
+/// Checks one layer's fit features `(N, D)` and labels: rows and columns,
+/// one label per row, finite values.
+fn check_fit_features(
+    features: ArrayView2<f32>,
+    labels: ArrayView1<i64>,
+    what: &str,
+) -> Result<()> {
+    if features.nrows() == 0 {
+        return Err(Error::Empty {
+            what: what.into(),
+            hint: "fit on at least one sample".into(),
+        });
+    }
+    if features.ncols() == 0 {
+        return Err(Error::ShapeMismatch {
+            what: what.into(),
+            expected: "(N, D) with D ≥ 1".into(),
+            found: format!("{:?}", features.shape()),
+        });
+    }
+    check_labels_len(features, labels, what)?;
+    check_finite(features, what)
+}
+
+/// Fit features and labels as batches of at most [`CHUNK`] rows.
+fn fit_chunks<'a>(
+    features: ArrayView2<'a, f32>,
+    labels: ArrayView1<'a, i64>,
+) -> impl Iterator<Item = LayerBatch<'a>> {
+    (0..features.nrows()).step_by(CHUNK).map(move |start| {
+        let end = (start + CHUNK).min(features.nrows());
+        LayerBatch {
+            features: features.slice_move(s![start..end, ..]),
+            labels: Some(labels.slice_move(s![start..end])),
+            logits: None,
+        }
+    })
+}
+
+/// The fitters merged in order (at least one).
+fn merge_all<F: LayerFitter>(fitters: Vec<F>) -> Result<F> {
+    let mut fitters = fitters.into_iter();
+    let mut merged = fitters
+        .next()
+        .ok_or_else(|| Error::custom("no partial fit to merge"))?;
+    for other in fitters {
+        merged.merge(other)?;
+    }
+    Ok(merged)
 }

@@ -6,6 +6,7 @@ use super::derived::Derived;
 use super::moments::ClassMoments;
 use super::stored::StoredState;
 use super::subspace::{check_residual, residual_basis};
+use super::traits::{cannot_merge, merge_check};
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
@@ -176,7 +177,7 @@ impl FeatureDetector for Vim {
 }
 
 /// Streams the second moment of one layer about the head's origin.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct VimFitter {
     dims: PrincipalDims,
     moments: ClassMoments,
@@ -225,6 +226,46 @@ impl LayerFitter for VimFitter {
         subspace.logit_sum += max_logits;
         subspace.norm_sum += norms.sum();
         Ok(())
+    }
+
+    /// First pass: the moments merge. Second pass (clones of one merged
+    /// fitter whose first pass ended): the sums over the subspace add.
+    fn merge(&mut self, other: Self) -> Result<()> {
+        merge_check("ViM", "principal dimensions", &self.dims, &other.dims)?;
+        merge_check(
+            "ViM",
+            "heads",
+            &(&self.weights, &self.bias),
+            &(&other.weights, &other.bias),
+        )?;
+        merge_check(
+            "ViM",
+            "feature widths",
+            &self.moments.dim(),
+            &other.moments.dim(),
+        )?;
+        match (&mut self.subspace, other.subspace) {
+            (None, None) => {
+                self.moments.absorb(other.moments);
+                Ok(())
+            }
+            (Some(mine), Some(theirs)) => {
+                if mine.residual != theirs.residual || mine.origin != theirs.origin {
+                    return Err(cannot_merge(
+                        "ViM",
+                        "their second passes started from different first passes (give each \
+                         shard a clone of the merged fitter whose first pass ended)",
+                    ));
+                }
+                mine.logit_sum += theirs.logit_sum;
+                mine.norm_sum += theirs.norm_sum;
+                Ok(())
+            }
+            _ => Err(cannot_merge(
+                "ViM",
+                "one has ended its first pass and the other has not",
+            )),
+        }
     }
 
     /// α = Σ max-logit / Σ residual norm.

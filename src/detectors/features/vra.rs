@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::head::{Head, logsumexp};
 use super::quantile::quantile;
 use super::stored::StoredState;
+use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::registry::{
     Capability, Needs, Param, Registration, built, load_features, on_layers,
@@ -172,7 +173,7 @@ impl FeatureDetector for Vra {
 }
 
 /// Keeps one layer's fit activations for the exact quantiles.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct VraFitter {
     detector: Vra,
     head: Head,
@@ -184,6 +185,15 @@ impl LayerFitter for VraFitter {
 
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
         self.values.extend(batch.features.iter());
+        Ok(())
+    }
+
+    /// The activations concatenate (the bounds are quantiles, which do
+    /// not depend on the order).
+    fn merge(&mut self, other: Self) -> Result<()> {
+        merge_check("VRA", "settings", &self.detector, &other.detector)?;
+        merge_check("VRA", "heads", &self.head, &other.head)?;
+        self.values.extend(other.values);
         Ok(())
     }
 
