@@ -125,14 +125,36 @@ pub(crate) fn symmetric_eigen(a: &Array2<f64>, what: &str) -> Result<(Array1<f64
     Ok((values, from_faer(eigen.U())))
 }
 
-/// The pseudo-inverse of the symmetric matrix `a`: eigenvalues below
-/// `D · ε · max |λ|` count as zero, so a singular covariance (a constant
-/// feature, fewer samples than dimensions) inverts on its support.
-pub(crate) fn symmetric_pinv(a: &Array2<f64>, what: &str) -> Result<Array2<f64>> {
+/// The pseudo-inverse of the symmetric positive semi-definite `a`
+/// (eigenvalues below `D · ε · max |λ|` count as zero, so a singular
+/// covariance — a constant feature, fewer samples than dimensions —
+/// inverts on its support) with, from the same eigendecomposition, a
+/// factor F of it (`a⁺ = F Fᵀ`): the eigenvectors of
+/// the eigenvalues the pseudo-inverse keeps (positive ones), each divided
+/// by the square root of its eigenvalue. F has at least one column (zero
+/// when nothing is kept).
+pub(crate) fn symmetric_pinv_and_root(
+    a: &Array2<f64>,
+    what: &str,
+) -> Result<(Array2<f64>, Array2<f64>)> {
     let eigen = to_faer(a)
         .self_adjoint_eigen(Side::Lower)
         .map_err(|e| Error::numerical(what, format!("the eigendecomposition failed ({e:?})")))?;
-    Ok(from_faer(eigen.pseudoinverse().as_ref()))
+    let pinv = from_faer(eigen.pseudoinverse().as_ref());
+    let values: Vec<f64> = eigen.S().column_vector().iter().copied().collect();
+    // faer's pseudo-inverse keeps |λ| > D · ε · max |λ|.
+    let largest = values.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
+    let floor = largest * values.len() as f64 * f64::EPSILON;
+    let kept: Vec<usize> = (0..values.len()).filter(|&i| values[i] > floor).collect();
+    let vectors = eigen.U();
+    let mut root = Array2::zeros((a.nrows(), kept.len().max(1)));
+    for (j, &i) in kept.iter().enumerate() {
+        let scale = values[i].sqrt().recip();
+        for r in 0..a.nrows() {
+            root[[r, j]] = vectors[(r, i)] * scale;
+        }
+    }
+    Ok((pinv, root))
 }
 
 /// The (Moore-Penrose) pseudo-inverse of any matrix, by SVD.
@@ -195,9 +217,14 @@ mod tests {
     #[test]
     fn pseudo_inverses_invert_on_the_support() {
         let a = array![[2.0_f64, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 0.0]];
-        let p = symmetric_pinv(&a, "test").unwrap();
+        let (p, root) = symmetric_pinv_and_root(&a, "test").unwrap();
         let expected = array![[0.5, 0.0, 0.0], [0.0, 0.25, 0.0], [0.0, 0.0, 0.0]];
         assert!((&p - &expected).iter().all(|d| d.abs() < 1e-12), "{p}");
+        // Two kept directions; F Fᵀ is the pseudo-inverse.
+        assert_eq!(root.ncols(), 2);
+        assert!((root.dot(&root.t()) - &expected).iter().all(|d| d.abs() < 1e-12));
+        let (_, none) = symmetric_pinv_and_root(&Array2::zeros((2, 2)), "test").unwrap();
+        assert_eq!(none, Array2::<f64>::zeros((2, 1)));
         let w = array![[1.0_f64, 2.0], [3.0, 4.0], [5.0, 6.0]];
         let wp = pinv(&w, "test").unwrap();
         assert!(

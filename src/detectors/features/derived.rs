@@ -25,6 +25,11 @@ impl<T> Default for Derived<T> {
 }
 
 impl<T> Derived<T> {
+    /// A value made already (e.g. by the fit, from what it computed anyway).
+    pub(crate) fn made(value: T) -> Self {
+        Derived(OnceLock::from(Arc::new(value)))
+    }
+
     /// The value, made by `make` the first time (a failed `make` is tried
     /// again at the next call).
     pub(crate) fn get_or_try(&self, make: impl FnOnce() -> Result<T>) -> Result<&T> {

@@ -13,7 +13,7 @@ use crate::detectors::registry::{
     Capability, Needs, Registration, built, load_features, on_layers,
 };
 use crate::error::{Error, Result};
-use crate::linalg::{gemm, symmetric_eigen, symmetric_pinv};
+use crate::linalg::{gemm, symmetric_eigen, symmetric_pinv_and_root};
 use crate::model::Model;
 use serde::{Deserialize, Serialize};
 
@@ -205,22 +205,28 @@ impl LayerFitter for GaussianFitter {
         for (mut row, class) in means.rows_mut().into_iter().zip(m.classes().values()) {
             row.assign(&(&class.mean - &centre));
         }
-        let precision = symmetric_pinv(&(m.within() / n), "the shared covariance")?;
+        let (precision, root) =
+            symmetric_pinv_and_root(&(m.within() / n), "the shared covariance")?;
         let projected = gemm(means.view(), precision.view(), false);
         let offsets = (&projected * &means).sum_axis(Axis(1));
-        let background = match m.total() {
+        let (background, background_root) = match m.total() {
             Some((_, scatter)) => {
-                Some(symmetric_pinv(&(scatter / n), "the background covariance")?)
+                let (pinv, root) =
+                    symmetric_pinv_and_root(&(scatter / n), "the background covariance")?;
+                (Some(pinv), Some(root))
             }
-            None => None,
+            None => (None, None),
         };
+        // The scoring form from the fit's own eigendecompositions (a
+        // loaded state makes it from the precision at its first score).
+        let form = ScoringForm::from_roots(&centre, &means, &root, background_root.as_ref());
         Ok(FittedMahalanobis {
             centre,
             means,
             precision,
             offsets,
             background,
-            form: Derived::default(),
+            form: Derived::made(form),
         })
     }
 }
@@ -341,21 +347,37 @@ struct ScoringForm {
 }
 
 impl ScoringForm {
+    /// From the stored precision(s), by an eigendecomposition of each.
     fn new(fitted: &FittedMahalanobis) -> Result<Self> {
-        let factor = square_root(&fitted.precision, "the shared precision")?;
-        let targets = gemm(fitted.means.view(), factor.view(), false);
-        let target_norms = targets.map_axis(Axis(1), |t| t.dot(&t) as f32);
+        let root = square_root(&fitted.precision, "the shared precision")?;
         let background = match &fitted.background {
-            Some(b) => Some(square_root(b, "the background precision")?.mapv(|v| v as f32)),
+            Some(b) => Some(square_root(b, "the background precision")?),
             None => None,
         };
-        Ok(ScoringForm {
-            centre: fitted.centre.mapv(|v| v as f32),
-            factor: factor.mapv(|v| v as f32),
+        Ok(Self::from_roots(
+            &fitted.centre,
+            &fitted.means,
+            &root,
+            background.as_ref(),
+        ))
+    }
+
+    /// From factors F (F Fᵀ = Σ⁺) of the precision and the background's.
+    fn from_roots(
+        centre: &Array1<f64>,
+        means: &Array2<f64>,
+        root: &Array2<f64>,
+        background: Option<&Array2<f64>>,
+    ) -> Self {
+        let targets = gemm(means.view(), root.view(), false);
+        let target_norms = targets.map_axis(Axis(1), |t| t.dot(&t) as f32);
+        ScoringForm {
+            centre: centre.mapv(|v| v as f32),
+            factor: root.mapv(|v| v as f32),
             targets: targets.mapv(|v| v as f32),
             target_norms,
-            background,
-        })
+            background: background.map(|b| b.mapv(|v| v as f32)),
+        }
     }
 
     /// ½ min_c ‖z − w_c‖² of each row of `x` (centred), by products:
