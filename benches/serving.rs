@@ -49,12 +49,16 @@ fn report(name: &str, what: &str, timed: &mut [Duration]) {
     }
 }
 
-/// Times `scorer.verdict_batch` on single images, one call per sample.
-fn bench_verdicts<F: FittedDetector>(
+/// Times `run` on `inputs` (the `i`-th made by `input(i)` untimed), one
+/// call per sample, cycling through `count` samples; prints the p50 / p99
+/// of every timed call after `name`.
+fn bench_each<I>(
     c: &mut Criterion,
     name: &str,
-    scorer: &Scorer<'_, Calibrated<F>>,
-    queries: &Array4<f32>,
+    what: &str,
+    count: usize,
+    mut input: impl FnMut(usize) -> I,
+    mut run: impl FnMut(I),
 ) {
     let mut timed: Vec<Duration> = Vec::new();
     let mut next = 0;
@@ -62,13 +66,10 @@ fn bench_verdicts<F: FittedDetector>(
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let image = queries
-                    .index_axis(Axis(0), next % queries.shape()[0])
-                    .insert_axis(Axis(0))
-                    .to_owned();
+                let sample = input(next % count);
                 next += 1;
                 let start = Instant::now();
-                black_box(scorer.verdict_batch(Batch::new(image)).unwrap());
+                run(sample);
                 let elapsed = start.elapsed();
                 timed.push(elapsed);
                 total += elapsed;
@@ -76,7 +77,31 @@ fn bench_verdicts<F: FittedDetector>(
             total
         })
     });
-    report(name, "single-image verdicts", &mut timed);
+    report(name, what, &mut timed);
+}
+
+/// Times `scorer.verdict_batch` on single images, one call per sample.
+fn bench_verdicts<F: FittedDetector>(
+    c: &mut Criterion,
+    name: &str,
+    scorer: &Scorer<'_, Calibrated<F>>,
+    queries: &Array4<f32>,
+) {
+    bench_each(
+        c,
+        name,
+        "single-image verdicts",
+        queries.shape()[0],
+        |i| {
+            queries
+                .index_axis(Axis(0), i)
+                .insert_axis(Axis(0))
+                .to_owned()
+        },
+        |image| {
+            black_box(scorer.verdict_batch(Batch::new(image)).unwrap());
+        },
+    );
 }
 
 fn serving(c: &mut Criterion) {
@@ -133,25 +158,16 @@ fn bench_one_query(
     fitted: &dyn ScoreFeatures,
     queries: &Array2<f32>,
 ) {
-    let mut timed: Vec<Duration> = Vec::new();
-    let mut next = 0;
-    c.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let i = next % queries.nrows();
-                next += 1;
-                let row = queries.slice(ndarray::s![i..i + 1, ..]);
-                let start = Instant::now();
-                black_box(fitted.score_features(row).unwrap());
-                let elapsed = start.elapsed();
-                timed.push(elapsed);
-                total += elapsed;
-            }
-            total
-        })
-    });
-    report(name, "single-query scores", &mut timed);
+    bench_each(
+        c,
+        name,
+        "single-query scores",
+        queries.nrows(),
+        |i| queries.slice(ndarray::s![i..i + 1, ..]),
+        |row| {
+            black_box(fitted.score_features(row).unwrap());
+        },
+    );
 }
 
 fn one_query(c: &mut Criterion) {
