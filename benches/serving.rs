@@ -28,6 +28,9 @@ use oodkit::nets::ToyConvnetConfig;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+#[path = "common/class_features.rs"]
+mod class_features;
+
 const FIT_IMAGES: usize = 30_596;
 
 fn images(n: usize, seed: u64) -> Array4<f32> {
@@ -131,24 +134,9 @@ fn serving(c: &mut Criterion) {
     bench_verdicts(c, "verdict_one_image/knn_30596", &knn, &queries);
 }
 
-/// Set (a) of the scale issue: 100 classes in 512 dimensions, centres drawn
-/// once (seed 0), unit normal samples around them.
-fn class_features(n: usize, seed: u64) -> (Array2<f32>, Array1<i64>) {
-    const DIM: usize = 512;
-    const CLASSES: usize = 100;
-    let normal = |rng: &mut StdRng| {
-        let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-        let u2: f64 = rng.random();
-        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-    };
-    let mut centres_rng = StdRng::seed_from_u64(0);
-    let centres = Array2::from_shape_simple_fn((CLASSES, DIM), || 2.0 * normal(&mut centres_rng));
-    let mut rng = StdRng::seed_from_u64(seed);
-    let labels: Array1<i64> = (0..n).map(|i| (i % CLASSES) as i64).collect();
-    let x = Array2::from_shape_fn((n, DIM), |(i, j)| {
-        centres[[labels[i] as usize, j]] + normal(&mut rng)
-    });
-    (x, labels)
+/// Set (a) of the scale issue: 100 classes in 512 dimensions.
+fn set_a(n: usize, seed: u64) -> (Array2<f32>, Array1<i64>) {
+    class_features::class_features(n, 512, 100, seed)
 }
 
 /// Times `fitted.score_features` on one row at a time.
@@ -171,8 +159,8 @@ fn bench_one_query(
 }
 
 fn one_query(c: &mut Criterion) {
-    let (fit, labels) = class_features(50_000, 1);
-    let (queries, _) = class_features(500, 2);
+    let (fit, labels) = set_a(50_000, 1);
+    let (queries, _) = set_a(500, 2);
     let knn = Knn::new(50)
         .unwrap()
         .fit_features(fit.view(), labels.view())
