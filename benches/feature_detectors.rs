@@ -12,33 +12,24 @@ use std::time::Duration;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use ndarray::{Array1, Array2};
+
+#[path = "common/class_features.rs"]
+mod class_features;
+use class_features::{class_features, normal};
 use oodkit::detectors::{
     FeatureDetector, Gram, Knn, Mahalanobis, PrincipalDims, Rmds, ScoreFeatures, She, Vim,
 };
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 
 const FIT: usize = 50_000;
 const SCORED: usize = 10_000;
 const DIM: usize = 512;
 const CLASSES: usize = 10;
 
-fn normal(rng: &mut StdRng) -> f32 {
-    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-    let u2: f64 = rng.random();
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-}
-
-/// Class centres drawn once (seed 0), samples around them.
+/// Set of this bench: 10 classes in 512 dimensions.
 fn features(n: usize, seed: u64) -> (Array2<f32>, Array1<i64>) {
-    let mut centres_rng = StdRng::seed_from_u64(0);
-    let centres = Array2::from_shape_simple_fn((CLASSES, DIM), || 2.0 * normal(&mut centres_rng));
-    let mut rng = StdRng::seed_from_u64(seed);
-    let labels: Array1<i64> = (0..n).map(|i| (i % CLASSES) as i64).collect();
-    let x = Array2::from_shape_fn((n, DIM), |(i, j)| {
-        centres[[labels[i] as usize, j]] + normal(&mut rng)
-    });
-    (x, labels)
+    class_features(n, DIM, CLASSES, seed)
 }
 
 fn feature_detectors(c: &mut Criterion) {

@@ -28,6 +28,9 @@ use oodkit::nets::ToyConvnetConfig;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+#[path = "common/class_features.rs"]
+mod class_features;
+
 const FIT_IMAGES: usize = 30_596;
 
 fn images(n: usize, seed: u64) -> Array4<f32> {
@@ -49,12 +52,16 @@ fn report(name: &str, what: &str, timed: &mut [Duration]) {
     }
 }
 
-/// Times `scorer.verdict_batch` on single images, one call per sample.
-fn bench_verdicts<F: FittedDetector>(
+/// Times `run` on `inputs` (the `i`-th made by `input(i)` untimed), one
+/// call per sample, cycling through `count` samples; prints the p50 / p99
+/// of every timed call after `name`.
+fn bench_each<I>(
     c: &mut Criterion,
     name: &str,
-    scorer: &Scorer<'_, Calibrated<F>>,
-    queries: &Array4<f32>,
+    what: &str,
+    count: usize,
+    mut input: impl FnMut(usize) -> I,
+    mut run: impl FnMut(I),
 ) {
     let mut timed: Vec<Duration> = Vec::new();
     let mut next = 0;
@@ -62,13 +69,10 @@ fn bench_verdicts<F: FittedDetector>(
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let image = queries
-                    .index_axis(Axis(0), next % queries.shape()[0])
-                    .insert_axis(Axis(0))
-                    .to_owned();
+                let sample = input(next % count);
                 next += 1;
                 let start = Instant::now();
-                black_box(scorer.verdict_batch(Batch::new(image)).unwrap());
+                run(sample);
                 let elapsed = start.elapsed();
                 timed.push(elapsed);
                 total += elapsed;
@@ -76,7 +80,31 @@ fn bench_verdicts<F: FittedDetector>(
             total
         })
     });
-    report(name, "single-image verdicts", &mut timed);
+    report(name, what, &mut timed);
+}
+
+/// Times `scorer.verdict_batch` on single images, one call per sample.
+fn bench_verdicts<F: FittedDetector>(
+    c: &mut Criterion,
+    name: &str,
+    scorer: &Scorer<'_, Calibrated<F>>,
+    queries: &Array4<f32>,
+) {
+    bench_each(
+        c,
+        name,
+        "single-image verdicts",
+        queries.shape()[0],
+        |i| {
+            queries
+                .index_axis(Axis(0), i)
+                .insert_axis(Axis(0))
+                .to_owned()
+        },
+        |image| {
+            black_box(scorer.verdict_batch(Batch::new(image)).unwrap());
+        },
+    );
 }
 
 fn serving(c: &mut Criterion) {
@@ -106,24 +134,9 @@ fn serving(c: &mut Criterion) {
     bench_verdicts(c, "verdict_one_image/knn_30596", &knn, &queries);
 }
 
-/// Set (a) of the scale issue: 100 classes in 512 dimensions, centres drawn
-/// once (seed 0), unit normal samples around them.
-fn class_features(n: usize, seed: u64) -> (Array2<f32>, Array1<i64>) {
-    const DIM: usize = 512;
-    const CLASSES: usize = 100;
-    let normal = |rng: &mut StdRng| {
-        let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-        let u2: f64 = rng.random();
-        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-    };
-    let mut centres_rng = StdRng::seed_from_u64(0);
-    let centres = Array2::from_shape_simple_fn((CLASSES, DIM), || 2.0 * normal(&mut centres_rng));
-    let mut rng = StdRng::seed_from_u64(seed);
-    let labels: Array1<i64> = (0..n).map(|i| (i % CLASSES) as i64).collect();
-    let x = Array2::from_shape_fn((n, DIM), |(i, j)| {
-        centres[[labels[i] as usize, j]] + normal(&mut rng)
-    });
-    (x, labels)
+/// Set (a) of the scale issue: 100 classes in 512 dimensions.
+fn set_a(n: usize, seed: u64) -> (Array2<f32>, Array1<i64>) {
+    class_features::class_features(n, 512, 100, seed)
 }
 
 /// Times `fitted.score_features` on one row at a time.
@@ -133,30 +146,21 @@ fn bench_one_query(
     fitted: &dyn ScoreFeatures,
     queries: &Array2<f32>,
 ) {
-    let mut timed: Vec<Duration> = Vec::new();
-    let mut next = 0;
-    c.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let i = next % queries.nrows();
-                next += 1;
-                let row = queries.slice(ndarray::s![i..i + 1, ..]);
-                let start = Instant::now();
-                black_box(fitted.score_features(row).unwrap());
-                let elapsed = start.elapsed();
-                timed.push(elapsed);
-                total += elapsed;
-            }
-            total
-        })
-    });
-    report(name, "single-query scores", &mut timed);
+    bench_each(
+        c,
+        name,
+        "single-query scores",
+        queries.nrows(),
+        |i| queries.slice(ndarray::s![i..i + 1, ..]),
+        |row| {
+            black_box(fitted.score_features(row).unwrap());
+        },
+    );
 }
 
 fn one_query(c: &mut Criterion) {
-    let (fit, labels) = class_features(50_000, 1);
-    let (queries, _) = class_features(500, 2);
+    let (fit, labels) = set_a(50_000, 1);
+    let (queries, _) = set_a(500, 2);
     let knn = Knn::new(50)
         .unwrap()
         .fit_features(fit.view(), labels.view())

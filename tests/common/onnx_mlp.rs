@@ -152,16 +152,7 @@ fn write_graph(path: &Path, batch: Option<i64>, matmul_head: bool) {
         output: vec![value_info("logits", &[batch, Some(2)])],
         ..Default::default()
     };
-    let model = ModelProto {
-        ir_version: 8,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        graph: Some(graph),
-        ..Default::default()
-    };
-    std::fs::write(path, model.encode_to_vec()).unwrap();
+    save(path, graph);
 }
 
 /// A graph whose first output is no logits: `"identity"` returns its
@@ -206,6 +197,11 @@ pub fn write_without_logits(path: &Path, kind: &str) {
         output: vec![output],
         ..Default::default()
     };
+    save(path, graph);
+}
+
+/// Writes `graph` as an ONNX model (IR 8, opset 13) to `path`.
+fn save(path: &Path, graph: GraphProto) {
     let model = ModelProto {
         ir_version: 8,
         opset_import: vec![OperatorSetIdProto {
