@@ -23,7 +23,7 @@ use oodkit::detectors::{
 };
 use oodkit::metrics::{auroc, fpr_at_tpr};
 
-type Failure = Box<dyn std::error::Error>;
+type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), Failure> {
     let Some(dir) = std::env::var_os("OODKIT_SCALE_DIR").map(PathBuf::from) else {
@@ -45,7 +45,10 @@ fn main() -> Result<(), Failure> {
     for &t in &threads {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
         pool.install(|| -> Result<(), Failure> {
-            let bench = Bench { threads: t, repeats };
+            let bench = Bench {
+                threads: t,
+                repeats,
+            };
             for (name, dims) in [("a", 256), ("b", 1000)] {
                 if rows.split(',').any(|r| r == name) {
                     bench.class_set(&dir.join(name), name, dims)?;
@@ -87,7 +90,11 @@ impl Bench {
     }
 
     /// The median wall time of `repeats` runs of `work`, and its last result.
-    fn timed<T>(&self, repeats: usize, mut work: impl FnMut() -> oodkit::Result<T>) -> oodkit::Result<(f64, T)> {
+    fn timed<T>(
+        &self,
+        repeats: usize,
+        mut work: impl FnMut() -> oodkit::Result<T>,
+    ) -> oodkit::Result<(f64, T)> {
         let mut times = Vec::new();
         let mut out = None;
         for _ in 0..repeats.max(1) {
@@ -135,21 +142,32 @@ impl Bench {
         let repeats = if name == "a" { self.repeats } else { 1 };
 
         let knn = Knn::new(50)?;
-        let (t, fitted) = self.timed(repeats, || knn.fit_features(set.fit.view(), set.labels.view()))?;
+        let (t, fitted) = self.timed(repeats, || {
+            knn.fit_features(set.fit.view(), set.labels.view())
+        })?;
         self.emit(&format!("knn_fit_{name}"), t, "");
         self.score_row(&format!("knn_score_{name}"), &fitted, &set, repeats)?;
         let (p50, p99) = self.latencies(&set.id, 200, |q| fitted.score_features(q))?;
-        self.emit(&format!("knn_one_{name}"), p50, &format!(", \"p99\": {p99}"));
+        self.emit(
+            &format!("knn_one_{name}"),
+            p50,
+            &format!(", \"p99\": {p99}"),
+        );
         drop(fitted);
 
         let mahalanobis = Mahalanobis::new();
-        let (t, fitted) =
-            self.timed(repeats, || mahalanobis.fit_features(set.fit.view(), set.labels.view()))?;
+        let (t, fitted) = self.timed(repeats, || {
+            mahalanobis.fit_features(set.fit.view(), set.labels.view())
+        })?;
         self.emit(&format!("maha_fit_{name}"), t, "");
         self.score_row(&format!("maha_score_{name}"), &fitted, &set, self.repeats)?;
         if name == "a" {
             let (p50, p99) = self.latencies(&set.id, 500, |q| fitted.score_features(q))?;
-            self.emit(&format!("maha_one_{name}"), p50, &format!(", \"p99\": {p99}"));
+            self.emit(
+                &format!("maha_one_{name}"),
+                p50,
+                &format!(", \"p99\": {p99}"),
+            );
         }
 
         let vim = Vim::new(PrincipalDims::Count(dims))?
@@ -159,7 +177,11 @@ impl Bench {
         self.score_row(&format!("vim_score_{name}"), &fitted, &set, self.repeats)?;
         if name == "a" {
             let (p50, p99) = self.latencies(&set.id, 500, |q| fitted.score_features(q))?;
-            self.emit(&format!("vim_one_{name}"), p50, &format!(", \"p99\": {p99}"));
+            self.emit(
+                &format!("vim_one_{name}"),
+                p50,
+                &format!(", \"p99\": {p99}"),
+            );
         }
         Ok(())
     }
@@ -185,7 +207,9 @@ impl Bench {
 
     fn logits(&self, path: &Path) -> Result<(), Failure> {
         let logits = read_matrix(path)?;
-        let (t, _) = self.timed(self.repeats, || Energy::default().score_logits(logits.view()))?;
+        let (t, _) = self.timed(self.repeats, || {
+            Energy::default().score_logits(logits.view())
+        })?;
         self.emit("energy_1e6", t, "");
         // MSP is temperature scaling at T = 1.
         let msp = FittedTemperatureScaling::new(1.0)?;
@@ -198,7 +222,10 @@ impl Bench {
         let a = read_vector(dir.join("scores_id.npy"))?;
         let b = read_vector(dir.join("scores_ood.npy"))?;
         let (t, _) = self.timed(self.repeats, || {
-            Ok((auroc(a.view(), b.view())?, fpr_at_tpr(a.view(), b.view(), 0.95)?))
+            Ok((
+                auroc(a.view(), b.view())?,
+                fpr_at_tpr(a.view(), b.view(), 0.95)?,
+            ))
         })?;
         self.emit("metrics_1e7", t, "");
         Ok(())

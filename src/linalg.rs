@@ -222,7 +222,11 @@ mod tests {
         assert!((&p - &expected).iter().all(|d| d.abs() < 1e-12), "{p}");
         // Two kept directions; F Fᵀ is the pseudo-inverse.
         assert_eq!(root.ncols(), 2);
-        assert!((root.dot(&root.t()) - &expected).iter().all(|d| d.abs() < 1e-12));
+        assert!(
+            (root.dot(&root.t()) - &expected)
+                .iter()
+                .all(|d| d.abs() < 1e-12)
+        );
         let (_, none) = symmetric_pinv_and_root(&Array2::zeros((2, 2)), "test").unwrap();
         assert_eq!(none, Array2::<f64>::zeros((2, 1)));
         let w = array![[1.0_f64, 2.0], [3.0, 4.0], [5.0, 6.0]];

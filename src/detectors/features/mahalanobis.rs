@@ -217,8 +217,8 @@ impl LayerFitter for GaussianFitter {
             }
             None => (None, None),
         };
-        // The scoring form from the fit's own eigendecompositions (a
-        // loaded state makes it from the precision at its first score).
+        // The scoring form from the fit's own eigendecompositions; the
+        // factors are saved with the state, so a loaded one scores alike.
         let form = ScoringForm::from_roots(&centre, &means, &root, background_root.as_ref());
         Ok(FittedMahalanobis {
             centre,
@@ -226,6 +226,8 @@ impl LayerFitter for GaussianFitter {
             precision,
             offsets,
             background,
+            root: Some(root),
+            background_root,
             form: Derived::made(form),
         })
     }
@@ -251,7 +253,23 @@ pub struct FittedMahalanobis {
         skip_serializing_if = "Option::is_none"
     )]
     background: Option<Array2<f64>>,
-    /// Made from the above at the first score.
+    /// F with F Fᵀ = Σ⁺ (D x rank), from the fit's eigendecomposition;
+    /// absent in files written before it was kept (then made from the
+    /// precision at the first score).
+    #[serde(
+        with = "array::optional",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    root: Option<Array2<f64>>,
+    /// RMDS: the same for Σ₀⁺.
+    #[serde(
+        with = "array::optional",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    background_root: Option<Array2<f64>>,
+    /// Made from the above for scoring.
     #[serde(skip)]
     form: Derived<ScoringForm>,
 }
@@ -347,12 +365,17 @@ struct ScoringForm {
 }
 
 impl ScoringForm {
-    /// From the stored precision(s), by an eigendecomposition of each.
+    /// From the stored factors, or (files written before they were kept)
+    /// the stored precisions, by an eigendecomposition of each.
     fn new(fitted: &FittedMahalanobis) -> Result<Self> {
-        let root = square_root(&fitted.precision, "the shared precision")?;
-        let background = match &fitted.background {
-            Some(b) => Some(square_root(b, "the background precision")?),
-            None => None,
+        let root = match &fitted.root {
+            Some(root) => root.clone(),
+            None => square_root(&fitted.precision, "the shared precision")?,
+        };
+        let background = match (&fitted.background_root, &fitted.background) {
+            (Some(root), _) => Some(root.clone()),
+            (None, Some(b)) => Some(square_root(b, "the background precision")?),
+            (None, None) => None,
         };
         Ok(Self::from_roots(
             &fitted.centre,
@@ -486,15 +509,22 @@ impl StoredState for FittedMahalanobis {
             || !square(&self.precision)
             || self.offsets.len() != c
             || self.background.as_ref().is_some_and(|b| !square(b))
+            || self.background_root.is_some() != (self.background.is_some() && self.root.is_some())
+            || [&self.root, &self.background_root]
+                .into_iter()
+                .flatten()
+                .any(|r| r.nrows() != d || r.ncols() == 0 || r.ncols() > d.max(1))
         {
             return Err(Error::custom(format!(
                 "{}'s arrays do not agree: centre ({d}), means {:?}, precision {:?}, offsets \
-                 ({}), background {:?}",
+                 ({}), background {:?}, root {:?}, background_root {:?}",
                 self.state_kind(),
                 self.means.shape(),
                 self.precision.shape(),
                 self.offsets.len(),
-                self.background.as_ref().map(|b| b.shape().to_vec())
+                self.background.as_ref().map(|b| b.shape().to_vec()),
+                self.root.as_ref().map(|b| b.shape().to_vec()),
+                self.background_root.as_ref().map(|b| b.shape().to_vec())
             )));
         }
         Ok(())
