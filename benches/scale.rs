@@ -141,26 +141,43 @@ impl Bench {
         // The big set's exact searches take tens of seconds: once.
         let repeats = if name == "a" { self.repeats } else { 1 };
 
+        let only = std::env::var("SCALE_ONLY").unwrap_or_default();
+        let wanted = |what: &str| only.is_empty() || only.split(',').any(|o| o == what);
+        if wanted("knn") {
+            self.knn(&set, name, repeats)?;
+        }
+        if wanted("maha") {
+            self.mahalanobis(&set, name, repeats)?;
+        }
+        if wanted("vim") {
+            self.vim(&set, name, dims)?;
+        }
+        Ok(())
+    }
+
+    fn knn(&self, set: &Set, name: &str, repeats: usize) -> Result<(), Failure> {
         let knn = Knn::new(50)?;
         let (t, fitted) = self.timed(repeats, || {
             knn.fit_features(set.fit.view(), set.labels.view())
         })?;
         self.emit(&format!("knn_fit_{name}"), t, "");
-        self.score_row(&format!("knn_score_{name}"), &fitted, &set, repeats)?;
+        self.score_row(&format!("knn_score_{name}"), &fitted, set, repeats)?;
         let (p50, p99) = self.latencies(&set.id, 200, |q| fitted.score_features(q))?;
         self.emit(
             &format!("knn_one_{name}"),
             p50,
             &format!(", \"p99\": {p99}"),
         );
-        drop(fitted);
+        Ok(())
+    }
 
+    fn mahalanobis(&self, set: &Set, name: &str, repeats: usize) -> Result<(), Failure> {
         let mahalanobis = Mahalanobis::new();
         let (t, fitted) = self.timed(repeats, || {
             mahalanobis.fit_features(set.fit.view(), set.labels.view())
         })?;
         self.emit(&format!("maha_fit_{name}"), t, "");
-        self.score_row(&format!("maha_score_{name}"), &fitted, &set, self.repeats)?;
+        self.score_row(&format!("maha_score_{name}"), &fitted, set, self.repeats)?;
         if name == "a" {
             let (p50, p99) = self.latencies(&set.id, 500, |q| fitted.score_features(q))?;
             self.emit(
@@ -169,12 +186,15 @@ impl Bench {
                 &format!(", \"p99\": {p99}"),
             );
         }
+        Ok(())
+    }
 
+    fn vim(&self, set: &Set, name: &str, dims: usize) -> Result<(), Failure> {
         let vim = Vim::new(PrincipalDims::Count(dims))?
             .with_head(set.head_w.clone(), set.head_b.clone())?;
         let (t, fitted) = self.timed(1, || vim.fit_features(set.fit.view(), set.labels.view()))?;
         self.emit(&format!("vim_fit_{name}"), t, "");
-        self.score_row(&format!("vim_score_{name}"), &fitted, &set, self.repeats)?;
+        self.score_row(&format!("vim_score_{name}"), &fitted, set, self.repeats)?;
         if name == "a" {
             let (p50, p99) = self.latencies(&set.id, 500, |q| fitted.score_features(q))?;
             self.emit(

@@ -4,8 +4,10 @@
 
 use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{self, BlockStructure};
-use faer::{Accum, Mat, MatMut, MatRef, Side};
-use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, CowArray, Ix2, LinalgScalar};
+use std::cell::Cell;
+
+use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, CowArray, Ix2, LinalgScalar};
 
 use crate::error::{Error, Result};
 
@@ -25,6 +27,22 @@ fn faer_ref<'a, T>(a: &'a CowArray<'_, T, Ix2>) -> MatRef<'a, T> {
     // `standard` guarantees the row-major layout `as_slice` needs.
     let slice = a.as_slice().unwrap_or(&[]);
     MatRef::from_row_major_slice(slice, rows, cols)
+}
+
+thread_local! {
+    /// Set while this thread runs one of several parts run in parallel.
+    static SEQUENTIAL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `work` (one of several parts run on every core: a part of a
+/// batch, a shard's fit) with its matrix products on the calling thread:
+/// the other threads have parts of their own, so splitting a product
+/// across them too would only contend.
+pub(crate) fn with_sequential_products<T>(work: impl FnOnce() -> T) -> T {
+    let before = SEQUENTIAL.replace(true);
+    let out = work();
+    SEQUENTIAL.set(before);
+    out
 }
 
 /// A mutable faer view of a row-major array.
@@ -51,7 +69,11 @@ pub(crate) fn gemm_into<T: Scalar>(
     } else {
         Accum::Replace
     };
-    let par = faer::get_global_parallelism();
+    let par = if SEQUENTIAL.get() {
+        Par::Seq
+    } else {
+        faer::get_global_parallelism()
+    };
     match faer_mut(&mut out) {
         Some(dst) => matmul(dst, beta, a, b, T::one(), par),
         None => {
@@ -67,6 +89,48 @@ pub(crate) fn gemm_into<T: Scalar>(
             }
         }
     }
+}
+
+/// Sixteen running sums: the compiler keeps them in vector registers (one
+/// running sum would be a chain of dependent additions, a few times
+/// slower).
+const LANES: usize = 16;
+
+/// `Σ f(a_i, b_i)` over two equally long `f32` vectors, in [`LANES`]
+/// running sums (strided views fall back to one sum).
+fn lanes_sum(a: ArrayView1<f32>, b: ArrayView1<f32>, f: impl Fn(f32, f32) -> f32) -> f32 {
+    match (a.as_slice(), b.as_slice()) {
+        (Some(a), Some(b)) => {
+            let body = a.len().min(b.len()) / LANES * LANES;
+            let mut sums = [0.0_f32; LANES];
+            for (x, y) in a[..body]
+                .chunks_exact(LANES)
+                .zip(b[..body].chunks_exact(LANES))
+            {
+                for l in 0..LANES {
+                    sums[l] += f(x[l], y[l]);
+                }
+            }
+            let tail: f32 = a[body..]
+                .iter()
+                .zip(&b[body..])
+                .map(|(&x, &y)| f(x, y))
+                .sum();
+            sums.iter().sum::<f32>() + tail
+        }
+        _ => a.iter().zip(&b).map(|(&x, &y)| f(x, y)).sum(),
+    }
+}
+
+/// `a · b` in `f32`, vectorised (for one query against stored rows, where
+/// a matrix product's packing costs more than the product).
+pub(crate) fn lanes_dot(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f32 {
+    lanes_sum(a, b, |x, y| x * y)
+}
+
+/// `‖a − b‖²` in `f32`, vectorised like [`lanes_dot`].
+pub(crate) fn lanes_squared_distance(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f32 {
+    lanes_sum(a, b, |x, y| (x - y) * (x - y))
 }
 
 /// `a · b` (`a · bᵀ` when `transpose_b`).

@@ -9,6 +9,7 @@ use oodkit::detectors::{
     Aggregation, Aggregator, Detector, FeatureDetector, Gram, Knn, Mahalanobis, PrincipalDims,
     Rmds, ScoreFeatures, She, Vim,
 };
+use oodkit::metrics::auroc;
 use oodkit::model::{FeatureModel, FnFeatureModel, LayerId, ModelOutput, from_fn_with_features};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -161,6 +162,91 @@ fn mahalanobis_and_rmds_match_the_explicit_inverse() {
             &expected_rmds[i..=i],
             1e-5,
         );
+    }
+}
+
+/// Spearman's rank correlation (ties, absent here, would count arbitrarily).
+fn rank_correlation(a: &[f64], b: &[f64]) -> f64 {
+    let ranks = |v: &[f64]| {
+        let mut order: Vec<usize> = (0..v.len()).collect();
+        order.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+        let mut r = vec![0.0; v.len()];
+        for (rank, i) in order.into_iter().enumerate() {
+            r[i] = rank as f64;
+        }
+        r
+    };
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = a.len() as f64;
+    let d2: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - y).powi(2)).sum();
+    1.0 - 6.0 * d2 / (n * (n * n - 1.0))
+}
+
+#[test]
+fn mahalanobis_in_f32_ranks_as_the_f64_formula() {
+    // Mahalanobis scores in f32 through a factor of the precision; the
+    // scores the f64 formula gives (what scoring computed before, cast to
+    // f32) must keep their ranking (Spearman ≥ 0.99999) and AUROC (to
+    // 1e-6). RMDS scores in f64 (its difference of two distances moved
+    // the AUROC by 1.5e-6 here in f32): it must agree too.
+    let (d, classes) = (48, 12);
+    let (x, labels) = labelled(3000, d, classes, 11);
+    let (id, _) = labelled(1000, d, classes, 12);
+    let ood = labelled(1000, d, classes, 13).0.mapv(|v| 1.3 * v + 0.4);
+    let (means, cov) = class_gaussians(&x, &labels);
+    let precision = inverse(&cov);
+    let x64 = x.mapv(f64::from);
+    let overall = x64.mean_axis(Axis(0)).unwrap();
+    let centred = &x64 - &overall;
+    let bg_precision = inverse(&(centred.t().dot(&centred) / x.nrows() as f64));
+    let overall = overall.to_vec();
+    let reference = |q: &Array2<f32>| -> (Vec<f64>, Vec<f64>) {
+        rows(q)
+            .iter()
+            .map(|f| {
+                let nearest = means
+                    .iter()
+                    .map(|mu| quad(f, mu, &precision))
+                    .fold(f64::INFINITY, f64::min);
+                (
+                    0.5 * nearest,
+                    0.5 * (nearest - quad(f, &overall, &bg_precision)),
+                )
+            })
+            .unzip()
+    };
+    let (md_id, rmds_id) = reference(&id);
+    let (md_ood, rmds_ood) = reference(&ood);
+    let md = Mahalanobis::new()
+        .fit_features(x.view(), labels.view())
+        .unwrap();
+    let rmds = Rmds::new().fit_features(x.view(), labels.view()).unwrap();
+    for (name, fitted, expected_id, expected_ood) in [
+        ("Mahalanobis", &md, &md_id, &md_ood),
+        ("RMDS", &rmds, &rmds_id, &rmds_ood),
+    ] {
+        let (got_id, got_ood) = (
+            fitted.score_features(id.view()).unwrap(),
+            fitted.score_features(ood.view()).unwrap(),
+        );
+        let got: Vec<f64> = got_id
+            .iter()
+            .chain(&got_ood)
+            .map(|&v| f64::from(v))
+            .collect();
+        let expected: Vec<f64> = expected_id.iter().chain(expected_ood).copied().collect();
+        let rho = rank_correlation(&got, &expected);
+        assert!(rho >= 0.99999, "{name}: rank correlation {rho}");
+        let as_f32 = |v: &[f64]| Array1::from_iter(v.iter().map(|&s| s as f32));
+        let area = auroc(got_id.view(), got_ood.view()).unwrap();
+        let reference_area =
+            auroc(as_f32(expected_id).view(), as_f32(expected_ood).view()).unwrap();
+        assert!(
+            (area - reference_area).abs() <= 1e-6,
+            "{name}: AUROC {area} in f32, {reference_area} by the f64 formula"
+        );
+        // The data separates, but not perfectly: the AUROC can move.
+        assert!((0.6..0.999).contains(&area), "{name}: AUROC {area}");
     }
 }
 

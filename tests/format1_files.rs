@@ -81,14 +81,14 @@ fn a_format1_state_fitted_on_features_scores_as_written() {
 /// The scores as recorded, to the bit, but for the detectors whose
 /// scoring arithmetic changed since (only their last bits may move):
 /// KNN's k-th distance is summed directly in f64 for the chosen neighbours
-/// (it was the f32 expansion ‖q‖² + ‖x‖² − 2 q·x), to 1e-6; Mahalanobis,
-/// RMDS and ViM score in f32 through a factor of the precision (they
-/// scored in f64), to 1e-5 (RMDS is a difference of two distances).
+/// (it was the f32 expansion ‖q‖² + ‖x‖² − 2 q·x), to 1e-6; Mahalanobis
+/// and ViM score in f32 (Mahalanobis through a factor of the precision;
+/// both scored in f64), to 1e-5.
 fn same_scores(name: &str, scores: ndarray::ArrayView1<f32>, expected: &[u32]) {
     assert_eq!(scores.len(), expected.len(), "{name}");
     let tolerance = match name.split('.').next() {
         Some("knn") => 1e-6,
-        Some("mahalanobis" | "rmds" | "vim") => 1e-5,
+        Some("mahalanobis" | "vim") => 1e-5,
         _ => 0.0,
     };
     for (i, (&got, &bits)) in scores.iter().zip(expected).enumerate() {

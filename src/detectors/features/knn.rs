@@ -1,6 +1,8 @@
 //! Deep KNN (Sun et al., ICML 2022): distance to the k-th nearest
 //! in-distribution feature, after L2 normalisation.
 
+use std::borrow::Cow;
+
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, s};
 use rayon::prelude::*;
 
@@ -13,7 +15,7 @@ use crate::detectors::registry::{
     Capability, Needs, Param, Registration, built, load_features, on_layers,
 };
 use crate::error::{Error, Result};
-use crate::linalg::gemm_into;
+use crate::linalg::{gemm_into, lanes_dot as dot, lanes_squared_distance};
 use crate::model::Model;
 use serde::{Deserialize, Serialize};
 
@@ -191,6 +193,10 @@ impl ScoreFeatures for FittedKnn {
         if queries.nrows() <= FEW_QUERIES {
             return Ok(self.score_few(queries.view()));
         }
+        let norms: Cow<[f32]> = match self.sq_norms.as_slice() {
+            Some(norms) => Cow::Borrowed(norms),
+            None => Cow::Owned(self.sq_norms.to_vec()),
+        };
         let mut scores = Array1::zeros(queries.nrows());
         // Sized to the work: one query needs one row of products, not a
         // whole block (8 MB).
@@ -212,12 +218,17 @@ impl ScoreFeatures for FittedKnn {
                 .enumerate()
                 .map(|(b, x)| (b * INDEX_BLOCK, x))
             {
-                let x_norms = self.sq_norms.slice(s![start..start + x_block.nrows()]);
+                let x_norms = &norms[start..start + x_block.nrows()];
                 let mut dots = products.slice_mut(s![..q_block.nrows(), ..x_block.nrows()]);
                 gemm_into(dots.view_mut(), false, q_block, x_block, true);
                 for ((row, &qn), kbest) in dots.rows().into_iter().zip(&q_norms).zip(&mut best) {
-                    for (j, (&dot, &xn)) in row.iter().zip(&x_norms).enumerate() {
-                        kbest.offer(qn + xn - 2.0 * dot, start + j);
+                    match row.as_slice() {
+                        Some(row) => kbest.offer_distances(qn, row, x_norms, start),
+                        None => {
+                            for (j, (&dot, &xn)) in row.iter().zip(x_norms).enumerate() {
+                                kbest.offer(qn + xn - 2.0 * dot, start + j);
+                            }
+                        }
                     }
                 }
             }
@@ -292,71 +303,24 @@ impl FittedKnn {
     }
 
     /// The k-th smallest of the squared distances from `query` to the
-    /// `candidates`, each summed directly in f64: the search ranks by the
+    /// `candidates`, each summed directly (Σ (q − x)², no cancellation,
+    /// one fixed order of additions): the search ranks by the
     /// expanded ‖q‖² + ‖x‖² − 2 q·x, whose rounding depends on how the
     /// products were blocked, so without this a query's score would change
     /// in its last bits with the size of the batch it came in.
     fn kth_exact(&self, query: ArrayView1<f32>, candidates: Vec<usize>) -> f32 {
-        let mut distances: Vec<f64> = candidates
+        let mut distances: Vec<f32> = candidates
             .into_iter()
-            .map(|i| squared_distance(query, self.features.row(i)))
+            .map(|i| lanes_squared_distance(query, self.features.row(i)))
             .collect();
         let k = self.k.min(distances.len()).max(1) - 1;
-        let (_, kth, _) = distances.select_nth_unstable_by(k, f64::total_cmp);
-        *kth as f32
+        let (_, kth, _) = distances.select_nth_unstable_by(k, f32::total_cmp);
+        *kth
     }
 }
 
 /// Candidates kept beyond k for the exact re-ranking.
 const RERANK_MARGIN: usize = 8;
-
-/// ‖a − b‖² in f64, with four running sums (one vector register).
-fn squared_distance(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f64 {
-    const LANES: usize = 4;
-    let term = |x: &f32, y: &f32| (f64::from(*x) - f64::from(*y)).powi(2);
-    match (a.as_slice(), b.as_slice()) {
-        (Some(a), Some(b)) => {
-            let mut sums = [0.0_f64; LANES];
-            let body = a.len() - a.len() % LANES;
-            for (x, y) in a[..body]
-                .chunks_exact(LANES)
-                .zip(b[..body].chunks_exact(LANES))
-            {
-                for l in 0..LANES {
-                    sums[l] += term(&x[l], &y[l]);
-                }
-            }
-            let tail: f64 = a[body..]
-                .iter()
-                .zip(&b[body..])
-                .map(|(x, y)| term(x, y))
-                .sum();
-            sums.iter().sum::<f64>() + tail
-        }
-        _ => a.iter().zip(&b).map(|(x, y)| term(x, y)).sum(),
-    }
-}
-
-/// `a · b` with sixteen running sums, which the compiler keeps in vector
-/// registers (a single running sum would be one long dependency chain).
-fn dot(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f32 {
-    const LANES: usize = 16;
-    match (a.as_slice(), b.as_slice()) {
-        (Some(a), Some(b)) => {
-            let mut sums = [0.0_f32; LANES];
-            let (a_body, a_tail) = a.split_at(a.len() - a.len() % LANES);
-            let (b_body, b_tail) = b.split_at(a_body.len());
-            for (x, y) in a_body.chunks_exact(LANES).zip(b_body.chunks_exact(LANES)) {
-                for l in 0..LANES {
-                    sums[l] += x[l] * y[l];
-                }
-            }
-            let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
-            sums.iter().sum::<f32>() + tail
-        }
-        _ => a.dot(&b),
-    }
-}
 
 impl StoredState for FittedKnn {
     const KINDS: &'static [&'static str] = &["KNN"];

@@ -1,7 +1,7 @@
 //! Mahalanobis (Lee et al., NeurIPS 2018) and its relative form RMDS (Ren
 //! et al., 2021): class-conditional Gaussians with one shared covariance.
 
-use ndarray::{Array1, Array2, ArrayView1, Axis, Zip};
+use ndarray::{Array1, Array2, ArrayView2, Axis, Zip, s};
 
 use super::derived::Derived;
 use super::moments::ClassMoments;
@@ -13,7 +13,7 @@ use crate::detectors::registry::{
     Capability, Needs, Registration, built, load_features, on_layers,
 };
 use crate::error::{Error, Result};
-use crate::linalg::{gemm, symmetric_eigen, symmetric_pinv_and_root};
+use crate::linalg::{gemm, lanes_squared_distance, symmetric_eigen, symmetric_pinv_and_root};
 use crate::model::Model;
 use serde::{Deserialize, Serialize};
 
@@ -209,26 +209,31 @@ impl LayerFitter for GaussianFitter {
             symmetric_pinv_and_root(&(m.within() / n), "the shared covariance")?;
         let projected = gemm(means.view(), precision.view(), false);
         let offsets = (&projected * &means).sum_axis(Axis(1));
-        let (background, background_root) = match m.total() {
+        let background = match m.total() {
             Some((_, scatter)) => {
-                let (pinv, root) =
-                    symmetric_pinv_and_root(&(scatter / n), "the background covariance")?;
-                (Some(pinv), Some(root))
+                Some(symmetric_pinv_and_root(&(scatter / n), "the background covariance")?.0)
             }
-            None => (None, None),
+            None => None,
         };
-        // The scoring form from the fit's own eigendecompositions; the
-        // factors are saved with the state, so a loaded one scores alike.
-        let form = ScoringForm::from_roots(&centre, &means, &root, background_root.as_ref());
+        // Mahalanobis scores in f32 through the factor of the fit's own
+        // eigendecomposition, saved with the state so a loaded one scores
+        // alike. RMDS scores in f64: its difference of two distances loses
+        // ranks in f32.
+        let (root, form) = match background {
+            Some(_) => (None, Derived::default()),
+            None => {
+                let form = ScoringForm::new(&centre, &means, &root);
+                (Some(root), Derived::made(form))
+            }
+        };
         Ok(FittedMahalanobis {
             centre,
             means,
             precision,
             offsets,
             background,
-            root: Some(root),
-            background_root,
-            form: Derived::made(form),
+            root,
+            form,
         })
     }
 }
@@ -253,22 +258,15 @@ pub struct FittedMahalanobis {
         skip_serializing_if = "Option::is_none"
     )]
     background: Option<Array2<f64>>,
-    /// F with F Fᵀ = Σ⁺ (D x rank), from the fit's eigendecomposition;
-    /// absent in files written before it was kept (then made from the
-    /// precision at the first score).
+    /// Mahalanobis: F with F Fᵀ = Σ⁺ (D x rank), from the fit's
+    /// eigendecomposition; absent in files written before it was kept
+    /// (then made from the precision at the first score) and for RMDS.
     #[serde(
         with = "array::optional",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     root: Option<Array2<f64>>,
-    /// RMDS: the same for Σ₀⁺.
-    #[serde(
-        with = "array::optional",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    background_root: Option<Array2<f64>>,
     /// Made from the above for scoring.
     #[serde(skip)]
     form: Derived<ScoringForm>,
@@ -278,7 +276,7 @@ impl FittedMahalanobis {
     /// The `f32` form scoring reads, made at the first call (an
     /// eigendecomposition of the D x D precision, about 0.1 s at D = 512).
     fn form(&self) -> Result<&ScoringForm> {
-        self.form.get_or_try(|| ScoringForm::new(self))
+        self.form.get_or_try(|| ScoringForm::of(self))
     }
 
     /// The number of classes.
@@ -298,6 +296,9 @@ impl ScoreFeatures for FittedMahalanobis {
     }
 
     fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>> {
+        if self.background.is_some() {
+            return Ok(self.score_f64(batch.features));
+        }
         let form = self.form()?;
         // Centred in f32: the statistics were accumulated in f64, the
         // scores only need the distances' ranking to f32's precision.
@@ -307,17 +308,11 @@ impl ScoreFeatures for FittedMahalanobis {
         } else {
             form.nearest(&x)
         };
-        if let Some(background) = &form.background {
-            let z = project(&x, background);
-            Zip::from(&mut scores)
-                .and(z.rows())
-                .for_each(|s, z| *s -= 0.5 * z.dot(&z));
-        }
         // A row whose terms overflow f32 (features near f32::MAX) is scored
-        // again in f64, where they do not: no ∞ − ∞ turns into a NaN.
+        // again in f64, where they do not.
         for (i, s) in scores.iter_mut().enumerate() {
             if !s.is_finite() {
-                *s = self.score_exact(batch.features.row(i));
+                *s = self.score_f64(batch.features.slice(s![i..=i, ..]))[0];
             }
         }
         Ok(scores)
@@ -325,25 +320,37 @@ impl ScoreFeatures for FittedMahalanobis {
 }
 
 impl FittedMahalanobis {
-    /// One row's score from the stored `f64` statistics:
-    /// ½ min_c (xᵀPx − 2 xᵀPμ_c + μ_cᵀPμ_c), less ½ xᵀP₀x for RMDS.
-    fn score_exact(&self, row: ArrayView1<f32>) -> f32 {
-        let x = row.mapv(f64::from) - &self.centre;
-        let xp = self.precision.dot(&x);
-        let form = xp.dot(&x);
-        let nearest = self
-            .means
-            .rows()
-            .into_iter()
-            .zip(&self.offsets)
-            .map(|(mean, o)| form - 2.0 * xp.dot(&mean) + o)
-            .fold(f64::INFINITY, f64::min);
-        let background = match &self.background {
-            Some(b) => b.dot(&x).dot(&x),
-            None => 0.0,
-        };
-        (0.5 * (nearest - background)) as f32
+    /// The scores from the stored `f64` statistics, for all classes at
+    /// once: ½ min_c (xᵀPx − 2 xᵀPμ_c + μ_cᵀPμ_c), less ½ xᵀP₀x for RMDS.
+    fn score_f64(&self, features: ArrayView2<f32>) -> Array1<f32> {
+        let x = features.mapv(f64::from) - &self.centre;
+        let (xp, forms) = quadratic_forms(&x, &self.precision);
+        let cross = gemm(xp.view(), self.means.view(), true);
+        let mut scores = Array1::zeros(x.nrows());
+        Zip::from(&mut scores)
+            .and(&forms)
+            .and(cross.rows())
+            .for_each(|s, &form, cross| {
+                let nearest = cross
+                    .iter()
+                    .zip(&self.offsets)
+                    .map(|(c, o)| form - 2.0 * c + o)
+                    .fold(f64::INFINITY, f64::min);
+                *s = 0.5 * nearest;
+            });
+        if let Some(background) = &self.background {
+            let (_, bg) = quadratic_forms(&x, background);
+            scores.scaled_add(-0.5, &bg);
+        }
+        scores.mapv(|s| s as f32)
     }
+}
+
+/// Row sums of (X·P) ∘ X: each row's quadratic form xᵀ P x.
+fn quadratic_forms(x: &Array2<f64>, p: &Array2<f64>) -> (Array2<f64>, Array1<f64>) {
+    let xp = gemm(x.view(), p.view(), false);
+    let forms = (&xp * x).sum_axis(Axis(1));
+    (xp, forms)
 }
 
 /// Up to this many rows, a score reads the factor once per call with
@@ -360,38 +367,11 @@ struct ScoringForm {
     factor: Array2<f32>,
     targets: Array2<f32>,
     target_norms: Array1<f32>,
-    /// RMDS: the background's factor.
-    background: Option<Array2<f32>>,
 }
 
 impl ScoringForm {
-    /// From the stored factors, or (files written before they were kept)
-    /// the stored precisions, by an eigendecomposition of each.
-    fn new(fitted: &FittedMahalanobis) -> Result<Self> {
-        let root = match &fitted.root {
-            Some(root) => root.clone(),
-            None => square_root(&fitted.precision, "the shared precision")?,
-        };
-        let background = match (&fitted.background_root, &fitted.background) {
-            (Some(root), _) => Some(root.clone()),
-            (None, Some(b)) => Some(square_root(b, "the background precision")?),
-            (None, None) => None,
-        };
-        Ok(Self::from_roots(
-            &fitted.centre,
-            &fitted.means,
-            &root,
-            background.as_ref(),
-        ))
-    }
-
-    /// From factors F (F Fᵀ = Σ⁺) of the precision and the background's.
-    fn from_roots(
-        centre: &Array1<f64>,
-        means: &Array2<f64>,
-        root: &Array2<f64>,
-        background: Option<&Array2<f64>>,
-    ) -> Self {
+    /// From a factor F (F Fᵀ = Σ⁺) of the precision.
+    fn new(centre: &Array1<f64>, means: &Array2<f64>, root: &Array2<f64>) -> Self {
         let targets = gemm(means.view(), root.view(), false);
         let target_norms = targets.map_axis(Axis(1), |t| t.dot(&t) as f32);
         ScoringForm {
@@ -399,8 +379,17 @@ impl ScoringForm {
             factor: root.mapv(|v| v as f32),
             targets: targets.mapv(|v| v as f32),
             target_norms,
-            background: background.map(|b| b.mapv(|v| v as f32)),
         }
+    }
+
+    /// From the stored factor, or (files written before it was kept) the
+    /// stored precision, by an eigendecomposition.
+    fn of(fitted: &FittedMahalanobis) -> Result<Self> {
+        let root = match &fitted.root {
+            Some(root) => root.clone(),
+            None => square_root(&fitted.precision, "the shared precision")?,
+        };
+        Ok(Self::new(&fitted.centre, &fitted.means, &root))
     }
 
     /// ½ min_c ‖z − w_c‖² of each row of `x` (centred), by products:
@@ -445,12 +434,7 @@ impl ScoringForm {
                     .targets
                     .rows()
                     .into_iter()
-                    .map(|w| {
-                        z.iter()
-                            .zip(&w)
-                            .map(|(a, b)| (a - b) * (a - b))
-                            .sum::<f32>()
-                    })
+                    .map(|w| lanes_squared_distance(z, w))
                     .fold(f32::INFINITY, f32::min);
                 0.5 * nearest
             })
@@ -458,12 +442,9 @@ impl ScoringForm {
     }
 }
 
-/// `x · factor`: a matrix product for many rows; for a few, running sums
-/// over the factor's rows (no packing).
+/// `x · factor` for a few rows of `x`: running sums over the factor's rows,
+/// each read once (no packing for a matrix product).
 fn project(x: &Array2<f32>, factor: &Array2<f32>) -> Array2<f32> {
-    if x.nrows() > FEW_ROWS {
-        return gemm(x.view(), factor.view(), false);
-    }
     let mut z = Array2::<f32>::zeros((x.nrows(), factor.ncols()));
     for (i, f) in factor.rows().into_iter().enumerate() {
         for (mut z, x) in z.rows_mut().into_iter().zip(x.rows()) {
@@ -509,22 +490,20 @@ impl StoredState for FittedMahalanobis {
             || !square(&self.precision)
             || self.offsets.len() != c
             || self.background.as_ref().is_some_and(|b| !square(b))
-            || self.background_root.is_some() != (self.background.is_some() && self.root.is_some())
-            || [&self.root, &self.background_root]
-                .into_iter()
-                .flatten()
-                .any(|r| r.nrows() != d || r.ncols() == 0 || r.ncols() > d.max(1))
+            || self
+                .root
+                .as_ref()
+                .is_some_and(|r| r.nrows() != d || r.ncols() == 0 || r.ncols() > d)
         {
             return Err(Error::custom(format!(
                 "{}'s arrays do not agree: centre ({d}), means {:?}, precision {:?}, offsets \
-                 ({}), background {:?}, root {:?}, background_root {:?}",
+                 ({}), background {:?}, root {:?}",
                 self.state_kind(),
                 self.means.shape(),
                 self.precision.shape(),
                 self.offsets.len(),
                 self.background.as_ref().map(|b| b.shape().to_vec()),
-                self.root.as_ref().map(|b| b.shape().to_vec()),
-                self.background_root.as_ref().map(|b| b.shape().to_vec())
+                self.root.as_ref().map(|b| b.shape().to_vec())
             )));
         }
         Ok(())

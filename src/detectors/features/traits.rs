@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use super::aggregation::Aggregation;
 use crate::detectors::InputPerturbation;
 use crate::error::{Error, Result};
+use crate::linalg::with_sequential_products;
 use crate::model::{LayerId, Model, check_finite};
 
 /// Rows per chunk when fitting on, or scoring, precomputed features: the
@@ -150,10 +151,12 @@ pub(crate) fn score_in_parts<S: ScoreFeatures + ?Sized>(
         .par_iter()
         .map(|&start| {
             let range = start..(start + part).min(rows);
-            state.score_layer(&LayerBatch {
-                features: batch.features.slice(s![range.clone(), ..]),
-                labels: batch.labels.map(|l| l.slice_move(s![range.clone()])),
-                logits: batch.logits.map(|l| l.slice_move(s![range.clone(), ..])),
+            with_sequential_products(|| {
+                state.score_layer(&LayerBatch {
+                    features: batch.features.slice(s![range.clone(), ..]),
+                    labels: batch.labels.map(|l| l.slice_move(s![range.clone()])),
+                    logits: batch.logits.map(|l| l.slice_move(s![range.clone(), ..])),
+                })
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -365,11 +368,13 @@ pub trait FeatureDetector: Clone + fmt::Debug {
         let firsts = shards
             .par_iter()
             .map(|(features, labels)| {
-                let mut fitter = self.fitter(width, None)?;
-                for batch in fit_chunks(*features, *labels) {
-                    fitter.update(&batch)?;
-                }
-                Ok(fitter)
+                with_sequential_products(|| {
+                    let mut fitter = self.fitter(width, None)?;
+                    for batch in fit_chunks(*features, *labels) {
+                        fitter.update(&batch)?;
+                    }
+                    Ok(fitter)
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let mut merged = merge_all(firsts)?;
@@ -377,11 +382,13 @@ pub trait FeatureDetector: Clone + fmt::Debug {
             let seconds = shards
                 .par_iter()
                 .map(|(features, labels)| {
-                    let mut fitter = merged.clone();
-                    for batch in fit_chunks(*features, *labels) {
-                        fitter.update_second(&batch)?;
-                    }
-                    Ok(fitter)
+                    with_sequential_products(|| {
+                        let mut fitter = merged.clone();
+                        for batch in fit_chunks(*features, *labels) {
+                            fitter.update_second(&batch)?;
+                        }
+                        Ok(fitter)
+                    })
                 })
                 .collect::<Result<Vec<_>>>()?;
             merged = merge_all(seconds)?;
