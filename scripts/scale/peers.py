@@ -6,7 +6,7 @@ are the median of REPEATS runs; one-query rows give p50 and p99 of single
 calls. Each scoring row's AUROC (OOD positive) is reported so the table
 can check the tools agree.
 
-  venv_torch/bin/python peers.py DIR [--rows a,b,logits,scores] [--repeats 3]
+  venv_torch/bin/python peers.py DIR [--rows a,b,logits,scores] [--only knn,maha,vim] [--repeats 3]
 """
 import argparse
 import json
@@ -105,9 +105,10 @@ def knn_rows(s, name, repeats, k=50):
         ivf.train(fit[:: max(1, len(fit) // 50_000)])
         ivf.add(fit)
         build_s = time.perf_counter() - t
-        ivf.nprobe = 32
+        # nprobe 32 found 60 % of the 50 nearest here; 128 finds 95 %.
+        ivf.nprobe = 128
         p50, p99 = latencies(lambda q: ivf.search(q, k), queries)
-        emit(row=f"knn_one_{name}", tool="faiss IVF1024 nprobe32", seconds=p50, p99=p99,
+        emit(row=f"knn_one_{name}", tool="faiss IVF1024 nprobe128", seconds=p50, p99=p99,
              recall=recall(ivf.search(idq[:200], k)[1]), build=build_s)
 
 
@@ -148,10 +149,15 @@ def mahalanobis_rows(s, name, repeats):
 
     t, (a, b) = timed(lambda: (score_np(s["id"]), score_np(s["ood"])), repeats)
     emit(row=f"maha_score_{name}", tool="NumPy (float32)", seconds=t, auroc=auroc(a, b))
-    with torch.no_grad():
-        zi, zo = torch.from_numpy(s["id"]), torch.from_numpy(s["ood"])
-        t, (a, b) = timed(lambda: (detector.predict_features(zi), detector.predict_features(zo)), repeats)
-    emit(row=f"maha_score_{name}", tool="pytorch-ood", seconds=t, auroc=auroc(a.numpy(), b.numpy()))
+    # pytorch-ood scores class by class, a (N, D) x (D, D) product each:
+    # at (b) that is 33 TFLOP (minutes); NumPy's expanded form is the peer.
+    if name == "a":
+        with torch.no_grad():
+            zi, zo = torch.from_numpy(s["id"]), torch.from_numpy(s["ood"])
+            t, (a, b) = timed(
+                lambda: (detector.predict_features(zi), detector.predict_features(zo)), repeats
+            )
+        emit(row=f"maha_score_{name}", tool="pytorch-ood", seconds=t, auroc=auroc(a.numpy(), b.numpy()))
     if name == "a":
         queries = [s["id"][i : i + 1] for i in range(500)]
         p50, p99 = latencies(score_np, queries)
@@ -238,15 +244,20 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("dir")
     p.add_argument("--rows", default="a,b,logits,scores")
+    p.add_argument("--only", default="knn,maha,vim")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     rows = set(args.rows.split(","))
+    only = set(args.only.split(","))
     for name, dims in [("a", 256), ("b", 1000)]:
         if name in rows:
             s = load(f"{args.dir}/{name}")
-            knn_rows(s, name, args.repeats if name == "a" else 1)
-            mahalanobis_rows(s, name, args.repeats)
-            vim_rows(s, name, args.repeats, dims)
+            if "knn" in only:
+                knn_rows(s, name, args.repeats if name == "a" else 1)
+            if "maha" in only:
+                mahalanobis_rows(s, name, args.repeats)
+            if "vim" in only:
+                vim_rows(s, name, args.repeats, dims)
     if "logits" in rows:
         logit_rows(f"{args.dir}/logits.npy", args.repeats)
     if "scores" in rows:

@@ -27,9 +27,14 @@ use serde::{Deserialize, Serialize};
 ///
 /// The search is exact: blocks of queries against blocks of the stored
 /// features by matrix products (‖q − x‖² = ‖q‖² + ‖x‖² − 2 q·x), keeping
-/// only the k best per query, so memory beyond the stored features is
-/// O(block²), never an N × M distance matrix. The fit features are the
-/// index: memory O(N·D) in `f32`. Labels are not used.
+/// only the k best per query (and a few more), so memory beyond the stored
+/// features is O(block²), never an N × M distance matrix; the k-th distance
+/// is then summed directly over the candidates kept, so a query scores the
+/// same alone or in any batch. Batches are cut into parts searched on every
+/// core; up to 8 queries (a service scoring one input) read each stored
+/// feature once, with the index cut into parts across the cores instead.
+/// The fit features are the index: memory O(N·D) in `f32`. Labels are not
+/// used.
 ///
 /// ```
 /// use ndarray::array;
