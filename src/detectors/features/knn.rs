@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, s};
 use rayon::prelude::*;
 
-use super::neighbours::{INDEX_BLOCK, KBest, QUERY_BLOCK, normalised};
+use super::neighbours::{INDEX_BLOCK, KBest, QUERY_BLOCK, normalise_into, normalised};
 use super::stored::StoredState;
 use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
@@ -129,7 +129,9 @@ impl LayerFitter for KnnFitter {
     type Fitted = FittedKnn;
 
     fn update(&mut self, batch: &LayerBatch) -> Result<()> {
-        self.rows.extend(normalised(batch.features));
+        let start = self.rows.len();
+        self.rows.resize(start + batch.features.len(), 0.0);
+        normalise_into(batch.features, &mut self.rows[start..]);
         Ok(())
     }
 

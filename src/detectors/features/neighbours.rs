@@ -3,6 +3,7 @@
 //! smallest (KNN, NNGuide), the distance to a centre (fDBD, NCI).
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
+use rayon::prelude::*;
 
 /// Queries per block of the search: each block reads the whole index
 /// once, so larger blocks read it fewer times. A multiple of 24 (see
@@ -16,14 +17,30 @@ pub(crate) const INDEX_BLOCK: usize = 2040;
 
 /// `features` with each row scaled to unit L2 norm (zero rows stay zero).
 pub(crate) fn normalised(features: ArrayView2<f32>) -> Array2<f32> {
-    let mut out = features.to_owned();
-    for mut row in out.rows_mut() {
-        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if norm > 0.0 {
-            row /= norm;
-        }
+    let mut out = Array2::zeros(features.dim());
+    if let Some(slice) = out.as_slice_mut() {
+        normalise_into(features, slice);
     }
     out
+}
+
+/// Writes `features`' rows scaled to unit L2 norm (zero rows stay zero)
+/// into `out` (`N · D` long), rows in parallel on rayon's pool.
+pub(crate) fn normalise_into(features: ArrayView2<f32>, out: &mut [f32]) {
+    let width = features.ncols();
+    if width == 0 {
+        return;
+    }
+    out.par_chunks_mut(width)
+        .enumerate()
+        .with_min_len(256)
+        .for_each(|(i, out)| {
+            let row = features.row(i);
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            for (o, &v) in out.iter_mut().zip(&row) {
+                *o = if norm > 0.0 { v / norm } else { v };
+            }
+        });
 }
 
 /// The k smallest values offered so far (unordered), each with the index
