@@ -107,26 +107,29 @@ impl Bench {
         Ok((times[times.len() / 2], out))
     }
 
-    /// p50 and p99 of single-row calls of `score` on the first rows of
-    /// `queries` (after 20 unmeasured ones).
-    fn latencies(
+    /// p50 and p99 of single-row calls of `fitted` on the first `count`
+    /// rows of `queries` (after 20 unmeasured ones), emitted as `row`.
+    fn one_query_row(
         &self,
+        row: &str,
+        fitted: &impl ScoreFeatures,
         queries: &Array2<f32>,
         count: usize,
-        score: impl Fn(ndarray::ArrayView2<f32>) -> oodkit::Result<Array1<f32>>,
-    ) -> oodkit::Result<(f64, f64)> {
+    ) -> Result<(), Failure> {
         for i in 0..20 {
-            score(queries.slice(s![i..=i, ..]))?;
+            fitted.score_features(queries.slice(s![i..=i, ..]))?;
         }
         let mut times: Vec<Duration> = Vec::new();
         for i in 0..count.min(queries.nrows()) {
             let start = Instant::now();
-            std::hint::black_box(score(queries.slice(s![i..=i, ..]))?);
+            std::hint::black_box(fitted.score_features(queries.slice(s![i..=i, ..]))?);
             times.push(start.elapsed());
         }
         times.sort();
         let at = |q: f64| times[((q * times.len() as f64) as usize).min(times.len() - 1)];
-        Ok((at(0.5).as_secs_f64(), at(0.99).as_secs_f64()))
+        let (p50, p99) = (at(0.5).as_secs_f64(), at(0.99).as_secs_f64());
+        self.emit(row, p50, &format!(", \"p99\": {p99}"));
+        Ok(())
     }
 
     fn class_set(&self, dir: &Path, name: &str, dims: usize) -> Result<(), Failure> {
@@ -162,12 +165,7 @@ impl Bench {
         })?;
         self.emit(&format!("knn_fit_{name}"), t, "");
         self.score_row(&format!("knn_score_{name}"), &fitted, set, repeats)?;
-        let (p50, p99) = self.latencies(&set.id, 200, |q| fitted.score_features(q))?;
-        self.emit(
-            &format!("knn_one_{name}"),
-            p50,
-            &format!(", \"p99\": {p99}"),
-        );
+        self.one_query_row(&format!("knn_one_{name}"), &fitted, &set.id, 200)?;
         Ok(())
     }
 
@@ -179,12 +177,7 @@ impl Bench {
         self.emit(&format!("maha_fit_{name}"), t, "");
         self.score_row(&format!("maha_score_{name}"), &fitted, set, self.repeats)?;
         if name == "a" {
-            let (p50, p99) = self.latencies(&set.id, 500, |q| fitted.score_features(q))?;
-            self.emit(
-                &format!("maha_one_{name}"),
-                p50,
-                &format!(", \"p99\": {p99}"),
-            );
+            self.one_query_row(&format!("maha_one_{name}"), &fitted, &set.id, 500)?;
         }
         Ok(())
     }
@@ -196,12 +189,7 @@ impl Bench {
         self.emit(&format!("vim_fit_{name}"), t, "");
         self.score_row(&format!("vim_score_{name}"), &fitted, set, self.repeats)?;
         if name == "a" {
-            let (p50, p99) = self.latencies(&set.id, 500, |q| fitted.score_features(q))?;
-            self.emit(
-                &format!("vim_one_{name}"),
-                p50,
-                &format!(", \"p99\": {p99}"),
-            );
+            self.one_query_row(&format!("vim_one_{name}"), &fitted, &set.id, 500)?;
         }
         Ok(())
     }

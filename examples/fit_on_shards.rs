@@ -53,29 +53,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (w, b) = head();
     let vim = Vim::new(PrincipalDims::Count(WIDTH / 4))?.with_head(w, b)?;
-    let mut worst = 0.0_f32;
-    worst = worst.max(compare(
-        &Mahalanobis::new(),
-        &shards,
-        &features,
-        &labels,
-        &queries,
-    )?);
-    worst = worst.max(compare(
-        &Rmds::new(),
-        &shards,
-        &features,
-        &labels,
-        &queries,
-    )?);
-    worst = worst.max(compare(
-        &Knn::new(50)?,
-        &shards,
-        &features,
-        &labels,
-        &queries,
-    )?);
-    worst = worst.max(compare(&vim, &shards, &features, &labels, &queries)?);
+    let worst = [
+        compare(&Mahalanobis::new(), &shards, &features, &labels, &queries)?,
+        compare(&Rmds::new(), &shards, &features, &labels, &queries)?,
+        compare(&Knn::new(50)?, &shards, &features, &labels, &queries)?,
+        compare(&vim, &shards, &features, &labels, &queries)?,
+    ]
+    .into_iter()
+    .fold(0.0_f32, f32::max);
     if worst > 1e-6 {
         return Err(format!("a sharded fit differs from the one-pass fit by {worst:e}").into());
     }

@@ -206,19 +206,36 @@ pub(crate) fn symmetric_pinv_and_root(
         .map_err(|e| Error::numerical(what, format!("the eigendecomposition failed ({e:?})")))?;
     let pinv = from_faer(eigen.pseudoinverse().as_ref());
     let values: Vec<f64> = eigen.S().column_vector().iter().copied().collect();
-    // faer's pseudo-inverse keeps |λ| > D · ε · max |λ|.
+    let root = scaled_eigenvectors(&values, &from_faer(eigen.U()), |v| v.sqrt().recip());
+    Ok((pinv, root))
+}
+
+/// F with `a` = F Fᵀ for a symmetric positive semi-definite `a` (e.g. a
+/// precision): its eigenvectors times the square roots of their
+/// eigenvalues, those [`symmetric_pinv_and_root`] counts as zero left out.
+pub(crate) fn symmetric_root(a: &Array2<f64>, what: &str) -> Result<Array2<f64>> {
+    let (values, vectors) = symmetric_eigen(a, what)?;
+    let values = values.to_vec();
+    Ok(scaled_eigenvectors(&values, &vectors, f64::sqrt))
+}
+
+/// The eigenvectors (columns of `vectors`) of the eigenvalues a
+/// pseudo-inverse keeps (positive, above faer's `D · ε · max |λ|`), each
+/// times `scale(λ)`; one zero column when none is kept.
+fn scaled_eigenvectors(
+    values: &[f64],
+    vectors: &Array2<f64>,
+    scale: impl Fn(f64) -> f64,
+) -> Array2<f64> {
     let largest = values.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
     let floor = largest * values.len() as f64 * f64::EPSILON;
     let kept: Vec<usize> = (0..values.len()).filter(|&i| values[i] > floor).collect();
-    let vectors = eigen.U();
-    let mut root = Array2::zeros((a.nrows(), kept.len().max(1)));
+    let mut out = Array2::zeros((vectors.nrows(), kept.len().max(1)));
     for (j, &i) in kept.iter().enumerate() {
-        let scale = values[i].sqrt().recip();
-        for r in 0..a.nrows() {
-            root[[r, j]] = vectors[(r, i)] * scale;
-        }
+        out.column_mut(j)
+            .assign(&(&vectors.column(i) * scale(values[i])));
     }
-    Ok((pinv, root))
+    out
 }
 
 /// The (Moore-Penrose) pseudo-inverse of any matrix, by SVD.

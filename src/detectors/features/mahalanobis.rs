@@ -13,7 +13,7 @@ use crate::detectors::registry::{
     Capability, Needs, Registration, built, load_features, on_layers,
 };
 use crate::error::{Error, Result};
-use crate::linalg::{gemm, lanes_squared_distance, symmetric_eigen, symmetric_pinv_and_root};
+use crate::linalg::{gemm, lanes_squared_distance, symmetric_pinv_and_root, symmetric_root};
 use crate::model::Model;
 use serde::{Deserialize, Serialize};
 
@@ -273,8 +273,9 @@ pub struct FittedMahalanobis {
 }
 
 impl FittedMahalanobis {
-    /// The `f32` form scoring reads, made at the first call (an
-    /// eigendecomposition of the D x D precision, about 0.1 s at D = 512).
+    /// The `f32` form Mahalanobis scores through: made by the fit; for a
+    /// state loaded from a file, at the first call (an eigendecomposition
+    /// of the precision for files written before the factor was kept).
     fn form(&self) -> Result<&ScoringForm> {
         self.form.get_or_try(|| ScoringForm::of(self))
     }
@@ -387,7 +388,7 @@ impl ScoringForm {
     fn of(fitted: &FittedMahalanobis) -> Result<Self> {
         let root = match &fitted.root {
             Some(root) => root.clone(),
-            None => square_root(&fitted.precision, "the shared precision")?,
+            None => symmetric_root(&fitted.precision, "the shared precision")?,
         };
         Ok(Self::new(&fitted.centre, &fitted.means, &root))
     }
@@ -452,23 +453,6 @@ fn project(x: &Array2<f32>, factor: &Array2<f32>) -> Array2<f32> {
         }
     }
     z
-}
-
-/// F with `p` = F Fᵀ, for a symmetric positive semi-definite `p`: the
-/// eigenvectors scaled by the square roots of their eigenvalues, those at
-/// zero (below `D · ε` of the largest) left out.
-fn square_root(p: &Array2<f64>, what: &str) -> Result<Array2<f64>> {
-    let (values, vectors) = symmetric_eigen(p, what)?;
-    let largest = values.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
-    let floor = largest * values.len() as f64 * f64::EPSILON;
-    let kept: Vec<usize> = (0..values.len()).filter(|&i| values[i] > floor).collect();
-    let mut factor = Array2::zeros((p.nrows(), kept.len().max(1)));
-    for (j, &i) in kept.iter().enumerate() {
-        factor
-            .column_mut(j)
-            .assign(&(&vectors.column(i) * values[i].sqrt()));
-    }
-    Ok(factor)
 }
 
 impl StoredState for FittedMahalanobis {

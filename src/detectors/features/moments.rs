@@ -86,8 +86,15 @@ impl ClassMoments {
             }
         }
         add_gram_lower(&mut self.within, x.view());
-        let merges: Vec<(f64, Array1<f64>)> = chunk
+        self.merge_classes(chunk);
+    }
+
+    /// Merges other samples' class means `parts` into the running ones,
+    /// with the scatter correction their differences add to `within`.
+    fn merge_classes(&mut self, parts: BTreeMap<i64, Mean>) {
+        let merges: Vec<(f64, Array1<f64>)> = parts
             .into_iter()
+            .filter(|(_, part)| part.count > 0)
             .map(|(label, part)| {
                 let running = self.classes.entry(label).or_insert_with(|| Mean {
                     count: 0,
@@ -104,19 +111,7 @@ impl ClassMoments {
     /// one stream over both, up to rounding.
     pub(crate) fn absorb(&mut self, other: ClassMoments) {
         self.within += &other.within;
-        let merges: Vec<(f64, Array1<f64>)> = other
-            .classes
-            .into_iter()
-            .filter(|(_, part)| part.count > 0)
-            .map(|(label, part)| {
-                let running = self.classes.entry(label).or_insert_with(|| Mean {
-                    count: 0,
-                    mean: Array1::zeros(self.dim),
-                });
-                merge(running, &part)
-            })
-            .collect();
-        add_rank_updates(&mut self.within, &merges);
+        self.merge_classes(other.classes);
         if let (Some((total, scatter)), Some((part, part_scatter))) = (&mut self.total, other.total)
             && part.count > 0
         {

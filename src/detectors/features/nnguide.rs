@@ -365,12 +365,12 @@ impl ScoreFeatures for FittedNnGuide {
         {
             // The k largest products are the k smallest of their negations.
             let mut best: Vec<KBest> = (0..q_block.nrows()).map(|_| KBest::new(self.k)).collect();
-            for x_block in self.bank.axis_chunks_iter(Axis(0), INDEX_BLOCK) {
+            for (b, x_block) in self.bank.axis_chunks_iter(Axis(0), INDEX_BLOCK).enumerate() {
                 let mut dots = products.slice_mut(s![..q_block.nrows(), ..x_block.nrows()]);
                 gemm_into(dots.view_mut(), false, q_block, x_block, true);
                 for (row, kbest) in dots.rows().into_iter().zip(&mut best) {
                     for (i, &dot) in row.iter().enumerate() {
-                        kbest.offer(-dot, i);
+                        kbest.offer(-dot, b * INDEX_BLOCK + i);
                     }
                 }
             }
