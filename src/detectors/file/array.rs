@@ -38,6 +38,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::rc::Rc;
 
@@ -62,12 +64,52 @@ pub struct Encoded {
     pub(crate) bytes: Vec<u8>,
 }
 
-/// The arrays of a file being read: the file's bytes and where each array
-/// lies in them (checked by the safetensors parser).
+/// The arrays of a file being read: the open file and where each array
+/// lies in it (checked by the safetensors parser against the file's
+/// length). Arrays are read from the file when decoded, a chunk at a time,
+/// so loading holds each array once, never the file's bytes beside it.
 #[derive(Debug)]
 pub(crate) struct Table {
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) index: HashMap<String, (Dtype, Vec<usize>, Range<usize>)>,
+    pub(crate) file: RefCell<File>,
+    pub(crate) index: HashMap<String, (Dtype, Vec<usize>, Range<u64>)>,
+}
+
+/// Bytes read from a file per chunk: a multiple of every element's size.
+const CHUNK: u64 = 1 << 20;
+
+impl Table {
+    /// Passes the bytes of `range` of the file to `each`, a chunk at a
+    /// time, in order.
+    pub(crate) fn stream(
+        &self,
+        range: Range<u64>,
+        mut each: impl FnMut(&[u8]),
+    ) -> std::io::Result<()> {
+        let mut file = self.file.borrow_mut();
+        file.seek(SeekFrom::Start(range.start))?;
+        let mut left = range.end.saturating_sub(range.start);
+        let mut buffer = vec![0; CHUNK.min(left) as usize];
+        while left > 0 {
+            let n = CHUNK.min(left) as usize;
+            file.read_exact(&mut buffer[..n])?;
+            each(&buffer[..n]);
+            left -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// An array's bytes in the file being read, read when decoded (opaque:
+/// made by the reader).
+pub struct ArrayBytes<'a> {
+    table: &'a Table,
+    range: Range<u64>,
+}
+
+impl<'a> ArrayBytes<'a> {
+    pub(crate) fn new(table: &'a Table, range: Range<u64>) -> Self {
+        ArrayBytes { table, range }
+    }
 }
 
 thread_local! {
@@ -118,9 +160,10 @@ macro_rules! element {
 element!(f32, F32, "F32", f32::is_finite);
 element!(f64, F64, "F64", f64::is_finite);
 element!(i64, I64, "I64", |_| true);
+element!(u32, U32, "U32", |_| true);
 
 /// A value that is stored as an array: ndarray arrays (owned or views) and
-/// `Vec`s (one dimension) of `f32`, `f64` or `i64`.
+/// `Vec`s (one dimension) of `f32`, `f64`, `i64` or `u32`.
 pub trait ToArray {
     #[doc(hidden)]
     fn encode(&self) -> Encoded;
@@ -129,7 +172,7 @@ pub trait ToArray {
 /// A value read back from a stored array.
 pub trait FromArray: Sized {
     #[doc(hidden)]
-    fn decode(key: &str, dtype: Dtype, shape: &[usize], bytes: &[u8]) -> Result<Self, String>;
+    fn decode(key: &str, dtype: Dtype, shape: &[usize], bytes: ArrayBytes) -> Result<Self, String>;
 }
 
 impl<T: ToArray + ?Sized> ToArray for &T {
@@ -160,11 +203,23 @@ impl<T: Element> ToArray for Vec<T> {
 
 /// The values of an array of element `T`, after its type and finiteness
 /// are checked.
-fn values<T: Element>(key: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<T>, String> {
+fn values<T: Element>(key: &str, dtype: Dtype, bytes: ArrayBytes) -> Result<Vec<T>, String> {
     if dtype != T::DTYPE {
         return Err(format!("the array \"{key}\" is {dtype:?}, not {}", T::NAME));
     }
-    let values: Vec<T> = bytes.chunks_exact(size_of::<T>()).map(T::get).collect();
+    // The range was checked against the file's length: the allocation is
+    // bounded by what the file holds.
+    let len = (bytes.range.end - bytes.range.start) as usize / size_of::<T>();
+    let mut values: Vec<T> = Vec::new();
+    values
+        .try_reserve_exact(len)
+        .map_err(|_| format!("the array \"{key}\" ({len} values) does not fit in memory"))?;
+    bytes
+        .table
+        .stream(bytes.range.clone(), |chunk| {
+            values.extend(chunk.chunks_exact(size_of::<T>()).map(T::get));
+        })
+        .map_err(|e| format!("the array \"{key}\" could not be read ({e})"))?;
     match values.iter().position(|v| !v.finite()) {
         Some(i) => Err(format!(
             "the array \"{key}\" holds a value that is not finite at flat index {i}: the stored \
@@ -175,7 +230,7 @@ fn values<T: Element>(key: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<T>, S
 }
 
 impl<T: Element, D: Dimension> FromArray for Array<T, D> {
-    fn decode(key: &str, dtype: Dtype, shape: &[usize], bytes: &[u8]) -> Result<Self, String> {
+    fn decode(key: &str, dtype: Dtype, shape: &[usize], bytes: ArrayBytes) -> Result<Self, String> {
         if D::NDIM.is_some_and(|n| n != shape.len()) {
             return Err(format!(
                 "the array \"{key}\" has shape {shape:?}, expected {} dimensions",
@@ -190,7 +245,7 @@ impl<T: Element, D: Dimension> FromArray for Array<T, D> {
 }
 
 impl<T: Element> FromArray for Vec<T> {
-    fn decode(key: &str, dtype: Dtype, shape: &[usize], bytes: &[u8]) -> Result<Self, String> {
+    fn decode(key: &str, dtype: Dtype, shape: &[usize], bytes: ArrayBytes) -> Result<Self, String> {
         if shape.len() != 1 {
             return Err(format!(
                 "the array \"{key}\" has shape {shape:?}, expected one dimension"
@@ -234,7 +289,8 @@ pub fn deserialize<'de, A: FromArray, D: Deserializer<'de>>(
             .index
             .get(key)
             .ok_or_else(|| D::Error::custom(format!("the array \"{key}\" is missing")))?;
-        A::decode(key, *dtype, shape, &table.bytes[range.clone()]).map_err(D::Error::custom)
+        A::decode(key, *dtype, shape, ArrayBytes::new(table, range.clone()))
+            .map_err(D::Error::custom)
     })
 }
 

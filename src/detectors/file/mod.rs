@@ -51,8 +51,9 @@
 //! Loading checks the format, its version, the kind (the typed loaders
 //! refuse another detector's file), every array's checksum, dtype and
 //! shape against the parameters, and that stored statistics are finite.
-//! Memory: the file is read whole (a regular file only) and its arrays
-//! decoded from it, about twice the file's size at the peak; the JSON
+//! Memory: loading reads the file a chunk at a time (a regular file only):
+//! once through to check the checksums, then each array straight into its
+//! place, so the peak is about the file's size, never twice it; the JSON
 //! header is parsed once and may take at most [`MAX_HEADER_BYTES`].
 //!
 //! ```
@@ -72,22 +73,23 @@
 //! # Ok::<(), oodkit::Error>(())
 //! ```
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use safetensors::SafeTensors;
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::{Dtype, Metadata, TensorView};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 pub mod array;
 
-use array::{Encoded, FromArray, Table, ToArray};
+use array::{ArrayBytes, Encoded, FromArray, Table, ToArray};
 
-use crate::datasets::files::write_atomically;
+use crate::datasets::files::{open_regular_file, write_atomically};
 use crate::error::{Error, Result};
 
 /// The `format` entry of every detector file.
@@ -131,8 +133,7 @@ pub trait Persist: Sized + sealed::Stored {
     /// newer format version, and missing, misshaped or non-finite arrays.
     fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = read_file(path)?;
-        let file = Reader::parse(path, bytes)?;
+        let file = Reader::open(path)?;
         if !Self::accepts(file.kind()) {
             return Err(Error::WrongFile {
                 path: path.to_path_buf(),
@@ -192,8 +193,7 @@ pub struct FileInfo {
 /// after the same checks of format and version as loading.
 pub fn describe(path: impl AsRef<Path>) -> Result<FileInfo> {
     let path = path.as_ref();
-    let bytes = read_file(path)?;
-    let file = Reader::parse(path, bytes)?;
+    let file = Reader::open(path)?;
     Ok(FileInfo {
         kind: file.kind().to_owned(),
         format_version: file.version,
@@ -205,10 +205,6 @@ pub fn describe(path: impl AsRef<Path>) -> Result<FileInfo> {
         shaped: file.meta.contains_key("shaping"),
         metadata: Value::Object(file.meta.clone()),
     })
-}
-
-fn read_file(path: &Path) -> Result<Vec<u8>> {
-    crate::datasets::files::read_regular_file(path, "a detector file saved by oodkit")
 }
 
 pub(crate) mod sealed {
@@ -307,31 +303,73 @@ pub struct Reader {
 }
 
 impl Reader {
-    fn parse(path: &Path, bytes: Vec<u8>) -> Result<Self> {
+    /// Opens the detector file at `path` and checks its header and its
+    /// arrays' checksums; the arrays are read when decoded.
+    fn open(path: &Path) -> Result<Self> {
         let corrupt = |reason: String| Error::corrupt(path, None, reason);
-        let header_len = bytes
-            .get(..8)
-            .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
-        if let Some(n) = header_len.filter(|&n| n > MAX_HEADER_BYTES) {
+        let (mut file, size) = open_regular_file(path, "a detector file saved by oodkit")?;
+        let io = |e: std::io::Error| Error::io(path, e);
+        let mut length = [0; 8];
+        if size < 8 {
+            return Err(corrupt(format!(
+                "not a readable safetensors file ({size} bytes, shorter than its header's \
+                 length); it may be truncated or damaged: save the detector again"
+            )));
+        }
+        file.read_exact(&mut length).map_err(io)?;
+        let n = u64::from_le_bytes(length);
+        if n > MAX_HEADER_BYTES {
             return Err(corrupt(format!(
                 "its header claims {n} bytes, above the {MAX_HEADER_BYTES} a detector file's \
                  header may take: the file is damaged, or not a detector file"
             )));
         }
-        // One parse of the header: the arrays' places and the metadata.
-        let (n, header) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+        if 8 + n > size {
+            return Err(corrupt(format!(
+                "its header claims {n} bytes, more than the file holds ({size} bytes): it may \
+                 be truncated or damaged: save the detector again"
+            )));
+        }
+        let mut text = vec![0; n as usize];
+        file.read_exact(&mut text).map_err(io)?;
+        // One parse of the header: the arrays' places (checked by the
+        // safetensors parser: contiguous, each its dtype × shape long) and
+        // the metadata.
+        let unreadable = |e: String| {
             corrupt(format!(
                 "not a readable safetensors file ({e}); it may be truncated or damaged: save \
                  the detector again"
             ))
-        })?;
+        };
+        let header: Metadata =
+            serde_json::from_slice(&text).map_err(|e| unreadable(e.to_string()))?;
+        drop(text);
         let start = 8 + n;
-        let index: HashMap<String, (Dtype, Vec<usize>, Range<usize>)> = header
+        let end = header
+            .tensors()
+            .values()
+            .map(|info| info.data_offsets.1 as u64)
+            .max()
+            .unwrap_or(0);
+        if start + end != size {
+            return Err(unreadable(format!(
+                "its arrays end at byte {}, the file at byte {size}",
+                start + end
+            )));
+        }
+        let index: HashMap<String, (Dtype, Vec<usize>, Range<u64>)> = header
             .tensors()
             .into_iter()
             .map(|(name, info)| {
                 let (s, e) = info.data_offsets;
-                (name, (info.dtype, info.shape.clone(), start + s..start + e))
+                (
+                    name,
+                    (
+                        info.dtype,
+                        info.shape.clone(),
+                        start + s as u64..start + e as u64,
+                    ),
+                )
             })
             .collect();
         let entries = header.metadata().as_ref();
@@ -381,13 +419,19 @@ impl Reader {
                     "its header has no \"{META_CHECKSUM_KEY}\" checksum: {DAMAGED}"
                 )));
             }
-            check_arrays(&meta, &index, &bytes).map_err(corrupt)?;
+        }
+        let table = Table {
+            file: RefCell::new(file),
+            index,
+        };
+        if version >= 2 {
+            check_arrays(&meta, &table).map_err(corrupt)?;
         }
         Ok(Reader {
             path: path.to_path_buf(),
             version,
             meta,
-            table: Rc::new(Table { bytes, index }),
+            table: Rc::new(table),
         })
     }
 
@@ -463,7 +507,13 @@ impl Reader {
                 expected.join(", ")
             )));
         }
-        A::decode(key, *dtype, shape, &self.table.bytes[range.clone()]).map_err(|e| self.corrupt(e))
+        A::decode(
+            key,
+            *dtype,
+            shape,
+            ArrayBytes::new(&self.table, range.clone()),
+        )
+        .map_err(|e| self.corrupt(e))
     }
 }
 
@@ -477,12 +527,10 @@ fn checksum(bytes: &[u8]) -> String {
     format!("{:08x}", crc32fast::hash(bytes))
 }
 
-/// Every array of the file has its checksum in the header, and matches it.
-fn check_arrays(
-    meta: &Map<String, Value>,
-    index: &HashMap<String, (Dtype, Vec<usize>, Range<usize>)>,
-    bytes: &[u8],
-) -> std::result::Result<(), String> {
+/// Every array of the file has its checksum in the header, and matches it
+/// (the file read through once, a chunk at a time).
+fn check_arrays(meta: &Map<String, Value>, table: &Table) -> std::result::Result<(), String> {
+    let index = &table.index;
     let sums = meta
         .get("checksums")
         .and_then(Value::as_object)
@@ -492,7 +540,11 @@ fn check_arrays(
             .get(key)
             .and_then(Value::as_str)
             .ok_or_else(|| format!("the array \"{key}\" has no checksum: {DAMAGED}"))?;
-        if stored != checksum(&bytes[range.clone()]) {
+        let mut hasher = crc32fast::Hasher::new();
+        table
+            .stream(range.clone(), |chunk| hasher.update(chunk))
+            .map_err(|e| format!("the array \"{key}\" could not be read ({e})"))?;
+        if *stored != format!("{:08x}", hasher.finalize()) {
             return Err(format!(
                 "the array \"{key}\" does not match its checksum: {DAMAGED}"
             ));
