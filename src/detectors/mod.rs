@@ -77,7 +77,7 @@ pub use features::aggregation::{Aggregation, Aggregator};
 pub use features::{
     Dice, Fdbd, FdbdNormalizer, FeatureDetector, FeatureOptions, FittedDice, FittedFdbd,
     FittedFeatures, FittedGmm, FittedGradNorm, FittedGram, FittedKnn, FittedMahalanobis, FittedNci,
-    FittedNnGuide, FittedResidual, FittedShe, FittedVim, FittedVra, Gmm, GradNorm, Gram, Knn,
+    FittedNnGuide, FittedResidual, FittedShe, FittedVim, FittedVra, Gmm, GradNorm, Gram, Hnsw, Knn,
     LayerBatch, LayerFitter, Mahalanobis, Nci, NnGuide, PrincipalDims, Rectification, Residual,
     Rmds, ScoreFeatures, She, StoredState, Vim, Vra,
 };

@@ -37,6 +37,15 @@ impl Name {
         if let Some(f) = params.bank_fraction {
             given = given.set("bank_fraction", f);
         }
+        for (name, value) in [
+            ("hnsw", params.hnsw),
+            ("ef_construction", params.ef_construction),
+            ("ef_search", params.ef_search),
+        ] {
+            if let Some(value) = value {
+                given = given.set(name, value);
+            }
+        }
         match params.vim_dims {
             Some(PrincipalDims::Count(n)) => given = given.set("dims", n),
             Some(PrincipalDims::Explained(f)) => given = given.set("dims", f),
@@ -154,6 +163,19 @@ pub struct Params {
     /// 0.99) [default: 0.99].
     #[arg(long, value_name = "N|FRACTION", value_parser = parse_dims)]
     pub vim_dims: Option<PrincipalDims>,
+    /// KNN and NNGuide search an approximate HNSW graph with M links per
+    /// node (4 to 64; 16 is usual), built at the fit and saved with the
+    /// detector, instead of every stored feature: for fits of hundreds of
+    /// thousands of images [default: exact search].
+    #[arg(long, value_name = "M")]
+    pub hnsw: Option<usize>,
+    /// With --hnsw: the candidates each insertion weighs [default: 128].
+    #[arg(long, value_name = "EF", requires = "hnsw")]
+    pub ef_construction: Option<usize>,
+    /// With --hnsw: the candidates each query keeps; more find more of the
+    /// true neighbours, slower [default: 128].
+    #[arg(long, value_name = "EF", requires = "hnsw")]
+    pub ef_search: Option<usize>,
 }
 
 /// `--vim-dims`: an integer is a count, a number in (0, 1) a fraction.

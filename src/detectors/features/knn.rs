@@ -6,17 +6,20 @@ use std::borrow::Cow;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, s};
 use rayon::prelude::*;
 
+use super::hnsw::{self, Graph, Hnsw, Metric};
 use super::neighbours::{INDEX_BLOCK, KBest, QUERY_BLOCK, normalise_into, normalised};
 use super::stored::StoredState;
-use super::traits::merge_check;
+use super::traits::{check_width, merge_check};
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
     Capability, Needs, Param, Registration, built, load_features, on_layers,
 };
 use crate::error::{Error, Result};
-use crate::linalg::{gemm_into, lanes_dot as dot, lanes_squared_distance};
-use crate::model::Model;
+use crate::linalg::{
+    gemm_into, lanes_dot as dot, lanes_squared_distance, with_sequential_products,
+};
+use crate::model::{Model, check_finite};
 use serde::{Deserialize, Serialize};
 
 /// Deep KNN: each feature vector is L2-normalised (a zero vector stays
@@ -57,6 +60,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Knn {
     k: usize,
+    approximate: Option<Hnsw>,
     options: FeatureOptions,
 }
 
@@ -65,6 +69,7 @@ impl Default for Knn {
     fn default() -> Self {
         Knn {
             k: 50,
+            approximate: None,
             options: FeatureOptions::default(),
         }
     }
@@ -86,6 +91,40 @@ impl Knn {
     pub fn k(&self) -> usize {
         self.k
     }
+
+    /// Searches the fit features approximately, through an HNSW graph
+    /// built at the end of the fit (the `ann` feature; see [`Hnsw`]):
+    /// for indexes of hundreds of thousands of rows and more, where one
+    /// query through the exact search reads the whole index. The graph
+    /// saves with the detector and is checked when it loads. A query's
+    /// candidates are ranked by their exact distances, so its score is the
+    /// exact k-th distance whenever the graph finds the k nearest; in a
+    /// graph that reaches fewer than k features from a query, that query
+    /// is searched exactly.
+    ///
+    /// ```
+    /// # #[cfg(feature = "ann")] {
+    /// use ndarray::{Array1, Array2};
+    /// use oodkit::detectors::{FeatureDetector, Hnsw, Knn, ScoreFeatures};
+    ///
+    /// let fit = Array2::from_shape_fn((2000, 16), |(i, j)| ((i * 31 + j * 17) % 97) as f32);
+    /// let labels = Array1::zeros(2000);
+    /// let exact = Knn::new(10)?.fit_features(fit.view(), labels.view())?;
+    /// let approximate = Knn::new(10)?
+    ///     .approximate(Hnsw::default())
+    ///     .fit_features(fit.view(), labels.view())?;
+    /// let queries = fit.slice(ndarray::s![..50, ..]);
+    /// let (a, e) = (approximate.score_features(queries)?, exact.score_features(queries)?);
+    /// // A graph finds the true neighbours of nearly every query.
+    /// let same = a.iter().zip(&e).filter(|(a, e)| a == e).count();
+    /// assert!(same >= 45, "{same} of 50");
+    /// # }
+    /// # Ok::<(), oodkit::Error>(())
+    /// ```
+    pub fn approximate(mut self, hnsw: Hnsw) -> Self {
+        self.approximate = Some(hnsw);
+        self
+    }
 }
 
 impl FeatureDetector for Knn {
@@ -104,6 +143,7 @@ impl FeatureDetector for Knn {
         Ok(KnnFitter {
             k: self.k,
             dim: width,
+            approximate: self.approximate,
             rows: Vec::new(),
         })
     }
@@ -122,6 +162,7 @@ impl FeatureDetector for Knn {
 pub struct KnnFitter {
     k: usize,
     dim: usize,
+    approximate: Option<Hnsw>,
     rows: Vec<f32>,
 }
 
@@ -139,6 +180,12 @@ impl LayerFitter for KnnFitter {
     fn merge(&mut self, other: Self) -> Result<()> {
         merge_check("KNN", "k", &self.k, &other.k)?;
         merge_check("KNN", "feature widths", &self.dim, &other.dim)?;
+        merge_check(
+            "KNN",
+            "approximate indexes",
+            &self.approximate,
+            &other.approximate,
+        )?;
         self.rows.extend(other.rows);
         Ok(())
     }
@@ -154,23 +201,79 @@ impl LayerFitter for KnnFitter {
         }
         let features = Array2::from_shape_vec((n, self.dim), self.rows)?;
         let sq_norms = features.map_axis(Axis(1), |r| r.dot(&r));
+        let graph = match &self.approximate {
+            Some(hnsw) => Some(Graph::build(features.view(), hnsw, Metric::SquaredL2)?),
+            None => None,
+        };
         Ok(FittedKnn {
             k: self.k,
             features,
             sq_norms,
+            approximate: self.approximate,
+            graph,
         })
     }
 }
 
 /// What KNN learns of a layer: the normalised fit features (the index the
-/// search runs over) and their squared norms (1, or 0), with k.
+/// search runs over) and their squared norms (1, or 0), with k; with an
+/// approximate index, its parameters and graph (arrays `hnsw_*`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StoredKnn")]
 pub struct FittedKnn {
     k: usize,
     #[serde(with = "array")]
     features: Array2<f32>,
     #[serde(with = "array")]
     sq_norms: Array1<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approximate: Option<Hnsw>,
+    #[serde(flatten)]
+    graph: Option<Graph>,
+}
+
+/// A KNN state as a file holds it: a graph that does not read back is an
+/// error, never an exact search in its place.
+#[derive(Deserialize)]
+struct StoredKnn {
+    k: usize,
+    #[serde(with = "array")]
+    features: Array2<f32>,
+    #[serde(with = "array")]
+    sq_norms: Array1<f32>,
+    #[serde(default)]
+    approximate: Option<Hnsw>,
+    #[serde(flatten)]
+    graph: Option<Graph>,
+}
+
+impl TryFrom<StoredKnn> for FittedKnn {
+    type Error = Error;
+
+    fn try_from(stored: StoredKnn) -> Result<Self> {
+        match (&stored.approximate, &stored.graph) {
+            (Some(hnsw), Some(_)) => hnsw.validate()?,
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(Error::custom(
+                    "KNN's approximate index has parameters but no readable graph (the arrays \
+                     hnsw_*)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::custom(
+                    "KNN's file holds an HNSW graph but no parameters of an approximate index",
+                ));
+            }
+        }
+        Ok(FittedKnn {
+            k: stored.k,
+            features: stored.features,
+            sq_norms: stored.sq_norms,
+            approximate: stored.approximate,
+            graph: stored.graph,
+        })
+    }
 }
 
 impl FittedKnn {
@@ -188,6 +291,127 @@ impl FittedKnn {
     pub fn is_empty(&self) -> bool {
         self.features.nrows() == 0
     }
+
+    /// The approximate index's parameters, when it has one.
+    pub fn approximate(&self) -> Option<&Hnsw> {
+        self.approximate.as_ref()
+    }
+
+    /// Searches the approximate index with `ef_search` candidates per
+    /// query from now on (more: more of the true neighbours found, slower).
+    /// An error when the detector has no approximate index or `ef_search`
+    /// is out of range.
+    pub fn set_ef_search(&mut self, ef_search: usize) -> Result<()> {
+        match &mut self.approximate {
+            Some(hnsw) => {
+                *hnsw = hnsw.with_ef_search(ef_search)?;
+                Ok(())
+            }
+            None => Err(Error::invalid(
+                "ef_search",
+                ef_search,
+                "this KNN searches exactly: fit it with an approximate index (Knn::approximate) \
+                 to tune one",
+            )),
+        }
+    }
+
+    /// The k nearest stored features of each row of `features` (L2
+    /// normalised first, as the fit features were), nearest first: their
+    /// rows in the order they were fitted, and their squared distances —
+    /// the evidence behind each score, which is the last distance of its
+    /// row. Found by the search the detector scores with (exact, or its
+    /// approximate index). Errors on a width other than the fit features'
+    /// or a value that is not finite.
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use oodkit::detectors::{FeatureDetector, Knn, ScoreFeatures};
+    ///
+    /// let fit = array![[1.0_f32, 0.0], [0.0, 1.0], [1.0, 1.0]];
+    /// let knn = Knn::new(2)?.fit_features(fit.view(), array![0_i64, 0, 0].view())?;
+    /// let (rows, distances) = knn.neighbours(array![[2.0_f32, 0.1]].view())?;
+    /// assert_eq!(rows.row(0).to_vec(), vec![0, 2]); // (1, 0), then (1, 1)
+    /// let scores = knn.score_features(array![[2.0_f32, 0.1]].view())?;
+    /// assert_eq!(distances[[0, 1]], scores[0]);
+    /// # Ok::<(), oodkit::Error>(())
+    /// ```
+    pub fn neighbours(&self, features: ArrayView2<f32>) -> Result<(Array2<usize>, Array2<f32>)> {
+        check_width(self.width(), features, "features to search")?;
+        check_finite(features, "features to search")?;
+        let n = features.nrows();
+        let mut rows = Array2::zeros((n, self.k));
+        let mut distances = Array2::zeros((n, self.k));
+        let parts: Vec<Vec<Vec<(f32, usize)>>> = (0..n)
+            .step_by(QUERY_BLOCK)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|start| {
+                let part = features.slice(s![start..(start + QUERY_BLOCK).min(n), ..]);
+                with_sequential_products(|| self.nearest(normalised(part).view()))
+            })
+            .collect();
+        for (i, mut found) in parts.into_iter().flatten().enumerate() {
+            found.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            for (j, (d, row)) in found.into_iter().take(self.k).enumerate() {
+                rows[[i, j]] = row;
+                distances[[i, j]] = d;
+            }
+        }
+        Ok((rows, distances))
+    }
+
+    /// Each of `queries` (normalised): candidates with their squared
+    /// distances summed directly (Σ (q − x)², no cancellation, one fixed
+    /// order of additions), among which are its k nearest. The exact
+    /// search ranks by the expanded ‖q‖² + ‖x‖² − 2 q·x, whose rounding
+    /// depends on how the products were blocked: it keeps a few candidates
+    /// more and their direct distances settle the order, so a query scores
+    /// the same alone or in any batch. The graph's search sums them
+    /// directly already; a query from which it reaches fewer than k
+    /// features is searched exactly.
+    fn nearest(&self, queries: ArrayView2<f32>) -> Vec<Vec<(f32, usize)>> {
+        let direct = |q: ArrayView1<f32>, candidates: Vec<usize>| -> Vec<(f32, usize)> {
+            candidates
+                .into_iter()
+                .map(|i| (lanes_squared_distance(q, self.features.row(i)), i))
+                .collect()
+        };
+        let (Some(graph), Some(hnsw)) = (&self.graph, &self.approximate) else {
+            return self
+                .exact_candidates(queries)
+                .into_iter()
+                .zip(queries.rows())
+                .map(|(c, q)| direct(q, c))
+                .collect();
+        };
+        let ef = hnsw.ef_search().max(self.candidates());
+        let one = |q: ArrayView1<f32>| {
+            let found = graph.search(self.features.view(), q, ef, Metric::SquaredL2);
+            if found.len() >= self.k {
+                return found;
+            }
+            let exact = self.exact_candidates(q.insert_axis(Axis(0)));
+            direct(q, exact.into_iter().next().unwrap_or_default())
+        };
+        if queries.nrows() <= FEW_QUERIES {
+            return queries.rows().into_iter().map(one).collect();
+        }
+        (0..queries.nrows())
+            .into_par_iter()
+            .with_min_len(16)
+            .map(|i| one(queries.row(i)))
+            .collect()
+    }
+
+    /// The k-th smallest distance of `found`.
+    fn kth(&self, mut found: Vec<(f32, usize)>) -> f32 {
+        let k = self.k.min(found.len()).max(1) - 1;
+        found
+            .select_nth_unstable_by(k, |a, b| a.0.total_cmp(&b.0))
+            .1
+            .0
+    }
 }
 
 impl ScoreFeatures for FittedKnn {
@@ -197,24 +421,34 @@ impl ScoreFeatures for FittedKnn {
 
     fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>> {
         let queries = normalised(batch.features);
+        Ok(self
+            .nearest(queries.view())
+            .into_iter()
+            .map(|found| self.kth(found))
+            .collect())
+    }
+}
+
+impl FittedKnn {
+    /// The indices of the k nearest stored features of each of `queries`
+    /// (normalised), and a few more (see [`Self::nearest`]), by the exact
+    /// search.
+    fn exact_candidates(&self, queries: ArrayView2<f32>) -> Vec<Vec<usize>> {
         if queries.nrows() <= FEW_QUERIES {
-            return Ok(self.score_few(queries.view()));
+            return self.few_candidates(queries);
         }
         let norms: Cow<[f32]> = match self.sq_norms.as_slice() {
             Some(norms) => Cow::Borrowed(norms),
             None => Cow::Owned(self.sq_norms.to_vec()),
         };
-        let mut scores = Array1::zeros(queries.nrows());
+        let mut candidates = Vec::with_capacity(queries.nrows());
         // Sized to the work: one query needs one row of products, not a
         // whole block (8 MB).
         let mut products = Array2::<f32>::zeros((
             queries.nrows().min(QUERY_BLOCK),
             self.features.nrows().min(INDEX_BLOCK),
         ));
-        for (q_block, mut out) in queries
-            .axis_chunks_iter(Axis(0), QUERY_BLOCK)
-            .zip(scores.axis_chunks_iter_mut(Axis(0), QUERY_BLOCK))
-        {
+        for q_block in queries.axis_chunks_iter(Axis(0), QUERY_BLOCK) {
             let q_norms = q_block.map_axis(Axis(1), |r| r.dot(&r));
             let mut best: Vec<KBest> = (0..q_block.nrows())
                 .map(|_| KBest::new(self.candidates()))
@@ -229,21 +463,15 @@ impl ScoreFeatures for FittedKnn {
                 let mut dots = products.slice_mut(s![..q_block.nrows(), ..x_block.nrows()]);
                 gemm_into(dots.view_mut(), false, q_block, x_block, true);
                 for ((row, &qn), kbest) in dots.rows().into_iter().zip(&q_norms).zip(&mut best) {
-                    match row.as_slice() {
-                        Some(row) => kbest.offer_distances(qn, row, x_norms, start),
-                        None => {
-                            for (j, (&dot, &xn)) in row.iter().zip(x_norms).enumerate() {
-                                kbest.offer(qn + xn - 2.0 * dot, start + j);
-                            }
-                        }
-                    }
+                    // The products' rows are contiguous (a slice of a
+                    // standard-layout array).
+                    let row = row.as_slice().unwrap_or_default();
+                    kbest.offer_distances(qn, row, x_norms, start);
                 }
             }
-            for ((o, kbest), q) in out.iter_mut().zip(best).zip(q_block.rows()) {
-                *o = self.kth_exact(q, kbest.indices());
-            }
+            candidates.extend(best.into_iter().map(KBest::indices));
         }
-        Ok(scores)
+        candidates
     }
 }
 
@@ -258,9 +486,9 @@ const FEW_QUERIES: usize = 8;
 const FEW_PART: usize = 8192;
 
 impl FittedKnn {
-    /// The k-th smallest squared distance of each of a few `queries`
-    /// (normalised) to the stored features.
-    fn score_few(&self, queries: ArrayView2<f32>) -> Array1<f32> {
+    /// The candidates of each of a few `queries` (normalised), by the
+    /// exact search.
+    fn few_candidates(&self, queries: ArrayView2<f32>) -> Vec<Vec<usize>> {
         let q_norms: Vec<f32> = queries.rows().into_iter().map(|q| dot(q, q)).collect();
         let n = self.features.nrows();
         let parts = rayon::current_num_threads().min(n / FEW_PART).max(1);
@@ -296,10 +524,7 @@ impl FittedKnn {
                 kbest.absorb(more);
             }
         }
-        best.into_iter()
-            .zip(queries.rows())
-            .map(|(kbest, q)| self.kth_exact(q, kbest.indices()))
-            .collect()
+        best.into_iter().map(KBest::indices).collect()
     }
 
     /// How many candidates a search keeps per query: k, and a few more so
@@ -307,22 +532,6 @@ impl FittedKnn {
     /// expanded distance) is settled by [`Self::kth_exact`].
     fn candidates(&self) -> usize {
         (self.k + RERANK_MARGIN).min(self.features.nrows())
-    }
-
-    /// The k-th smallest of the squared distances from `query` to the
-    /// `candidates`, each summed directly (Σ (q − x)², no cancellation,
-    /// one fixed order of additions): the search ranks by the
-    /// expanded ‖q‖² + ‖x‖² − 2 q·x, whose rounding depends on how the
-    /// products were blocked, so without this a query's score would change
-    /// in its last bits with the size of the batch it came in.
-    fn kth_exact(&self, query: ArrayView1<f32>, candidates: Vec<usize>) -> f32 {
-        let mut distances: Vec<f32> = candidates
-            .into_iter()
-            .map(|i| lanes_squared_distance(query, self.features.row(i)))
-            .collect();
-        let k = self.k.min(distances.len()).max(1) - 1;
-        let (_, kth, _) = distances.select_nth_unstable_by(k, f32::total_cmp);
-        *kth
     }
 }
 
@@ -351,6 +560,9 @@ impl StoredState for FittedKnn {
                 self.k
             )));
         }
+        if let Some(graph) = &self.graph {
+            graph.validate(n)?;
+        }
         Ok(())
     }
 }
@@ -360,15 +572,27 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
     "KNN",
     "knn",
     "squared distance to the k-th nearest normalised fit feature, KNN (features)",
-    &[Param {
-        name: "k",
-        doc: "the neighbour whose distance is the score [default: 50]",
-    }],
+    &[
+        Param {
+            name: "k",
+            doc: "the neighbour whose distance is the score [default: 50]",
+        },
+        hnsw::PARAMS[0],
+        hnsw::PARAMS[1],
+        hnsw::PARAMS[2],
+    ],
     Needs {
         fit_data: true,
         labels: false,
         capabilities: &[Capability::Features],
     },
-    |p| built(on_layers(Knn::new(p.count("k")?.unwrap_or(50))?, p)?),
+    |p| {
+        let knn = Knn::new(p.count("k")?.unwrap_or(50))?;
+        let knn = match hnsw::from_params(p)? {
+            Some(hnsw) => knn.approximate(hnsw),
+            None => knn,
+        };
+        built(on_layers(knn, p)?)
+    },
     load_features::<FittedKnn>,
 );

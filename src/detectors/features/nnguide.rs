@@ -1,9 +1,11 @@
 //! NNGuide, nearest-neighbour guidance of the energy (Park et al., ICCV 2023).
 
-use ndarray::{Array1, Array2, Axis, s};
+use ndarray::{Array1, Array2, ArrayView2, Axis, s};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::head::{Head, logsumexp};
+use super::hnsw::{self, Graph, Hnsw, Metric};
 use super::neighbours::{INDEX_BLOCK, KBest, QUERY_BLOCK, normalised};
 use super::stored::StoredState;
 use super::traits::merge_check;
@@ -55,6 +57,7 @@ pub struct NnGuide {
     k: usize,
     fraction: f64,
     head: Option<Head>,
+    approximate: Option<Hnsw>,
     options: FeatureOptions,
 }
 
@@ -65,6 +68,7 @@ impl Default for NnGuide {
             k: 100,
             fraction: 0.01,
             head: None,
+            approximate: None,
             options: FeatureOptions::default(),
         }
     }
@@ -107,6 +111,15 @@ impl NnGuide {
     pub fn bank_fraction(&self) -> f64 {
         self.fraction
     }
+
+    /// Finds the most similar bank entries approximately, through an HNSW
+    /// graph built at the end of the fit (the `ann` feature; see [`Hnsw`]
+    /// and [`Knn::approximate`](super::Knn::approximate)), ranked by inner
+    /// product: for banks of hundreds of thousands of entries.
+    pub fn approximate(mut self, hnsw: Hnsw) -> Self {
+        self.approximate = Some(hnsw);
+        self
+    }
 }
 
 impl FeatureDetector for NnGuide {
@@ -142,6 +155,7 @@ impl FeatureDetector for NnGuide {
             fraction: self.fraction,
             width,
             head,
+            approximate: self.approximate,
             seen: 0,
             bank: Vec::new(),
         })
@@ -183,6 +197,7 @@ pub struct NnGuideFitter {
     fraction: f64,
     width: usize,
     head: Option<Head>,
+    approximate: Option<Hnsw>,
     seen: u64,
     bank: Vec<f32>,
 }
@@ -213,6 +228,12 @@ impl LayerFitter for NnGuideFitter {
         merge_check("NNGuide", "bank fractions", &self.fraction, &other.fraction)?;
         merge_check("NNGuide", "feature widths", &self.width, &other.width)?;
         merge_check("NNGuide", "heads", &self.head, &other.head)?;
+        merge_check(
+            "NNGuide",
+            "approximate indexes",
+            &self.approximate,
+            &other.approximate,
+        )?;
         self.seen += other.seen;
         self.bank.extend(other.bank);
         Ok(())
@@ -231,10 +252,17 @@ impl LayerFitter for NnGuideFitter {
                 ),
             ));
         }
+        let bank = Array2::from_shape_vec((n, self.width), self.bank)?;
+        let graph = match &self.approximate {
+            Some(hnsw) => Some(Graph::build(bank.view(), hnsw, Metric::NegativeDot)?),
+            None => None,
+        };
         Ok(FittedNnGuide {
             k: self.k,
-            bank: Array2::from_shape_vec((n, self.width), self.bank)?,
+            bank,
             head: self.head,
+            approximate: self.approximate,
+            graph,
         })
     }
 }
@@ -264,6 +292,8 @@ pub struct FittedNnGuide {
     k: usize,
     bank: Array2<f32>,
     head: Option<Head>,
+    approximate: Option<Hnsw>,
+    graph: Option<Graph>,
 }
 
 /// In files: `k`, `has_head`, the bank and the head's arrays when there is
@@ -276,6 +306,10 @@ struct NnGuideFields<'a> {
     has_head: bool,
     #[serde(flatten)]
     head: Option<&'a Head>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approximate: Option<&'a Hnsw>,
+    #[serde(flatten)]
+    graph: Option<&'a Graph>,
 }
 
 impl Serialize for FittedNnGuide {
@@ -288,6 +322,8 @@ impl Serialize for FittedNnGuide {
             bank: &self.bank,
             has_head: self.head.is_some(),
             head: self.head.as_ref(),
+            approximate: self.approximate.as_ref(),
+            graph: self.graph.as_ref(),
         }
         .serialize(serializer)
     }
@@ -301,6 +337,10 @@ struct StoredNnGuide {
     has_head: bool,
     #[serde(flatten)]
     head: Option<Head>,
+    #[serde(default)]
+    approximate: Option<Hnsw>,
+    #[serde(flatten)]
+    graph: Option<Graph>,
 }
 
 impl TryFrom<StoredNnGuide> for FittedNnGuide {
@@ -320,10 +360,32 @@ impl TryFrom<StoredNnGuide> for FittedNnGuide {
                 }
             )));
         }
+        // Likewise a graph: the parameters say whether one was written.
+        if stored.approximate.is_some() != stored.graph.is_some() {
+            return Err(Error::custom(format!(
+                "NNGuide's approximate index {} parameters but the file {} a readable HNSW \
+                 graph (the arrays hnsw_*)",
+                if stored.approximate.is_some() {
+                    "has"
+                } else {
+                    "has no"
+                },
+                if stored.graph.is_some() {
+                    "holds"
+                } else {
+                    "lacks"
+                }
+            )));
+        }
+        if let Some(hnsw) = &stored.approximate {
+            hnsw.validate()?;
+        }
         Ok(FittedNnGuide {
             k: stored.k,
             bank: stored.bank,
             head: stored.head,
+            approximate: stored.approximate,
+            graph: stored.graph,
         })
     }
 }
@@ -343,6 +405,39 @@ impl FittedNnGuide {
     pub fn is_empty(&self) -> bool {
         self.bank.nrows() == 0
     }
+
+    /// The approximate index's parameters, when it has one.
+    pub fn approximate(&self) -> Option<&Hnsw> {
+        self.approximate.as_ref()
+    }
+
+    /// The mean inner product of each of `queries` (normalised) with its k
+    /// most similar bank entries as the graph finds them, in parallel.
+    fn guidance_approximate(
+        &self,
+        graph: &Graph,
+        hnsw: &Hnsw,
+        queries: ArrayView2<f32>,
+    ) -> Vec<f64> {
+        let ef = hnsw.ef_search().max(self.k);
+        (0..queries.nrows())
+            .into_par_iter()
+            .with_min_len(16)
+            .map(|i| {
+                let mut found =
+                    graph.search(self.bank.view(), queries.row(i), ef, Metric::NegativeDot);
+                let k = self.k.min(found.len()).max(1);
+                if found.len() > k {
+                    found.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0));
+                }
+                -found[..k.min(found.len())]
+                    .iter()
+                    .map(|&(v, _)| f64::from(v))
+                    .sum::<f64>()
+                    / k as f64
+            })
+            .collect()
+    }
 }
 
 impl ScoreFeatures for FittedNnGuide {
@@ -353,6 +448,14 @@ impl ScoreFeatures for FittedNnGuide {
     fn score_layer(&self, batch: &LayerBatch) -> Result<Array1<f32>> {
         let energy = energies(self.head.as_ref(), batch)?;
         let queries = normalised(batch.features);
+        if let (Some(graph), Some(hnsw)) = (&self.graph, &self.approximate) {
+            let guidance = self.guidance_approximate(graph, hnsw, queries.view());
+            return Ok(guidance
+                .into_iter()
+                .zip(energy)
+                .map(|(g, e)| (-g * e) as f32)
+                .collect());
+        }
         let mut scores = Array1::zeros(queries.nrows());
         let mut products = Array2::<f32>::zeros((
             queries.nrows().min(QUERY_BLOCK),
@@ -407,6 +510,10 @@ impl StoredState for FittedNnGuide {
             ))),
             Some(head) => head.validate(),
             None => Ok(()),
+        }?;
+        match &self.graph {
+            Some(graph) => graph.validate(self.bank.nrows()),
+            None => Ok(()),
         }
     }
 }
@@ -425,6 +532,9 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
             name: "bank_fraction",
             doc: "the share of the fit features in the bank, in (0, 1] [default: 0.01]",
         },
+        hnsw::PARAMS[0],
+        hnsw::PARAMS[1],
+        hnsw::PARAMS[2],
     ],
     Needs {
         fit_data: true,
@@ -438,6 +548,10 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
             p.number("bank_fraction")?
                 .unwrap_or(default.bank_fraction()),
         )?;
+        let guide = match hnsw::from_params(p)? {
+            Some(hnsw) => guide.approximate(hnsw),
+            None => guide,
+        };
         built(on_layers(guide, p)?)
     },
     load_features::<FittedNnGuide>,

@@ -413,12 +413,10 @@ impl Reader {
         if meta.get("kind").and_then(Value::as_str).is_none() {
             return Err(corrupt("the header names no detector kind".into()));
         }
-        if version >= 2 {
-            if !has_text_checksum {
-                return Err(corrupt(format!(
-                    "its header has no \"{META_CHECKSUM_KEY}\" checksum: {DAMAGED}"
-                )));
-            }
+        if version >= 2 && !has_text_checksum {
+            return Err(corrupt(format!(
+                "its header has no \"{META_CHECKSUM_KEY}\" checksum: {DAMAGED}"
+            )));
         }
         let table = Table {
             file: RefCell::new(file),
