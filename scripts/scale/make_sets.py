@@ -5,6 +5,8 @@ every tool (oodkit's benches/scale.rs and scripts/scale/peers.py):
       id.npy and ood.npy (10 000 x 512 each), head_w.npy (100 x 512),
       head_b.npy (100,)
   b/  the same at 200 000 x 2 048, 1 000 classes, 2 000 ID + 2 000 OOD
+  c/  the same at 1 000 000 x 512, 1 000 classes, 2 000 ID + 2 000 OOD (the
+      approximate index's second size; no head)
   logits.npy        1 000 000 x 1 000 float32 (4 GB), for Energy and MSP
   scores_id.npy, scores_ood.npy   5 000 000 float32 each, for the metrics
 
@@ -12,7 +14,7 @@ Penultimate-layer-like features: a centre per class, noise of a spread
 that differs by dimension and a few shared directions (so the covariance
 is not isotropic), through a ReLU. OOD rows come from other centres.
 
-  python make_sets.py DIR [--only a,b,logits,scores]
+  python make_sets.py DIR [--only a,b,c,logits,scores]
 """
 import argparse
 import os
@@ -20,7 +22,7 @@ import os
 import numpy as np
 
 
-def class_set(out, n_fit, n_test, dim, classes, seed):
+def class_set(out, n_fit, n_test, dim, classes, seed, head=True):
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((classes, dim), dtype=np.float32) * 1.5
@@ -51,6 +53,8 @@ def class_set(out, n_fit, n_test, dim, classes, seed):
         draw(n_test - n_test // 2, mixed, rng.integers(0, classes, n_test - n_test // 2)),
     ])
     np.save(f"{out}/ood.npy", ood)
+    if not head:
+        return
     # A head that reads the class centres (the logits ViM uses).
     w = (centres / np.linalg.norm(centres, axis=1, keepdims=True)).astype(np.float32)
     np.save(f"{out}/head_w.npy", w)
@@ -86,6 +90,8 @@ def main():
         class_set(f"{args.dir}/a", 50_000, 10_000, 512, 100, 1)
     if "b" in only:
         class_set(f"{args.dir}/b", 200_000, 2_000, 2_048, 1_000, 2)
+    if "c" in only:
+        class_set(f"{args.dir}/c", 1_000_000, 2_000, 512, 1_000, 5, head=False)
     if "logits" in only:
         logits(f"{args.dir}/logits.npy")
     if "scores" in only:
