@@ -16,7 +16,7 @@
 //! one-query time at each `ef_search` of `ANN_EF_LIST` (default
 //! `64,128,256,512,1024`), without building again.
 //! `ANN_M`, `ANN_EF_CONSTRUCTION`, `ANN_EF_SEARCH` set the index (16, 128,
-//! 128 by default). The saved files stay in the set's folder.
+//! 256 by default, `Hnsw::default()`). The saved files stay in the set's folder.
 //!
 //! ```sh
 //! OODKIT_SCALE_DIR=/tmp/oodkit-scale cargo bench --bench approximate
@@ -45,7 +45,7 @@ fn main() -> Result<(), Failure> {
     let hnsw = Hnsw::new(
         env("ANN_M", 16)?,
         env("ANN_EF_CONSTRUCTION", 128)?,
-        env("ANN_EF_SEARCH", 128)?,
+        env("ANN_EF_SEARCH", 256)?,
     )?;
     let phase = std::env::var("ANN_PHASE").unwrap_or_default();
     for set in std::env::var("ANN_SETS")

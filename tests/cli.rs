@@ -46,6 +46,96 @@ fn stderr(out: &Output) -> String {
 }
 
 /// Asserts success, showing what the command said when it failed.
+#[test]
+fn knn_fits_an_approximate_index_with_hnsw_and_scores_through_it() {
+    let s = onnx_setup();
+    let detector = s.dir("knn_hnsw.oodkit");
+    ok(s.run(
+        "fit",
+        args![
+            "--data",
+            s.dir("train"),
+            "--detector",
+            "knn",
+            "--k",
+            "2",
+            "--hnsw",
+            "8",
+            "--ef-search",
+            "64",
+            "--out",
+            detector,
+        ],
+    ));
+    let state = &oodkit::detectors::file::describe(&detector)
+        .unwrap()
+        .metadata["detector"]["states"][0];
+    assert_eq!(state["approximate"]["connectivity"], 8, "{state}");
+    assert_eq!(state["approximate"]["ef_search"], 64, "{state}");
+    // Over 40 stored features, a search of 64 candidates reaches them all:
+    // the exact scores.
+    let knn = Knn::new(2)
+        .unwrap()
+        .fit_features(onnx_mlp::direct(&s.fit).0.view(), Array1::zeros(40).view())
+        .unwrap();
+    let expected = knn
+        .score_features(onnx_mlp::direct(&s.incoming).0.view())
+        .unwrap();
+    let csv = s.dir("hnsw_scores.csv");
+    ok(s.run(
+        "score",
+        args![
+            "--detector",
+            detector,
+            "--data",
+            s.dir("incoming"),
+            "--out",
+            csv
+        ],
+    ));
+    let rows = read_csv(&csv);
+    assert_eq!(rows.len(), expected.len());
+    for (row, e) in rows.iter().zip(&expected) {
+        assert!((row.score - e).abs() < 1e-5, "{} vs {e}", row.score);
+    }
+
+    // Tuning an index that is not asked for is a usage error naming --hnsw;
+    // a connectivity out of range says the range.
+    let out = s.run(
+        "fit",
+        args![
+            "--data",
+            s.dir("train"),
+            "--detector",
+            "knn",
+            "--ef-search",
+            "64",
+            "--out",
+            s.dir("never.oodkit")
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--hnsw"), "{}", stderr(&out));
+    let err = fails_naming(
+        s.run(
+            "fit",
+            args![
+                "--data",
+                s.dir("train"),
+                "--detector",
+                "knn",
+                "--hnsw",
+                "2",
+                "--out",
+                s.dir("never.oodkit")
+            ],
+        ),
+        "hnsw",
+    );
+    assert!(err.contains("4 to 64"), "{err}");
+    assert!(!s.dir("never.oodkit").exists());
+}
+
 fn ok(out: Output) -> Output {
     assert_eq!(
         out.status.code(),

@@ -173,7 +173,7 @@ pub struct Params {
     #[arg(long, value_name = "EF", requires = "hnsw")]
     pub ef_construction: Option<usize>,
     /// With --hnsw: the candidates each query keeps; more find more of the
-    /// true neighbours, slower [default: 128].
+    /// true neighbours, slower [default: 256].
     #[arg(long, value_name = "EF", requires = "hnsw")]
     pub ef_search: Option<usize>,
 }
