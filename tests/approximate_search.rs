@@ -184,6 +184,25 @@ fn approximate_knn_round_trips_and_scores_a_query_alone_as_in_a_batch() {
 }
 
 #[test]
+fn a_graph_over_a_handful_of_rows_saves_loads_and_scores_exactly() {
+    // Few rows: the graph may have no upper level at all (empty arrays in
+    // the file), and every row is reachable, so the scores are the exact.
+    let fit = features(6, 12, false);
+    let queries = features(4, 13, true);
+    let exact = fitted(Knn::new(3).unwrap(), &fit);
+    let knn = fitted(Knn::new(3).unwrap().approximate(Hnsw::default()), &fit);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.oodkit");
+    knn.save(&path).unwrap();
+    let loaded = FittedKnn::load(&path).unwrap();
+    assert_eq!(loaded, knn);
+    assert_eq!(
+        loaded.score_features(queries.view()).unwrap(),
+        exact.score_features(queries.view()).unwrap()
+    );
+}
+
+#[test]
 fn approximate_nnguide_ranks_id_and_ood_as_the_exact_guidance() {
     let fit = features(12_000, 8, false);
     let (id, ood) = (features(200, 9, false), features(200, 10, true));
