@@ -170,6 +170,24 @@ pub(crate) fn from_params(params: &Params) -> Result<Option<Hnsw>> {
     }
 }
 
+/// Checks what a file holds of an approximate index for `kind`: its
+/// parameters and its graph both or neither (serde reads a flattened graph
+/// that does not decode as none, so the parameters say whether one was
+/// written), the parameters in range.
+pub(crate) fn check_stored(kind: &str, hnsw: Option<&Hnsw>, graph: Option<&Graph>) -> Result<()> {
+    match (hnsw, graph) {
+        (Some(hnsw), Some(_)) => hnsw.validate(),
+        (None, None) => Ok(()),
+        (Some(_), None) => Err(Error::custom(format!(
+            "{kind}'s approximate index has parameters but no readable graph (the arrays \
+             hnsw_*)"
+        ))),
+        (None, Some(_)) => Err(Error::custom(format!(
+            "{kind}'s file holds an HNSW graph but no parameters of an approximate index"
+        ))),
+    }
+}
+
 /// What the graph's search ranks by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Metric {
@@ -426,13 +444,7 @@ impl Graph {
                 .collect()
         };
         let base: Vec<Vec<u32>> = (0..n).into_par_iter().map(|i| links(i, 0)).collect();
-        let base_width = base.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let mut hnsw_base = Array2::from_elem((n, base_width), NONE);
-        for (mut row, links) in hnsw_base.rows_mut().into_iter().zip(&base) {
-            for (slot, &v) in row.iter_mut().zip(links) {
-                *slot = v;
-            }
-        }
+        let hnsw_base = padded(&base);
         drop(base);
         let nodes: Vec<u32> = (0..n)
             .filter(|&i| levels[i] > 0)
@@ -446,13 +458,7 @@ impl Graph {
             }
             start.push(upper.len() as u32);
         }
-        let upper_width = upper.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let mut hnsw_upper = Array2::from_elem((upper.len(), upper_width), NONE);
-        for (mut row, links) in hnsw_upper.rows_mut().into_iter().zip(&upper) {
-            for (slot, &v) in row.iter_mut().zip(links) {
-                *slot = v;
-            }
-        }
+        let hnsw_upper = padded(&upper);
         let top = levels.iter().copied().max().unwrap_or(0);
         let entry = levels.iter().position(|&l| l == top).unwrap_or(0) as u32;
         let graph = Graph {
@@ -476,6 +482,20 @@ impl Graph {
              (cargo feature \"ann\", part of \"cli\"), or fit the exact index",
         ))
     }
+}
+
+/// `lists` as the rows of an array as wide as the longest (at least one),
+/// the rest of each row `u32::MAX`.
+#[cfg(feature = "ann")]
+fn padded(lists: &[Vec<u32>]) -> Array2<u32> {
+    let width = lists.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let mut out = Array2::from_elem((lists.len(), width), NONE);
+    for (mut row, links) in out.rows_mut().into_iter().zip(lists) {
+        for (slot, &v) in row.iter_mut().zip(links) {
+            *slot = v;
+        }
+    }
+    out
 }
 
 /// A search's reusable memory, one per thread: no allocation per query

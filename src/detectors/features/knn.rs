@@ -251,21 +251,7 @@ impl TryFrom<StoredKnn> for FittedKnn {
     type Error = Error;
 
     fn try_from(stored: StoredKnn) -> Result<Self> {
-        match (&stored.approximate, &stored.graph) {
-            (Some(hnsw), Some(_)) => hnsw.validate()?,
-            (None, None) => {}
-            (Some(_), None) => {
-                return Err(Error::custom(
-                    "KNN's approximate index has parameters but no readable graph (the arrays \
-                     hnsw_*)",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(Error::custom(
-                    "KNN's file holds an HNSW graph but no parameters of an approximate index",
-                ));
-            }
-        }
+        hnsw::check_stored("KNN", stored.approximate.as_ref(), stored.graph.as_ref())?;
         Ok(FittedKnn {
             k: stored.k,
             features: stored.features,

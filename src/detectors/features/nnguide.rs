@@ -360,26 +360,11 @@ impl TryFrom<StoredNnGuide> for FittedNnGuide {
                 }
             )));
         }
-        // Likewise a graph: the parameters say whether one was written.
-        if stored.approximate.is_some() != stored.graph.is_some() {
-            return Err(Error::custom(format!(
-                "NNGuide's approximate index {} parameters but the file {} a readable HNSW \
-                 graph (the arrays hnsw_*)",
-                if stored.approximate.is_some() {
-                    "has"
-                } else {
-                    "has no"
-                },
-                if stored.graph.is_some() {
-                    "holds"
-                } else {
-                    "lacks"
-                }
-            )));
-        }
-        if let Some(hnsw) = &stored.approximate {
-            hnsw.validate()?;
-        }
+        hnsw::check_stored(
+            "NNGuide",
+            stored.approximate.as_ref(),
+            stored.graph.as_ref(),
+        )?;
         Ok(FittedNnGuide {
             k: stored.k,
             bank: stored.bank,

@@ -522,7 +522,12 @@ const DAMAGED: &str = "the file was damaged after it was written (a copy or a di
 /// The checksum of an array's bytes as the file stores it: CRC-32 (IEEE),
 /// eight hex digits.
 fn checksum(bytes: &[u8]) -> String {
-    format!("{:08x}", crc32fast::hash(bytes))
+    hex(crc32fast::hash(bytes))
+}
+
+/// A CRC-32 as the file writes it: eight hex digits.
+fn hex(crc: u32) -> String {
+    format!("{crc:08x}")
 }
 
 /// Every array of the file has its checksum in the header, and matches it
@@ -542,7 +547,7 @@ fn check_arrays(meta: &Map<String, Value>, table: &Table) -> std::result::Result
         table
             .stream(range.clone(), |chunk| hasher.update(chunk))
             .map_err(|e| format!("the array \"{key}\" could not be read ({e})"))?;
-        if *stored != format!("{:08x}", hasher.finalize()) {
+        if *stored != hex(hasher.finalize()) {
             return Err(format!(
                 "the array \"{key}\" does not match its checksum: {DAMAGED}"
             ));
