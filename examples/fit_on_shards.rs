@@ -1,22 +1,28 @@
-//! Fitting on shards, as a cluster engine's workers would: the fit
-//! features are cut into four shards, four workers (threads here; the
-//! partial fits are plain values a worker hands back) each fit the first
-//! pass of their shard, the driver merges the partial fits, and for a
-//! detector with a second pass (ViM) the workers run it on copies of the
-//! merged fitter, which merge again. The result is checked against the
-//! one-pass fit on all the features: the example exits non-zero when a
-//! score differs by more than 1e-6 relative.
+//! Fitting on shards, as a cluster's workers would: the fit features are
+//! cut into four partitions and four worker **processes** (this program,
+//! run again with `worker ...`) each fit the first pass of their own
+//! partition and save the partial fit to a file; the driver loads and
+//! merges the files. For a detector with a second pass (ViM) the driver
+//! saves the merged fit, each worker loads it, runs the second pass over
+//! its partition and saves it again, and those merge. The result is
+//! checked against the one-pass fit on all the features: the example exits
+//! non-zero when a score differs by more than 1e-6 relative.
+//!
+//! Workers share no memory with the driver: each regenerates the (seeded)
+//! data set and keeps its partition, as a worker reads its own part of a
+//! data set on a cluster; the files are all that travels.
 //!
 //! ```sh
 //! cargo run --features cli --example fit_on_shards -- 40000
 //! ```
 
-use std::thread;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, s};
+use ndarray::{Array1, Array2, s};
 use oodkit::detectors::{
-    FeatureDetector, Knn, LayerBatch, LayerFitter, Mahalanobis, PrincipalDims, Rmds, ScoreFeatures,
-    Vim,
+    FeatureDetector, Knn, Mahalanobis, PartialFit, PartialState, Persist, PrincipalDims, Rmds,
+    ScoreFeatures, Vim,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -24,11 +30,27 @@ use rand::{RngExt, SeedableRng};
 const WIDTH: usize = 64;
 const CLASSES: usize = 10;
 const WORKERS: usize = 4;
+const DETECTORS: [&str; 4] = ["mahalanobis", "rmds", "knn", "vim"];
 
-type Shard<'a> = (ArrayView2<'a, f32>, ArrayView1<'a, i64>);
+type Failure = Box<dyn std::error::Error>;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let rows: usize = match std::env::args().nth(1) {
+fn main() -> Result<(), Failure> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("worker") => worker(&args[1..]),
+        _ => driver(args.first()),
+    }
+}
+
+/// The rows of partition `k` of `rows`: uneven, as a cluster's partitions
+/// are.
+fn partition(rows: usize, k: usize) -> std::ops::Range<usize> {
+    let cuts = [0, rows / 7, rows / 2, rows * 4 / 5, rows];
+    cuts[k]..cuts[k + 1]
+}
+
+fn driver(rows: Option<&String>) -> Result<(), Failure> {
+    let rows: usize = match rows {
         Some(arg) => arg
             .parse()
             .map_err(|e| format!("the argument is the number of fit rows, got {arg:?}: {e}"))?,
@@ -37,30 +59,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if rows < WORKERS * CLASSES * 2 {
         return Err(format!("give at least {} fit rows", WORKERS * CLASSES * 2).into());
     }
-    let (features, labels) = class_features(rows, 0);
     let queries = class_features(2_000, 1).0.mapv(|v| 1.2 * v);
-    // Uneven shards, as a cluster's partitions are.
-    let cuts = [0, rows / 7, rows / 2, rows * 4 / 5, rows];
-    let shards: Vec<Shard> = cuts
-        .windows(2)
-        .map(|w| {
-            (
-                features.slice(s![w[0]..w[1], ..]),
-                labels.slice(s![w[0]..w[1]]),
-            )
-        })
-        .collect();
-
-    let (w, b) = head();
-    let vim = Vim::new(PrincipalDims::Count(WIDTH / 4))?.with_head(w, b)?;
-    let worst = [
-        compare(&Mahalanobis::new(), &shards, &features, &labels, &queries)?,
-        compare(&Rmds::new(), &shards, &features, &labels, &queries)?,
-        compare(&Knn::new(50)?, &shards, &features, &labels, &queries)?,
-        compare(&vim, &shards, &features, &labels, &queries)?,
-    ]
-    .into_iter()
-    .fold(0.0_f32, f32::max);
+    let dir = tempfile::tempdir()?;
+    let mut worst = 0.0_f32;
+    for name in DETECTORS {
+        let difference = match name {
+            "mahalanobis" => compare(&Mahalanobis::new(), name, rows, dir.path(), &queries)?,
+            "rmds" => compare(&Rmds::new(), name, rows, dir.path(), &queries)?,
+            "knn" => compare(&Knn::new(50)?, name, rows, dir.path(), &queries)?,
+            _ => compare(&vim()?, name, rows, dir.path(), &queries)?,
+        };
+        worst = worst.max(difference);
+    }
     if worst > 1e-6 {
         return Err(format!("a sharded fit differs from the one-pass fit by {worst:e}").into());
     }
@@ -68,20 +78,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Fits `detector` on the shards (workers + driver) and on everything at
-/// once, prints the largest relative difference of their scores on
-/// `queries`, and returns it.
+/// ViM, with a head (it needs one on precomputed features).
+fn vim() -> oodkit::Result<Vim> {
+    let (w, b) = head();
+    Vim::new(PrincipalDims::Count(WIDTH / 4))?.with_head(w, b)
+}
+
+/// Fits `detector` on worker processes and on everything at once, prints
+/// the largest relative difference of their scores on `queries`, and
+/// returns it.
 fn compare<D>(
     detector: &D,
-    shards: &[Shard],
-    features: &Array2<f32>,
-    labels: &Array1<i64>,
+    name: &str,
+    rows: usize,
+    dir: &Path,
     queries: &Array2<f32>,
-) -> oodkit::Result<f32>
+) -> Result<f32, Failure>
 where
-    D: FeatureDetector + Sync,
+    D: FeatureDetector,
+    D::Fitter: PartialState,
 {
-    let sharded = fit_on_workers(detector, shards)?;
+    let sharded = fit_on_workers::<D>(name, rows, dir)?;
+    let (features, labels) = class_features(rows, 0);
     let whole = detector.fit_features(features.view(), labels.view())?;
     let (a, b) = (
         sharded.score_features(queries.view())?,
@@ -93,76 +111,122 @@ where
         .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
         .fold(0.0, f32::max);
     println!(
-        "{:<12} fitted on {} shards: largest relative score difference {worst:.1e}",
+        "{:<12} fitted by {WORKERS} worker processes: largest relative score difference \
+         {worst:.1e}",
         detector.name(),
-        shards.len()
     );
     Ok(worst)
 }
 
-/// The driver: one worker per shard for each pass, partial fits merged in
-/// the shards' order.
-fn fit_on_workers<D>(detector: &D, shards: &[Shard]) -> oodkit::Result<D::Fitted>
+/// The driver: one worker process per partition for each pass, their
+/// partial fits merged in the partitions' order.
+fn fit_on_workers<D>(name: &str, rows: usize, dir: &Path) -> Result<D::Fitted, Failure>
 where
-    D: FeatureDetector + Sync,
+    D: FeatureDetector,
+    D::Fitter: PartialState,
 {
-    let firsts = on_workers(shards, |shard| {
-        let mut fitter = detector.fitter(WIDTH, None)?;
-        fitter.update(&batch(shard))?;
-        Ok(fitter)
-    })?;
-    let mut merged = merge(firsts)?;
+    let firsts = run_workers(name, "first", rows, dir)?;
+    let mut merged = merge::<D>(&firsts)?;
     if merged.end_first_pass()? {
-        // The second pass needs what the first found: each worker gets a
-        // copy of the merged fitter.
-        let seconds = on_workers(shards, |shard| {
-            let mut fitter = merged.clone();
-            fitter.update_second(&batch(shard))?;
-            Ok(fitter)
-        })?;
-        merged = merge(seconds)?;
+        // The second pass needs what the first found: each worker loads the
+        // merged fit.
+        merged.save(merged_path(dir, name))?;
+        let seconds = run_workers(name, "second", rows, dir)?;
+        merged = merge::<D>(&seconds)?;
     }
-    merged.finish()
+    Ok(merged.finish()?)
 }
 
-/// `work` on every shard, each on its own thread, results in order.
-fn on_workers<F, T>(shards: &[Shard], work: F) -> oodkit::Result<Vec<T>>
+fn merged_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}-merged.oodkit"))
+}
+
+/// Starts one worker process per partition and waits for them; returns
+/// the files they wrote, in order.
+fn run_workers(name: &str, pass: &str, rows: usize, dir: &Path) -> Result<Vec<PathBuf>, Failure> {
+    let program = std::env::current_exe()?;
+    let mut children = Vec::new();
+    let mut outputs = Vec::new();
+    for k in 0..WORKERS {
+        let out = dir.join(format!("{name}-{pass}-{k}.oodkit"));
+        let child = Command::new(&program)
+            .arg("worker")
+            .args([name, pass, &k.to_string(), &rows.to_string()])
+            .arg(dir)
+            .arg(&out)
+            .spawn()?;
+        children.push(child);
+        outputs.push(out);
+    }
+    for (k, mut child) in children.into_iter().enumerate() {
+        let status = child.wait()?;
+        if !status.success() {
+            return Err(format!("worker {k} of {name}'s {pass} pass failed ({status})").into());
+        }
+    }
+    Ok(outputs)
+}
+
+fn merge<D>(paths: &[PathBuf]) -> Result<PartialFit<D>, Failure>
 where
-    F: Fn(&Shard) -> oodkit::Result<T> + Sync,
-    T: Send,
+    D: FeatureDetector,
+    D::Fitter: PartialState,
 {
-    thread::scope(|scope| {
-        let handles: Vec<_> = shards
-            .iter()
-            .map(|shard| scope.spawn(|| work(shard)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .map_err(|_| oodkit::Error::custom("a worker panicked"))?
-            })
-            .collect()
-    })
-}
-
-fn merge<F: LayerFitter>(fitters: Vec<F>) -> oodkit::Result<F> {
-    let mut fitters = fitters.into_iter();
-    let mut merged = fitters
-        .next()
-        .ok_or_else(|| oodkit::Error::custom("no shard"))?;
-    for other in fitters {
-        merged.merge(other)?;
+    let (first, rest) = paths.split_first().ok_or("no partial fit to merge")?;
+    let mut merged = PartialFit::<D>::load(first)?;
+    for path in rest {
+        merged.merge(PartialFit::load(path)?)?;
     }
     Ok(merged)
 }
 
-fn batch<'a>((features, labels): &Shard<'a>) -> LayerBatch<'a> {
-    LayerBatch {
-        features: *features,
-        labels: Some(*labels),
-        logits: None,
+/// `worker NAME PASS K ROWS DIR OUT`: fits partition K of the data set's
+/// ROWS rows (first pass: from nothing; second: from DIR's merged fit)
+/// and saves the partial fit at OUT.
+fn worker(args: &[String]) -> Result<(), Failure> {
+    let [name, pass, k, rows, dir, out] = args else {
+        return Err("usage: fit_on_shards worker NAME PASS K ROWS DIR OUT".into());
+    };
+    let (k, rows): (usize, usize) = (k.parse()?, rows.parse()?);
+    if k >= WORKERS {
+        return Err(format!("partition {k} of {WORKERS}").into());
     }
+    let (dir, out) = (Path::new(dir), Path::new(out));
+    match name.as_str() {
+        "mahalanobis" => work(&Mahalanobis::new(), name, pass, k, rows, dir, out),
+        "rmds" => work(&Rmds::new(), name, pass, k, rows, dir, out),
+        "knn" => work(&Knn::new(50)?, name, pass, k, rows, dir, out),
+        "vim" => work(&vim()?, name, pass, k, rows, dir, out),
+        other => Err(format!("unknown detector {other}").into()),
+    }
+}
+
+fn work<D>(
+    detector: &D,
+    name: &str,
+    pass: &str,
+    k: usize,
+    rows: usize,
+    dir: &Path,
+    out: &Path,
+) -> Result<(), Failure>
+where
+    D: FeatureDetector,
+    D::Fitter: PartialState,
+{
+    let (features, labels) = class_features(rows, 0);
+    let part = partition(rows, k);
+    let (features, labels) = (features.slice(s![part.clone(), ..]), labels.slice(s![part]));
+    let partial = match pass {
+        "first" => detector.partial_fit(features, labels)?,
+        _ => {
+            let mut merged = PartialFit::<D>::load(merged_path(dir, name))?;
+            merged.update(features, labels)?;
+            merged
+        }
+    };
+    partial.save(out)?;
+    Ok(())
 }
 
 /// `n` penultimate-layer-like features: a centre per class plus noise of

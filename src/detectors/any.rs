@@ -5,6 +5,7 @@
 use std::fmt;
 use std::path::Path;
 
+use super::features::PARTIAL_KIND;
 use super::file::{FileInfo, Persist, describe, save_to};
 use super::registry::by_kind;
 use super::{FittedDetector, ModelShape, ScoreOutput};
@@ -69,6 +70,21 @@ impl AnyDetector {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let info = describe(path)?;
+        if info.kind == PARTIAL_KIND {
+            return Err(Error::WrongFile {
+                path: path.to_path_buf(),
+                expected: "a fitted detector".into(),
+                found: format!(
+                    "a partial fit of {} (one shard's)",
+                    info.metadata["partial"]["detector"]
+                        .as_str()
+                        .unwrap_or("a detector")
+                ),
+                hint: "merge the partial fits of every shard and finish them into a detector \
+                       (PartialFit::merge, PartialFit::finish), then save that"
+                    .into(),
+            });
+        }
         let registration = by_kind(&info.kind).ok_or_else(|| Error::WrongFile {
             path: path.to_path_buf(),
             expected: "a detector this oodkit knows".into(),

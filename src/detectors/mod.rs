@@ -78,8 +78,8 @@ pub use features::{
     Dice, Fdbd, FdbdNormalizer, FeatureDetector, FeatureOptions, FittedDice, FittedFdbd,
     FittedFeatures, FittedGmm, FittedGradNorm, FittedGram, FittedKnn, FittedMahalanobis, FittedNci,
     FittedNnGuide, FittedResidual, FittedShe, FittedVim, FittedVra, Gmm, GradNorm, Gram, Hnsw, Knn,
-    LayerBatch, LayerFitter, Mahalanobis, Nci, NnGuide, PrincipalDims, Rectification, Residual,
-    Rmds, ScoreFeatures, She, StoredState, Vim, Vra,
+    LayerBatch, LayerFitter, Mahalanobis, Nci, NnGuide, PartialFit, PartialState, PrincipalDims,
+    Rectification, Residual, Rmds, ScoreFeatures, She, StoredState, Vim, Vra,
 };
 pub use file::Persist;
 pub use logits::{

@@ -3,6 +3,7 @@
 use ndarray::{Array1, Array2, Axis};
 use serde::{Deserialize, Serialize};
 
+use super::PartialState;
 use super::head::{Head, logsumexp};
 use super::moments::RunningMean;
 use super::quantile::quantile;
@@ -130,11 +131,31 @@ impl FeatureDetector for Dice {
 }
 
 /// Streams the mean activation of one layer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiceFitter {
     sparsity: f64,
+    #[serde(flatten)]
     head: Head,
+    #[serde(flatten)]
     mean: RunningMean,
+}
+
+impl PartialState for DiceFitter {
+    const DETECTORS: &'static [&'static str] = &["DICE"];
+
+    fn detector(&self) -> &'static str {
+        "DICE"
+    }
+
+    fn width(&self) -> usize {
+        self.head.width()
+    }
+
+    fn validate(&self) -> Result<()> {
+        Dice::new(self.sparsity)?;
+        self.head.validate()?;
+        self.mean.validate(self.head.width())
+    }
 }
 
 impl LayerFitter for DiceFitter {

@@ -3,6 +3,7 @@
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
+use super::PartialState;
 use super::head::{Head, argmax_row};
 use super::moments::RunningMean;
 use super::neighbours::distance;
@@ -169,12 +170,58 @@ fn boundary_scales(head: &Head) -> Result<Array2<f64>> {
 }
 
 /// Streams the mean feature of one layer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "FdbdFitterForm")]
 pub struct FdbdFitter {
     normalizer: FdbdNormalizer,
+    #[serde(flatten)]
     head: Head,
+    /// Derived from the head: not in files.
+    #[serde(skip_serializing)]
     denominators: Array2<f64>,
+    #[serde(flatten)]
     mean: RunningMean,
+}
+
+/// An [`FdbdFitter`] as a partial fit's file holds it.
+#[derive(Deserialize)]
+struct FdbdFitterForm {
+    normalizer: FdbdNormalizer,
+    #[serde(flatten)]
+    head: Head,
+    #[serde(flatten)]
+    mean: RunningMean,
+}
+
+impl TryFrom<FdbdFitterForm> for FdbdFitter {
+    type Error = Error;
+
+    fn try_from(form: FdbdFitterForm) -> Result<Self> {
+        form.head.validate()?;
+        form.mean.validate(form.head.width())?;
+        Ok(FdbdFitter {
+            normalizer: form.normalizer,
+            denominators: boundary_scales(&form.head)?,
+            head: form.head,
+            mean: form.mean,
+        })
+    }
+}
+
+impl PartialState for FdbdFitter {
+    const DETECTORS: &'static [&'static str] = &["fDBD"];
+
+    fn detector(&self) -> &'static str {
+        "fDBD"
+    }
+
+    fn width(&self) -> usize {
+        self.head.width()
+    }
+
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl LayerFitter for FdbdFitter {

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use ndarray::{Array1, Array2, Array3, Axis};
 use serde::{Deserialize, Serialize};
 
+use super::PartialState;
 use super::moments::ClassMoments;
+use super::partial::{check_classes, check_len};
 use super::stored::StoredState;
 use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
@@ -126,11 +128,105 @@ impl FeatureDetector for Gmm {
 }
 
 /// Streams each class's mean and scatter.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "GmmForm<Array2<f64>>")]
 pub struct GmmFitter {
     regularization: f64,
     width: usize,
     classes: BTreeMap<i64, ClassMoments>,
+}
+
+/// A [`GmmFitter`] in a partial fit's file: the classes ascending, with
+/// their counts, means (rows of `class_means`) and scatters (the arrays
+/// `class_scatters.{i}`, lower triangles as accumulated).
+#[derive(Serialize, Deserialize)]
+#[serde(bound(serialize = "S: array::ToArray", deserialize = "S: array::FromArray"))]
+struct GmmForm<S> {
+    regularization: f64,
+    width: usize,
+    class_labels: Vec<i64>,
+    class_counts: Vec<u64>,
+    #[serde(with = "array")]
+    class_means: Array2<f64>,
+    #[serde(with = "array::list")]
+    class_scatters: Vec<S>,
+}
+
+impl Serialize for GmmFitter {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut class_means = Array2::zeros((self.classes.len(), self.width));
+        let mut class_counts = Vec::with_capacity(self.classes.len());
+        for (mut row, (label, moments)) in class_means.rows_mut().into_iter().zip(&self.classes) {
+            if let Some(class) = moments.classes().get(label) {
+                row.assign(&class.mean);
+                class_counts.push(class.count);
+            }
+        }
+        GmmForm {
+            regularization: self.regularization,
+            width: self.width,
+            class_labels: self.classes.keys().copied().collect(),
+            class_counts,
+            class_means,
+            class_scatters: self
+                .classes
+                .values()
+                .map(ClassMoments::raw_within)
+                .collect(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl TryFrom<GmmForm<Array2<f64>>> for GmmFitter {
+    type Error = Error;
+
+    fn try_from(form: GmmForm<Array2<f64>>) -> Result<Self> {
+        Gmm::new(form.regularization)?;
+        let classes = form.class_labels.len();
+        check_classes(&form.class_labels)?;
+        check_len("its class counts", form.class_counts.len(), classes)?;
+        check_len("its class scatters", form.class_scatters.len(), classes)?;
+        if form.class_means.dim() != (classes, form.width) {
+            return Err(Error::custom(format!(
+                "its class means are {:?} for {classes} classes of {} features",
+                form.class_means.shape(),
+                form.width
+            )));
+        }
+        let moments = form
+            .class_labels
+            .iter()
+            .zip(form.class_counts)
+            .zip(form.class_means.rows())
+            .zip(form.class_scatters)
+            .map(|(((&label, count), mean), scatter)| {
+                ClassMoments::of_one_class(label, count, mean.to_owned(), scatter)
+                    .map(|m| (label, m))
+            })
+            .collect::<Result<_>>()?;
+        Ok(GmmFitter {
+            regularization: form.regularization,
+            width: form.width,
+            classes: moments,
+        })
+    }
+}
+
+impl PartialState for GmmFitter {
+    const DETECTORS: &'static [&'static str] = &["GMM"];
+
+    fn detector(&self) -> &'static str {
+        "GMM"
+    }
+
+    fn width(&self) -> usize {
+        self.width
+    }
+
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl LayerFitter for GmmFitter {

@@ -3,6 +3,7 @@
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
+use super::PartialState;
 use super::head::Head;
 use super::stored::StoredState;
 use super::traits::merge_check;
@@ -105,9 +106,26 @@ impl FeatureDetector for GradNorm {
 }
 
 /// Holds the head; the fit batches only confirm the width.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GradNormFitter {
+    #[serde(flatten)]
     head: Head,
+}
+
+impl PartialState for GradNormFitter {
+    const DETECTORS: &'static [&'static str] = &["GradNorm"];
+
+    fn detector(&self) -> &'static str {
+        "GradNorm"
+    }
+
+    fn width(&self) -> usize {
+        self.head.width()
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.head.validate()
+    }
 }
 
 impl LayerFitter for GradNormFitter {

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use ndarray::{Array1, ArrayView1, Axis};
 
+use super::PartialState;
+use super::partial::{check_classes, check_len};
 use super::quantile::quantile;
 use super::stored::StoredState;
 use super::traits::merge_check;
@@ -199,13 +201,110 @@ fn classes(batch: &LayerBatch) -> Option<Vec<i64>> {
 }
 
 /// Collects one layer's Gram statistics per class.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "GramForm<Vec<f32>>")]
 pub struct GramFitter {
     dim: usize,
     quantile: f64,
     mult: Multiplicities,
     /// Per class, the statistics of its samples, row after row.
     stats: BTreeMap<i64, Vec<f32>>,
+}
+
+/// A [`GramFitter`] in a partial fit's file: the classes ascending, each
+/// one's statistics an array `class_statistics.{i}`.
+#[derive(Serialize, Deserialize)]
+#[serde(bound(serialize = "S: array::ToArray", deserialize = "S: array::FromArray"))]
+struct GramForm<S> {
+    dim: usize,
+    quantile: f64,
+    odd_orders: f64,
+    even_orders: f64,
+    class_labels: Vec<i64>,
+    #[serde(with = "array::list")]
+    class_statistics: Vec<S>,
+}
+
+impl Serialize for GramFitter {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        GramForm {
+            dim: self.dim,
+            quantile: self.quantile,
+            odd_orders: self.mult.odd,
+            even_orders: self.mult.even,
+            class_labels: self.stats.keys().copied().collect(),
+            class_statistics: self.stats.values().collect(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl TryFrom<GramForm<Vec<f32>>> for GramFitter {
+    type Error = Error;
+
+    fn try_from(form: GramForm<Vec<f32>>) -> Result<Self> {
+        let mult = Multiplicities {
+            odd: form.odd_orders,
+            even: form.even_orders,
+        };
+        let orders = mult.odd + mult.even;
+        let counts = [mult.odd, mult.even];
+        if !(counts.iter().all(|c| *c >= 0.0 && c.fract() == 0.0) && orders >= 1.0) {
+            return Err(Error::custom(format!(
+                "its numbers of odd and even orders ({}, {}) are not counts of at least one order",
+                mult.odd, mult.even
+            )));
+        }
+        if !(0.0..0.5).contains(&form.quantile) {
+            return Err(Error::custom(format!(
+                "its quantile {} is outside [0, 0.5)",
+                form.quantile
+            )));
+        }
+        check_classes(&form.class_labels)?;
+        check_len(
+            "its list of class statistics",
+            form.class_statistics.len(),
+            form.class_labels.len(),
+        )?;
+        let row = mult.weights().len() * form.dim;
+        if row == 0
+            || form
+                .class_statistics
+                .iter()
+                .any(|v| !v.len().is_multiple_of(row))
+        {
+            return Err(Error::custom(format!(
+                "its class statistics are not rows of {row} values"
+            )));
+        }
+        Ok(GramFitter {
+            dim: form.dim,
+            quantile: form.quantile,
+            mult,
+            stats: form
+                .class_labels
+                .into_iter()
+                .zip(form.class_statistics)
+                .collect(),
+        })
+    }
+}
+
+impl PartialState for GramFitter {
+    const DETECTORS: &'static [&'static str] = &["Gram"];
+
+    fn detector(&self) -> &'static str {
+        "Gram"
+    }
+
+    fn width(&self) -> usize {
+        self.dim
+    }
+
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl LayerFitter for GramFitter {

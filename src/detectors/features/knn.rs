@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, s};
 use rayon::prelude::*;
 
+use super::PartialState;
 use super::hnsw::{self, Graph, Hnsw, Metric};
 use super::neighbours::{INDEX_BLOCK, KBest, QUERY_BLOCK, normalise_into, normalised};
 use super::stored::StoredState;
@@ -158,12 +159,41 @@ impl FeatureDetector for Knn {
 }
 
 /// Collects one layer's normalised fit features.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KnnFitter {
     k: usize,
     dim: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     approximate: Option<Hnsw>,
+    #[serde(with = "array")]
     rows: Vec<f32>,
+}
+
+impl PartialState for KnnFitter {
+    const DETECTORS: &'static [&'static str] = &["KNN"];
+
+    fn detector(&self) -> &'static str {
+        "KNN"
+    }
+
+    fn width(&self) -> usize {
+        self.dim
+    }
+
+    fn validate(&self) -> Result<()> {
+        Knn::new(self.k)?;
+        if let Some(hnsw) = &self.approximate {
+            hnsw.validate()?;
+        }
+        if self.dim == 0 || !self.rows.len().is_multiple_of(self.dim) {
+            return Err(Error::custom(format!(
+                "its {} stored values are not rows of {} features",
+                self.rows.len(),
+                self.dim
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl LayerFitter for KnnFitter {

@@ -3,6 +3,7 @@
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, Zip, s};
 
+use super::PartialState;
 use super::derived::Derived;
 use super::moments::ClassMoments;
 use super::stored::StoredState;
@@ -76,7 +77,7 @@ impl FeatureDetector for Mahalanobis {
     }
 
     fn fitter(&self, width: usize, _model: Option<&dyn Model>) -> Result<GaussianFitter> {
-        Ok(GaussianFitter::new(width, false, self.name()))
+        Ok(GaussianFitter::new(width, false))
     }
 
     fn options(&self) -> &FeatureOptions {
@@ -139,7 +140,7 @@ impl FeatureDetector for Rmds {
     }
 
     fn fitter(&self, width: usize, _model: Option<&dyn Model>) -> Result<GaussianFitter> {
-        Ok(GaussianFitter::new(width, true, self.name()))
+        Ok(GaussianFitter::new(width, true))
     }
 
     fn options(&self) -> &FeatureOptions {
@@ -152,19 +153,42 @@ impl FeatureDetector for Rmds {
 }
 
 /// Streams the class moments of one layer (with the overall ones for
-/// RMDS).
-#[derive(Debug, Clone)]
+/// RMDS, which is what tells the two apart).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GaussianFitter {
+    #[serde(flatten)]
     moments: ClassMoments,
-    name: &'static str,
 }
 
 impl GaussianFitter {
-    fn new(width: usize, relative: bool, name: &'static str) -> Self {
+    fn new(width: usize, relative: bool) -> Self {
         GaussianFitter {
             moments: ClassMoments::new(width, relative),
-            name,
         }
+    }
+
+    fn name(&self) -> &'static str {
+        if self.moments.has_total() {
+            "RMDS"
+        } else {
+            "Mahalanobis"
+        }
+    }
+}
+
+impl PartialState for GaussianFitter {
+    const DETECTORS: &'static [&'static str] = &["Mahalanobis", "RMDS"];
+
+    fn detector(&self) -> &'static str {
+        self.name()
+    }
+
+    fn width(&self) -> usize {
+        self.moments.dim()
+    }
+
+    fn validate(&self) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -179,9 +203,9 @@ impl LayerFitter for GaussianFitter {
     }
 
     fn merge(&mut self, other: Self) -> Result<()> {
-        merge_check(self.name, "detectors", &self.name, &other.name)?;
+        merge_check(self.name(), "detectors", &self.name(), &other.name())?;
         merge_check(
-            self.name,
+            self.name(),
             "feature widths",
             &self.moments.dim(),
             &other.moments.dim(),
@@ -192,7 +216,7 @@ impl LayerFitter for GaussianFitter {
 
     fn finish(self) -> Result<FittedMahalanobis> {
         let m = &self.moments;
-        m.require_per_class(2, self.name)?;
+        m.require_per_class(2, self.name())?;
         let n = m.count() as f64;
         let dim = m.dim();
         // Everything is centred on the overall mean, which keeps the

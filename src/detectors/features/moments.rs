@@ -7,7 +7,10 @@
 use std::collections::BTreeMap;
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
+use serde::{Deserialize, Serialize};
 
+use super::partial::{check_classes, check_count, check_len};
+use crate::detectors::file::array;
 use crate::error::{Error, Result};
 use crate::linalg::{add_gram_lower, symmetrized};
 
@@ -22,7 +25,9 @@ pub(crate) struct Mean {
 /// Σ_c Σ_{i in c} (x_i − μ_c)(x_i − μ_c)ᵀ, optionally with the total mean
 /// and scatter over all samples. The scatters are accumulated on their
 /// lower triangle only (half the work); the accessors return them whole.
-#[derive(Debug, Clone)]
+/// In a partial fit's file: [`MomentsForm`]'s fields.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "MomentsForm")]
 pub(crate) struct ClassMoments {
     dim: usize,
     classes: BTreeMap<i64, Mean>,
@@ -126,6 +131,42 @@ impl ClassMoments {
         self.dim
     }
 
+    /// The moments of one class's `count` samples: their `mean` and the
+    /// lower triangle of their `scatter` (as [`raw_within`](Self::raw_within)
+    /// gives it), checked.
+    pub(crate) fn of_one_class(
+        label: i64,
+        count: u64,
+        mean: Array1<f64>,
+        scatter: Array2<f64>,
+    ) -> Result<Self> {
+        let dim = mean.len();
+        check_count(count, "a class")?;
+        if count == 0 || scatter.dim() != (dim, dim) {
+            return Err(Error::custom(format!(
+                "class {label}'s moments count {count} samples with a {:?} scatter for {dim} \
+                 features",
+                scatter.shape()
+            )));
+        }
+        Ok(ClassMoments {
+            dim,
+            classes: BTreeMap::from([(label, Mean { count, mean })]),
+            within: scatter,
+            total: None,
+        })
+    }
+
+    /// The within-class scatter as accumulated (its lower triangle).
+    pub(crate) fn raw_within(&self) -> &Array2<f64> {
+        &self.within
+    }
+
+    /// Whether the total mean and scatter are kept.
+    pub(crate) fn has_total(&self) -> bool {
+        self.total.is_some()
+    }
+
     /// The classes seen, ascending, with their counts and means.
     pub(crate) fn classes(&self) -> &BTreeMap<i64, Mean> {
         &self.classes
@@ -171,6 +212,127 @@ impl ClassMoments {
     }
 }
 
+/// [`ClassMoments`] as a partial fit's file holds them: the classes in
+/// ascending order with their counts and means (rows of `class_means`),
+/// the scatters' lower triangles as accumulated.
+#[derive(Serialize, Deserialize)]
+struct MomentsForm {
+    dim: usize,
+    class_labels: Vec<i64>,
+    class_counts: Vec<u64>,
+    #[serde(with = "array")]
+    class_means: Array2<f64>,
+    #[serde(with = "array")]
+    within: Array2<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    total_count: Option<u64>,
+    #[serde(
+        with = "array::optional",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    total_mean: Option<Array1<f64>>,
+    #[serde(
+        with = "array::optional",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    total_scatter: Option<Array2<f64>>,
+}
+
+impl Serialize for ClassMoments {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut class_means = Array2::zeros((self.classes.len(), self.dim));
+        for (mut row, class) in class_means
+            .rows_mut()
+            .into_iter()
+            .zip(self.classes.values())
+        {
+            row.assign(&class.mean);
+        }
+        MomentsForm {
+            dim: self.dim,
+            class_labels: self.classes.keys().copied().collect(),
+            class_counts: self.classes.values().map(|m| m.count).collect(),
+            class_means,
+            within: self.within.clone(),
+            total_count: self.total.as_ref().map(|(m, _)| m.count),
+            total_mean: self.total.as_ref().map(|(m, _)| m.mean.clone()),
+            total_scatter: self.total.as_ref().map(|(_, s)| s.clone()),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl TryFrom<MomentsForm> for ClassMoments {
+    type Error = Error;
+
+    fn try_from(form: MomentsForm) -> Result<Self> {
+        let dim = form.dim;
+        let classes = form.class_labels.len();
+        check_classes(&form.class_labels)?;
+        check_len("the class counts", form.class_counts.len(), classes)?;
+        if form.class_means.dim() != (classes, dim) || form.within.dim() != (dim, dim) {
+            return Err(Error::custom(format!(
+                "its class means are {:?} and its scatter {:?}, where {classes} classes of {dim} \
+                 features were expected",
+                form.class_means.shape(),
+                form.within.shape()
+            )));
+        }
+        let mut seen = 0_u64;
+        for &count in &form.class_counts {
+            check_count(count, "a class")?;
+            if count == 0 {
+                return Err(Error::custom("a class of its moments counts no sample"));
+            }
+            seen += count;
+            check_count(seen, "the classes together")?;
+        }
+        let total = match (form.total_count, form.total_mean, form.total_scatter) {
+            (None, None, None) => None,
+            (Some(count), Some(mean), Some(scatter)) => {
+                if count != seen || mean.len() != dim || scatter.dim() != (dim, dim) {
+                    return Err(Error::custom(format!(
+                        "its overall moments count {count} samples of {} features with a \
+                         {:?} scatter, where the classes count {seen} of {dim}",
+                        mean.len(),
+                        scatter.shape()
+                    )));
+                }
+                Some((Mean { count, mean }, scatter))
+            }
+            _ => {
+                return Err(Error::custom(
+                    "its overall moments are incomplete (total_count, total_mean and \
+                     total_scatter go together)",
+                ));
+            }
+        };
+        let classes = form
+            .class_labels
+            .into_iter()
+            .zip(form.class_counts)
+            .zip(form.class_means.rows())
+            .map(|((label, count), mean)| {
+                (
+                    label,
+                    Mean {
+                        count,
+                        mean: mean.to_owned(),
+                    },
+                )
+            })
+            .collect();
+        Ok(ClassMoments {
+            dim,
+            classes,
+            within: form.within,
+            total,
+        })
+    }
+}
+
 /// Merges the statistics `part` into `running` (means only) and returns
 /// the weight and mean difference of the scatter correction
 /// n_a·n_b/(n_a+n_b) · δδᵀ the merge adds.
@@ -198,10 +360,13 @@ fn add_rank_updates(scatter: &mut Array2<f64>, updates: &[(f64, Array1<f64>)]) {
 }
 
 /// The mean of feature rows, streamed in `f64` (the plain sum: fit features
-/// are finite and their count is far below 2⁵³).
-#[derive(Debug, Clone)]
+/// are finite and their count is far below 2⁵³). In a partial fit's file:
+/// `mean_sum` and `mean_count`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct RunningMean {
+    #[serde(rename = "mean_sum", with = "array")]
     sum: Array1<f64>,
+    #[serde(rename = "mean_count")]
     count: u64,
 }
 
@@ -219,6 +384,13 @@ impl RunningMean {
             self.sum.zip_mut_with(&row, |s, &v| *s += f64::from(v));
         }
         self.count += features.nrows() as u64;
+    }
+
+    /// Errors unless the count can be one of fit samples and the sum is
+    /// `dim` wide.
+    pub(crate) fn validate(&self, dim: usize) -> Result<()> {
+        check_count(self.count, "its running mean")?;
+        check_len("its running sum", self.sum.len(), dim)
     }
 
     /// Adds what `other` summed (rows of the same width).

@@ -3,6 +3,7 @@
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
+use super::PartialState;
 use super::head::{Head, argmax_row};
 use super::moments::RunningMean;
 use super::neighbours::distance;
@@ -123,11 +124,31 @@ impl FeatureDetector for Nci {
 }
 
 /// Streams the mean feature of one layer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NciFitter {
     alpha: f64,
+    #[serde(flatten)]
     head: Head,
+    #[serde(flatten)]
     mean: RunningMean,
+}
+
+impl PartialState for NciFitter {
+    const DETECTORS: &'static [&'static str] = &["NCI"];
+
+    fn detector(&self) -> &'static str {
+        "NCI"
+    }
+
+    fn width(&self) -> usize {
+        self.head.width()
+    }
+
+    fn validate(&self) -> Result<()> {
+        Nci::new(self.alpha)?;
+        self.head.validate()?;
+        self.mean.validate(self.head.width())
+    }
 }
 
 impl LayerFitter for NciFitter {

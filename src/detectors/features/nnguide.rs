@@ -4,9 +4,11 @@ use ndarray::{Array1, Array2, ArrayView2, Axis, s};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::PartialState;
 use super::head::{Head, logsumexp};
 use super::hnsw::{self, Graph, Hnsw, Metric};
 use super::neighbours::{INDEX_BLOCK, KBest, QUERY_BLOCK, normalised};
+use super::partial::check_count;
 use super::stored::StoredState;
 use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
@@ -191,15 +193,53 @@ impl FeatureDetector for NnGuide {
 
 /// Keeps every (1/fraction)-th fit feature, normalised and scaled by its
 /// energy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NnGuideFitter {
     k: usize,
     fraction: f64,
     width: usize,
+    #[serde(flatten)]
     head: Option<Head>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     approximate: Option<Hnsw>,
     seen: u64,
+    #[serde(with = "array")]
     bank: Vec<f32>,
+}
+
+impl PartialState for NnGuideFitter {
+    const DETECTORS: &'static [&'static str] = &["NNGuide"];
+
+    fn detector(&self) -> &'static str {
+        "NNGuide"
+    }
+
+    fn width(&self) -> usize {
+        self.width
+    }
+
+    fn validate(&self) -> Result<()> {
+        NnGuide::new(self.k, self.fraction)?;
+        if let Some(hnsw) = &self.approximate {
+            hnsw.validate()?;
+        }
+        if let Some(head) = &self.head {
+            head.validate_with(self.width, "NNGuide's bank")?;
+        }
+        check_count(self.seen, "its bank")?;
+        if self.width == 0
+            || !self.bank.len().is_multiple_of(self.width)
+            || (self.bank.len() / self.width) as u64 > self.seen
+        {
+            return Err(Error::custom(format!(
+                "its bank of {} values is not rows of {} features from {} samples seen",
+                self.bank.len(),
+                self.width,
+                self.seen
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl LayerFitter for NnGuideFitter {

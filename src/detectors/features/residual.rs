@@ -4,8 +4,10 @@
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
+use super::PartialState;
 use super::head::Head;
 use super::moments::ClassMoments;
+use super::partial::check_len;
 use super::stored::StoredState;
 use super::subspace::{check_residual, residual_basis};
 use super::traits::merge_check;
@@ -129,11 +131,31 @@ impl FeatureDetector for Residual {
 }
 
 /// Streams the second moment of one layer about the head's origin.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResidualFitter {
+    #[serde(rename = "principal_dims")]
     dims: PrincipalDims,
+    #[serde(flatten)]
     moments: ClassMoments,
+    #[serde(with = "array")]
     origin: Array1<f64>,
+}
+
+impl PartialState for ResidualFitter {
+    const DETECTORS: &'static [&'static str] = &["Residual"];
+
+    fn detector(&self) -> &'static str {
+        "Residual"
+    }
+
+    fn width(&self) -> usize {
+        self.moments.dim()
+    }
+
+    fn validate(&self) -> Result<()> {
+        Residual::new(self.dims)?;
+        check_len("its origin", self.origin.len(), self.moments.dim())
+    }
 }
 
 impl LayerFitter for ResidualFitter {

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use ndarray::{Array1, Array2, Axis};
 
+use super::PartialState;
+use super::partial::{check_classes, check_count, check_len};
 use super::stored::StoredState;
 use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
@@ -87,13 +89,111 @@ impl FeatureDetector for She {
 }
 
 /// Sums one layer's correctly classified fit features per class.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "SheForm")]
 pub struct SheFitter {
     dim: usize,
     /// Per class: count and sum of the kept samples.
     sums: BTreeMap<i64, (u64, Array1<f64>)>,
     /// Per class: samples seen, kept or not (for the error message).
     seen: BTreeMap<i64, u64>,
+}
+
+/// A [`SheFitter`] in a partial fit's file: the classes ascending, with
+/// the samples seen and kept and the sum of those kept (rows of
+/// `class_sums`).
+#[derive(Serialize, Deserialize)]
+struct SheForm {
+    dim: usize,
+    class_labels: Vec<i64>,
+    class_seen: Vec<u64>,
+    class_kept: Vec<u64>,
+    #[serde(with = "array")]
+    class_sums: Array2<f64>,
+}
+
+impl Serialize for SheFitter {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut class_sums = Array2::zeros((self.seen.len(), self.dim));
+        let mut class_kept = Vec::with_capacity(self.seen.len());
+        for (mut row, label) in class_sums.rows_mut().into_iter().zip(self.seen.keys()) {
+            let (kept, sum) = self
+                .sums
+                .get(label)
+                .map_or((0, None), |(c, s)| (*c, Some(s)));
+            class_kept.push(kept);
+            if let Some(sum) = sum {
+                row.assign(sum);
+            }
+        }
+        SheForm {
+            dim: self.dim,
+            class_labels: self.seen.keys().copied().collect(),
+            class_seen: self.seen.values().copied().collect(),
+            class_kept,
+            class_sums,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl TryFrom<SheForm> for SheFitter {
+    type Error = Error;
+
+    fn try_from(form: SheForm) -> Result<Self> {
+        let classes = form.class_labels.len();
+        check_classes(&form.class_labels)?;
+        check_len("its counts of samples seen", form.class_seen.len(), classes)?;
+        check_len("its counts of samples kept", form.class_kept.len(), classes)?;
+        if form.class_sums.dim() != (classes, form.dim) {
+            return Err(Error::custom(format!(
+                "its class sums are {:?} for {classes} classes of {} features",
+                form.class_sums.shape(),
+                form.dim
+            )));
+        }
+        for (&seen, &kept) in form.class_seen.iter().zip(&form.class_kept) {
+            check_count(seen, "a class")?;
+            if kept > seen {
+                return Err(Error::custom(format!(
+                    "a class keeps {kept} of {seen} samples"
+                )));
+            }
+        }
+        let mut sums = BTreeMap::new();
+        let mut seen = BTreeMap::new();
+        for (((label, n), kept), sum) in form
+            .class_labels
+            .into_iter()
+            .zip(form.class_seen)
+            .zip(form.class_kept)
+            .zip(form.class_sums.rows())
+        {
+            seen.insert(label, n);
+            sums.insert(label, (kept, sum.to_owned()));
+        }
+        Ok(SheFitter {
+            dim: form.dim,
+            sums,
+            seen,
+        })
+    }
+}
+
+impl PartialState for SheFitter {
+    const DETECTORS: &'static [&'static str] = &["SHE"];
+
+    fn detector(&self) -> &'static str {
+        "SHE"
+    }
+
+    fn width(&self) -> usize {
+        self.dim
+    }
+
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl LayerFitter for SheFitter {

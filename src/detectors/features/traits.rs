@@ -323,6 +323,24 @@ pub trait FeatureDetector: Clone + fmt::Debug {
         fitter.finish()
     }
 
+    /// The first pass of one layer's fit over a shard of its precomputed
+    /// fit features `(N, D)` and labels, as a worker of a cluster runs it:
+    /// save the [`PartialFit`](super::PartialFit), merge it with the other
+    /// shards' where they meet, and finish it. Errors as
+    /// [`fit_features`](Self::fit_features) does.
+    fn partial_fit(
+        &self,
+        features: ArrayView2<f32>,
+        labels: ArrayView1<i64>,
+    ) -> Result<super::PartialFit<Self>>
+    where
+        Self: Sized,
+    {
+        let mut partial = super::PartialFit::new(self, features.ncols())?;
+        partial.update(features, labels)?;
+        Ok(partial)
+    }
+
     /// Fits one layer on `shards` of its precomputed fit features, each
     /// `(features, labels)`: every shard on its own thread, the partial
     /// fits merged ([`LayerFitter::merge`]), a second pass (ViM) likewise.
@@ -435,7 +453,7 @@ pub(super) fn check_width(width: usize, features: ArrayView2<f32>, what: &str) -
 
 /// Checks one layer's fit features `(N, D)` and labels: rows and columns,
 /// one label per row, finite values.
-fn check_fit_features(
+pub(super) fn check_fit_features(
     features: ArrayView2<f32>,
     labels: ArrayView1<i64>,
     what: &str,
@@ -458,7 +476,7 @@ fn check_fit_features(
 }
 
 /// Fit features and labels as batches of at most [`CHUNK`] rows.
-fn fit_chunks<'a>(
+pub(super) fn fit_chunks<'a>(
     features: ArrayView2<'a, f32>,
     labels: ArrayView1<'a, i64>,
 ) -> impl Iterator<Item = LayerBatch<'a>> {

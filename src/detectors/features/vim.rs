@@ -2,8 +2,10 @@
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, CowArray, Ix2, s};
 
+use super::PartialState;
 use super::derived::Derived;
 use super::moments::ClassMoments;
+use super::partial::check_len;
 use super::stored::StoredState;
 use super::subspace::{check_residual, residual_basis};
 use super::traits::{cannot_merge, merge_check};
@@ -19,7 +21,8 @@ use serde::{Deserialize, Serialize};
 
 /// How many principal dimensions of the in-distribution features ViM
 /// keeps; the rest is the residual space.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PrincipalDims {
     /// This many (at least 1, below the feature width).
     Count(usize),
@@ -177,7 +180,8 @@ impl FeatureDetector for Vim {
 }
 
 /// Streams the second moment of one layer about the head's origin.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "VimForm")]
 pub struct VimFitter {
     dims: PrincipalDims,
     moments: ClassMoments,
@@ -186,6 +190,103 @@ pub struct VimFitter {
     bias: Array1<f32>,
     /// The subspace once the first pass has ended; the second sums into it.
     subspace: Option<FittedVim>,
+}
+
+/// A [`VimFitter`] in a partial fit's file: the first pass's moments and
+/// the head's origin and weights; once the first pass has ended, the
+/// residual basis and the second pass's sums.
+#[derive(Serialize, Deserialize)]
+struct VimForm {
+    principal_dims: PrincipalDims,
+    #[serde(flatten)]
+    moments: ClassMoments,
+    #[serde(with = "array")]
+    origin: Array1<f64>,
+    #[serde(rename = "head_weights", with = "array")]
+    weights: Array2<f32>,
+    #[serde(rename = "head_bias", with = "array")]
+    bias: Array1<f32>,
+    #[serde(
+        with = "array::optional",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    residual: Option<Array2<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    second_pass_sums: Option<(f64, f64)>,
+}
+
+impl Serialize for VimFitter {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        VimForm {
+            principal_dims: self.dims,
+            moments: self.moments.clone(),
+            origin: self.origin.clone(),
+            weights: self.weights.clone(),
+            bias: self.bias.clone(),
+            residual: self.subspace.as_ref().map(|s| s.residual.clone()),
+            second_pass_sums: self.subspace.as_ref().map(|s| (s.logit_sum, s.norm_sum)),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl TryFrom<VimForm> for VimFitter {
+    type Error = Error;
+
+    fn try_from(form: VimForm) -> Result<Self> {
+        Vim::new(form.principal_dims)?;
+        let width = form.moments.dim();
+        check_head(&form.weights, &form.bias, "ViM's stored head")?;
+        check_len("its head's rows", form.weights.ncols(), width)?;
+        check_len("its origin", form.origin.len(), width)?;
+        let subspace = match (form.residual, form.second_pass_sums) {
+            (None, None) => None,
+            (Some(residual), Some((logit_sum, norm_sum))) => {
+                check_residual(width, &residual, "ViM")?;
+                Some(FittedVim {
+                    origin: form.origin.clone(),
+                    residual,
+                    weights: form.weights.clone(),
+                    bias: form.bias.clone(),
+                    alpha: f64::NAN,
+                    logit_sum,
+                    norm_sum,
+                    form: Derived::default(),
+                })
+            }
+            _ => {
+                return Err(Error::custom(
+                    "its second pass is incomplete (the residual basis and the second pass's \
+                     sums go together)",
+                ));
+            }
+        };
+        Ok(VimFitter {
+            dims: form.principal_dims,
+            moments: form.moments,
+            origin: form.origin,
+            weights: form.weights,
+            bias: form.bias,
+            subspace,
+        })
+    }
+}
+
+impl PartialState for VimFitter {
+    const DETECTORS: &'static [&'static str] = &["ViM"];
+
+    fn detector(&self) -> &'static str {
+        "ViM"
+    }
+
+    fn width(&self) -> usize {
+        self.moments.dim()
+    }
+
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl LayerFitter for VimFitter {

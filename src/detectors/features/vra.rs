@@ -3,11 +3,13 @@
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
+use super::PartialState;
 use super::head::{Head, logsumexp};
 use super::quantile::quantile;
 use super::stored::StoredState;
 use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
+use crate::detectors::file::array;
 use crate::detectors::registry::{
     Capability, Needs, Param, Registration, built, load_features, on_layers,
 };
@@ -157,7 +159,9 @@ impl FeatureDetector for Vra {
     fn fitter(&self, width: usize, model: Option<&dyn Model>) -> Result<VraFitter> {
         let head = Head::resolve(self.head.as_ref(), model, width, "VRA", "Vra::new(..)?")?;
         Ok(VraFitter {
-            detector: self.clone(),
+            low: self.low,
+            high: self.high,
+            rectification: self.rectification,
             head,
             values: Vec::new(),
         })
@@ -173,11 +177,41 @@ impl FeatureDetector for Vra {
 }
 
 /// Keeps one layer's fit activations for the exact quantiles.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VraFitter {
-    detector: Vra,
+    low: f64,
+    high: f64,
+    #[serde(rename = "piecewise_gamma", with = "piecewise_gamma")]
+    rectification: Rectification,
+    #[serde(flatten)]
     head: Head,
+    #[serde(with = "array")]
     values: Vec<f32>,
+}
+
+impl PartialState for VraFitter {
+    const DETECTORS: &'static [&'static str] = &["VRA"];
+
+    fn detector(&self) -> &'static str {
+        "VRA"
+    }
+
+    fn width(&self) -> usize {
+        self.head.width()
+    }
+
+    fn validate(&self) -> Result<()> {
+        Vra::new(self.low, self.high)?.with_rectification(self.rectification)?;
+        self.head.validate()?;
+        if !self.values.len().is_multiple_of(self.head.width()) {
+            return Err(Error::custom(format!(
+                "its {} activations are not rows of {} features",
+                self.values.len(),
+                self.head.width()
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl LayerFitter for VraFitter {
@@ -191,7 +225,12 @@ impl LayerFitter for VraFitter {
     /// The activations concatenate (the bounds are quantiles, which do
     /// not depend on the order).
     fn merge(&mut self, other: Self) -> Result<()> {
-        merge_check("VRA", "settings", &self.detector, &other.detector)?;
+        merge_check(
+            "VRA",
+            "settings",
+            &(self.low, self.high, self.rectification),
+            &(other.low, other.high, other.rectification),
+        )?;
         merge_check("VRA", "heads", &self.head, &other.head)?;
         self.values.extend(other.values);
         Ok(())
@@ -204,12 +243,12 @@ impl LayerFitter for VraFitter {
                 hint: "fit on at least one sample".into(),
             });
         }
-        let low = quantile(&mut self.values, self.detector.low) as f32;
-        let high = quantile(&mut self.values, self.detector.high) as f32;
+        let low = quantile(&mut self.values, self.low) as f32;
+        let high = quantile(&mut self.values, self.high) as f32;
         Ok(FittedVra {
             low,
             high,
-            rectification: self.detector.rectification,
+            rectification: self.rectification,
             head: self.head,
         })
     }
