@@ -324,6 +324,67 @@ fn a_graph_that_does_not_hold_together_does_not_load() {
     assert!(refused("ef_search 0").contains("ef_search"));
 }
 
+#[test]
+fn a_graph_cut_apart_falls_back_to_the_exact_search() {
+    // Every link removed: from the entry the graph reaches one row, fewer
+    // than k, so each query is searched exactly instead.
+    let fit = features(500, 14, false);
+    let queries = features(20, 15, true);
+    let labels = Array1::zeros(fit.nrows());
+    let head = (
+        Array2::from_shape_fn((CLASSES, D), |(c, j)| ((c * 5 + j) % 7) as f32 / 7.0),
+        Array1::zeros(CLASSES),
+    );
+    let guide = NnGuide::new(5, 1.0)
+        .unwrap()
+        .with_head(head.0, head.1)
+        .unwrap();
+    let exact_guide = guide.fit_features(fit.view(), labels.view()).unwrap();
+    let guide = one_thread(|| {
+        guide
+            .approximate(Hnsw::default())
+            .fit_features(fit.view(), labels.view())
+            .unwrap()
+    });
+    let exact_knn = fitted(Knn::new(5).unwrap(), &fit);
+    let knn = fitted(Knn::new(5).unwrap().approximate(Hnsw::default()), &fit);
+    let dir = tempfile::tempdir().unwrap();
+    let cut = |arrays: &mut common::detector_file::Arrays| {
+        for (name, _, _, data) in arrays.iter_mut() {
+            if name.ends_with("hnsw_base") || name.ends_with("hnsw_upper") {
+                data.fill(0xff);
+            }
+        }
+    };
+    let (saved, edited) = (
+        dir.path().join("saved.oodkit"),
+        dir.path().join("cut.oodkit"),
+    );
+
+    knn.save(&saved).unwrap();
+    rewrite(&edited, &std::fs::read(&saved).unwrap(), |_, arrays| {
+        cut(arrays)
+    });
+    let cut_knn = FittedKnn::load(&edited).unwrap();
+    assert_eq!(
+        cut_knn.score_features(queries.view()).unwrap(),
+        exact_knn.score_features(queries.view()).unwrap()
+    );
+
+    guide.save(&saved).unwrap();
+    rewrite(&edited, &std::fs::read(&saved).unwrap(), |_, arrays| {
+        cut(arrays)
+    });
+    let cut_guide = FittedNnGuide::load(&edited).unwrap();
+    let (a, e) = (
+        cut_guide.score_features(queries.view()).unwrap(),
+        exact_guide.score_features(queries.view()).unwrap(),
+    );
+    for (a, e) in a.iter().zip(&e) {
+        assert!((a - e).abs() <= 1e-5 * e.abs(), "{a} cut graph, {e} exact");
+    }
+}
+
 /// The upper nodes of the graph in a saved KNN file.
 fn knn_upper_nodes(bytes: &[u8]) -> Vec<u32> {
     let tensors = safetensors::SafeTensors::deserialize(bytes).unwrap();

@@ -17,7 +17,7 @@ use crate::detectors::registry::{
     Capability, Needs, Param, Registration, built, load_features, on_layers,
 };
 use crate::error::{Error, Result};
-use crate::linalg::gemm_into;
+use crate::linalg::{gemm_into, lanes_dot};
 use crate::model::{Model, last_layer_of};
 
 /// NNGuide: a guide bank of in-distribution features, each L2-normalised
@@ -117,7 +117,9 @@ impl NnGuide {
     /// Finds the most similar bank entries approximately, through an HNSW
     /// graph built at the end of the fit (the `ann` feature; see [`Hnsw`]
     /// and [`Knn::approximate`](super::Knn::approximate)), ranked by inner
-    /// product: for banks of hundreds of thousands of entries.
+    /// product: for banks of hundreds of thousands of entries. A query
+    /// from which the graph reaches fewer than k entries is searched
+    /// exactly.
     pub fn approximate(mut self, hnsw: Hnsw) -> Self {
         self.approximate = Some(hnsw);
         self
@@ -449,8 +451,19 @@ impl FittedNnGuide {
             .into_par_iter()
             .with_min_len(16)
             .map(|i| {
-                let mut found =
-                    graph.search(self.bank.view(), queries.row(i), ef, Metric::NegativeDot);
+                let q = queries.row(i);
+                let mut found = graph.search(self.bank.view(), q, ef, Metric::NegativeDot);
+                if found.len() < self.k {
+                    // The graph reaches fewer than k entries from this
+                    // query (a graph cut apart): search it exactly.
+                    found = self
+                        .bank
+                        .rows()
+                        .into_iter()
+                        .enumerate()
+                        .map(|(j, row)| (-lanes_dot(q, row), j))
+                        .collect();
+                }
                 let k = self.k.min(found.len()).max(1);
                 if found.len() > k {
                     found.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0));
