@@ -63,7 +63,10 @@ impl<F: FittedDetector> Calibrated<F> {
                 .map_err(|e| e.in_batch_at(offset))?;
             match &expects {
                 Some(known) => known.check_classes(&out.logits, "a calibration batch")?,
-                None => expects = ModelShape::of(&shape, &out.logits),
+                None if model.records_input_shape() => {
+                    expects = ModelShape::of(&shape, &out.logits)
+                }
+                None => {}
             }
             scores.extend(out.scores);
         }

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::features::PARTIAL_KIND;
 use super::file::{FileInfo, Persist, describe, save_to};
+use super::precomputed::Precomputed;
 use super::registry::by_kind;
 use super::{FittedDetector, ModelShape, ScoreOutput};
 use crate::batch::Batch;
@@ -189,8 +190,9 @@ impl AnyDetector {
     /// calibration.
     pub fn verdicts_of(&self, out: &ScoreOutput) -> Result<Vec<Verdict>> {
         let (calibration, alpha) = self.calibrated()?;
-        let classes = out.predictions();
-        calibration.verdicts(out.scores.view(), Some(classes.view()), alpha)
+        // No logits (features computed elsewhere, alone): no class.
+        let classes = (out.logits.ncols() > 0).then(|| out.predictions());
+        calibration.verdicts(out.scores.view(), classes.as_ref().map(|c| c.view()), alpha)
     }
 
     /// The calibration, or an error saying how to get one.
@@ -208,6 +210,25 @@ impl AnyDetector {
     pub fn verdicts(&self, model: &AnyModel<'_>, data: &dyn BatchSource) -> Result<Vec<Verdict>> {
         self.calibrated()?;
         self.verdicts_of(&self.score(model, data)?)
+    }
+
+    /// Scores arrays computed elsewhere (features of the layers it was
+    /// fitted on, logits, as the detector reads them), in row order.
+    pub fn score_precomputed(&self, data: &Precomputed<'_>) -> Result<ScoreOutput> {
+        self.score(data, &data.source())
+    }
+
+    /// Calibrates on the scores of held-out in-distribution arrays
+    /// computed elsewhere, for verdicts at level `alpha` (see
+    /// [`calibrate`](Self::calibrate)).
+    pub fn calibrate_precomputed(self, data: &Precomputed<'_>, alpha: f64) -> Result<Self> {
+        self.calibrate(data, &data.source(), alpha)
+    }
+
+    /// Scores arrays computed elsewhere and decides on each row. Errors
+    /// when the detector holds no calibration.
+    pub fn verdicts_precomputed(&self, data: &Precomputed<'_>) -> Result<Vec<Verdict>> {
+        self.verdicts(data, &data.source())
     }
 }
 

@@ -68,6 +68,7 @@ pub mod features;
 pub mod file;
 pub mod logits;
 mod perturbation;
+pub mod precomputed;
 pub mod registry;
 mod softmax;
 
@@ -88,6 +89,7 @@ pub use logits::{
     StoredLogits, TemperatureScaling, Weibull,
 };
 pub use perturbation::InputPerturbation;
+pub use precomputed::Precomputed;
 
 /// What scoring returns: one score per input, in input order, and what the
 /// Python toolkit returns beside them (its "info" dict).

@@ -391,6 +391,16 @@ impl UnfittedDetector {
         Ok(AnyDetector::fitted(self.inner.fit(model, fit_data)?))
     }
 
+    /// Fits on arrays computed elsewhere — features of one or more layers
+    /// (a forward hook's), logits, labels — as it would through the
+    /// network (see [`Precomputed`](super::Precomputed)). The fitted
+    /// detector records no input shape: its file serves the network the
+    /// arrays came from as well as more arrays.
+    pub fn fit_precomputed(&self, data: &super::Precomputed<'_>) -> Result<AnyDetector> {
+        self.check_fit_size(data.len())?;
+        self.fit(data, Some(&data.source()))
+    }
+
     /// Errors when `fit_samples` in-distribution samples cannot be enough
     /// for its parameters ([`Detector::check_fit_size`]): check before a
     /// long pass over the data.

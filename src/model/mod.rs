@@ -145,6 +145,15 @@ pub trait Model {
     fn as_stochastic(&self) -> Option<&dyn StochasticPasses> {
         None
     }
+
+    /// Whether a detector fitted or calibrated through it records its
+    /// input shape and class count, to check a model it is attached to
+    /// later. `true` for networks; `false` for a model whose inputs are not
+    /// a network's (arrays computed elsewhere, served by row), so that the
+    /// detector can later serve the network those arrays came from.
+    fn records_input_shape(&self) -> bool {
+        true
+    }
 }
 
 /// A capability of a [`Model`] beyond its logits.
@@ -428,6 +437,14 @@ pub trait FeatureModel {
     /// The activations of `layers` and the logits of a batch.
     fn forward_features(&self, inputs: ArrayView4<f32>, layers: &[LayerId]) -> Result<ModelOutput>;
 
+    /// Whether its logits are real. `false` for features computed
+    /// elsewhere without logits: its logits are then `(N, 0)` and the
+    /// detectors see the features alone, as on
+    /// [`fit_features`](crate::detectors::FeatureDetector::fit_features).
+    fn gives_logits(&self) -> bool {
+        true
+    }
+
     /// Like [`forward_features`](Self::forward_features), taking the batch by
     /// value (see [`Model::forward_owned`]).
     fn forward_features_owned(
@@ -461,6 +478,9 @@ macro_rules! forward_model_impls {
             }
             fn as_map_editing(&self) -> Option<&dyn MapEditing> {
                 (**self).as_map_editing()
+            }
+            fn records_input_shape(&self) -> bool {
+                (**self).records_input_shape()
             }
             fn as_stochastic(&self) -> Option<&dyn StochasticPasses> {
                 (**self).as_stochastic()

@@ -162,7 +162,7 @@ impl<S: ScoreFeatures> FittedDetector for FittedFeatures<S> {
                 &LayerBatch {
                     features: features.view(),
                     labels: None,
-                    logits: Some(out.logits.view()),
+                    logits: (out.logits.ncols() > 0).then(|| out.logits.view()),
                 },
             )?));
         }

@@ -111,7 +111,7 @@ fn fit_layers<D: FeatureDetector>(
         states,
         aggregator,
         perturbation: detector.options().perturbation,
-        expects: pass.shape,
+        expects: pass.shape.filter(|_| model.records_input_shape()),
     })
 }
 
@@ -180,7 +180,9 @@ impl<'a> Pass<'a> {
                         &LayerBatch {
                             features: features.view(),
                             labels: labels.as_ref().map(|l| l.view()),
-                            logits: Some(out.logits.view()),
+                            // A model of arrays computed elsewhere may have no
+                            // logits: its batches are precomputed features.
+                            logits: (out.logits.ncols() > 0).then(|| out.logits.view()),
                         },
                     )?;
                 }
