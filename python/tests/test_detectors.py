@@ -198,3 +198,43 @@ def test_the_type_stub_lists_every_kind():
 
     written = (pathlib.Path(oodkit.__file__).parent / "__init__.pyi").read_text()
     assert written == stubgen.stub(), "run python python/stubgen.py after changing the registry"
+
+
+def _interop():
+    """The Rust side of the file round trip (examples/interop.rs), when
+    built: OODKIT_INTEROP_BIN names the binary."""
+    import os
+
+    binary = os.environ.get("OODKIT_INTEROP_BIN")
+    if not binary:
+        pytest.skip("OODKIT_INTEROP_BIN is not set (cargo build --features cli --example interop)")
+    return binary
+
+
+def test_files_move_between_python_and_rust_bit_for_bit(tmp_path, fit_set, id_set):
+    import subprocess
+
+    binary = _interop()
+    fit, _, labels = fit_set
+    queries = id_set[0]
+    np.save(tmp_path / "fit.npy", fit)
+    np.save(tmp_path / "labels.npy", labels)
+    np.save(tmp_path / "queries.npy", queries)
+    for kind in ["knn", "mahalanobis", "she"]:
+        detector = oodkit.detector(kind, **({"k": 5} if kind == "knn" else {}))
+        # Python fits and saves, Rust loads and scores.
+        fitted = detector.fit(fit, labels)
+        fitted.save(tmp_path / f"{kind}-py.oodkit")
+        subprocess.run(
+            [binary, "score", tmp_path / f"{kind}-py.oodkit", tmp_path / "queries.npy", tmp_path / f"{kind}-rs.npy"],
+            check=True,
+        )
+        np.testing.assert_array_equal(np.load(tmp_path / f"{kind}-rs.npy"), fitted.score(queries))
+        # Rust fits and saves, Python loads and scores as Rust does.
+        subprocess.run(
+            [binary, "fit", kind, "5", tmp_path / "fit.npy", tmp_path / "labels.npy", tmp_path / f"{kind}-rs.oodkit"],
+            check=True,
+        )
+        from_rust = oodkit.load(tmp_path / f"{kind}-rs.oodkit")
+        assert from_rust.kind == fitted.kind
+        np.testing.assert_array_equal(from_rust.score(queries), fitted.score(queries))
