@@ -276,3 +276,104 @@ fn several_layers_are_picked_by_name() {
         typed.score_features(wide_q.view()).unwrap()
     );
 }
+
+#[test]
+fn partial_fits_by_name_merge_through_files_into_the_whole_fit() {
+    let (fit, _, labels) = data(300, 10, 0.0);
+    let (queries, _, _) = data(40, 11, 0.6);
+    let (w, b) = head();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, params) in [
+        ("knn", Params::new().set("k", 5)),
+        ("mahalanobis", Params::new()),
+        ("vim", Params::new().set("dims", 3)),
+    ] {
+        let detector = built(name, params);
+        let shard = |rows: std::ops::Range<usize>| {
+            Precomputed::features(fit.slice(s![rows.clone(), ..]))
+                .unwrap()
+                .with_head(w.clone(), b.clone())
+                .unwrap()
+                .with_labels(labels.slice(s![rows]))
+                .unwrap()
+        };
+        let cuts = [0, 70, 180, 300];
+        let path = |pass: &str, k: usize| dir.path().join(format!("{name}-{pass}-{k}.oodkit"));
+        for k in 0..3 {
+            let part = detector
+                .partial_fit_precomputed(&shard(cuts[k]..cuts[k + 1]))
+                .unwrap();
+            part.save(path("first", k)).unwrap();
+        }
+        let merge = |pass: &str| {
+            let mut merged = detector.load_partial(path(pass, 0)).unwrap();
+            for k in 1..3 {
+                merged
+                    .merge(detector.load_partial(path(pass, k)).unwrap())
+                    .unwrap();
+            }
+            merged
+        };
+        let mut merged = merge("first");
+        if merged.end_first_pass().unwrap() {
+            merged.save(dir.path().join("merged.oodkit")).unwrap();
+            for k in 0..3 {
+                let mut copy = detector
+                    .load_partial(dir.path().join("merged.oodkit"))
+                    .unwrap();
+                copy.update_precomputed(&shard(cuts[k]..cuts[k + 1]))
+                    .unwrap();
+                copy.save(path("second", k)).unwrap();
+            }
+            merged = merge("second");
+        }
+        let sharded = merged.finish().unwrap();
+        let whole = detector.fit_precomputed(&shard(0..300)).unwrap();
+        let q = Precomputed::features(queries.view())
+            .unwrap()
+            .with_head(w.clone(), b.clone())
+            .unwrap();
+        let (a, e) = (
+            sharded.score_precomputed(&q).unwrap().scores,
+            whole.score_precomputed(&q).unwrap().scores,
+        );
+        for (a, e) in a.iter().zip(&e) {
+            assert!(
+                (a - e).abs() <= 1e-5 * e.abs().max(1.0),
+                "{name}: {a} sharded, {e} whole"
+            );
+        }
+        // The finished detector saves and loads as any other.
+        sharded.save(dir.path().join("done.oodkit")).unwrap();
+        assert_eq!(
+            AnyDetector::load(dir.path().join("done.oodkit"))
+                .unwrap()
+                .kind(),
+            whole.kind()
+        );
+    }
+    // Logit detectors have no partial fits; a detector that reads labels
+    // says so when a shard has none.
+    let err = built("msp", Params::new())
+        .partial_fit_precomputed(&Precomputed::logits(fit.view()).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("partial fits"), "{err}");
+    let err = built("mahalanobis", Params::new())
+        .partial_fit_precomputed(&Precomputed::features(fit.view()).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("labels"), "{err}");
+    // Partial fits of two kinds do not merge.
+    let mut knn = built("knn", Params::new().set("k", 2))
+        .partial_fit_precomputed(&Precomputed::features(fit.view()).unwrap())
+        .unwrap();
+    let she = built("she", Params::new())
+        .partial_fit_precomputed(
+            &Precomputed::features(fit.view())
+                .unwrap()
+                .with_labels(labels.view())
+                .unwrap(),
+        )
+        .unwrap();
+    let err = knn.merge(she).unwrap_err();
+    assert!(err.to_string().contains("cannot merge"), "{err}");
+}

@@ -42,6 +42,7 @@ __all__ = [
     "InvalidInput",
     "FileError",
     "Detector",
+    "PartialFit",
     "UnfittedDetector",
     "Verdicts",
     "Kind",
@@ -151,6 +152,77 @@ class Detector:
         return f"<oodkit.Detector {self.kind}{calibrated}>"
 
 
+class PartialFit:
+    """One layer's fit of a feature detector on some shards of the fit data:
+    what a cluster's worker fits on its shard and ships back (it pickles as
+    its file's bytes with the detector's parameters). Merge the shards'
+    (in order), then :meth:`finish`; when :meth:`end_first_pass` says a
+    second pass is needed (ViM), give each worker a copy to :meth:`update`
+    with its shard and merge those. Merged into another or finished, a
+    partial fit is spent."""
+
+    __slots__ = ("_inner", "_detector")
+
+    def __init__(self, inner: "_native.PartialFit", detector: "UnfittedDetector"):
+        self._inner = inner
+        self._detector = detector
+
+    @property
+    def kind(self) -> str:
+        return self._inner.kind
+
+    @property
+    def in_second_pass(self) -> bool:
+        """Whether its first pass has ended."""
+        return self._inner.in_second_pass
+
+    def merge(self, other: "PartialFit") -> "PartialFit":
+        """Merges ``other`` (another shard's, the same detector and
+        parameters, the same pass) into this one; returns this one."""
+        if not isinstance(other, PartialFit):
+            raise TypeError("merge takes another PartialFit")
+        self._inner.merge(other._inner)
+        return self
+
+    def end_first_pass(self) -> bool:
+        """Ends the first pass (on the merged fit of every shard); True when
+        a second pass over every shard is needed."""
+        return self._inner.end_first_pass()
+
+    def update(self, features=None, labels=None, *, logits=None, head=None) -> "PartialFit":
+        """Adds a shard to the pass it is in (the second, on a copy of the
+        merged fit); returns this one."""
+        self._inner.update(
+            layers_of(features), _logits(logits), head_of(head), None if labels is None else labels_vector(labels)
+        )
+        return self
+
+    def finish(self) -> Detector:
+        """The fitted detector."""
+        return Detector(self._inner.finish())
+
+    def save(self, path) -> None:
+        """Writes the partial fit's file (kind "partial fit")."""
+        self._inner.save(_path(path))
+
+    def to_bytes(self) -> bytes:
+        return self._inner.to_bytes()
+
+    def copy(self) -> "PartialFit":
+        """An independent copy (for a worker's second pass)."""
+        return self._detector._partial_from_bytes(self.to_bytes())
+
+    def __reduce__(self):
+        return (_restore_partial, (self._detector._name, self._detector._params, self._detector._layers, self.to_bytes()))
+
+    def __repr__(self) -> str:
+        return f"<oodkit.PartialFit of {self._detector!r}>"
+
+
+def _restore_partial(name, params, layers, data):
+    return UnfittedDetector(name, layers=layers, **params)._partial_from_bytes(data)
+
+
 class UnfittedDetector:
     """A detector built by name with its parameters, not fitted yet."""
 
@@ -182,9 +254,33 @@ class UnfittedDetector:
             )
         )
 
+    def partial_fit(self, features=None, labels=None, *, logits=None, head=None) -> PartialFit:
+        """The first pass of a fit on one shard (feature detectors, one
+        layer): what a cluster's worker runs; see :class:`PartialFit`."""
+        return PartialFit(
+            self._inner.partial_fit(
+                layers_of(features), _logits(logits), head_of(head), None if labels is None else labels_vector(labels)
+            ),
+            self,
+        )
+
+    def load_partial(self, path) -> PartialFit:
+        """A partial fit of this detector (these parameters) from its file."""
+        return PartialFit(self._inner.load_partial(_path(path)), self)
+
+    def _partial_from_bytes(self, data: bytes) -> PartialFit:
+        return PartialFit(self._inner.partial_from_bytes(bytes(data)), self)
+
+    def __reduce__(self):
+        return (_restore_unfitted, (self._name, self._params, self._layers))
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
         return f"<oodkit.UnfittedDetector {self._name}({params})>"
+
+
+def _restore_unfitted(name, params, layers):
+    return UnfittedDetector(name, layers=layers, **params)
 
 
 def detector(name: str, *, layers: Optional[Sequence[Union[str, int]]] = None, **params: Any) -> UnfittedDetector:

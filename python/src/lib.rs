@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
 use oodkit::detectors::registry::{self, ParamValue, Params, UnfittedDetector};
-use oodkit::detectors::{AnyDetector, Precomputed};
+use oodkit::detectors::{AnyDetector, AnyPartialFit, Precomputed};
 use oodkit::metrics;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -174,6 +174,151 @@ impl Unfitted {
         let data = arrays.precomputed().or_raise()?;
         let inner = py.detach(|| self.inner.fit_precomputed(&data)).or_raise()?;
         Ok(Detector { inner })
+    }
+
+    /// The first pass of a partial fit on one shard (feature detectors).
+    #[pyo3(signature = (layers=None, logits=None, head=None, labels=None))]
+    fn partial_fit<'py>(
+        &self,
+        py: Python<'py>,
+        layers: Layers<'py>,
+        logits: Option<PyReadonlyArray2<'py, f32>>,
+        head: Head<'py>,
+        labels: Option<PyReadonlyArray1<'py, i64>>,
+    ) -> PyResult<Partial> {
+        let arrays = Arrays::new(layers, logits, head, labels);
+        let data = arrays.precomputed().or_raise()?;
+        let inner = py
+            .detach(|| self.inner.partial_fit_precomputed(&data))
+            .or_raise()?;
+        Ok(Partial { inner: Some(inner) })
+    }
+
+    /// A partial fit of this detector read from its file.
+    fn load_partial(&self, py: Python<'_>, path: PathBuf) -> PyResult<Partial> {
+        let inner = py.detach(|| self.inner.load_partial(&path)).or_raise()?;
+        Ok(Partial { inner: Some(inner) })
+    }
+
+    /// A partial fit of this detector from its file's bytes.
+    fn partial_from_bytes(&self, py: Python<'_>, bytes: &[u8]) -> PyResult<Partial> {
+        let bytes = bytes.to_vec();
+        let inner = py
+            .detach(|| {
+                let dir = tempfile::tempdir().map_err(|e| io_error("a temporary folder", e))?;
+                let path = dir.path().join("partial.oodkit");
+                std::fs::write(&path, &bytes)
+                    .map_err(|e| io_error("the temporary partial fit", e))?;
+                self.inner.load_partial(&path)
+            })
+            .or_raise()?;
+        Ok(Partial { inner: Some(inner) })
+    }
+}
+
+/// A partial fit on some shards of the fit data; once merged into another
+/// or finished, it is spent.
+#[pyclass(module = "oodkit._native", name = "PartialFit")]
+struct Partial {
+    inner: Option<AnyPartialFit>,
+}
+
+impl Partial {
+    fn live(&mut self) -> PyResult<&mut AnyPartialFit> {
+        self.inner.as_mut().ok_or_else(spent)
+    }
+}
+
+fn spent() -> PyErr {
+    raise_as(
+        "InvalidInput",
+        "this partial fit was merged into another or finished: use the one it became".into(),
+    )
+}
+
+#[pymethods]
+impl Partial {
+    /// The detector's kind.
+    #[getter]
+    fn kind(&self) -> PyResult<&'static str> {
+        self.inner
+            .as_ref()
+            .map(AnyPartialFit::kind)
+            .ok_or_else(spent)
+    }
+
+    /// Whether its first pass has ended.
+    #[getter]
+    fn in_second_pass(&self) -> PyResult<bool> {
+        self.inner
+            .as_ref()
+            .map(AnyPartialFit::in_second_pass)
+            .ok_or_else(spent)
+    }
+
+    /// Merges `other` (spent afterwards) into this one.
+    fn merge(slf: &Bound<'_, Self>, other: &Bound<'_, Self>) -> PyResult<()> {
+        if slf.is(other) {
+            return Err(raise_as(
+                "InvalidInput",
+                "a partial fit cannot merge with itself".into(),
+            ));
+        }
+        let theirs = other.borrow_mut().inner.take().ok_or_else(spent)?;
+        let py = slf.py();
+        let mut me = slf.borrow_mut();
+        let mine = me.live()?;
+        py.detach(|| mine.merge(theirs)).or_raise()
+    }
+
+    /// Ends the first pass; True when a second pass over every shard is
+    /// needed.
+    fn end_first_pass(&mut self, py: Python<'_>) -> PyResult<bool> {
+        let mine = self.live()?;
+        py.detach(|| mine.end_first_pass()).or_raise()
+    }
+
+    /// Adds a shard to the pass it is in.
+    #[pyo3(signature = (layers=None, logits=None, head=None, labels=None))]
+    fn update<'py>(
+        &mut self,
+        py: Python<'py>,
+        layers: Layers<'py>,
+        logits: Option<PyReadonlyArray2<'py, f32>>,
+        head: Head<'py>,
+        labels: Option<PyReadonlyArray1<'py, i64>>,
+    ) -> PyResult<()> {
+        let arrays = Arrays::new(layers, logits, head, labels);
+        let data = arrays.precomputed().or_raise()?;
+        let mine = self.live()?;
+        py.detach(|| mine.update_precomputed(&data)).or_raise()
+    }
+
+    /// The fitted detector (this partial fit is spent).
+    fn finish(&mut self, py: Python<'_>) -> PyResult<Detector> {
+        let mine = self.inner.take().ok_or_else(spent)?;
+        let inner = py.detach(|| mine.finish()).or_raise()?;
+        Ok(Detector { inner })
+    }
+
+    /// Writes the partial fit's file.
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let mine = self.inner.as_ref().ok_or_else(spent)?;
+        py.detach(|| mine.save(&path)).or_raise()
+    }
+
+    /// The partial fit file's bytes.
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let mine = self.inner.as_ref().ok_or_else(spent)?;
+        let bytes = py
+            .detach(|| {
+                let dir = tempfile::tempdir().map_err(|e| io_error("a temporary folder", e))?;
+                let path = dir.path().join("partial.oodkit");
+                mine.save(&path)?;
+                std::fs::read(&path).map_err(|e| io_error("the temporary partial fit", e))
+            })
+            .or_raise()?;
+        Ok(PyBytes::new(py, &bytes))
     }
 }
 
@@ -431,6 +576,7 @@ fn roc_curve<'py>(
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Unfitted>()?;
     m.add_class::<Detector>()?;
+    m.add_class::<Partial>()?;
     m.add_function(wrap_pyfunction!(build, m)?)?;
     m.add_function(wrap_pyfunction!(kinds, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;

@@ -238,3 +238,31 @@ def test_files_move_between_python_and_rust_bit_for_bit(tmp_path, fit_set, id_se
         from_rust = oodkit.load(tmp_path / f"{kind}-rs.oodkit")
         assert from_rust.kind == fitted.kind
         np.testing.assert_array_equal(from_rust.score(queries), fitted.score(queries))
+
+
+@pytest.mark.parametrize("kind,params", [("knn", {"k": 5}), ("mahalanobis", {}), ("vim", {"dims": 4})])
+def test_partial_fits_pickle_merge_and_finish_as_the_whole_fit(kind, params, fit_set, id_set):
+    fit, _, labels = fit_set
+    w, b = head()
+    detector = oodkit.detector(kind, **params)
+    cuts = [0, 130, 400, 600]
+    shards = [(fit[a:z], labels[a:z]) for a, z in zip(cuts, cuts[1:])]
+    # Workers fit their shards; their partial fits travel pickled.
+    parts = [pickle.loads(pickle.dumps(detector.partial_fit(x, y, head=(w, b)))) for x, y in shards]
+    merged = parts[0]
+    for other in parts[1:]:
+        merged.merge(other)
+    with pytest.raises(oodkit.InvalidInput, match="merged into another"):
+        parts[1].merge(parts[2])
+    if merged.end_first_pass():
+        copies = [pickle.loads(pickle.dumps(merged)).update(x, y) for x, y in shards]
+        merged = copies[0]
+        for other in copies[1:]:
+            merged.merge(other)
+    sharded = merged.finish()
+    whole = detector.fit(fit, labels, head=(w, b))
+    np.testing.assert_allclose(
+        sharded.score(id_set[0], head=(w, b)), whole.score(id_set[0], head=(w, b)), rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(oodkit.InvalidInput, match="merged into another or finished"):
+        merged.finish()

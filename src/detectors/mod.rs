@@ -63,6 +63,7 @@ use ndarray::{Array1, Array2};
 use crate::metrics::argmax;
 
 mod any;
+mod any_partial;
 mod detector;
 pub mod features;
 pub mod file;
@@ -73,6 +74,7 @@ pub mod registry;
 mod softmax;
 
 pub use any::{AnyDetector, AnyModel};
+pub use any_partial::AnyPartialFit;
 pub use detector::{Detector, FittedDetector, ModelShape, Scorer};
 pub use features::aggregation::{Aggregation, Aggregator};
 pub use features::{

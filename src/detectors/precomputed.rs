@@ -184,6 +184,24 @@ impl<'a> Precomputed<'a> {
         self.rows == 0
     }
 
+    /// The feature layers' names, then `"logits"` (as a model's layers).
+    pub(crate) fn layer_names(&self) -> Vec<String> {
+        let mut names = self.names.clone();
+        names.push(LOGITS.to_owned());
+        names
+    }
+
+    /// The features of the layer at `position` among
+    /// [`layer_names`](Self::layer_names) (`None`: the logits).
+    pub(crate) fn layer(&self, position: usize) -> Option<ArrayView2<'a, f32>> {
+        self.layers.get(position).copied()
+    }
+
+    /// The labels, if given.
+    pub(crate) fn labels(&self) -> Option<ArrayView1<'a, i64>> {
+        self.labels
+    }
+
     /// The batches of row numbers the model serves, with the labels.
     pub(crate) fn source(&self) -> RowBatches<'_> {
         RowBatches {
@@ -290,9 +308,7 @@ impl Model for Precomputed<'_> {
 
 impl FeatureModel for Precomputed<'_> {
     fn layer_names(&self) -> Vec<String> {
-        let mut names = self.names.clone();
-        names.push(LOGITS.to_owned());
-        names
+        Precomputed::layer_names(self)
     }
 
     fn forward_features(&self, inputs: ArrayView4<f32>, layers: &[LayerId]) -> Result<ModelOutput> {

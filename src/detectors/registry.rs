@@ -41,10 +41,11 @@ use std::path::Path;
 use std::sync::RwLock;
 
 use super::any::{Erased, Erasing};
+use super::any_partial::{AnyPartialFit, Typed};
 use super::file::{FileInfo, Persist};
 use super::{
     AnyDetector, AnyModel, Detector, FeatureDetector, FittedDetector, FittedFeatures, FittedShaped,
-    PrincipalDims, ScoreFeatures, ScoreLogits,
+    PartialState, PrincipalDims, ScoreFeatures, ScoreLogits, StoredState,
 };
 use crate::calibration::Calibrated;
 use crate::datasets::BatchSource;
@@ -401,6 +402,33 @@ impl UnfittedDetector {
         self.fit(data, Some(&data.source()))
     }
 
+    /// The first pass of a partial fit on one shard of precomputed
+    /// features (and labels): what a cluster's worker runs. Save it, merge
+    /// the shards' where they meet ([`load_partial`](Self::load_partial)),
+    /// finish. Feature detectors only, on one layer.
+    pub fn partial_fit_precomputed(&self, data: &super::Precomputed<'_>) -> Result<AnyPartialFit> {
+        self.inner.partial_fit(data).unwrap_or_else(|| {
+            Err(Error::Unsupported {
+                what: format!("partial fits of {}", self.registration.kind()),
+                hint: "partial fits are those of the feature detectors: fit this one on all \
+                       the data at once"
+                    .into(),
+            })
+        })
+    }
+
+    /// Reads a partial fit of this detector (saved by a worker). The
+    /// detector's parameters must be those the workers used: merging
+    /// checks them.
+    pub fn load_partial(&self, path: impl AsRef<Path>) -> Result<AnyPartialFit> {
+        self.inner.load_partial(path.as_ref()).unwrap_or_else(|| {
+            Err(Error::Unsupported {
+                what: format!("partial fits of {}", self.registration.kind()),
+                hint: "partial fits are those of the feature detectors".into(),
+            })
+        })
+    }
+
     /// Errors when `fit_samples` in-distribution samples cannot be enough
     /// for its parameters ([`Detector::check_fit_size`]): check before a
     /// long pass over the data.
@@ -418,6 +446,74 @@ pub(crate) trait FitAny: Send + Sync + fmt::Debug {
     ) -> Result<Box<dyn Erased>>;
 
     fn check_fit_size(&self, fit_samples: usize) -> Result<()>;
+
+    /// A partial fit on a shard of precomputed features (feature
+    /// detectors); `None` for a kind without partial fits.
+    fn partial_fit(&self, data: &super::Precomputed<'_>) -> Option<Result<AnyPartialFit>> {
+        let _ = data;
+        None
+    }
+
+    /// A partial fit read from its file; `None` as for
+    /// [`partial_fit`](Self::partial_fit).
+    fn load_partial(&self, path: &Path) -> Option<Result<AnyPartialFit>> {
+        let _ = path;
+        None
+    }
+}
+
+/// A feature detector in the registry: fits as any detector does, and
+/// has partial fits.
+#[derive(Debug)]
+struct FeatureKind<D>(D);
+
+impl<D> FitAny for FeatureKind<D>
+where
+    D: FeatureDetector + Send + Sync + fmt::Debug + 'static,
+    D::Fitter: PartialState + Send + Sync + 'static,
+    D::Fitted: StoredState + 'static,
+    FittedFeatures<D::Fitted>: Persist,
+    Calibrated<FittedFeatures<D::Fitted>>: Persist,
+{
+    fn fit(
+        &self,
+        model: &AnyModel<'_>,
+        fit_data: Option<&dyn BatchSource>,
+    ) -> Result<Box<dyn Erased>> {
+        FitAny::fit(&self.0, model, fit_data)
+    }
+
+    fn check_fit_size(&self, fit_samples: usize) -> Result<()> {
+        Detector::check_fit_size(&self.0, fit_samples)
+    }
+
+    fn partial_fit(&self, data: &super::Precomputed<'_>) -> Option<Result<AnyPartialFit>> {
+        Some(Typed::fit(&self.0, data).map(|typed| AnyPartialFit {
+            inner: Box::new(typed),
+            kind: self.0.name(),
+        }))
+    }
+
+    fn load_partial(&self, path: &Path) -> Option<Result<AnyPartialFit>> {
+        Some(Typed::load(&self.0, path).map(|typed| AnyPartialFit {
+            inner: Box::new(typed),
+            kind: self.0.name(),
+        }))
+    }
+}
+
+/// Boxes a feature detector for a [`BuildFn`], with its partial fits
+/// ([`UnfittedDetector::partial_fit_precomputed`]): for a
+/// [`FeatureDetector`] whose fitter saves ([`PartialState`]).
+pub fn built_features<D>(detector: D) -> Result<BoxedDetector>
+where
+    D: FeatureDetector + Send + Sync + fmt::Debug + 'static,
+    D::Fitter: PartialState + Send + Sync + 'static,
+    D::Fitted: StoredState + 'static,
+    FittedFeatures<D::Fitted>: Persist,
+    Calibrated<FittedFeatures<D::Fitted>>: Persist,
+{
+    Ok(BoxedDetector(Box::new(FeatureKind(detector))))
 }
 
 impl<D> FitAny for D

@@ -12,7 +12,7 @@ use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
-    Capability, Needs, Registration, built, load_features, on_layers,
+    Capability, Needs, Registration, built_features, load_features, on_layers,
 };
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -357,6 +357,6 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
         labels: false,
         capabilities: &[Capability::Features, Capability::LastLayer],
     },
-    |p| built(on_layers(Fdbd::default(), p)?),
+    |p| built_features(on_layers(Fdbd::default(), p)?),
     load_features::<FittedFdbd>,
 );

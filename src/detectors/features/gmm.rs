@@ -15,7 +15,7 @@ use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
-    Capability, Needs, Param, Registration, built, load_features, on_layers,
+    Capability, Needs, Param, Registration, built_features, load_features, on_layers,
 };
 use crate::error::{Error, Result};
 use crate::linalg::{gemm, symmetric_eigen};
@@ -431,7 +431,7 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
             Some(r) => Gmm::new(r)?,
             None => Gmm::default(),
         };
-        built(on_layers(gmm, p)?)
+        built_features(on_layers(gmm, p)?)
     },
     load_features::<FittedGmm>,
 );

@@ -9,7 +9,7 @@ use super::stored::StoredState;
 use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::registry::{
-    Capability, Needs, Registration, built, load_features, on_layers,
+    Capability, Needs, Registration, built_features, load_features, on_layers,
 };
 use crate::error::Result;
 use crate::model::{Model, last_layer_of};
@@ -199,6 +199,6 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
         labels: false,
         capabilities: &[Capability::Features, Capability::LastLayer],
     },
-    |p| built(on_layers(GradNorm::new(), p)?),
+    |p| built_features(on_layers(GradNorm::new(), p)?),
     load_features::<FittedGradNorm>,
 );

@@ -13,7 +13,7 @@ use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
-    Capability, Needs, Param, Registration, built, load_features, on_layers,
+    Capability, Needs, Param, Registration, built_features, load_features, on_layers,
 };
 use crate::error::{Error, Result};
 use crate::metrics::argmax;
@@ -565,7 +565,7 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
             Some(q) => Gram::new(1..=5, q)?,
             None => Gram::default(),
         };
-        built(on_layers(gram, p)?)
+        built_features(on_layers(gram, p)?)
     },
     load_features::<FittedGram>,
 );

@@ -14,7 +14,7 @@ use super::traits::{check_width, merge_check};
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
-    Capability, Needs, Param, Registration, built, load_features, on_layers,
+    Capability, Needs, Param, Registration, built_features, load_features, on_layers,
 };
 use crate::error::{Error, Result};
 use crate::linalg::{
@@ -608,7 +608,7 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
             Some(hnsw) => knn.approximate(hnsw),
             None => knn,
         };
-        built(on_layers(knn, p)?)
+        built_features(on_layers(knn, p)?)
     },
     load_features::<FittedKnn>,
 );

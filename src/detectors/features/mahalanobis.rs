@@ -11,7 +11,7 @@ use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
-    Capability, Needs, Registration, built, load_features, on_layers,
+    Capability, Needs, Registration, built_features, load_features, on_layers,
 };
 use crate::error::{Error, Result};
 use crate::linalg::{gemm, lanes_squared_distance, symmetric_pinv_and_root, symmetric_root};
@@ -529,7 +529,7 @@ pub(crate) const MAHALANOBIS: Registration = Registration::new(
         labels: true,
         capabilities: &[Capability::Features],
     },
-    |p| built(on_layers(Mahalanobis::new(), p)?),
+    |p| built_features(on_layers(Mahalanobis::new(), p)?),
     load_features::<FittedMahalanobis>,
 );
 
@@ -544,6 +544,6 @@ pub(crate) const RMDS: Registration = Registration::new(
         labels: true,
         capabilities: &[Capability::Features],
     },
-    |p| built(on_layers(Rmds::new(), p)?),
+    |p| built_features(on_layers(Rmds::new(), p)?),
     load_features::<FittedMahalanobis>,
 );

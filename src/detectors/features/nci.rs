@@ -12,7 +12,7 @@ use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
-    Capability, Needs, Param, Registration, built, load_features, on_layers,
+    Capability, Needs, Param, Registration, built_features, load_features, on_layers,
 };
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -260,7 +260,7 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
             Some(a) => Nci::new(a)?,
             None => Nci::default(),
         };
-        built(on_layers(nci, p)?)
+        built_features(on_layers(nci, p)?)
     },
     load_features::<FittedNci>,
 );

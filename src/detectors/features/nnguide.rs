@@ -14,7 +14,7 @@ use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
-    Capability, Needs, Param, Registration, built, load_features, on_layers,
+    Capability, Needs, Param, Registration, built_features, load_features, on_layers,
 };
 use crate::error::{Error, Result};
 use crate::linalg::{gemm_into, lanes_dot};
@@ -590,7 +590,7 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
             Some(hnsw) => guide.approximate(hnsw),
             None => guide,
         };
-        built(on_layers(guide, p)?)
+        built_features(on_layers(guide, p)?)
     },
     load_features::<FittedNnGuide>,
 );

@@ -17,6 +17,7 @@ use super::traits::{cannot_merge, check_fit_features, check_width, fit_chunks};
 use super::{FeatureDetector, LayerFitter};
 use crate::detectors::file::{Reader, Stored, Writer};
 use crate::error::{Error, Result};
+use crate::model::Model;
 
 /// The kind of every partial fit's file.
 pub(crate) const PARTIAL_KIND: &str = "partial fit";
@@ -111,6 +112,12 @@ impl<D: FeatureDetector> PartialFit<D> {
     /// A fit of `width`-wide features by `detector` that has seen nothing
     /// yet (a worker's shard can be empty).
     pub fn new(detector: &D, width: usize) -> Result<Self> {
+        Self::through(detector, width, None)
+    }
+
+    /// [`new`](Self::new), the fitter reading what it needs of `model`
+    /// (the head).
+    pub(crate) fn through(detector: &D, width: usize, model: Option<&dyn Model>) -> Result<Self> {
         if width == 0 {
             return Err(Error::invalid(
                 "width",
@@ -119,7 +126,7 @@ impl<D: FeatureDetector> PartialFit<D> {
             ));
         }
         Ok(PartialFit {
-            fitter: detector.fitter(width, None)?,
+            fitter: detector.fitter(width, model)?,
             width,
             second_pass: false,
         })

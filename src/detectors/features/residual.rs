@@ -16,7 +16,7 @@ use super::{
 };
 use crate::detectors::file::array;
 use crate::detectors::registry::{
-    Capability, DIMS, Needs, Registration, built, load_features, on_layers, principal_dims,
+    Capability, DIMS, Needs, Registration, built_features, load_features, on_layers, principal_dims,
 };
 use crate::error::Result;
 use crate::linalg::{gemm, pinv};
@@ -250,7 +250,7 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
             Some(dims) => Residual::new(dims)?,
             None => Residual::default(),
         };
-        built(on_layers(residual, p)?)
+        built_features(on_layers(residual, p)?)
     },
     load_features::<FittedResidual>,
 );

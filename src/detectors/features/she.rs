@@ -11,7 +11,7 @@ use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
-    Capability, Needs, Registration, built, load_features, on_layers,
+    Capability, Needs, Registration, built_features, load_features, on_layers,
 };
 use crate::error::{Error, Result};
 use crate::linalg::gemm;
@@ -319,6 +319,6 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
         labels: true,
         capabilities: &[Capability::Features],
     },
-    |p| built(on_layers(She::new(), p)?),
+    |p| built_features(on_layers(She::new(), p)?),
     load_features::<FittedShe>,
 );

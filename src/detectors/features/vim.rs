@@ -12,7 +12,7 @@ use super::traits::{cannot_merge, merge_check};
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
-    Capability, DIMS, Needs, Registration, built, load_features, on_layers, principal_dims,
+    Capability, DIMS, Needs, Registration, built_features, load_features, on_layers, principal_dims,
 };
 use crate::error::{Error, Result};
 use crate::linalg::{gemm, pinv};
@@ -519,7 +519,7 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
             Some(dims) => Vim::new(dims)?,
             None => Vim::default(),
         };
-        built(on_layers(vim, p)?)
+        built_features(on_layers(vim, p)?)
     },
     load_features::<FittedVim>,
 );

@@ -11,7 +11,7 @@ use super::traits::merge_check;
 use super::{FeatureDetector, FeatureOptions, LayerBatch, LayerFitter, ScoreFeatures};
 use crate::detectors::file::array;
 use crate::detectors::registry::{
-    Capability, Needs, Param, Registration, built, load_features, on_layers,
+    Capability, Needs, Param, Registration, built_features, load_features, on_layers,
 };
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -361,7 +361,7 @@ pub(crate) const REGISTRATION: Registration = Registration::new(
             p.number("low")?.unwrap_or(default.low),
             p.number("high")?.unwrap_or(default.high),
         )?;
-        built(on_layers(vra, p)?)
+        built_features(on_layers(vra, p)?)
     },
     load_features::<FittedVra>,
 );
