@@ -231,6 +231,27 @@ fn arrays_that_cannot_be_one_input_set_are_refused() {
             .with_head(w, b)
             .is_err()
     );
+    // A batch of inputs that are no row numbers, given straight to the
+    // arrays' model, is refused (negative, fractional, past the rows).
+    let knn = built("knn", Params::new().set("k", 2))
+        .fit_precomputed(&Precomputed::features(x.view()).unwrap())
+        .unwrap();
+    let arrays = Precomputed::features(x.view()).unwrap();
+    for (high, low) in [
+        (-1.0_f32, 5.0_f32),
+        (0.0, 2.5),
+        (0.0, 20.0),
+        (0.0, -0.0 - 1.0),
+    ] {
+        let inputs = ndarray::Array4::from_shape_vec((1, 2, 1, 1), vec![high, low]).unwrap();
+        let err = knn
+            .score_batch(&arrays, oodkit::batch::Batch::new(inputs))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("precomputed rows"),
+            "({high}, {low}): {err}"
+        );
+    }
     // Mahalanobis fitted without labels says what is missing.
     let err = built("mahalanobis", Params::new())
         .fit_precomputed(&Precomputed::features(x.view()).unwrap())

@@ -226,8 +226,9 @@ impl<'a> Precomputed<'a> {
             .outer_iter()
             .map(|input| {
                 let (high, low) = (input[[0, 0, 0]], input[[1, 0, 0]]);
+                let whole = |v: f32, below: f32| v >= 0.0 && v < below && v.fract() == 0.0;
                 let row = high as usize * PART + low as usize;
-                if high.fract() != 0.0 || low.fract() != 0.0 || row >= self.rows {
+                if !whole(high, PART as f32) || !whole(low, PART as f32) || row >= self.rows {
                     return Err(Error::invalid(
                         "input",
                         format!("({high}, {low})"),

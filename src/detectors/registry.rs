@@ -537,7 +537,7 @@ where
 
 /// Boxes `detector` for a [`BuildFn`]: any [`Detector`] whose fitted
 /// state saves ([`Persist`]: a [`StoredLogits`](super::StoredLogits), or
-/// a [`FittedFeatures`] of a [`StoredState`](super::StoredState)).
+/// a [`FittedFeatures`] of a [`StoredState`]).
 pub fn built<D>(detector: D) -> Result<BoxedDetector>
 where
     D: Detector + Send + Sync + fmt::Debug + 'static,
@@ -576,7 +576,7 @@ pub fn all() -> Vec<&'static Registration> {
 /// before), or is empty.
 ///
 /// A detector of your own implements the crate's traits —
-/// [`FeatureDetector`] with a [`StoredState`](super::StoredState) fitted
+/// [`FeatureDetector`] with a [`StoredState`] fitted
 /// state, or [`ScoreLogits`] with [`StoredLogits`](super::StoredLogits) —
 /// and its registration names [`built`] and [`load_features`] /
 /// [`load_logits`]; the example `own_detector` shows one end to end.
