@@ -41,6 +41,7 @@ __all__ = [
     "Error",
     "InvalidInput",
     "FileError",
+    "Calibration",
     "Detector",
     "PartialFit",
     "UnfittedDetector",
@@ -89,6 +90,41 @@ class Verdicts(NamedTuple):
     """bool: flagged OOD (p-value <= alpha)."""
     classes: np.ndarray
     """int64: the predicted class (argmax of the logits), -1 without logits."""
+
+
+class Calibration:
+    """Conformal calibration of any OOD scores (higher = more OOD): the
+    scores of held-out in-distribution inputs give each new score its
+    p-value (the share of calibration scores at least as high, the new one
+    counted) and, at a false-alarm rate ``alpha``, a verdict. The detectors'
+    own :meth:`Detector.calibrate` does the same for their scores.
+
+    >>> import oodkit
+    >>> cal = oodkit.Calibration([0.1, 0.2, 0.3, 0.4])
+    >>> p, is_ood = cal.decide([0.05, 0.35, 9.0], alpha=0.25)
+    >>> p.round(2).tolist(), is_ood.tolist()
+    ([1.0, 0.4, 0.2], [False, False, True])
+    """
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, id_scores):
+        from ._arrays import scores_array
+
+        self._inner = _native.Calibration(scores_array(id_scores, "id_scores"))
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    def threshold(self, alpha: float) -> float:
+        """The score from which inputs are flagged at level ``alpha``."""
+        return self._inner.threshold(float(alpha))
+
+    def decide(self, scores, alpha: float = 0.05):
+        """``(p_values, is_ood)`` of ``scores`` at level ``alpha``."""
+        from ._arrays import scores_array
+
+        return self._inner.decide(scores_array(scores, "scores"), float(alpha))
 
 
 class Detector:

@@ -1,7 +1,7 @@
 """Type stub of oodkit (made by python/stubgen.py; see oodkit/__init__.py)."""
 
 from os import PathLike
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -28,6 +28,12 @@ class Verdicts(NamedTuple):
     p_values: np.ndarray
     is_ood: np.ndarray
     classes: np.ndarray
+
+class Calibration:
+    def __init__(self, id_scores: _Array) -> None: ...
+    def __len__(self) -> int: ...
+    def threshold(self, alpha: float) -> float: ...
+    def decide(self, scores: _Array, alpha: float = 0.05) -> Tuple[np.ndarray, np.ndarray]: ...
 
 class Detector:
     @property

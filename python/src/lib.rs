@@ -81,6 +81,8 @@ type Decided<'py> = (
     Bound<'py, PyArray1<bool>>,
     Bound<'py, PyArray1<i64>>,
 );
+/// P-values and verdicts.
+type PValues<'py> = (Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<bool>>);
 /// A ROC curve: fpr, tpr, thresholds.
 type Curve<'py> = (
     Bound<'py, PyArray1<f64>>,
@@ -446,6 +448,51 @@ fn io_error(what: &str, e: std::io::Error) -> oodkit::Error {
     oodkit::Error::custom(format!("writing {what}: {e}"))
 }
 
+/// Conformal calibration of any scores: held-out in-distribution scores
+/// give each new score its p-value and, at a level α, a verdict.
+#[pyclass(module = "oodkit._native", name = "Calibration", frozen)]
+struct Calibration {
+    inner: oodkit::calibration::Calibration,
+}
+
+#[pymethods]
+impl Calibration {
+    #[new]
+    fn new(py: Python<'_>, id_scores: PyReadonlyArray1<'_, f32>) -> PyResult<Self> {
+        let scores = id_scores.as_array();
+        let inner = py
+            .detach(|| oodkit::calibration::Calibration::fit(scores))
+            .or_raise()?;
+        Ok(Calibration { inner })
+    }
+
+    /// The number of calibration scores.
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// The score above which a share α of the calibration scores lie.
+    fn threshold(&self, alpha: f64) -> PyResult<f32> {
+        self.inner.threshold(alpha).or_raise()
+    }
+
+    /// P-values and verdicts (True: OOD at level α) of `scores`.
+    fn decide<'py>(
+        &self,
+        py: Python<'py>,
+        scores: PyReadonlyArray1<'py, f32>,
+        alpha: f64,
+    ) -> PyResult<PValues<'py>> {
+        let scores = scores.as_array();
+        let verdicts = py
+            .detach(|| self.inner.verdicts(scores, None, alpha))
+            .or_raise()?;
+        let p: Array1<f64> = verdicts.iter().map(|v| v.p_value).collect();
+        let ood: Array1<bool> = verdicts.iter().map(|v| v.is_ood).collect();
+        Ok((p.into_pyarray(py), ood.into_pyarray(py)))
+    }
+}
+
 /// Builds the kind named `name` with `params` (numbers or words) and,
 /// for a feature detector, the layers it reads (names or indices).
 #[pyfunction]
@@ -577,6 +624,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Unfitted>()?;
     m.add_class::<Detector>()?;
     m.add_class::<Partial>()?;
+    m.add_class::<Calibration>()?;
     m.add_function(wrap_pyfunction!(build, m)?)?;
     m.add_function(wrap_pyfunction!(kinds, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;

@@ -40,3 +40,22 @@ def test_bad_scores_are_value_errors():
         metrics.fpr_at_tpr(IN, OUT, 0.955)
     with pytest.raises(oodkit.InvalidInput, match="unknown|metric"):
         metrics.bench_metrics(IN, OUT, ["nope"])
+
+
+def test_calibration_of_any_scores_gives_conformal_p_values():
+    rng = np.random.default_rng(5)
+    calibration_scores = rng.normal(size=999).astype(np.float32)
+    cal = oodkit.Calibration(calibration_scores)
+    assert len(cal) == 999
+    new = rng.normal(size=20_000).astype(np.float32)
+    p, is_ood = cal.decide(new, alpha=0.1)
+    # p = (1 + #calibration scores >= s) / (n + 1), by hand.
+    expected = (1 + (calibration_scores[None, :] >= new[:, None]).sum(1)) / 1000
+    np.testing.assert_allclose(p, expected, rtol=1e-12)
+    np.testing.assert_array_equal(is_ood, p <= 0.1)
+    # Exchangeable new scores are flagged at about alpha.
+    assert abs(is_ood.mean() - 0.1) < 0.01
+    with pytest.raises(oodkit.InvalidInput):
+        oodkit.Calibration([])
+    with pytest.raises(oodkit.InvalidInput):
+        cal.decide(new, alpha=1.5)
