@@ -1355,3 +1355,42 @@ fn damaged_score_files_are_errors_or_the_scores_they_hold() {
         }
     }
 }
+
+#[test]
+fn a_detector_fitted_on_arrays_is_served_through_the_graph_s_last_linear_input() {
+    // Fitted on the penultimate features computed elsewhere (a Python
+    // hook's, say) with the default layer: the file names no layer, and
+    // `score` reads the input of the graph's last linear layer.
+    let s = onnx_setup();
+    let (fit, _) = onnx_mlp::direct(&s.fit);
+    let knn = oodkit::detectors::registry::find("knn")
+        .unwrap()
+        .build(&oodkit::detectors::registry::Params::new().set("k", 2))
+        .unwrap()
+        .fit_precomputed(&oodkit::detectors::Precomputed::features(fit.view()).unwrap())
+        .unwrap();
+    let detector = s.dir("arrays.oodkit");
+    knn.save(&detector).unwrap();
+    let out = s.dir("scores.npy");
+    ok(s.run(
+        "score",
+        args![
+            "--detector",
+            detector,
+            "--data",
+            s.dir("incoming"),
+            "--out",
+            out
+        ],
+    ));
+    let expected = Knn::new(2)
+        .unwrap()
+        .fit_features(fit.view(), Array1::zeros(40).view())
+        .unwrap()
+        .score_features(onnx_mlp::direct(&s.incoming).0.view())
+        .unwrap();
+    let found = npy::read_vector(&out).unwrap();
+    for (a, e) in found.iter().zip(&expected) {
+        assert!((a - e).abs() < 1e-5, "{a} through the graph, {e} directly");
+    }
+}

@@ -49,11 +49,14 @@ pub fn run(args: &ScoreArgs, quiet: bool) -> Result<()> {
         model_args.follow(recipe)?;
     }
     let folder = model_args.open(&args.data)?;
-    // An ONNX graph exposes the layers the detector was fitted on.
-    let layers = detector
+    // An ONNX graph exposes the layers the detector was fitted on; a file
+    // that names none (fitted on arrays with the default layer, -2) reads
+    // the input of the graph's last linear layer, as `fit` does by default.
+    let named = detector
         .info()
         .map(|info| named_layers(&info.metadata))
         .unwrap_or_default();
+    let layers = model_args.feature_layers(&named);
     let model = model_args.load(&layers, Some(&folder))?;
     detector.check_model(&*model)?;
     let config = model_args.batches();
