@@ -398,3 +398,47 @@ fn partial_fits_by_name_merge_through_files_into_the_whole_fit() {
     let err = knn.merge(she).unwrap_err();
     assert!(err.to_string().contains("cannot merge"), "{err}");
 }
+
+#[test]
+fn features_alone_fit_in_place_as_fit_features_does() {
+    // Features without logits or head: the fit reads the array in place
+    // (no row model), and is the typed detector's fit_features.
+    let (fit, _, labels) = data(500, 12, 0.0);
+    let (queries, _, _) = data(60, 13, 0.5);
+    let fit_data = Precomputed::features(fit.view())
+        .unwrap()
+        .with_labels(labels.view())
+        .unwrap();
+    let by_name = |name: &str, params: Params| {
+        built(name, params)
+            .fit_precomputed(&fit_data)
+            .unwrap()
+            .score_precomputed(&Precomputed::features(queries.view()).unwrap())
+            .unwrap()
+            .scores
+    };
+    assert_eq!(
+        by_name("knn", Params::new().set("k", 7)),
+        Knn::new(7)
+            .unwrap()
+            .fit_features(fit.view(), labels.view())
+            .unwrap()
+            .score_features(queries.view())
+            .unwrap()
+    );
+    assert_eq!(
+        by_name("mahalanobis", Params::new()),
+        Mahalanobis::new()
+            .fit_features(fit.view(), labels.view())
+            .unwrap()
+            .score_features(queries.view())
+            .unwrap()
+    );
+    let she = oodkit::detectors::She::new()
+        .fit_features(fit.view(), labels.view())
+        .unwrap();
+    assert_eq!(
+        by_name("she", Params::new()),
+        she.score_features(queries.view()).unwrap()
+    );
+}

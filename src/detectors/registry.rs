@@ -399,6 +399,15 @@ impl UnfittedDetector {
     /// arrays came from as well as more arrays.
     pub fn fit_precomputed(&self, data: &super::Precomputed<'_>) -> Result<AnyDetector> {
         self.check_fit_size(data.len())?;
+        if self.inner.fits_in_place(data) {
+            // One layer's features alone: fitted on the array where it
+            // lies (the fit of the model path, without its row copies).
+            let mut partial = self.partial_fit_precomputed(data)?;
+            if partial.end_first_pass()? {
+                partial.update_precomputed(data)?;
+            }
+            return partial.finish();
+        }
         self.fit(data, Some(&data.source()))
     }
 
@@ -454,6 +463,15 @@ pub(crate) trait FitAny: Send + Sync + fmt::Debug {
         None
     }
 
+    /// Whether a fit on `data` is the partial fit of all of it, finished:
+    /// a feature detector on one layer, without an input step, on
+    /// features without logits or head (what the model path then gives
+    /// the fitter is the same features, without logits).
+    fn fits_in_place(&self, data: &super::Precomputed<'_>) -> bool {
+        let _ = data;
+        false
+    }
+
     /// A partial fit read from its file; `None` as for
     /// [`partial_fit`](Self::partial_fit).
     fn load_partial(&self, path: &Path) -> Option<Result<AnyPartialFit>> {
@@ -485,6 +503,13 @@ where
 
     fn check_fit_size(&self, fit_samples: usize) -> Result<()> {
         Detector::check_fit_size(&self.0, fit_samples)
+    }
+
+    fn fits_in_place(&self, data: &super::Precomputed<'_>) -> bool {
+        use crate::model::FeatureModel;
+        self.0.layers().len() == 1
+            && self.0.options().perturbation().is_none()
+            && !data.gives_logits()
     }
 
     fn partial_fit(&self, data: &super::Precomputed<'_>) -> Option<Result<AnyPartialFit>> {
