@@ -28,13 +28,14 @@ computes without the GIL: Python threads score in parallel.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _native, metrics
-from ._arrays import head_of, labels_vector, layers_of
+from ._arrays import float_matrix, float_vector, head_of, labels_vector, layers_of
 from ._errors import Error, FileError, InvalidInput
 
 __all__ = [
@@ -109,9 +110,7 @@ class Calibration:
     __slots__ = ("_inner",)
 
     def __init__(self, id_scores):
-        from ._arrays import scores_array
-
-        self._inner = _native.Calibration(scores_array(id_scores, "id_scores"))
+        self._inner = _native.Calibration(float_vector(id_scores, "id_scores"))
 
     def __len__(self) -> int:
         return len(self._inner)
@@ -122,9 +121,7 @@ class Calibration:
 
     def decide(self, scores, alpha: float = 0.05):
         """``(p_values, is_ood)`` of ``scores`` at level ``alpha``."""
-        from ._arrays import scores_array
-
-        return self._inner.decide(scores_array(scores, "scores"), float(alpha))
+        return self._inner.decide(float_vector(scores, "scores"), float(alpha))
 
 
 class Detector:
@@ -156,16 +153,16 @@ class Detector:
     def score(self, features=None, *, logits=None, head=None) -> np.ndarray:
         """One float32 score per row (higher = more OOD), from the features
         of the layers it was fitted on and/or the logits."""
-        return self._inner.score(layers_of(features), _logits(logits), head_of(head))[0]
+        return self._inner.score(*_arrays(features, logits, head))[0]
 
     def calibrate(self, features=None, *, logits=None, head=None, alpha: float = 0.05) -> "Detector":
         """A copy calibrated on held-out in-distribution inputs (never the
         fit data), to flag OOD with false-alarm rate ``alpha``."""
-        return Detector(self._inner.calibrate(float(alpha), layers_of(features), _logits(logits), head_of(head)))
+        return Detector(self._inner.calibrate(float(alpha), *_arrays(features, logits, head)))
 
     def decide(self, features=None, *, logits=None, head=None) -> Verdicts:
         """Scores, p-values and verdicts; needs a calibrated detector."""
-        return Verdicts(*self._inner.verdicts(layers_of(features), _logits(logits), head_of(head)))
+        return Verdicts(*self._inner.verdicts(*_arrays(features, logits, head)))
 
     def save(self, path) -> None:
         """Writes the detector file (atomically); ``.oodkit`` is usual."""
@@ -228,9 +225,7 @@ class PartialFit:
     def update(self, features=None, labels=None, *, logits=None, head=None) -> "PartialFit":
         """Adds a shard to the pass it is in (the second, on a copy of the
         merged fit); returns this one."""
-        self._inner.update(
-            layers_of(features), _logits(logits), head_of(head), None if labels is None else labels_vector(labels)
-        )
+        self._inner.update(*_arrays(features, logits, head, labels))
         return self
 
     def finish(self) -> Detector:
@@ -282,21 +277,14 @@ class UnfittedDetector:
         ``head=(weights (classes, D), bias (classes,))`` where the detector
         reads them."""
         return Detector(
-            self._inner.fit(
-                layers_of(features),
-                _logits(logits),
-                head_of(head),
-                None if labels is None else labels_vector(labels),
-            )
+            self._inner.fit(*_arrays(features, logits, head, labels))
         )
 
     def partial_fit(self, features=None, labels=None, *, logits=None, head=None) -> PartialFit:
         """The first pass of a fit on one shard (feature detectors, one
         layer): what a cluster's worker runs; see :class:`PartialFit`."""
         return PartialFit(
-            self._inner.partial_fit(
-                layers_of(features), _logits(logits), head_of(head), None if labels is None else labels_vector(labels)
-            ),
+            self._inner.partial_fit(*_arrays(features, logits, head, labels)),
             self,
         )
 
@@ -333,15 +321,18 @@ def load(path) -> Detector:
 
 
 def _path(path) -> str:
-    import os
-
     return os.fspath(path)
 
 
-def _logits(logits):
-    from ._arrays import float_matrix
-
-    return None if logits is None else float_matrix(logits, "logits")
+def _arrays(features, logits, head, labels=None):
+    """The arrays of a call, as the extension takes them: the feature layers,
+    the logits, the head and, for a fit, the labels."""
+    converted = (
+        layers_of(features),
+        None if logits is None else float_matrix(logits, "logits"),
+        head_of(head),
+    )
+    return converted if labels is None else (*converted, labels_vector(labels))
 
 
 # Class names as the Rust crate spells its types, where a plain title-case

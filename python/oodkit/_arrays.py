@@ -23,31 +23,26 @@ def _numpy(x, what: str) -> np.ndarray:
         raise InvalidInput(f"{what}: cannot be read as an array ({e})") from e
 
 
-def float_matrix(x, what: str) -> np.ndarray:
-    """``x`` as a 2-D float32 array, zero-copy when it is one."""
+def _floats(x, what: str, ndim: int, layout: str) -> np.ndarray:
+    """``x`` as an ``ndim``-D float32 array, zero-copy when it is one;
+    ``layout`` names the shape expected, for the error."""
     a = _numpy(x, what)
-    if a.ndim != 2:
-        raise InvalidInput(f"{what}: expected a 2-D array (rows, columns), got shape {a.shape}")
-    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise InvalidInput(f"{what}: expected numbers, got dtype {a.dtype}")
-    if a.dtype != np.float32:
-        a = a.astype(np.float32)
-    return a
-
-
-def float_vector(x, what: str) -> np.ndarray:
-    """``x`` as a 1-D float32 array."""
-    a = _numpy(x, what)
-    if a.ndim != 1:
-        raise InvalidInput(f"{what}: expected a 1-D array, got shape {a.shape}")
+    if a.ndim != ndim:
+        raise InvalidInput(f"{what}: expected {layout}, got shape {a.shape}")
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
         raise InvalidInput(f"{what}: expected numbers, got dtype {a.dtype}")
     return a.astype(np.float32, copy=False)
 
 
-def scores_array(x, what: str) -> np.ndarray:
-    """Scores as float32 (as oodkit's metrics take them)."""
-    return float_vector(x, what)
+def float_matrix(x, what: str) -> np.ndarray:
+    """``x`` as a 2-D float32 array, zero-copy when it is one."""
+    return _floats(x, what, 2, "a 2-D array (rows, columns)")
+
+
+def float_vector(x, what: str) -> np.ndarray:
+    """``x`` as a 1-D float32 array (scores, a bias), zero-copy when it is
+    one."""
+    return _floats(x, what, 1, "a 1-D array")
 
 
 def labels_vector(x, what: str = "labels") -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 
 from . import _native
-from ._arrays import scores_array
+from ._arrays import float_vector
 from ._errors import InvalidInput
 
 __all__ = [
@@ -40,7 +40,7 @@ def bench_metrics(scores_in, scores_out, metrics: Sequence[str] = ("auroc", "fpr
     ``"aupr_in"``, ``"aupr_out"``, ``"detect_acc"`` (the best accuracy of one threshold)."""
     if isinstance(metrics, str):
         metrics = [metrics]
-    rows = _native.bench_metrics(scores_array(scores_in, "scores_in"), scores_array(scores_out, "scores_out"), list(metrics))
+    rows = _native.bench_metrics(float_vector(scores_in, "scores_in"), float_vector(scores_out, "scores_out"), list(metrics))
     return dict(rows)
 
 
@@ -90,5 +90,5 @@ def detection_accuracy(scores_in, scores_out) -> float:
 def roc_curve(scores_in, scores_out) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(fpr, tpr, thresholds)``, one point per distinct score plus the
     ``(0, 0)`` start, thresholds decreasing from ``+inf``."""
-    return _native.roc_curve(scores_array(scores_in, "scores_in"), scores_array(scores_out, "scores_out"))
+    return _native.roc_curve(float_vector(scores_in, "scores_in"), float_vector(scores_out, "scores_out"))
 

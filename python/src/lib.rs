@@ -8,7 +8,7 @@
 //! The GIL is released while Rust computes, so Python threads score in
 //! parallel.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
@@ -206,13 +206,7 @@ impl Unfitted {
     fn partial_from_bytes(&self, py: Python<'_>, bytes: &[u8]) -> PyResult<Partial> {
         let bytes = bytes.to_vec();
         let inner = py
-            .detach(|| {
-                let dir = tempfile::tempdir().map_err(|e| io_error("a temporary folder", e))?;
-                let path = dir.path().join("partial.oodkit");
-                std::fs::write(&path, &bytes)
-                    .map_err(|e| io_error("the temporary partial fit", e))?;
-                self.inner.load_partial(&path)
-            })
+            .detach(|| loaded_from_bytes(&bytes, |path| self.inner.load_partial(path)))
             .or_raise()?;
         Ok(Partial { inner: Some(inner) })
     }
@@ -313,12 +307,7 @@ impl Partial {
     fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let mine = self.inner.as_ref().ok_or_else(spent)?;
         let bytes = py
-            .detach(|| {
-                let dir = tempfile::tempdir().map_err(|e| io_error("a temporary folder", e))?;
-                let path = dir.path().join("partial.oodkit");
-                mine.save(&path)?;
-                std::fs::read(&path).map_err(|e| io_error("the temporary partial fit", e))
-            })
+            .detach(|| saved_bytes(|path| mine.save(path)))
             .or_raise()?;
         Ok(PyBytes::new(py, &bytes))
     }
@@ -430,22 +419,37 @@ impl Detector {
 
 /// The bytes of `detector`'s file.
 fn file_bytes(detector: &AnyDetector) -> oodkit::Result<Vec<u8>> {
-    let dir = tempfile::tempdir().map_err(|e| io_error("a temporary folder", e))?;
-    let path = dir.path().join("detector.oodkit");
-    detector.save(&path)?;
-    std::fs::read(&path).map_err(|e| io_error("the temporary detector file", e))
+    saved_bytes(|path| detector.save(path))
 }
 
 /// A detector read from a file's bytes.
 fn detector_from_bytes(bytes: &[u8]) -> oodkit::Result<AnyDetector> {
-    let dir = tempfile::tempdir().map_err(|e| io_error("a temporary folder", e))?;
-    let path = dir.path().join("detector.oodkit");
-    std::fs::write(&path, bytes).map_err(|e| io_error("the temporary detector file", e))?;
-    AnyDetector::load(&path)
+    loaded_from_bytes(bytes, |path| AnyDetector::load(path))
+}
+
+/// What `save` writes to a temporary file, as bytes (the crate's writers
+/// take paths).
+fn saved_bytes(save: impl FnOnce(&Path) -> oodkit::Result<()>) -> oodkit::Result<Vec<u8>> {
+    let dir = tempfile::tempdir().map_err(|e| io_error("creating a temporary folder", e))?;
+    let path = dir.path().join("file.oodkit");
+    save(&path)?;
+    std::fs::read(&path).map_err(|e| io_error("reading the temporary file", e))
+}
+
+/// What `load` reads from `bytes` written to a temporary file (the
+/// crate's readers take paths).
+fn loaded_from_bytes<T>(
+    bytes: &[u8],
+    load: impl FnOnce(&Path) -> oodkit::Result<T>,
+) -> oodkit::Result<T> {
+    let dir = tempfile::tempdir().map_err(|e| io_error("creating a temporary folder", e))?;
+    let path = dir.path().join("file.oodkit");
+    std::fs::write(&path, bytes).map_err(|e| io_error("writing the temporary file", e))?;
+    load(&path)
 }
 
 fn io_error(what: &str, e: std::io::Error) -> oodkit::Error {
-    oodkit::Error::custom(format!("writing {what}: {e}"))
+    oodkit::Error::custom(format!("{what}: {e}"))
 }
 
 /// Conformal calibration of any scores: held-out in-distribution scores

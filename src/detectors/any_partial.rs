@@ -50,34 +50,36 @@ fn labels_for(data: &Precomputed<'_>, needs: bool, name: &str) -> Result<ndarray
     }
 }
 
+/// The one layer `detector` reads: partial fits take one.
+fn one_layer<D: FeatureDetector>(detector: &D) -> Result<LayerId> {
+    match detector.layers() {
+        [layer] => Ok(layer.clone()),
+        _ => Err(Error::Unsupported {
+            what: format!("a partial fit of {} on several layers", detector.name()),
+            hint: "fit each layer's partial fits apart, or the whole data at once".into(),
+        }),
+    }
+}
+
+/// The features of `layer` among `data`'s; `name` (the detector's) in the
+/// error when `data` has none there.
+fn features_of<'a>(
+    data: &Precomputed<'a>,
+    layer: &LayerId,
+    name: &str,
+) -> Result<ndarray::ArrayView2<'a, f32>> {
+    let position = resolve_layers(std::slice::from_ref(layer), &data.layer_names())?[0];
+    data.layer(position)
+        .ok_or_else(|| Error::missing("features", format!("{name} fits on features: give them")))
+}
+
 impl<D> Typed<D>
 where
     D: FeatureDetector,
 {
-    /// The layer `detector` reads among `data`'s: partial fits take one.
-    fn layer_of<'a>(
-        detector: &D,
-        data: &Precomputed<'a>,
-    ) -> Result<(LayerId, ndarray::ArrayView2<'a, f32>)> {
-        let [layer] = detector.layers() else {
-            return Err(Error::Unsupported {
-                what: format!("a partial fit of {} on several layers", detector.name()),
-                hint: "fit each layer's partial fits apart, or the whole data at once".into(),
-            });
-        };
-        let names = data.layer_names();
-        let position = resolve_layers(std::slice::from_ref(layer), &names)?[0];
-        let features = data.layer(position).ok_or_else(|| {
-            Error::missing(
-                "features",
-                format!("{} fits on features: give them", detector.name()),
-            )
-        })?;
-        Ok((layer.clone(), features))
-    }
-
     pub(crate) fn fit(detector: &D, data: &Precomputed<'_>) -> Result<Self> {
-        let (layer, features) = Self::layer_of(detector, data)?;
+        let layer = one_layer(detector)?;
+        let features = features_of(data, &layer, detector.name())?;
         let labels = labels_for(data, detector.needs_labels(), detector.name())?;
         // The fitter reads the head (ViM, DICE, ...) of the arrays.
         let mut partial = PartialFit::through(detector, features.ncols(), Some(data))?;
@@ -94,16 +96,10 @@ where
     where
         D::Fitter: PartialState,
     {
-        let [layer] = detector.layers() else {
-            return Err(Error::Unsupported {
-                what: format!("a partial fit of {} on several layers", detector.name()),
-                hint: "fit each layer's partial fits apart".into(),
-            });
-        };
         Ok(Typed {
+            layer: one_layer(detector)?,
             partial: PartialFit::<D>::load(path)?,
             name: detector.name(),
-            layer: layer.clone(),
             needs_labels: detector.needs_labels(),
         })
     }
@@ -143,14 +139,7 @@ where
     }
 
     fn update(&mut self, data: &Precomputed<'_>) -> Result<()> {
-        let names = data.layer_names();
-        let position = resolve_layers(std::slice::from_ref(&self.layer), &names)?[0];
-        let features = data.layer(position).ok_or_else(|| {
-            Error::missing(
-                "features",
-                format!("{} fits on features: give them", self.name),
-            )
-        })?;
+        let features = features_of(data, &self.layer, self.name)?;
         let labels = labels_for(data, self.needs_labels, self.name)?;
         self.partial.update(features, labels.view())
     }

@@ -416,26 +416,28 @@ impl UnfittedDetector {
     /// the shards' where they meet ([`load_partial`](Self::load_partial)),
     /// finish. Feature detectors only, on one layer.
     pub fn partial_fit_precomputed(&self, data: &super::Precomputed<'_>) -> Result<AnyPartialFit> {
-        self.inner.partial_fit(data).unwrap_or_else(|| {
-            Err(Error::Unsupported {
-                what: format!("partial fits of {}", self.registration.kind()),
-                hint: "partial fits are those of the feature detectors: fit this one on all \
-                       the data at once"
-                    .into(),
-            })
-        })
+        self.inner
+            .partial_fit(data)
+            .unwrap_or_else(|| Err(self.no_partial_fits()))
     }
 
     /// Reads a partial fit of this detector (saved by a worker). The
     /// detector's parameters must be those the workers used: merging
     /// checks them.
     pub fn load_partial(&self, path: impl AsRef<Path>) -> Result<AnyPartialFit> {
-        self.inner.load_partial(path.as_ref()).unwrap_or_else(|| {
-            Err(Error::Unsupported {
-                what: format!("partial fits of {}", self.registration.kind()),
-                hint: "partial fits are those of the feature detectors".into(),
-            })
-        })
+        self.inner
+            .load_partial(path.as_ref())
+            .unwrap_or_else(|| Err(self.no_partial_fits()))
+    }
+
+    /// The error of a kind without partial fits (not a feature detector).
+    fn no_partial_fits(&self) -> Error {
+        Error::Unsupported {
+            what: format!("partial fits of {}", self.registration.kind()),
+            hint: "partial fits are those of the feature detectors: fit this one on all the \
+                   data at once"
+                .into(),
+        }
     }
 
     /// Errors when `fit_samples` in-distribution samples cannot be enough
